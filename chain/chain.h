@@ -1,0 +1,60 @@
+/* cowchain chain: a stack of layers read and written as one virtual disk.
+ *
+ * Errors: like overlay/, functions return 0 (or a count) on success and a negative errno on
+ * failure after recording a "call: object: reason" message with cc_error_set(); functions
+ * returning pointers return NULL and set errno.
+ *
+ * Threads: one struct cc_chain is shared by every connection to an export (multi-conn); all
+ * data functions may be called concurrently from many threads.
+ */
+#ifndef COWCHAIN_CHAIN_H
+#define COWCHAIN_CHAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cc_chain;
+
+/* cc_chain_open flags */
+#define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
+#define CC_IO_SYNC 2u /* read with preadv instead of io_uring */
+
+/* write flags */
+#define CC_FUA 1u
+#define CC_MAY_TRIM 2u
+
+/* extent types: the same bits as NBD / nbdkit (NBDKIT_EXTENT_HOLE = 1, _ZERO = 2) */
+#define CC_EXTENT_HOLE 1u
+#define CC_EXTENT_ZERO 2u
+
+#define CC_MAX_DEPTH 4096
+
+/* Open the chain whose top is the layer file `top_path` (or a raw image, read-only), following
+ * and validating parent links down to the bottom.  Frozen layers (all but a writable top) are
+ * locked shared and resolved through an index shared with every other open chain on the same
+ * frozen layers. */
+int cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out);
+
+/* Flush if writable, release the layers and the shared index reference.  NULL is allowed. */
+int cc_chain_close(struct cc_chain *c);
+
+uint64_t cc_chain_size(const struct cc_chain *c);
+int cc_chain_writable(const struct cc_chain *c);
+uint32_t cc_chain_block_size(const struct cc_chain *c); /* preferred I/O granularity */
+size_t cc_chain_depth(const struct cc_chain *c);        /* layers, counting a raw bottom */
+
+int cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset);
+int cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64_t offset,
+                    unsigned flags);
+/* write-zeroes and trim: afterwards the range reads as zero */
+int cc_chain_zero(struct cc_chain *c, uint64_t length, uint64_t offset, unsigned flags);
+int cc_chain_flush(struct cc_chain *c);
+
+/* Report [offset, offset + length) as ascending contiguous extents through `fn`, merged over the
+ * whole chain: data (0), zero (CC_EXTENT_ZERO), hole (CC_EXTENT_HOLE|CC_EXTENT_ZERO).  May stop
+ * early after at least one extent if `fn` returns non-zero (that value is returned). */
+typedef int (*cc_extent_fn)(void *opaque, uint64_t offset, uint64_t length, uint32_t type);
+int cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent_fn fn,
+                     void *opaque);
+
+#endif

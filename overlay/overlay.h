@@ -1,0 +1,163 @@
+/* cowchain overlay: one layer file (docs/FORMAT.md is the byte-level specification).
+ *
+ * Design notes
+ * ------------
+ * A layer maps each cluster of a virtual disk (default 128 KiB) to a physical cluster of the
+ * file, with 32 sub-clusters (default 4 KiB) each in one of three states: unallocated (read the
+ * image below), zero (reads zero, hides what is below), allocated (data in this file).  The map
+ * is held in memory as a copy of the on-disk two-level table: an array of l1_entries pointers,
+ * each NULL or a 256-entry L2 array, so memory grows with the 32 MiB regions that were written,
+ * not with the virtual size.
+ *
+ * Concurrency: map lookups (ovl_map, ovl_pread) take no lock.  Each L2 entry is two atomic
+ * 64-bit words (physical offset, then the alloc|zero bitmaps); a writer stores the offset
+ * before it publishes bits that need it, and never changes a bound offset.  Every operation
+ * that changes the map or allocates (first writes, copy-up, zero/trim, flush, header changes)
+ * holds the layer's `lock` mutex; writes into already allocated sub-clusters go straight to the
+ * file with pwrite and take no lock.  Concurrent overlapping requests land in some order, as
+ * with any block device.
+ *
+ * Errors: every function returning int returns 0 (or a count) on success and a negative errno
+ * on failure, after recording a "call: file: reason" message with cc_error_set().
+ */
+#ifndef COWCHAIN_OVERLAY_H
+#define COWCHAIN_OVERLAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ovl_layer;
+
+/* ovl_open flags */
+#define OVL_RDONLY 0u
+#define OVL_RDWR 1u
+#define OVL_NOLOCK 2u /* take no OFD lock: inspection tools only, never for I/O */
+
+/* flags for writes */
+#define OVL_FUA 1u      /* flush before returning (docs/FORMAT.md section 7.2) */
+#define OVL_MAY_TRIM 2u /* zero: the file space of zeroed sub-clusters may be released */
+
+#define OVL_DEFAULT_CLUSTER_SIZE (128u * 1024u)
+#define OVL_UUID_LEN 16
+#define OVL_MAX_PARENT_PATH 1024
+
+enum ovl_parent_kind {
+  OVL_PARENT_NONE = 0,  /* unallocated reads as zero */
+  OVL_PARENT_LAYER = 1, /* another layer file, checked by uuid and size */
+  OVL_PARENT_RAW = 2,   /* a raw image, checked by size */
+};
+
+struct ovl_parent {
+  enum ovl_parent_kind kind;
+  const char *path; /* relative to the directory that holds the layer; NULL for NONE */
+  uint8_t uuid[OVL_UUID_LEN]; /* LAYER only */
+  uint64_t size;              /* parent's virtual size (raw: file size) */
+};
+
+struct ovl_create_opts {
+  uint64_t virtual_size;  /* multiple of 512 */
+  uint32_t cluster_size;  /* 0 = OVL_DEFAULT_CLUSTER_SIZE */
+  struct ovl_parent parent;
+};
+
+/* Create a new layer file at `path` (O_EXCL: fails with -EEXIST if it exists) and make it
+ * durable.  O(1) in the virtual size.  The new layer's uuid is stored in uuid_out if not NULL.
+ * Naming the file atomically (temp name + rename) is the caller's job. */
+int ovl_create(const char *path, const struct ovl_create_opts *opts, uint8_t uuid_out[OVL_UUID_LEN]);
+
+/* Open and fully validate a layer file (header and map; not the parent: that is chain/'s job).
+ * OVL_RDWR takes an exclusive OFD lock, OVL_RDONLY a shared one; a refused lock fails with
+ * -EBUSY and a message naming the file and, where /proc/locks tells, the holding process. */
+int ovl_open(const char *path, unsigned flags, struct ovl_layer **out);
+
+/* Flush (if writable and anything changed), clear the dirty bit, unlock and free.  The layer is
+ * freed even when the flush fails; the error is returned. NULL is allowed. */
+int ovl_close(struct ovl_layer *l);
+
+struct ovl_info {
+  uint8_t uuid[OVL_UUID_LEN];
+  uint64_t virtual_size;
+  uint32_t cluster_size;
+  uint32_t sc_size;
+  uint64_t create_time_ns;
+  uint64_t generation;
+  int dirty, corrupt;
+  enum ovl_parent_kind parent_kind;
+  char parent_path[OVL_MAX_PARENT_PATH + 1];
+  uint8_t parent_uuid[OVL_UUID_LEN];
+  uint64_t parent_size;
+  uint64_t allocated_bytes; /* sub-clusters in state allocated, in bytes */
+  uint64_t zero_bytes;      /* sub-clusters in state zero, in bytes */
+  uint64_t frontier;        /* allocation frontier (FORMAT.md section 6) */
+  uint64_t file_size;       /* st_size at open */
+  uint64_t file_blocks_bytes; /* st_blocks * 512 at open: space really used */
+};
+
+void ovl_get_info(struct ovl_layer *l, struct ovl_info *info);
+const char *ovl_path(const struct ovl_layer *l);
+int ovl_fd(const struct ovl_layer *l); /* for reads of allocated data by chain/ */
+uint64_t ovl_virtual_size(const struct ovl_layer *l);
+uint32_t ovl_sc_size(const struct ovl_layer *l);
+int ovl_writable(const struct ovl_layer *l);
+
+enum ovl_state { OVL_UNALLOCATED = 0, OVL_ZERO = 1, OVL_DATA = 2 };
+
+struct ovl_extent {
+  uint64_t offset; /* virtual */
+  uint64_t length;
+  uint64_t phys;   /* file offset of `offset`'s byte, OVL_DATA only */
+  enum ovl_state state;
+};
+
+/* Describe [offset, offset + length) (clipped to the virtual size) as runs of one state; data
+ * runs merge only where the file offsets are contiguous.  Fills at most `max` extents and returns
+ * how many; if they end before offset + length, call again from the end of the last one.
+ * Lock-free; safe against concurrent writers. */
+int ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent *ext, size_t max);
+
+/* Reads the image below this layer, for copy-up and for ovl_pread's unallocated runs.
+ * Returns 0 or -errno.  NULL where a function takes one means "below reads as zero". */
+typedef int (*ovl_below_fn)(void *opaque, void *buf, uint64_t length, uint64_t offset);
+
+/* Read through this layer alone, unallocated runs from `below`.  A short read of allocated data
+ * (file truncated under us) is -EIO, never zeroes. */
+int ovl_pread(struct ovl_layer *l, void *buf, uint64_t length, uint64_t offset, ovl_below_fn below,
+              void *opaque);
+
+/* Write; partial unallocated sub-clusters are completed from `below` (copy-up of those
+ * sub-clusters only).  flags: OVL_FUA. */
+int ovl_pwrite(struct ovl_layer *l, const void *buf, uint64_t length, uint64_t offset, unsigned flags,
+               ovl_below_fn below, void *opaque);
+
+/* Make the range read as zero (write-zeroes and trim both use this).  Whole sub-clusters turn
+ * zero; partial ones are written with zeroes (copy-up from `below` first).  flags: OVL_FUA,
+ * OVL_MAY_TRIM (punch the released space). */
+int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below,
+             void *opaque);
+
+/* Make every completed write durable, in the order of docs/FORMAT.md section 7.2. */
+int ovl_flush(struct ovl_layer *l);
+
+/* Replace the parent link (header rewrite, section 7.3).  Needs OVL_RDWR. */
+int ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent);
+
+struct ovl_check_result {
+  int dirty;             /* the dirty bit was set */
+  int corrupt;           /* the corrupt bit was set */
+  uint64_t leaked_bytes; /* file bytes past the allocation frontier */
+  int repaired;          /* --repair truncated the leak and cleared dirty */
+};
+
+/* Validate a layer file as ovl_open does, then look for leaked space.  With `repair`, take the
+ * exclusive lock, truncate the file to the frontier and clear the dirty bit.  Returns 0 if the
+ * file is valid (leaks are reported in `res`, they are not errors), or -errno with the fault. */
+int ovl_check(const char *path, int repair, struct ovl_check_result *res);
+
+/* Describe who holds an OFD lock on `path` ("pid 123 (nbdkit)"), from /proc/locks; writes
+ * "another process" if it cannot tell. */
+void ovl_lock_holder(const char *path, char *buf, size_t len);
+
+/* Format a uuid as 36 characters plus NUL. */
+void ovl_uuid_str(const uint8_t uuid[OVL_UUID_LEN], char out[37]);
+
+#endif
