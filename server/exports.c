@@ -1,0 +1,241 @@
+/* cowchain plugin: the per-process table of open exports.
+ *
+ * Design notes
+ *
+ * Every clone, snapshot and template of the pool is its own NBD export, and a client may open
+ * several connections to one export (multi-conn: qemu, nbdcopy).  Those connections must share
+ * ONE struct cc_chain: a clone's top layer is locked exclusively when opened for writing, so a
+ * second cc_chain on it would be refused, and a flush on one connection must make writes from
+ * every connection durable before we reply (that is what can_multi_conn promises).
+ *
+ * So the plugin keeps a table of open exports:
+ *
+ *   table ──> { name, path, refs, chain } ──> { ... } ──> NULL
+ *
+ *  - exports_acquire (from .open) looks the export up by (name, top path).  Hit: refs++.
+ *    Miss: open the chain and insert it with refs = 1.
+ *  - exports_release (from .close) does refs--; at zero it unlinks the entry and closes the
+ *    chain (cc_chain_close flushes and drops the layer locks), so the CLI can snapshot or
+ *    delete a clone as soon as the last client has disconnected.
+ *
+ * Why the key includes the top path: the CLI changes what a name means while we run (snapshot
+ * create gives a clone a new top layer, revert another one; a clone can be deleted and created
+ * again).  .open resolves the name afresh each time; connections already open keep the chain
+ * they have, and a new connection to a changed name gets a new entry for the new top.  The old
+ * entry lives on, unreachable by lookup, until its last connection closes.
+ *
+ * Locking: table_lock guards the list, every refs field and every call into the pool.  It is
+ * held across cc_pool_open_export and cc_chain_close on purpose: otherwise two connections
+ * racing to open the same clone would both miss, and the second cc_pool_open_export would be
+ * refused by the first one's exclusive layer lock; and a reconnect racing a close could try to
+ * lock the layer before the close released it.  Opening is rare next to I/O, and I/O never
+ * takes this lock: the data callbacks use e->chain directly (chain/ is thread-safe).
+ *
+ * Race tolerated: between cc_pool_resolve_export and cc_pool_open_export the CLI may switch the
+ * clone's top.  We resolve again after opening and retry if the answer changed, so an entry's
+ * path always names the layer its chain was opened on.
+ *
+ * Read-only: nbdkit's -r is process-wide, so every connection of one server asks with the same
+ * `readonly`; an entry is shared regardless and can_write asks the handle and the chain.
+ */
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "exports.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+/* -D cowchain.exports=1: log every acquire/release with its reference count. */
+NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cc_export *table;  /* under table_lock */
+static struct cc_pool *pool;     /* set before any connection; calls under table_lock */
+static unsigned pool_io_flags;   /* CC_IO_SYNC or 0 */
+
+/* How many times .open re-resolves when the CLI keeps moving a clone's top under us. */
+#define RESOLVE_TRIES 3
+
+void
+exports_init(struct cc_pool *p, unsigned io_flags)
+{
+  pool = p;
+  pool_io_flags = io_flags;
+}
+
+/* The last chain/pool error, or a generic one if chain/ left none. */
+static const char *
+last_error(int r)
+{
+  const char *msg = cc_error_get();
+
+  return msg[0] ? msg : strerror(-r);
+}
+
+static struct cc_export *
+lookup_locked(const char *name, const char *path)
+{
+  struct cc_export *e;
+
+  for (e = table; e; e = e->next)
+    if (strcmp(e->name, name) == 0 && strcmp(e->path, path) == 0)
+      return e;
+  return NULL;
+}
+
+static void
+unlink_locked(struct cc_export *e)
+{
+  struct cc_export **pp;
+
+  for (pp = &table; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      return;
+    }
+}
+
+/* Close the chain and free the entry; logs (cannot report) a failed final flush. */
+static void
+destroy(struct cc_export *e)
+{
+  int r;
+
+  cc_error_clear();
+  r = cc_chain_close(e->chain);
+  if (r < 0)
+    nbdkit_error("close: %s: %s", e->name, last_error(r));
+  free(e->path);
+  free(e);
+}
+
+/* Open the chain behind `name` (table_lock held).  Returns the entry or NULL after
+ * nbdkit_error. */
+static struct cc_export *
+open_locked(const char *name, int readonly)
+{
+  char path[PATH_MAX], again[PATH_MAX];
+  enum cc_export_kind kind, kind2;
+  struct cc_chain *chain;
+  struct cc_export *e;
+  int r, tries;
+
+  for (tries = 0; tries < RESOLVE_TRIES; tries++) {
+    cc_error_clear();
+    r = cc_pool_resolve_export(pool, name, path, sizeof path, &kind);
+    if (r < 0) {
+      nbdkit_error("open: %s: %s", name, last_error(r));
+      return NULL;
+    }
+
+    e = lookup_locked(name, path);
+    if (e) {
+      e->refs++;
+      if (cowchain_debug_exports)
+        nbdkit_debug("exports: %s: shared (%u connections)", name, e->refs);
+      return e;
+    }
+
+    cc_error_clear();
+    r = cc_pool_open_export(pool, name, readonly, pool_io_flags, &chain);
+    if (r < 0) {
+      /* EBUSY carries the holder of the layer lock in the message. */
+      nbdkit_error("open: %s: %s", name, last_error(r));
+      return NULL;
+    }
+
+    cc_error_clear();
+    r = cc_pool_resolve_export(pool, name, again, sizeof again, &kind2);
+    if (r == 0 && strcmp(path, again) == 0 && kind == kind2)
+      break;
+    /* The name changed meaning while we opened it: drop what we got and look again. */
+    cc_chain_close(chain);
+    chain = NULL;
+  }
+  if (tries == RESOLVE_TRIES) {
+    nbdkit_error("open: %s: export keeps changing while being opened; try again", name);
+    return NULL;
+  }
+
+  e = calloc(1, sizeof *e);
+  if (e == NULL || (e->path = strdup(path)) == NULL) {
+    nbdkit_error("open: %s: %m", name);
+    free(e);
+    cc_chain_close(chain);
+    return NULL;
+  }
+  e->refs = 1;
+  e->kind = kind;
+  e->chain = chain;
+  snprintf(e->name, sizeof e->name, "%s", name);
+  e->next = table;
+  table = e;
+  if (cowchain_debug_exports)
+    nbdkit_debug("exports: %s: opened %s (%s, %zu layers)", name, path,
+                 cc_chain_writable(chain) ? "read-write" : "read-only", cc_chain_depth(chain));
+  return e;
+}
+
+struct cc_export *
+exports_acquire(const char *name, int readonly)
+{
+  struct cc_export *e;
+
+  pthread_mutex_lock(&table_lock);
+  e = open_locked(name, readonly);
+  pthread_mutex_unlock(&table_lock);
+  return e;
+}
+
+void
+exports_release(struct cc_export *e)
+{
+  int last;
+
+  pthread_mutex_lock(&table_lock);
+  last = --e->refs == 0;
+  if (cowchain_debug_exports)
+    nbdkit_debug("exports: %s: released (%u connections left)", e->name, e->refs);
+  if (last) {
+    unlink_locked(e);
+    /* Closed under the lock so a reconnect cannot try to lock the top before we let go. */
+    destroy(e);
+  }
+  pthread_mutex_unlock(&table_lock);
+}
+
+int
+exports_list(struct cc_export_info **out, size_t *n)
+{
+  int r;
+
+  pthread_mutex_lock(&table_lock);
+  cc_error_clear();
+  r = cc_pool_list_exports(pool, out, n);
+  if (r < 0)
+    nbdkit_error("list_exports: %s: %s", cc_pool_dir(pool), last_error(r));
+  pthread_mutex_unlock(&table_lock);
+  return r < 0 ? -1 : 0;
+}
+
+void
+exports_shutdown(void)
+{
+  struct cc_export *e;
+
+  pthread_mutex_lock(&table_lock);
+  while ((e = table) != NULL) {
+    /* Only reached if nbdkit unloads with connections open (it should not). */
+    nbdkit_debug("exports: %s: still open at unload (%u connections)", e->name, e->refs);
+    table = e->next;
+    destroy(e);
+  }
+  pthread_mutex_unlock(&table_lock);
+}

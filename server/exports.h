@@ -1,0 +1,37 @@
+/* cowchain plugin: the per-process table of open exports (see exports.c for the design notes). */
+#ifndef COWCHAIN_SERVER_EXPORTS_H
+#define COWCHAIN_SERVER_EXPORTS_H
+
+#include "chain/pool.h"
+
+/* One open export, shared by every connection to it.  Only exports.c touches the fields
+ * other than `name` and `chain`; both are constant while a reference is held. */
+struct cc_export {
+  struct cc_export *next;         /* in the table's list, under table_lock */
+  unsigned refs;                  /* connections holding it, under table_lock */
+  enum cc_export_kind kind;       /* constant */
+  char name[2 * CC_NAME_MAX + 2]; /* NAME or NAME@SNAP, constant */
+  char *path;                     /* top file the chain was opened on, constant */
+  struct cc_chain *chain;         /* constant; the chain does its own locking */
+};
+
+/* Set once before any connection (get_ready); exports_acquire opens chains from it. */
+void exports_init(struct cc_pool *pool, unsigned io_flags);
+
+/* Take a reference to export `name`, opening its chain if no connection has it open.
+ * Returns NULL after nbdkit_error() (unknown or malformed name, locked layer, I/O error). */
+struct cc_export *exports_acquire(const char *name, int readonly);
+
+/* Drop a reference; the last one closes the chain. */
+void exports_release(struct cc_export *e);
+
+/* Under the table lock: the pool is not documented as thread-safe, so every call into it
+ * from the plugin goes through the same lock. */
+int exports_list(struct cc_export_info **out, size_t *n);
+
+extern int cowchain_debug_exports; /* -D cowchain.exports=1 */
+
+/* Close whatever is still open (at unload, after every connection has gone). */
+void exports_shutdown(void);
+
+#endif
