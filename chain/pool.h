@@ -14,6 +14,10 @@
  * pool operation is a series of steps that each leave the pool as before or as after.
  * Template and clone names share one namespace.
  *
+ * Operations that change the pool hold an exclusive flock on POOL/cowchain-pool for their whole
+ * run, so two `cowchain` commands never interleave their steps.  Readers (the plugin listing and
+ * opening exports) take no pool lock: every record they read is either the old or the new file.
+ *
  * Errors: as in chain.h (negative errno + cc_error_set message).
  */
 #ifndef COWCHAIN_POOL_H
@@ -61,5 +65,130 @@ int cc_pool_resolve_export(struct cc_pool *p, const char *export_name, char *pat
  * read-only.  io_flags: CC_IO_SYNC or 0. */
 int cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
                         struct cc_chain **out);
+
+/* ------------------------------------------------------------------------------------------
+ * Records (docs/POOL.md section 3).  Layers are named by their uuid, as 36 characters.
+ */
+#define CC_UUID_STR 37
+#define CC_DESC_MAX 1024
+
+enum cc_template_kind { CC_TEMPLATE_RAW, CC_TEMPLATE_LAYER };
+
+struct cc_template {
+  char name[CC_NAME_MAX + 1];
+  enum cc_template_kind kind;
+  char layer[CC_UUID_STR]; /* CC_TEMPLATE_LAYER: the layer's uuid; "" for raw */
+  int64_t created;         /* seconds since the epoch */
+  uint64_t size;           /* virtual size in bytes */
+};
+
+struct cc_snapshot {
+  char name[CC_NAME_MAX + 1];
+  char layer[CC_UUID_STR];
+  int64_t created;
+  char description[CC_DESC_MAX + 1];
+};
+
+struct cc_clone {
+  char name[CC_NAME_MAX + 1];
+  char top[CC_UUID_STR];
+  int64_t created;
+  uint64_t size;
+  size_t nsnaps;
+  struct cc_snapshot *snaps; /* malloc'd, in creation order */
+};
+
+/* -ENOENT (with a message) if there is no such record. */
+int cc_pool_get_template(struct cc_pool *p, const char *name, struct cc_template *out);
+int cc_pool_get_clone(struct cc_pool *p, const char *name, struct cc_clone *out);
+void cc_clone_free(struct cc_clone *c); /* frees snaps; the struct itself is the caller's */
+
+/* Every record, sorted by name.  Free with free() / cc_clone_list_free(). */
+int cc_pool_list_templates(struct cc_pool *p, struct cc_template **out, size_t *n);
+int cc_pool_list_clones(struct cc_pool *p, struct cc_clone **out, size_t *n);
+void cc_clone_list_free(struct cc_clone *list, size_t n);
+
+/* ------------------------------------------------------------------------------------------
+ * Operations.  Each one is atomic (POOL.md section 5 gives the steps); each refuses, with the
+ * reason, to touch a layer that a running server holds open.
+ *
+ * Long operations report progress through `progress` (may be NULL), at most every few MiB.
+ */
+typedef void (*cc_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/* format: NULL or "raw" copies sparsely; qcow2, vmdk, vdi, vhdx convert with qemu-img. */
+int cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
+                       cc_progress_fn progress, void *opaque);
+/* A blank template: a parentless empty layer of `size` bytes (rounded up to 512). */
+int cc_template_create(struct cc_pool *p, const char *name, uint64_t size);
+/* Freeze clone's current state as template `name`; the clone gets a new empty top. */
+int cc_template_promote(struct cc_pool *p, const char *clone, const char *name);
+/* Refused (-EBUSY, message listing them) while any clone, snapshot or template depends on it. */
+int cc_template_delete(struct cc_pool *p, const char *name);
+
+/* from: "TEMPLATE" or "CLONE@SNAP".  full: flatten into a standalone parentless layer. */
+int cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
+                    cc_progress_fn progress, void *opaque);
+int cc_clone_delete(struct cc_pool *p, const char *name);
+
+int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
+                       const char *description);
+int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
+/* Merge the snapshot's layer into its children and drop it. */
+int cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
+                       cc_progress_fn progress, void *opaque);
+
+/* Write export `name` (NAME, NAME@SNAP, TEMPLATE) to `file`: format NULL/"raw" (sparse) or
+ * "qcow2" (through qemu-img). */
+int cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const char *format,
+                        cc_progress_fn progress, void *opaque);
+
+/* ------------------------------------------------------------------------------------------
+ * Inspection.
+ */
+struct cc_layer_info {
+  char file[96];           /* relative to the pool: layers/UUID.cow or images/NAME.raw */
+  char uuid[CC_UUID_STR];  /* "" for a raw image */
+  int raw;                 /* a raw template image */
+  uint64_t virtual_size;
+  uint64_t allocated_bytes; /* raw: bytes in data extents */
+  uint64_t zero_bytes;
+  uint64_t disk_bytes;     /* st_blocks * 512 */
+  uint32_t cluster_size;   /* 0 for raw */
+  int64_t created;         /* seconds since the epoch */
+  char parent[96];         /* parent link as stored ("" if none) */
+  char role[2 * CC_NAME_MAX + 32]; /* "vm1 (top)", "vm1@s1", "template base", "" */
+  int dirty;
+};
+
+/* The chain of export `name`, top first.  *out is malloc'd; free() it. */
+int cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info **out,
+                          size_t *n);
+
+/* check: every finding goes through `report` (severity 0 note, 1 leak, 2 error).  name NULL
+ * checks every record.  Returns 0 if no errors were found (leaks are not errors), -EUCLEAN (with
+ * a message) if there were, or another -errno if the check itself could not run. */
+struct cc_check_summary {
+  unsigned layers_checked, errors, leaks, repaired;
+};
+typedef void (*cc_report_fn)(void *opaque, int severity, const char *msg);
+int cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report,
+                  void *opaque, struct cc_check_summary *sum);
+
+struct cc_du_entry {
+  char name[CC_NAME_MAX + 1];
+  int template;        /* a template rather than a clone */
+  uint64_t virtual_size;
+  uint64_t own_bytes;    /* disk bytes of layers only this entry uses */
+  uint64_t shared_bytes; /* disk bytes of layers (and images) it shares with others */
+};
+struct cc_du {
+  struct cc_du_entry *entries; /* templates then clones, each sorted by name */
+  size_t n;
+  uint64_t logical;  /* sum of virtual sizes of clones and templates */
+  uint64_t physical; /* disk bytes of every file in images/, layers/ and tmp/ */
+};
+int cc_pool_du(struct cc_pool *p, struct cc_du *out);
+void cc_du_free(struct cc_du *du);
 
 #endif

@@ -1,0 +1,139 @@
+/* cowchain pool: exports as the plugin sees them (NAME, NAME@SNAP, TEMPLATE).
+ *
+ * Design notes
+ * ------------
+ * The plugin calls these for every `nbdinfo --list` and every new connection, so they read the
+ * records fresh each time (a clone created a second ago is visible at once) and never take the
+ * pool lock: a record is replaced by rename, so each read sees a complete old or new file.
+ *
+ * Access rules (DESIGN.md "Interfaces"): a clone is its writable top; a snapshot and a template
+ * are read-only, always, whatever the client asks.  A template's raw image or layer is never
+ * opened for writing by anyone; a snapshot's layer only by `snapshot delete` (merge), which
+ * refuses while a server holds it.
+ */
+#include "pool-internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+cmp_export(const void *a, const void *b)
+{
+  return strcmp(((const struct cc_export_info *)a)->name, ((const struct cc_export_info *)b)->name);
+}
+
+int
+cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
+{
+  struct cc_template *tmpls = NULL;
+  struct cc_clone *clones = NULL;
+  struct cc_export_info *list;
+  size_t nt = 0, nc = 0, total, i, j, k = 0;
+  int r;
+
+  if ((r = cc_pool_list_templates(p, &tmpls, &nt)) < 0)
+    return r;
+  if ((r = cc_pool_list_clones(p, &clones, &nc)) < 0) {
+    free(tmpls);
+    return r;
+  }
+  total = nt + nc;
+  for (i = 0; i < nc; i++)
+    total += clones[i].nsnaps;
+  list = calloc(total ? total : 1, sizeof *list);
+  if (list == NULL) {
+    free(tmpls);
+    cc_clone_list_free(clones, nc);
+    return cc_error_set(ENOMEM, "list exports: out of memory");
+  }
+  for (i = 0; i < nt; i++, k++) {
+    char when[32];
+    pool_format_time(tmpls[i].created, when, sizeof when);
+    snprintf(list[k].name, sizeof list[k].name, "%s", tmpls[i].name);
+    list[k].kind = CC_EXPORT_TEMPLATE;
+    list[k].size = tmpls[i].size;
+    snprintf(list[k].description, sizeof list[k].description, "template (%s), created %s, read-only",
+             tmpls[i].kind == CC_TEMPLATE_RAW ? "raw image" : "layer", when);
+  }
+  for (i = 0; i < nc; i++) {
+    const struct cc_clone *c = &clones[i];
+    snprintf(list[k].name, sizeof list[k].name, "%s", c->name);
+    list[k].kind = CC_EXPORT_CLONE;
+    list[k].size = c->size;
+    snprintf(list[k].description, sizeof list[k].description, "clone, %zu snapshot%s, read-write",
+             c->nsnaps, c->nsnaps == 1 ? "" : "s");
+    k++;
+    for (j = 0; j < c->nsnaps; j++, k++) {
+      const struct cc_snapshot *s = &c->snaps[j];
+      char when[32];
+      pool_format_time(s->created, when, sizeof when);
+      snprintf(list[k].name, sizeof list[k].name, "%s@%s", c->name, s->name);
+      list[k].kind = CC_EXPORT_SNAPSHOT;
+      list[k].size = c->size;
+      snprintf(list[k].description, sizeof list[k].description,
+               "snapshot of %s, created %s, read-only%s%.150s", c->name, when,
+               s->description[0] ? ": " : "", s->description);
+    }
+  }
+  free(tmpls);
+  cc_clone_list_free(clones, nc);
+  qsort(list, k, sizeof *list, cmp_export);
+  *out = list;
+  *n = k;
+  return 0;
+}
+
+/* The file an export's chain starts at. */
+static int
+target_path(struct cc_pool *p, const struct pool_target *t, char *path, size_t pathlen)
+{
+  if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_RAW)
+    return pool_image_path(p, t->tmpl.name, path, pathlen);
+  return pool_layer_path(p, t->layer, path, pathlen);
+}
+
+int
+cc_pool_resolve_export(struct cc_pool *p, const char *export_name, char *path, size_t pathlen,
+                       enum cc_export_kind *kind)
+{
+  struct pool_target t;
+  int r;
+
+  if ((r = pool_resolve(p, "export", export_name, &t)) < 0)
+    return r;
+  if ((r = target_path(p, &t, path, pathlen)) < 0)
+    return r;
+  if (kind)
+    *kind = t.kind;
+  return 0;
+}
+
+int
+cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
+                    struct cc_chain **out)
+{
+  char path[PATH_MAX];
+  struct pool_target t;
+  unsigned flags = io_flags & CC_IO_SYNC;
+  int r;
+
+  if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
+    return r;
+  if ((r = target_path(p, &t, path, sizeof path)) < 0)
+    return r;
+  if (t.kind == CC_EXPORT_CLONE && !readonly)
+    flags |= CC_RDWR;
+  r = cc_chain_open(path, flags, out);
+  if (r < 0) {
+    char msg[512];
+    /* Name the export, not only the file: "open: vm1: ..." is what the user typed. */
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    if (strstr(msg, export_name) == NULL)
+      return cc_error_set(-r, "open: %s: %s", export_name, msg);
+    return r;
+  }
+  return 0;
+}

@@ -1,0 +1,141 @@
+/* cowchain pool: helpers shared by the chain/pool*.c files.  Private to the pool code.
+ *
+ * Every function returns 0 or a negative errno after cc_error_set(), like the public API.
+ */
+#ifndef COWCHAIN_POOL_INTERNAL_H
+#define COWCHAIN_POOL_INTERNAL_H
+
+/* copy_file_range, SEEK_DATA, strptime, timegm: included first by every pool*.c file */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <limits.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "overlay/overlay.h"
+#include "pool.h"
+
+#define POOL_MARKER "cowchain-pool"
+#define POOL_MARKER_LINE "cowchain-pool 1\n"
+
+struct cc_pool {
+  char *dir;
+  int lock_fd; /* the marker, flock'ed LOCK_EX while an operation runs; -1 otherwise */
+};
+
+/* pool.c: paths, locking, durable steps */
+
+/* snprintf a path under the pool; -ENAMETOOLONG if it doesn't fit. */
+int pool_path(const struct cc_pool *p, char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int pool_layer_path(const struct cc_pool *p, const char *uuid, char *buf, size_t len);
+int pool_image_path(const struct cc_pool *p, const char *name, char *buf, size_t len);
+
+/* Exclusive lock for the duration of one operation; `what` names it in the error. */
+int pool_lock(struct cc_pool *p, const char *what);
+void pool_unlock(struct cc_pool *p);
+
+/* One durable step of an operation is done.  With COWCHAIN_CRASH_AT=N in the environment, the
+ * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
+ * as before or as after (tests/integration/test-cli-crash.sh). */
+void pool_step(void);
+
+int pool_fsync_dir(const struct cc_pool *p, const char *sub);
+/* Write `data` to SUB/NAME atomically: tmp/ file, fsync, rename, fsync SUB. */
+int pool_write_record(struct cc_pool *p, const char *sub, const char *name, const char *data);
+/* Unlink SUB/NAME and fsync SUB. */
+int pool_remove_record(struct cc_pool *p, const char *sub, const char *name);
+/* A unique path in tmp/ for a new file: tmp/PREFIX-PID-COUNTER.SUFFIX */
+int pool_tmp_path(const struct cc_pool *p, const char *prefix, const char *suffix, char *buf,
+                  size_t len);
+
+/* Does SUB/NAME exist as a clone or template? -EEXIST with "OP: NAME: already exists". */
+int pool_name_free(struct cc_pool *p, const char *op, const char *name);
+
+/* Create an empty layer on `parent` in tmp/, make it durable, then rename it into layers/ and
+ * fsync layers/.  uuid_out gets the new layer's uuid as a string. */
+int pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
+                   char uuid_out[CC_UUID_STR]);
+/* Move a finished file from tmp/ into layers/UUID.cow (rename + fsync layers/). */
+int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid);
+
+/* The parent link for a new layer on top of template / layer `uuid`. */
+int pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
+                            char *pathbuf, size_t pathlen);
+int pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par,
+                         char *pathbuf, size_t pathlen);
+
+/* Open layer `uuid` with ovl_open flags; the error names the pool object `what`. */
+int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const char *what,
+                    struct ovl_layer **out);
+
+int64_t pool_now(void);
+void pool_format_time(int64_t t, char *buf, size_t len); /* 2026-01-31T12:00:00Z */
+int pool_parse_time(const char *s, int64_t *out);
+
+/* pool-records.c; `op` starts every error message ("clone delete: vm1: no such clone"). */
+int pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_clone *c);
+int pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc_template *t);
+int pool_format_clone(const struct cc_clone *c, char **out);
+int pool_write_clone(struct cc_pool *p, const struct cc_clone *c);
+int pool_write_template(struct cc_pool *p, const struct cc_template *t);
+/* Index of snapshot `snap` in c, or -1. */
+int pool_find_snap(const struct cc_clone *c, const char *snap);
+/* Resolve "CLONE@SNAP" or "NAME" to a layer uuid / raw image: fills exactly one of layer/tmpl. */
+struct pool_target {
+  enum cc_export_kind kind;
+  char name[CC_NAME_MAX + 1];
+  char snap[CC_NAME_MAX + 1];
+  char layer[CC_UUID_STR]; /* "" for a raw template */
+  struct cc_template tmpl; /* kind TEMPLATE */
+  uint64_t size;
+};
+int pool_resolve(struct cc_pool *p, const char *what, const char *export_name,
+                 struct pool_target *t);
+
+/* pool-graph.c: every layer file and who references it */
+struct pool_node {
+  char uuid[CC_UUID_STR];
+  enum ovl_parent_kind parent_kind;
+  char parent[CC_UUID_STR];      /* LAYER: parent uuid */
+  char parent_image[CC_NAME_MAX + 1]; /* RAW: template image name */
+  uint64_t virtual_size;
+  uint64_t disk_bytes;
+  int bad;            /* could not be opened; `error` says why */
+  char error[256];
+  int referenced;     /* named by a record */
+  int live;           /* referenced, or a parent of a live layer */
+  int mark;           /* scratch for callers */
+};
+struct pool_graph {
+  struct pool_node *nodes;
+  size_t n;
+  struct cc_template *tmpls;
+  size_t ntmpls;
+  struct cc_clone *clones;
+  size_t nclones;
+};
+int pool_graph_load(struct cc_pool *p, struct pool_graph *g);
+void pool_graph_free(struct pool_graph *g);
+struct pool_node *pool_graph_find(struct pool_graph *g, const char *uuid);
+/* Recompute `referenced` and `live` from the records in g (after the caller edited them). */
+void pool_graph_mark_live(struct pool_graph *g);
+/* Unlink every layer that is not live and images no raw template names; `locked_ok` skips
+ * layers someone holds open (reported as leaks by check).  Returns the number removed. */
+int pool_collect_garbage(struct cc_pool *p, struct pool_graph *g);
+
+/* pool-copy.c */
+int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
+                         void *opaque);
+/* Copy the chain `c` into a layer / file, data extents only, skipping zero blocks. */
+int pool_copy_chain_to_layer(struct cc_chain *c, struct ovl_layer *dst, cc_progress_fn progress,
+                             void *opaque);
+int pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_fn progress,
+                          void *opaque);
+/* Run a command (argv[0] looked up in PATH) and wait; its stderr's last line goes into the
+ * error message. */
+int pool_run(const char *what, char *const argv[]);
+
+#endif

@@ -1,0 +1,527 @@
+/* cowchain pool: the directory layout, names, locking and the durable-step primitives every
+ * pool operation is built from.
+ *
+ * Design notes
+ * ------------
+ * A pool operation is a sequence of *durable steps*, each one a single atomic change of the
+ * directory tree made durable before the next begins:
+ *
+ *   - a new file (layer, image, record) is written under tmp/, fsync'ed, then renamed into its
+ *     directory, and that directory is fsync'ed;
+ *   - a record is replaced by renaming a complete new copy over it;
+ *   - a file is removed by unlink + fsync of its directory.
+ *
+ * The order of steps in each operation (POOL.md section 5) is chosen so that after every step
+ * the records describe either the old state or the new one; what a crash can leave behind is
+ * only garbage that no record reaches (a file in tmp/, a layer or image nobody names), which
+ * `check` reports as a leak and `check --repair` removes.
+ *
+ * pool_step() counts the steps of the process; COWCHAIN_CRASH_AT=N kills the process right
+ * after step N so the crash tests can try every point.
+ *
+ * Locking: operations that change records hold an exclusive flock(2) on POOL/cowchain-pool from
+ * start to end, so garbage collection (which deletes unreachable layers) never races with an
+ * operation that has installed a layer but not yet written the record naming it.  Readers take
+ * no pool lock.  Layers in use by a server are protected by the overlay's OFD locks instead.
+ */
+#include "pool-internal.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const pool_subdirs[] = { "images", "layers", "templates", "clones", "tmp" };
+
+int
+cc_name_valid(const char *name)
+{
+  size_t i;
+
+  if (name == NULL || !isalnum((unsigned char)name[0]))
+    return 0;
+  for (i = 1; name[i]; i++) {
+    unsigned char ch = (unsigned char)name[i];
+    if (i >= CC_NAME_MAX)
+      return 0;
+    if (!(isalnum(ch) || ch == '.' || ch == '_' || ch == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+/* Why a name is invalid, for messages that say what to type instead. */
+static const char *
+name_fault(const char *name)
+{
+  size_t len = strlen(name);
+
+  if (len == 0)
+    return "empty name";
+  if (len > CC_NAME_MAX)
+    return "name longer than 64 characters";
+  if (!isalnum((unsigned char)name[0]))
+    return "name must start with a letter or digit";
+  return "name may contain only letters, digits, '.', '_' and '-'";
+}
+
+int
+cc_export_name_parse(const char *export_name, char name[CC_NAME_MAX + 1],
+                     char snap[CC_NAME_MAX + 1])
+{
+  const char *at = strchr(export_name, '@');
+  size_t nlen = at ? (size_t)(at - export_name) : strlen(export_name);
+  char tmp[CC_NAME_MAX + 2];
+
+  name[0] = snap[0] = '\0';
+  if (nlen > CC_NAME_MAX)
+    return cc_error_set(EINVAL, "name: '%.80s': name longer than 64 characters", export_name);
+  memcpy(tmp, export_name, nlen);
+  tmp[nlen] = '\0';
+  if (!cc_name_valid(tmp))
+    return cc_error_set(EINVAL, "name: '%.80s': %s", export_name, name_fault(tmp));
+  if (at) {
+    if (strchr(at + 1, '@'))
+      return cc_error_set(EINVAL, "name: '%.80s': more than one '@'", export_name);
+    if (!cc_name_valid(at + 1))
+      return cc_error_set(EINVAL, "name: '%.80s': snapshot %s", export_name, name_fault(at + 1));
+    strcpy(snap, at + 1);
+  }
+  strcpy(name, tmp);
+  return 0;
+}
+
+int
+pool_path(const struct cc_pool *p, char *buf, size_t len, const char *fmt, ...)
+{
+  va_list ap;
+  int n = snprintf(buf, len, "%s/", p->dir);
+  int m;
+
+  if (n < 0 || (size_t)n >= len)
+    return cc_error_set(ENAMETOOLONG, "path: %s: pool path too long", p->dir);
+  va_start(ap, fmt);
+  m = vsnprintf(buf + n, len - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (m < 0 || (size_t)m >= len - (size_t)n)
+    return cc_error_set(ENAMETOOLONG, "path: %s: path too long", p->dir);
+  return 0;
+}
+
+int
+pool_layer_path(const struct cc_pool *p, const char *uuid, char *buf, size_t len)
+{
+  return pool_path(p, buf, len, "layers/%s.cow", uuid);
+}
+
+int
+pool_image_path(const struct cc_pool *p, const char *name, char *buf, size_t len)
+{
+  return pool_path(p, buf, len, "images/%s.raw", name);
+}
+
+int
+cc_pool_init(const char *dir)
+{
+  char path[PATH_MAX];
+  size_t i;
+  int fd;
+
+  if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+    return cc_error_set(errno, "pool init: %s: %s", dir, strerror(errno));
+  snprintf(path, sizeof path, "%s/" POOL_MARKER, dir);
+  if (access(path, F_OK) == 0)
+    return cc_error_set(EEXIST, "pool init: %s: already a pool", dir);
+  for (i = 0; i < sizeof pool_subdirs / sizeof pool_subdirs[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, pool_subdirs[i]);
+    if (mkdir(path, 0755) == -1 && errno != EEXIST)
+      return cc_error_set(errno, "pool init: %s: %s", path, strerror(errno));
+  }
+  /* The marker goes last: a directory without it is not a pool, so a crash before this point
+   * leaves nothing that looks like a half-made pool. */
+  snprintf(path, sizeof path, "%s/tmp/marker", dir);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd == -1)
+    return cc_error_set(errno, "pool init: %s: %s", path, strerror(errno));
+  if (write(fd, POOL_MARKER_LINE, strlen(POOL_MARKER_LINE)) != (ssize_t)strlen(POOL_MARKER_LINE) ||
+      fsync(fd) == -1) {
+    int e = errno ? errno : EIO;
+    close(fd);
+    return cc_error_set(e, "pool init: %s: %s", path, strerror(e));
+  }
+  close(fd);
+  {
+    char final[PATH_MAX];
+    snprintf(final, sizeof final, "%s/" POOL_MARKER, dir);
+    if (rename(path, final) == -1)
+      return cc_error_set(errno, "pool init: %s: %s", final, strerror(errno));
+  }
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd != -1) {
+    fsync(fd);
+    close(fd);
+  }
+  return 0;
+}
+
+int
+cc_pool_open(const char *dir, struct cc_pool **out)
+{
+  char path[PATH_MAX], line[64] = "";
+  struct cc_pool *p;
+  FILE *f;
+  size_t len = strlen(dir);
+
+  while (len > 1 && dir[len - 1] == '/')
+    len--;
+  if (len + 64 >= PATH_MAX)
+    return cc_error_set(ENAMETOOLONG, "pool: %s: path too long", dir);
+  snprintf(path, sizeof path, "%.*s/" POOL_MARKER, (int)len, dir);
+  f = fopen(path, "re");
+  if (f == NULL) {
+    if (errno == ENOENT)
+      return cc_error_set(ENOENT, "pool: %.*s: not a cowchain pool (run 'cowchain pool init')",
+                          (int)len, dir);
+    return cc_error_set(errno, "pool: %s: %s", path, strerror(errno));
+  }
+  if (fgets(line, sizeof line, f) == NULL || strcmp(line, POOL_MARKER_LINE) != 0) {
+    fclose(f);
+    return cc_error_set(EINVAL, "pool: %s: unknown pool version '%.20s'", path, line);
+  }
+  fclose(f);
+  p = calloc(1, sizeof *p);
+  if (p == NULL || (p->dir = strndup(dir, len)) == NULL) {
+    free(p);
+    return cc_error_set(ENOMEM, "pool: %s: out of memory", dir);
+  }
+  p->lock_fd = -1;
+  *out = p;
+  return 0;
+}
+
+void
+cc_pool_close(struct cc_pool *p)
+{
+  if (p == NULL)
+    return;
+  pool_unlock(p);
+  free(p->dir);
+  free(p);
+}
+
+const char *
+cc_pool_dir(const struct cc_pool *p)
+{
+  return p->dir;
+}
+
+int
+pool_lock(struct cc_pool *p, const char *what)
+{
+  char path[PATH_MAX];
+  int r;
+
+  if (p->lock_fd != -1)
+    return 0;
+  if ((r = pool_path(p, path, sizeof path, POOL_MARKER)) < 0)
+    return r;
+  p->lock_fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (p->lock_fd == -1)
+    return cc_error_set(errno, "%s: %s: %s", what, path, strerror(errno));
+  /* Wait: pool operations are short (a data copy runs before the lock is needed only for
+   * full clones, which keep it; another command simply queues behind it). */
+  if (flock(p->lock_fd, LOCK_EX) == -1) {
+    int e = errno;
+    close(p->lock_fd);
+    p->lock_fd = -1;
+    return cc_error_set(e, "%s: %s: lock: %s", what, path, strerror(e));
+  }
+  return 0;
+}
+
+void
+pool_unlock(struct cc_pool *p)
+{
+  if (p->lock_fd != -1) {
+    close(p->lock_fd); /* releases the flock */
+    p->lock_fd = -1;
+  }
+}
+
+void
+pool_step(void)
+{
+  static long crash_at = -1, count;
+
+  if (crash_at == -1) {
+    const char *s = getenv("COWCHAIN_CRASH_AT");
+    crash_at = s && *s ? strtol(s, NULL, 10) : 0;
+  }
+  count++;
+  if (crash_at > 0 && count == crash_at)
+    _exit(99);
+}
+
+int
+pool_fsync_dir(const struct cc_pool *p, const char *sub)
+{
+  char path[PATH_MAX];
+  int fd, r;
+
+  if ((r = pool_path(p, path, sizeof path, "%s", sub)) < 0)
+    return r;
+  fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1)
+    return cc_error_set(errno, "fsync: %s: %s", path, strerror(errno));
+  if (fsync(fd) == -1) {
+    int e = errno;
+    close(fd);
+    return cc_error_set(e, "fsync: %s: %s", path, strerror(e));
+  }
+  close(fd);
+  return 0;
+}
+
+int
+pool_tmp_path(const struct cc_pool *p, const char *prefix, const char *suffix, char *buf,
+              size_t len)
+{
+  static unsigned counter;
+
+  return pool_path(p, buf, len, "tmp/%s-%ld-%u%s", prefix, (long)getpid(), counter++, suffix);
+}
+
+int
+pool_write_record(struct cc_pool *p, const char *sub, const char *name, const char *data)
+{
+  char tmp[PATH_MAX], final[PATH_MAX];
+  size_t len = strlen(data), done = 0;
+  int fd, r;
+
+  if ((r = pool_tmp_path(p, "rec", "", tmp, sizeof tmp)) < 0 ||
+      (r = pool_path(p, final, sizeof final, "%s/%s", sub, name)) < 0)
+    return r;
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd == -1)
+    return cc_error_set(errno, "write record: %s: %s", tmp, strerror(errno));
+  while (done < len) {
+    ssize_t w = write(fd, data + done, len - done);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      r = cc_error_set(errno, "write record: %s: %s", tmp, strerror(errno));
+      goto fail;
+    }
+    done += (size_t)w;
+  }
+  if (fsync(fd) == -1) {
+    r = cc_error_set(errno, "write record: %s: fsync: %s", tmp, strerror(errno));
+    goto fail;
+  }
+  close(fd);
+  pool_step();
+  if (rename(tmp, final) == -1) {
+    r = cc_error_set(errno, "write record: %s: %s", final, strerror(errno));
+    unlink(tmp);
+    return r;
+  }
+  if ((r = pool_fsync_dir(p, sub)) < 0)
+    return r;
+  pool_step();
+  return 0;
+
+fail:
+  close(fd);
+  unlink(tmp);
+  return r;
+}
+
+int
+pool_remove_record(struct cc_pool *p, const char *sub, const char *name)
+{
+  char path[PATH_MAX];
+  int r;
+
+  if ((r = pool_path(p, path, sizeof path, "%s/%s", sub, name)) < 0)
+    return r;
+  if (unlink(path) == -1)
+    return cc_error_set(errno, "remove record: %s: %s", path, strerror(errno));
+  if ((r = pool_fsync_dir(p, sub)) < 0)
+    return r;
+  pool_step();
+  return 0;
+}
+
+int
+pool_name_free(struct cc_pool *p, const char *op, const char *name)
+{
+  char path[PATH_MAX];
+  int r;
+
+  if (!cc_name_valid(name))
+    return cc_error_set(EINVAL, "%s: '%.80s': %s", op, name, name_fault(name));
+  if ((r = pool_path(p, path, sizeof path, "clones/%s", name)) < 0)
+    return r;
+  if (access(path, F_OK) == 0)
+    return cc_error_set(EEXIST, "%s: %s: already exists (a clone)", op, name);
+  if ((r = pool_path(p, path, sizeof path, "templates/%s", name)) < 0)
+    return r;
+  if (access(path, F_OK) == 0)
+    return cc_error_set(EEXIST, "%s: %s: already exists (a template)", op, name);
+  return 0;
+}
+
+int
+pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid)
+{
+  char final[PATH_MAX];
+  int r;
+
+  if ((r = pool_layer_path(p, uuid, final, sizeof final)) < 0)
+    return r;
+  /* A uuid collision would be a bug in the generator; never replace a layer. */
+  if (access(final, F_OK) == 0)
+    return cc_error_set(EEXIST, "install layer: %s: already exists", final);
+  if (rename(tmp_path, final) == -1)
+    return cc_error_set(errno, "install layer: %s: %s", final, strerror(errno));
+  if ((r = pool_fsync_dir(p, "layers")) < 0)
+    return r;
+  pool_step();
+  return 0;
+}
+
+int
+pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
+               char uuid_out[CC_UUID_STR])
+{
+  struct ovl_create_opts opts = { .virtual_size = size, .cluster_size = 0 };
+  uint8_t uuid[OVL_UUID_LEN];
+  char tmp[PATH_MAX];
+  int r;
+
+  if (parent)
+    opts.parent = *parent;
+  if ((r = pool_tmp_path(p, "layer", ".cow", tmp, sizeof tmp)) < 0)
+    return r;
+  /* ovl_create makes the file durable; the parent path is relative to the layer's directory,
+   * and tmp/ and layers/ are siblings, so "../images/X.raw" means the same in both and a
+   * "UUID.cow" link is only followed once the file is in layers/. */
+  if ((r = ovl_create(tmp, &opts, uuid)) < 0) {
+    unlink(tmp);
+    return r;
+  }
+  pool_step();
+  ovl_uuid_str(uuid, uuid_out);
+  if ((r = pool_install_layer(p, tmp, uuid_out)) < 0) {
+    unlink(tmp);
+    return r;
+  }
+  return 0;
+}
+
+int
+pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const char *what,
+                struct ovl_layer **out)
+{
+  char path[PATH_MAX];
+  int r;
+
+  if ((r = pool_layer_path(p, uuid, path, sizeof path)) < 0)
+    return r;
+  r = ovl_open(path, flags, out);
+  if (r == -EBUSY) {
+    char holder[128];
+    ovl_lock_holder(path, holder, sizeof holder);
+    return cc_error_set(EBUSY, "%s: layer %s is in use by %s", what, uuid, holder);
+  }
+  if (r < 0) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    return cc_error_set(-r, "%s: %s", what, msg);
+  }
+  return 0;
+}
+
+int
+pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
+                        char *pathbuf, size_t pathlen)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  int r;
+
+  if (t->kind == CC_TEMPLATE_LAYER)
+    return pool_parent_of_layer(p, t->layer, par, pathbuf, pathlen);
+  if ((r = pool_image_path(p, t->name, path, sizeof path)) < 0)
+    return r;
+  if (stat(path, &st) == -1)
+    return cc_error_set(errno, "template %s: %s: %s", t->name, path, strerror(errno));
+  if ((size_t)snprintf(pathbuf, pathlen, "../images/%s.raw", t->name) >= pathlen)
+    return cc_error_set(ENAMETOOLONG, "template %s: path too long", t->name);
+  memset(par, 0, sizeof *par);
+  par->kind = OVL_PARENT_RAW;
+  par->path = pathbuf;
+  par->size = (uint64_t)st.st_size;
+  return 0;
+}
+
+int
+pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par, char *pathbuf,
+                     size_t pathlen)
+{
+  struct ovl_layer *l;
+  struct ovl_info info;
+  int r;
+
+  /* Open without a lock: we only need its identity, and a server may hold it. */
+  if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK, "parent", &l)) < 0)
+    return r;
+  ovl_get_info(l, &info);
+  ovl_close(l);
+  if ((size_t)snprintf(pathbuf, pathlen, "%s.cow", uuid) >= pathlen)
+    return cc_error_set(ENAMETOOLONG, "parent %s: path too long", uuid);
+  memset(par, 0, sizeof *par);
+  par->kind = OVL_PARENT_LAYER;
+  par->path = pathbuf;
+  memcpy(par->uuid, info.uuid, OVL_UUID_LEN);
+  par->size = info.virtual_size;
+  return 0;
+}
+
+int64_t
+pool_now(void)
+{
+  return (int64_t)time(NULL);
+}
+
+void
+pool_format_time(int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t)t;
+  struct tm tm;
+
+  gmtime_r(&tt, &tm);
+  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int
+pool_parse_time(const char *s, int64_t *out)
+{
+  struct tm tm;
+  const char *end;
+
+  memset(&tm, 0, sizeof tm);
+  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (end == NULL || *end != '\0')
+    return -EINVAL;
+  *out = (int64_t)timegm(&tm);
+  return 0;
+}
