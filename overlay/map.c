@@ -1,0 +1,352 @@
+/* cowchain overlay: the map (FORMAT.md section 5) in memory and on disk.
+ *
+ * In memory the map mirrors the file: an array of l1_entries pointers, each NULL (no L2 table:
+ * 256 clusters unallocated) or an L2 table of 256 atomic entries.  Memory therefore grows with
+ * the 32 MiB regions (at 128 KiB clusters) that were ever written, plus 8 bytes per region of
+ * virtual size for the pointer array.
+ *
+ * Loading validates every invariant of FORMAT.md section 5.3 before the layer is usable, so the
+ * rest of overlay/ never sees an entry that points outside the file or at another cluster.
+ *
+ * Flushing follows FORMAT.md section 7.2: sync data, write changed L2 tables, sync, write the
+ * L1 blocks that gained tables, sync.  Changes stay marked until their write succeeded, so a
+ * failed flush (ENOSPC, EIO) is retried whole by the next one.
+ */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+struct object {
+  uint64_t off, len;
+  uint32_t l1, l2; /* l2 == UINT32_MAX: the object is the L2 table itself */
+};
+
+static int
+cmp_object(const void *a, const void *b)
+{
+  const struct object *x = a, *y = b;
+
+  return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static void
+describe(char *buf, size_t len, const struct object *o)
+{
+  if (o->l2 == UINT32_MAX)
+    snprintf(buf, len, "L2 table of L1 entry %" PRIu32 " at %" PRIu64, o->l1, o->off);
+  else
+    snprintf(buf, len, "cluster %" PRIu64 " (L1 %" PRIu32 " L2 %" PRIu32 ") at %" PRIu64,
+             (uint64_t)o->l1 * OVL_L2_ENTRIES + o->l2, o->l1, o->l2, o->off);
+}
+
+/* Check one decoded L2 entry against FORMAT.md section 5.3 (1, 2, 4). */
+static int
+check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t alloc, uint32_t zero)
+{
+  uint64_t cluster = (uint64_t)i * OVL_L2_ENTRIES + j;
+  uint64_t cstart = cluster << l->cluster_bits;
+  const char *p = l->path;
+
+  if (alloc & zero)
+    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters both allocated and zero (0x%08" PRIx32 ")",
+                        p, cluster, alloc & zero);
+  if (alloc && phys == 0)
+    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated sub-clusters but no cluster offset", p, cluster);
+  if (phys && (phys % OVL_BLOCK != 0 || phys < l->data_start))
+    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": bad cluster offset %" PRIu64, p, cluster, phys);
+  if (cstart >= l->hdr.virtual_size) {
+    if (phys || alloc || zero)
+      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 " lies beyond the virtual size but is not empty", p, cluster);
+    return 0;
+  }
+  if (cstart + l->cluster_size > l->hdr.virtual_size) {
+    /* sub-clusters wholly beyond the virtual size must be empty */
+    uint64_t used = (l->hdr.virtual_size - cstart + l->sc_size - 1) >> l->sc_bits;
+    uint32_t beyond = used >= 32 ? 0 : ~ovl_sc_mask(0, (unsigned)used - 1);
+    if ((alloc | zero) & beyond)
+      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters beyond the virtual size are set", p, cluster);
+  }
+  if (alloc) {
+    unsigned last = 31 - (unsigned)__builtin_clz(alloc);
+    if (phys + ((uint64_t)last + 1) * l->sc_size > l->file_size)
+      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated data at %" PRIu64 " lies past the end of the file (%" PRIu64 " bytes): truncated?",
+                          p, cluster, phys, l->file_size);
+  }
+  return 0;
+}
+
+int
+ovl_map_load(struct ovl_layer *l)
+{
+  uint32_t n = l->hdr.l1_entries;
+  uint8_t *l1raw = NULL, *l2raw = NULL;
+  struct object *obj = NULL;
+  size_t nobj = 0, cap = 0;
+  int r = 0;
+
+  l->l1 = calloc(n, sizeof *l->l1);
+  l1raw = malloc((size_t)n * 8);
+  l2raw = malloc(OVL_BLOCK);
+  if (!l->l1 || !l1raw || !l2raw) {
+    r = cc_error_set(ENOMEM, "open: %s: out of memory for the map", l->path);
+    goto out;
+  }
+  if (l->file_size < l->data_start) {
+    r = cc_error_set(EUCLEAN, "open: %s: file is truncated (%" PRIu64 " bytes, the L1 table ends at %" PRIu64 ")",
+                     l->path, l->file_size, l->data_start);
+    goto out;
+  }
+  r = ovl_pread_full(l, l1raw, (uint64_t)n * 8, l->hdr.l1_offset);
+  if (r < 0)
+    goto out;
+
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t off = get_le64(l1raw + (size_t)i * 8);
+    struct ovl_l2 *t;
+
+    if (off == 0)
+      continue;
+    if (off % OVL_BLOCK != 0 || off < l->data_start || off + OVL_BLOCK > l->file_size) {
+      r = cc_error_set(EUCLEAN, "open: %s: L1 entry %" PRIu32 ": L2 table offset %" PRIu64 " is %s", l->path, i, off,
+                       off % OVL_BLOCK ? "not aligned to 4096" : off < l->data_start ? "inside the header or L1 table"
+                                                                                   : "past the end of the file");
+      goto out;
+    }
+    r = ovl_pread_full(l, l2raw, OVL_BLOCK, off);
+    if (r < 0)
+      goto out;
+    t = calloc(1, sizeof *t);
+    if (!t) {
+      r = cc_error_set(ENOMEM, "open: %s: out of memory for the map", l->path);
+      goto out;
+    }
+    t->disk_offset = off;
+    atomic_store_explicit(&l->l1[i], t, memory_order_relaxed);
+    if (nobj + OVL_L2_ENTRIES + 1 > cap) {
+      size_t ncap = cap ? cap * 2 : 1024;
+      while (ncap < nobj + OVL_L2_ENTRIES + 1)
+        ncap *= 2;
+      struct object *no = realloc(obj, ncap * sizeof *obj);
+      if (!no) {
+        r = cc_error_set(ENOMEM, "open: %s: out of memory for the map", l->path);
+        goto out;
+      }
+      obj = no;
+      cap = ncap;
+    }
+    obj[nobj++] = (struct object){ off, OVL_BLOCK, i, UINT32_MAX };
+    for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
+      const uint8_t *e = l2raw + (size_t)j * OVL_L2_ENTRY_SIZE;
+      uint64_t phys = get_le64(e);
+      uint32_t alloc = get_le32(e + 8), zero = get_le32(e + 12);
+
+      r = check_entry(l, i, j, phys, alloc, zero);
+      if (r < 0)
+        goto out;
+      atomic_store_explicit(&t->e[j].phys, phys, memory_order_relaxed);
+      atomic_store_explicit(&t->e[j].bits, ovl_bits_make(alloc, zero), memory_order_relaxed);
+      if (phys)
+        obj[nobj++] = (struct object){ phys, l->cluster_size, i, j };
+    }
+  }
+
+  /* FORMAT.md 5.3 (3): referenced objects are pairwise disjoint (and, checked above, all lie at
+   * or after data_start, so none overlaps the header or L1). */
+  l->frontier = l->data_start;
+  if (nobj) {
+    qsort(obj, nobj, sizeof *obj, cmp_object);
+    for (size_t k = 0; k + 1 < nobj; k++) {
+      if (obj[k].off + obj[k].len > obj[k + 1].off) {
+        char a[128], b[128];
+        describe(a, sizeof a, &obj[k]);
+        describe(b, sizeof b, &obj[k + 1]);
+        r = cc_error_set(EUCLEAN, "open: %s: %s overlaps %s", l->path, a, b);
+        goto out;
+      }
+    }
+    l->frontier = obj[nobj - 1].off + obj[nobj - 1].len;
+  }
+
+out:
+  free(l1raw);
+  free(l2raw);
+  free(obj);
+  return r;
+}
+
+void
+ovl_map_free(struct ovl_layer *l)
+{
+  if (l->l1) {
+    for (uint32_t i = 0; i < l->hdr.l1_entries; i++)
+      free(atomic_load_explicit(&l->l1[i], memory_order_relaxed));
+    free(l->l1);
+    l->l1 = NULL;
+  }
+  free(l->dirty_l2);
+  l->dirty_l2 = NULL;
+  free(l->scratch);
+  l->scratch = NULL;
+}
+
+/* Remember that L2 table i (or its L1 entry) must be written by the next flush. */
+static int
+remember_dirty(struct ovl_layer *l, uint32_t i, struct ovl_l2 *t)
+{
+  if (t->dirty || t->l1_dirty)
+    return 0;
+  if (l->ndirty_l2 == l->dirty_cap) {
+    size_t ncap = l->dirty_cap ? l->dirty_cap * 2 : 64;
+    uint32_t *n = realloc(l->dirty_l2, ncap * sizeof *n);
+    if (!n)
+      return cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
+    l->dirty_l2 = n;
+    l->dirty_cap = ncap;
+  }
+  l->dirty_l2[l->ndirty_l2++] = i;
+  return 0;
+}
+
+int
+ovl_mark_dirty(struct ovl_layer *l, uint32_t i)
+{
+  struct ovl_l2 *t = atomic_load_explicit(&l->l1[i], memory_order_relaxed);
+  int r = remember_dirty(l, i, t);
+
+  if (r == 0)
+    t->dirty = true;
+  return r;
+}
+
+/* The L2 table covering `cluster`, allocating one at the frontier if there is none.  Caller
+ * holds l->lock.  Returns NULL (message set, errno set) on failure. */
+struct ovl_l2 *
+ovl_l2_get_or_create(struct ovl_layer *l, uint64_t cluster)
+{
+  uint32_t i = (uint32_t)(cluster / OVL_L2_ENTRIES);
+  struct ovl_l2 *t = atomic_load_explicit(&l->l1[i], memory_order_relaxed);
+  int r;
+
+  if (t)
+    return t;
+  r = ovl_set_dirty_locked(l);
+  if (r < 0) {
+    errno = -r;
+    return NULL;
+  }
+  t = calloc(1, sizeof *t);
+  if (!t) {
+    errno = ENOMEM;
+    cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
+    return NULL;
+  }
+  r = remember_dirty(l, i, t);
+  if (r < 0) {
+    free(t);
+    errno = -r;
+    return NULL;
+  }
+  t->disk_offset = l->frontier;
+  t->dirty = true;
+  t->l1_dirty = true;
+  l->frontier += OVL_BLOCK;
+  atomic_store_explicit(&l->l1[i], t, memory_order_release);
+  return t;
+}
+
+static void
+encode_l2(const struct ovl_l2 *t, uint8_t *buf)
+{
+  for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
+    uint8_t *e = buf + (size_t)j * OVL_L2_ENTRY_SIZE;
+    uint64_t bits = atomic_load_explicit(&t->e[j].bits, memory_order_relaxed);
+
+    put_le64(e, atomic_load_explicit(&t->e[j].phys, memory_order_relaxed));
+    put_le32(e + 8, ovl_bits_alloc(bits));
+    put_le32(e + 12, ovl_bits_zero(bits));
+  }
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+  return x < y ? -1 : x > y;
+}
+
+static int
+sync_fd(struct ovl_layer *l)
+{
+  if (ovl_io->fdatasync(l->fd) == -1)
+    return cc_error_set(errno, "flush: %s: fdatasync: %s", l->path, strerror(errno));
+  return 0;
+}
+
+/* FORMAT.md section 7.2.  Caller holds l->lock, so no map change races with it. */
+int
+ovl_map_flush_locked(struct ovl_layer *l)
+{
+  uint8_t buf[OVL_BLOCK];
+  bool l1_changed = false;
+  int r;
+
+  /* step 1: data (and anything else written so far) is durable */
+  r = sync_fd(l);
+  if (r < 0 || l->ndirty_l2 == 0)
+    return r;
+
+  /* step 2 + 3: changed L2 tables */
+  qsort(l->dirty_l2, l->ndirty_l2, sizeof *l->dirty_l2, cmp_u32);
+  for (size_t k = 0; k < l->ndirty_l2; k++) {
+    struct ovl_l2 *t = atomic_load_explicit(&l->l1[l->dirty_l2[k]], memory_order_relaxed);
+
+    l1_changed |= t->l1_dirty;
+    if (!t->dirty)
+      continue;
+    encode_l2(t, buf);
+    r = ovl_pwrite_full(l, buf, OVL_BLOCK, t->disk_offset);
+    if (r < 0)
+      return r;
+  }
+  r = sync_fd(l);
+  if (r < 0)
+    return r;
+  for (size_t k = 0; k < l->ndirty_l2; k++)
+    atomic_load_explicit(&l->l1[l->dirty_l2[k]], memory_order_relaxed)->dirty = false;
+
+  /* step 4 + 5: L1 blocks that gained tables; dirty_l2 is sorted, so each block once */
+  if (l1_changed) {
+    uint64_t last_block = UINT64_MAX;
+    for (size_t k = 0; k < l->ndirty_l2; k++) {
+      uint32_t i = l->dirty_l2[k];
+      uint64_t block = (uint64_t)i * 8 / OVL_BLOCK;
+      uint32_t first = (uint32_t)(block * OVL_BLOCK / 8);
+      uint32_t count = OVL_BLOCK / 8;
+
+      if (!atomic_load_explicit(&l->l1[i], memory_order_relaxed)->l1_dirty || block == last_block)
+        continue;
+      last_block = block;
+      if (first + count > l->hdr.l1_entries)
+        count = l->hdr.l1_entries - first;
+      memset(buf, 0, sizeof buf);
+      for (uint32_t e = 0; e < count; e++) {
+        struct ovl_l2 *t = atomic_load_explicit(&l->l1[first + e], memory_order_relaxed);
+        put_le64(buf + (size_t)e * 8, t ? t->disk_offset : 0);
+      }
+      r = ovl_pwrite_full(l, buf, (uint64_t)count * 8, l->hdr.l1_offset + block * OVL_BLOCK);
+      if (r < 0)
+        return r;
+    }
+    r = sync_fd(l);
+    if (r < 0)
+      return r;
+  }
+  for (size_t k = 0; k < l->ndirty_l2; k++)
+    atomic_load_explicit(&l->l1[l->dirty_l2[k]], memory_order_relaxed)->l1_dirty = false;
+  l->ndirty_l2 = 0;
+  return 0;
+}

@@ -1,0 +1,284 @@
+/* cowchain overlay: writes, write-zeroes and flush (FORMAT.md section 7).
+ *
+ * Two paths.  A write whose sub-clusters are all allocated already goes straight to the file
+ * with no lock: the map does not change and the physical cluster can never move.  Anything
+ * else (first writes, copy-up, writes into zero sub-clusters, zeroing) runs under the layer
+ * lock: the data is written first and the map entry changed after, so neither a concurrent
+ * reader nor a flush can ever see an entry that names unwritten bytes.
+ *
+ * Copy-up is per sub-cluster: a 4 KiB write into a fresh clone with the default 128 KiB clusters
+ * writes exactly 4 KiB and reads nothing from below.  Only a write that covers part of a
+ * sub-cluster reads the rest of that sub-cluster (from below, from the zero state, or from this
+ * file) so the whole sub-cluster can be written before it is marked allocated.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+static const uint8_t zero_buf[1u << (OVL_MAX_CLUSTER_BITS - 5)];
+
+static int
+check_range(struct ovl_layer *l, const char *call, uint64_t length, uint64_t offset)
+{
+  if (!(l->flags & OVL_RDWR))
+    return cc_error_set(EPERM, "%s: %s: layer is open read-only", call, l->path);
+  if (offset > l->hdr.virtual_size || length > l->hdr.virtual_size - offset)
+    return cc_error_set(EINVAL, "%s: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64, call,
+                        l->path, offset, length, l->hdr.virtual_size);
+  return 0;
+}
+
+/* Lock-free: if every sub-cluster of the range is allocated, write in place and return 1. */
+static int
+try_write_in_place(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uint64_t offset)
+{
+  uint64_t pos = offset, end = offset + length;
+
+  while (pos < end) {
+    uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
+    uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
+    struct ovl_l2 *t = atomic_load_explicit(&l->l1[cluster / OVL_L2_ENTRIES], memory_order_acquire);
+    uint32_t mask;
+    uint64_t bits;
+
+    if (!t)
+      return 0;
+    mask = ovl_sc_mask((unsigned)((pos - cstart) >> l->sc_bits), (unsigned)((cend - 1 - cstart) >> l->sc_bits));
+    bits = atomic_load_explicit(&t->e[cluster % OVL_L2_ENTRIES].bits, memory_order_acquire);
+    if ((ovl_bits_alloc(bits) & mask) != mask)
+      return 0;
+    pos = cend;
+  }
+  for (pos = offset; pos < end;) {
+    uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
+    uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
+    struct ovl_l2 *t = atomic_load_explicit(&l->l1[cluster / OVL_L2_ENTRIES], memory_order_acquire);
+    uint64_t phys = atomic_load_explicit(&t->e[cluster % OVL_L2_ENTRIES].phys, memory_order_relaxed);
+    int r = ovl_pwrite_full(l, buf + (pos - offset), cend - pos, phys + (pos - cstart));
+
+    if (r < 0)
+      return r;
+    pos = cend;
+  }
+  return 1;
+}
+
+/* Fill scratch for sub-cluster k of the cluster at cstart with what it reads as now. */
+static int
+fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, uint64_t bits, uint64_t phys,
+                ovl_below_fn below, void *opaque)
+{
+  uint64_t vstart = cstart + ((uint64_t)k << l->sc_bits);
+  uint64_t n = l->sc_size;
+
+  if (vstart + n > l->hdr.virtual_size) {
+    /* the tail of the last sub-cluster lies beyond the disk: never read, keep it zero */
+    memset(dst, 0, n);
+    n = l->hdr.virtual_size - vstart;
+  }
+  if (ovl_bits_alloc(bits) >> k & 1)
+    return ovl_pread_full(l, dst, n, phys + ((uint64_t)k << l->sc_bits));
+  if ((ovl_bits_zero(bits) >> k & 1) || !below) {
+    memset(dst, 0, n);
+    return 0;
+  }
+  return below(opaque, dst, n, vstart);
+}
+
+/* Write [pos, cend) inside one cluster.  Caller holds l->lock. */
+static int
+write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend, ovl_below_fn below,
+                     void *opaque)
+{
+  uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
+  uint32_t i = (uint32_t)(cluster / OVL_L2_ENTRIES);
+  unsigned k0 = (unsigned)((pos - cstart) >> l->sc_bits);
+  unsigned k1 = (unsigned)((cend - 1 - cstart) >> l->sc_bits);
+  uint32_t mask = ovl_sc_mask(k0, k1);
+  uint64_t a0 = cstart + ((uint64_t)k0 << l->sc_bits);
+  uint64_t a1 = cstart + ((uint64_t)(k1 + 1) << l->sc_bits);
+  struct ovl_l2 *t;
+  struct ovl_entry *e;
+  uint64_t bits, phys;
+  int r;
+
+  t = ovl_l2_get_or_create(l, cluster);
+  if (!t)
+    return -errno;
+  e = &t->e[cluster % OVL_L2_ENTRIES];
+  bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
+  phys = atomic_load_explicit(&e->phys, memory_order_relaxed);
+
+  if ((ovl_bits_alloc(bits) & mask) == mask)
+    return ovl_pwrite_full(l, buf, cend - pos, phys + (pos - cstart));
+
+  if (phys == 0) {
+    r = ovl_set_dirty_locked(l);
+    if (r < 0)
+      return r;
+    phys = l->frontier;
+    l->frontier += l->cluster_size;
+    /* bound for life (FORMAT.md section 6); published before any bit that needs it */
+    atomic_store_explicit(&e->phys, phys, memory_order_release);
+    r = ovl_mark_dirty(l, i);
+    if (r < 0)
+      return r;
+  }
+
+  if (pos == a0 && (cend == a1 || cend == l->hdr.virtual_size)) {
+    r = ovl_pwrite_full(l, buf, cend - pos, phys + (a0 - cstart));
+  } else {
+    if (!l->scratch && !(l->scratch = malloc(l->cluster_size)))
+      return cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
+    if (pos != a0) {
+      r = fill_subcluster(l, l->scratch, cstart, k0, bits, phys, below, opaque);
+      if (r < 0)
+        return r;
+    }
+    if (cend != a1 && (k1 != k0 || pos == a0)) {
+      r = fill_subcluster(l, l->scratch + (a1 - a0 - l->sc_size), cstart, k1, bits, phys, below, opaque);
+      if (r < 0)
+        return r;
+    }
+    memcpy(l->scratch + (pos - a0), buf, cend - pos);
+    r = ovl_pwrite_full(l, l->scratch, a1 - a0, phys + (a0 - cstart));
+  }
+  if (r < 0)
+    return r;
+
+  bits = ovl_bits_make(ovl_bits_alloc(bits) | mask, ovl_bits_zero(bits) & ~mask);
+  atomic_store_explicit(&e->bits, bits, memory_order_release);
+  return ovl_mark_dirty(l, i);
+}
+
+static int
+write_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uint64_t offset, bool zeroes,
+             ovl_below_fn below, void *opaque)
+{
+  uint64_t pos = offset, end = offset + length;
+
+  while (pos < end) {
+    uint64_t cstart = pos >> l->cluster_bits << l->cluster_bits;
+    uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
+    int r = write_cluster_locked(l, zeroes ? zero_buf : buf + (pos - offset), pos, cend, below, opaque);
+
+    if (r < 0)
+      return r;
+    pos = cend;
+  }
+  return 0;
+}
+
+int
+ovl_flush(struct ovl_layer *l)
+{
+  int r;
+
+  if (!(l->flags & OVL_RDWR))
+    return 0;
+  pthread_mutex_lock(&l->lock);
+  r = ovl_map_flush_locked(l);
+  pthread_mutex_unlock(&l->lock);
+  return r;
+}
+
+int
+ovl_pwrite(struct ovl_layer *l, const void *buf, uint64_t length, uint64_t offset, unsigned flags,
+           ovl_below_fn below, void *opaque)
+{
+  int r = check_range(l, "write", length, offset);
+
+  if (r < 0 || length == 0)
+    return r;
+  r = try_write_in_place(l, buf, length, offset);
+  if (r == 0) {
+    pthread_mutex_lock(&l->lock);
+    r = write_locked(l, buf, length, offset, false, below, opaque);
+    pthread_mutex_unlock(&l->lock);
+  }
+  if (r >= 0 && (flags & OVL_FUA))
+    r = ovl_flush(l);
+  return r < 0 ? r : 0;
+}
+
+/* Punch the file space of sub-clusters `mask` of a bound cluster.  Advisory: the map already
+ * says zero, so a file system without hole punching loses only space. */
+static void
+punch(struct ovl_layer *l, uint64_t phys, uint32_t mask)
+{
+  unsigned k = 0;
+
+  while (mask) {
+    unsigned start, len;
+
+    while (!(mask >> k & 1))
+      k++;
+    start = k;
+    while (k < 32 && (mask >> k & 1))
+      k++;
+    len = k - start;
+    mask &= ~ovl_sc_mask(start, k - 1);
+    (void)ovl_io->fallocate(l->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            (off_t)(phys + ((uint64_t)start << l->sc_bits)), (off_t)((uint64_t)len << l->sc_bits));
+  }
+}
+
+/* Turn sub-clusters `mask` of one cluster to zero.  Caller holds l->lock. */
+static int
+zero_subclusters_locked(struct ovl_layer *l, uint64_t cluster, uint32_t mask, unsigned flags)
+{
+  struct ovl_l2 *t = atomic_load_explicit(&l->l1[cluster / OVL_L2_ENTRIES], memory_order_relaxed);
+  struct ovl_entry *e;
+  uint64_t bits, nbits;
+
+  if (!t && !(t = ovl_l2_get_or_create(l, cluster)))
+    return -errno;
+  e = &t->e[cluster % OVL_L2_ENTRIES];
+  bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
+  nbits = ovl_bits_make(ovl_bits_alloc(bits) & ~mask, ovl_bits_zero(bits) | mask);
+  if (nbits == bits)
+    return 0;
+  atomic_store_explicit(&e->bits, nbits, memory_order_release);
+  if ((flags & OVL_MAY_TRIM) && (ovl_bits_alloc(bits) & mask))
+    punch(l, atomic_load_explicit(&e->phys, memory_order_relaxed), ovl_bits_alloc(bits) & mask);
+  return ovl_mark_dirty(l, (uint32_t)(cluster / OVL_L2_ENTRIES));
+}
+
+int
+ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below, void *opaque)
+{
+  uint64_t pos = offset, end = offset + length;
+  int r = check_range(l, "zero", length, offset);
+
+  if (r < 0 || length == 0)
+    return r;
+  pthread_mutex_lock(&l->lock);
+  while (pos < end && r == 0) {
+    uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
+    uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
+    /* whole sub-clusters [f0, f1); the disk's end counts as a sub-cluster end */
+    uint64_t f0 = (pos - cstart + l->sc_size - 1) >> l->sc_bits;
+    uint64_t f1 = cend == l->hdr.virtual_size ? (cend - cstart + l->sc_size - 1) >> l->sc_bits
+                                              : (cend - cstart) >> l->sc_bits;
+
+    if (f0 >= f1) {
+      r = write_locked(l, NULL, cend - pos, pos, true, below, opaque);
+    } else {
+      uint64_t w0 = cstart + (f0 << l->sc_bits), w1 = cstart + (f1 << l->sc_bits);
+      if (pos < w0)
+        r = write_locked(l, NULL, w0 - pos, pos, true, below, opaque);
+      if (r == 0)
+        r = zero_subclusters_locked(l, cluster, ovl_sc_mask((unsigned)f0, (unsigned)f1 - 1), flags);
+      if (r == 0 && w1 < cend)
+        r = write_locked(l, NULL, cend - w1, w1, true, below, opaque);
+    }
+    pos = cend;
+  }
+  pthread_mutex_unlock(&l->lock);
+  if (r == 0 && (flags & OVL_FUA))
+    r = ovl_flush(l);
+  return r;
+}
