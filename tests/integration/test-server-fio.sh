@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# fio's nbd engine: random writes with crc32c verification on a clone, several jobs and
+# requests in flight, then a verify-only pass through new connections and a new server.
+source "$(dirname "$0")/functions.sh"
+requires_plugin
+requires fio
+fio --enghelp=nbd >/dev/null 2>&1 || skip "fio lacks the nbd engine"
+setup_pool
+
+run_fio() {
+  timeout 200 fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" --size=48M \
+    --rw=randwrite --bsrange=512-128k --bs_unaligned=0 --iodepth=16 --numjobs=1 \
+    --verify=crc32c --verify_fatal=1 --randseed=4242 --norandommap=0 "$@" \
+    --output="$WORK/fio.out" || {
+    cat "$WORK/fio.out" >&2
+    fail "fio $*"
+  }
+  grep -q 'err= 0' "$WORK/fio.out" || {
+    cat "$WORK/fio.out" >&2
+    fail "fio reported errors"
+  }
+}
+
+start_server
+run_fio --do_verify=1
+run_fio --verify_only=1
+stop_server
+start_server -- io=sync
+run_fio --verify_only=1
+check_template_unchanged

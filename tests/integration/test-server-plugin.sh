@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The plugin loads by path, documents its parameters (--help, --dump-plugin) and refuses a
+# bad configuration with a message that says what to type instead.
+source "$(dirname "$0")/functions.sh"
+requires_plugin
+
+nbdkit "$PLUGIN" --help >"$WORK/help"
+for word in 'pool=DIR' 'io=uring|sync' 'default=NAME'; do
+  grep -qF -- "$word" "$WORK/help" || fail "--help does not mention $word"
+done
+
+nbdkit "$PLUGIN" --dump-plugin >"$WORK/dump"
+for line in name=cowchain magic_config_key=pool thread_model=parallel errno_is_preserved=0 \
+  has_list_exports=1 has_extents=1 has_block_size=1 cowchain_io=uring,sync \
+  cowchain_io_default=uring cowchain_name_max=64; do
+  grep -qxF -- "$line" "$WORK/dump" || fail "--dump-plugin lacks $line"
+done
+grep -q '^cowchain_version=' "$WORK/dump" || fail "--dump-plugin lacks cowchain_version"
+
+# Only plugin_init is exported (the static libraries' symbols stay inside).
+if command -v nm >/dev/null; then
+  nm -D --defined-only "$PLUGIN" | awk '$2 ~ /^[TDBR]$/ {print $3}' | sort >"$WORK/syms"
+  grep -qx plugin_init "$WORK/syms" || fail "plugin_init is not exported"
+  if grep -Evx 'plugin_init|cowchain_debug_.*|_init|_fini' "$WORK/syms"; then
+    fail "the plugin exports more than plugin_init and its debug flags"
+  fi
+fi
+
+# Configuration errors: nbdkit must exit non-zero with a useful message, before serving.
+run_bad() {
+  local want=$1
+  shift
+  local rc=0
+  timeout 30 nbdkit -f -U "$WORK/bad.sock" "$PLUGIN" "$@" >"$WORK/bad.log" 2>&1 || rc=$?
+  [ $rc -ne 0 ] && [ $rc -lt 124 ] || {
+    cat "$WORK/bad.log" >&2
+    fail "nbdkit $* exited with $rc, expected a configuration error"
+  }
+  grep -qiE -- "$want" "$WORK/bad.log" || {
+    cat "$WORK/bad.log" >&2
+    fail "nbdkit $*: message lacks /$want/"
+  }
+}
+run_bad 'pool directory is required|pool=DIR'
+run_bad 'No such file' pool="$WORK/no-such-pool"
+mkdir "$WORK/empty"
+run_bad "pool=$WORK/empty" "$WORK/empty"       # magic key; not a pool
+run_bad 'io=uring' pool="$WORK/empty" io=fast
+run_bad 'unknown parameter' pool="$WORK/empty" colour=blue
+run_bad 'default=' pool="$WORK/empty" default=../etc
