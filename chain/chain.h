@@ -18,6 +18,8 @@ struct cc_chain;
 /* cc_chain_open flags */
 #define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
 #define CC_IO_SYNC 2u /* read with preadv instead of io_uring */
+#define CC_RAW 4u     /* top_path is a raw image (a template export): read-only.  Never probed:
+                       * a raw image's first bytes are guest data and may spell anything. */
 
 /* write flags */
 #define CC_FUA 1u
@@ -56,5 +58,21 @@ int cc_chain_flush(struct cc_chain *c);
 typedef int (*cc_extent_fn)(void *opaque, uint64_t offset, uint64_t length, uint32_t type);
 int cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent_fn fn,
                      void *opaque);
+
+/* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
+ * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin
+ * routes them to nbdkit_debug. */
+void cc_set_log(void (*fn)(const char *msg));
+
+/* Test hooks.  The identity of the shared resolution index a chain uses (NULL if the chain has
+ * no frozen part): two chains on the same frozen layer return the same pointer. */
+const void *cc_chain_index_id(const struct cc_chain *c);
+/* How many resolution indexes are alive in this process. */
+size_t cc_chain_index_count(void);
+/* 1 if reads of this chain currently go through io_uring, 0 if through pread. */
+int cc_chain_uses_uring(const struct cc_chain *c);
+/* A smaller depth limit than CC_MAX_DEPTH (0 restores it), so the "too deep" error can be
+ * tested without creating 4097 files.  Not thread-safe: call it before opening chains. */
+void cc_chain_set_max_depth(size_t n);
 
 #endif

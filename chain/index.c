@@ -1,0 +1,290 @@
+/* cowchain chain: the resolution index of a chain's frozen part.
+ *
+ * Design notes
+ * ------------
+ * The index is a sorted array of runs (internal.h, struct cc_run) that tiles [0, size) of the
+ * topmost frozen layer's virtual disk.  Each run is DATA (layer, phys), ZERO (a zero
+ * sub-cluster somewhere hides everything below) or HOLE (nothing in the chain ever wrote it:
+ * a raw image's hole, no parent, or beyond a parent's size).  A run's length is implicit (the
+ * next run's start), which keeps a run at 24 bytes; memory grows with the number of runs,
+ * i.e. with what was written, never with the virtual size.
+ *
+ * Building goes bottom-up: the bottom gives the first array (a raw image through
+ * SEEK_DATA/SEEK_HOLE, a parentless layer as one HOLE), then every layer above is merged in
+ * one linear pass: its own DATA and ZERO extents (ovl_map) replace what is below, its
+ * unallocated extents copy the runs below, clipped.  Runs are merged on insert when they are
+ * the same kind and, for DATA, the same layer with contiguous file offsets, so a read of a
+ * contiguous range in one file is one piece.  Cost: O(layers x runs), done once per frozen
+ * part and shared by every chain on it (registry.c).
+ *
+ * Lookups never lock: the array is immutable after cc_index_build returns.
+ */
+#define _GNU_SOURCE
+#include "chain/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+
+#define MAP_BATCH 256 /* extents per ovl_map call */
+
+struct runvec {
+  struct cc_run *v;
+  size_t n, cap;
+};
+
+/* Append a run starting at `start` (runs are built contiguous and ascending), merging it into
+ * the previous one when it just continues it. */
+static int
+rv_push(struct runvec *rv, uint64_t start, uint32_t kind, uint32_t layer, uint64_t phys)
+{
+  /* A previous run of length zero (cannot come from a sane map, but costs nothing) is
+   * replaced rather than kept as an empty run. */
+  if (rv->n > 0 && rv->v[rv->n - 1].start == start)
+    rv->n--;
+  if (rv->n > 0) {
+    const struct cc_run *last = &rv->v[rv->n - 1];
+
+    if (last->kind == kind &&
+        (kind != CC_RUN_DATA ||
+         (last->layer == layer && last->phys + (start - last->start) == phys)))
+      return 0;
+  }
+  if (rv->n == rv->cap) {
+    size_t cap = rv->cap ? rv->cap * 2 : 64;
+    struct cc_run *v = realloc(rv->v, cap * sizeof *v);
+
+    if (!v)
+      return cc_error_set(ENOMEM, "open: resolution index: out of memory");
+    rv->v = v;
+    rv->cap = cap;
+  }
+  rv->v[rv->n++] = (struct cc_run){.start = start, .phys = phys, .layer = layer, .kind = kind};
+  return 0;
+}
+
+/* Runs of a raw image: data where SEEK_DATA finds it, holes elsewhere.  A file system without
+ * SEEK_DATA support reports everything as data, which is correct, only less sparse. */
+static int
+scan_raw(struct runvec *rv, const struct cc_frozen *f)
+{
+  uint64_t pos = 0;
+  int r;
+
+  while (pos < f->size) {
+    off_t d = lseek(f->fd, (off_t)pos, SEEK_DATA);
+    off_t h;
+
+    if (d < 0 && errno == ENXIO) /* only a hole up to EOF */
+      return rv_push(rv, pos, CC_RUN_HOLE, 0, 0);
+    if (d < 0) /* no SEEK_DATA here (e.g. a device): all data */
+      return rv_push(rv, pos, CC_RUN_DATA, 0, pos);
+    if ((uint64_t)d >= f->size)
+      return rv_push(rv, pos, CC_RUN_HOLE, 0, 0);
+    if ((uint64_t)d > pos && (r = rv_push(rv, pos, CC_RUN_HOLE, 0, 0)) < 0)
+      return r;
+    h = lseek(f->fd, d, SEEK_HOLE);
+    if (h < 0 || (uint64_t)h > f->size)
+      h = (off_t)f->size;
+    if ((r = rv_push(rv, (uint64_t)d, CC_RUN_DATA, 0, (uint64_t)d)) < 0)
+      return r;
+    if (h <= d) /* cannot happen; never loop forever on a confused file system */
+      h = (off_t)f->size;
+    pos = (uint64_t)h;
+  }
+  return 0;
+}
+
+static uint64_t
+run_end(const struct cc_run *v, size_t n, size_t i, uint64_t size)
+{
+  return i + 1 < n ? v[i + 1].start : size;
+}
+
+/* Copy the runs of `below` (covering [0, below_size)) that overlap [a, b) into `out`, clipped.
+ * *ci is a cursor into below that only moves forward. */
+static int
+copy_below(struct runvec *out, const struct runvec *below, uint64_t below_size, size_t *ci,
+           uint64_t a, uint64_t b)
+{
+  int r;
+
+  while (*ci < below->n && run_end(below->v, below->n, *ci, below_size) <= a)
+    (*ci)++;
+  for (size_t i = *ci; i < below->n && below->v[i].start < b; i++) {
+    const struct cc_run *run = &below->v[i];
+    uint64_t s = run->start > a ? run->start : a;
+    uint64_t phys = run->kind == CC_RUN_DATA ? run->phys + (s - run->start) : 0;
+
+    if ((r = rv_push(out, s, run->kind, run->layer, phys)) < 0)
+      return r;
+    *ci = i; /* the next extent may start inside this run */
+  }
+  return 0;
+}
+
+/* Merge layer `li` over `below` (which already covers its whole virtual size) into `out`. */
+static int
+overlay_layer(struct runvec *out, const struct runvec *below, uint64_t size, uint32_t li,
+              const struct cc_frozen *f)
+{
+  struct ovl_extent ext[MAP_BATCH];
+  uint64_t pos = 0;
+  size_t ci = 0;
+  int n, r;
+
+  while (pos < size) {
+    n = ovl_map(f->ovl, pos, size - pos, ext, MAP_BATCH);
+    if (n < 0)
+      return n;
+    if (n == 0)
+      return cc_error_set(EIO, "open: %s: map ends at %llu before the virtual size", f->path,
+                          (unsigned long long)pos);
+    for (int k = 0; k < n; k++) {
+      const struct ovl_extent *e = &ext[k];
+
+      if (e->offset != pos || e->length > size - pos)
+        return cc_error_set(EIO, "open: %s: map extents not contiguous at %llu", f->path,
+                            (unsigned long long)pos);
+      switch (e->state) {
+      case OVL_UNALLOCATED:
+        r = copy_below(out, below, size, &ci, e->offset, e->offset + e->length);
+        break;
+      case OVL_ZERO:
+        r = rv_push(out, e->offset, CC_RUN_ZERO, 0, 0);
+        break;
+      case OVL_DATA:
+        r = rv_push(out, e->offset, CC_RUN_DATA, li, e->phys);
+        break;
+      default:
+        r = cc_error_set(EIO, "open: %s: unknown extent state %d", f->path, (int)e->state);
+      }
+      if (r < 0)
+        return r;
+      pos += e->length;
+    }
+  }
+  return 0;
+}
+
+/* Build idx->runs from idx->layers (bottom first).  On failure the index keeps no runs. */
+int
+cc_index_build(struct cc_index *idx)
+{
+  struct runvec cur = {0}, next = {0};
+  uint64_t size = 0;
+  int r = 0;
+
+  for (size_t i = 0; i < idx->nlayers; i++) {
+    const struct cc_frozen *f = &idx->layers[i];
+
+    if (!f->ovl) {
+      /* A raw image is always the bottom (open.c stops there). */
+      if ((r = scan_raw(&cur, f)) < 0)
+        goto out;
+      size = f->size;
+      continue;
+    }
+    /* Beyond the size of what is below, this layer's unallocated parts read as zero. */
+    if (f->size > size) {
+      if ((r = rv_push(&cur, size, CC_RUN_HOLE, 0, 0)) < 0)
+        goto out;
+      size = f->size;
+    }
+    next.n = 0;
+    if ((r = overlay_layer(&next, &cur, size, (uint32_t)i, f)) < 0)
+      goto out;
+    struct runvec t = cur;
+    cur = next;
+    next = t;
+  }
+  /* Trim a trailing empty run and the slack. */
+  if (cur.n > 0 && cur.v[cur.n - 1].start >= size)
+    cur.n--;
+  if (cur.n > 0 && cur.n < cur.cap) {
+    struct cc_run *v = realloc(cur.v, cur.n * sizeof *v);
+
+    if (v)
+      cur.v = v;
+  }
+  idx->runs = cur.v;
+  idx->nruns = cur.n;
+  idx->size = size;
+  cur.v = NULL;
+out:
+  free(cur.v);
+  free(next.v);
+  return r;
+}
+
+/* Close the frozen files (dropping their shared locks) and free everything. */
+void
+cc_index_free(struct cc_index *idx)
+{
+  if (!idx)
+    return;
+  for (size_t i = 0; i < idx->nlayers; i++) {
+    struct cc_frozen *f = &idx->layers[i];
+
+    if (f->ovl)
+      ovl_close(f->ovl); /* read-only: nothing to flush, cannot lose data */
+    else if (f->fd >= 0)
+      close(f->fd);
+    free(f->path);
+  }
+  free(idx->layers);
+  free(idx->runs);
+  free(idx);
+}
+
+/* Index of the run containing `offset` (< idx->size, nruns > 0). */
+static size_t
+find_run(const struct cc_index *idx, uint64_t offset)
+{
+  size_t lo = 0, hi = idx->nruns; /* answer in [lo, hi) */
+
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (idx->runs[mid].start <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+int
+cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, cc_seg_fn fn,
+              void *opaque)
+{
+  uint64_t pos = offset, end = offset + length;
+  struct cc_seg seg;
+  int r;
+
+  if (idx && idx->nruns > 0 && pos < idx->size) {
+    for (size_t i = find_run(idx, pos); i < idx->nruns && pos < end; i++) {
+      const struct cc_run *run = &idx->runs[i];
+      uint64_t rend = run_end(idx->runs, idx->nruns, i, idx->size);
+      uint64_t send = rend < end ? rend : end;
+
+      seg.offset = pos;
+      seg.length = send - pos;
+      seg.kind = (enum cc_run_kind)run->kind;
+      seg.phys = run->kind == CC_RUN_DATA ? run->phys + (pos - run->start) : 0;
+      seg.file = run->kind == CC_RUN_DATA ? &idx->layers[run->layer] : NULL;
+      if ((r = fn(opaque, &seg)) != 0)
+        return r;
+      pos = send;
+    }
+  }
+  if (pos < end) {
+    seg = (struct cc_seg){.offset = pos, .length = end - pos, .kind = CC_RUN_HOLE};
+    if ((r = fn(opaque, &seg)) != 0)
+      return r;
+  }
+  return 0;
+}

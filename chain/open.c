@@ -1,0 +1,519 @@
+/* cowchain chain: opening a chain and validating every parent link.
+ *
+ * Design notes
+ * ------------
+ * A chain is opened from its top file down.  A writable top (CC_RDWR) is opened exclusively
+ * and stays with the chain; everything below it is the *frozen part*, which lives in a shared
+ * resolution index (index.c) found in, or added to, the registry (registry.c).  A read-only
+ * chain is all frozen part: its top file is the index's topmost file.
+ *
+ * Validation follows docs/FORMAT.md section 4.1 for every link: the parent exists, is a layer
+ * with the recorded uuid (kind LAYER) or a raw image (kind RAW), and still has the recorded
+ * size; a child is never smaller than its parent; no file appears twice (cycle, detected by
+ * (st_dev, st_ino) *before* the file is opened, so a cycle through the exclusively locked
+ * writable top is reported as a cycle, not as a lock conflict); at most CC_MAX_DEPTH files.
+ * A fault is reported as "open: CHILD: parent RECORDED-PATH: what is wrong".
+ *
+ * A registry hit is checked against the same key the walk would check (identity, uuid, size),
+ * so reusing an index is exactly as safe as re-validating the chain: the index holds every
+ * frozen file open and locked shared, so none of them can change while it exists.
+ *
+ * Raw images are never probed for a header: a raw image's first bytes are guest data.  A file
+ * is raw only because a parent link says so, or because the caller passed CC_RAW.
+ *
+ * File descriptors: a chain of N layers holds N fds (once per distinct frozen part), so the
+ * first open raises RLIMIT_NOFILE's soft limit to the hard limit.
+ */
+#define _GNU_SOURCE
+#include "chain/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+
+static size_t max_depth = CC_MAX_DEPTH;
+
+/* One parent link to follow: the file `path` as the header of `child` describes it. */
+struct link {
+  const char *child; /* the layer whose header names this file; NULL for a read-only top */
+  char rel[OVL_MAX_PARENT_PATH + 1]; /* the parent path as recorded */
+  char *path;                        /* resolved path (owned until moved into a cc_frozen) */
+  enum ovl_parent_kind kind;
+  int checked;                 /* uuid/size below were recorded by the child: check them */
+  uint8_t uuid[OVL_UUID_LEN]; /* LAYER */
+  uint64_t size;
+  uint64_t child_size;
+};
+
+struct ident {
+  dev_t dev;
+  ino_t ino;
+};
+
+static pthread_once_t nofile_once = PTHREAD_ONCE_INIT;
+
+static void
+raise_nofile(void)
+{
+  struct rlimit rl;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+      cc_log("cannot raise the open file limit (%m): deep chains may fail with EMFILE");
+  }
+}
+
+/* "open: CHILD: parent REL: reason", or "open: PATH: reason" for the top of a chain. */
+static int __attribute__((format(printf, 3, 4)))
+link_error(const struct link *lk, int err, const char *fmt, ...)
+{
+  char reason[1536];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  if (lk->child)
+    return cc_error_set(err, "open: %s: parent %s: %s", lk->child, lk->rel, reason);
+  return cc_error_set(err, "open: %s: %s", lk->path, reason);
+}
+
+/* The parent path `rel` resolved against the directory of `child`.  Deep chains with "../"
+ * links would grow the joined path; past PATH_MAX / 2 the directory is canonicalized. */
+static char *
+join_parent(const char *child, const char *rel)
+{
+  const char *slash = strrchr(child, '/');
+  size_t dlen = slash ? (size_t)(slash - child) : 1;
+  char *dir, *out = NULL;
+
+  if (rel[0] == '/')
+    return strdup(rel);
+  if (slash && dlen == 0)
+    dlen = 1; /* a layer in "/" */
+  dir = slash ? strndup(child, dlen) : strdup(".");
+  if (!dir)
+    return NULL;
+  if (strlen(dir) + strlen(rel) + 2 > PATH_MAX / 2) {
+    char *canon = realpath(dir, NULL);
+
+    if (canon) {
+      free(dir);
+      dir = canon;
+    }
+  }
+  if (asprintf(&out, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "", rel) < 0)
+    out = NULL;
+  free(dir);
+  return out;
+}
+
+/* Take a shared OFD lock on a raw image, as ovl_open does for layers, so no writer (a pool
+ * tool, another nbdkit) can open it while a chain reads it. */
+static int
+lock_raw_shared(const struct link *lk, int fd)
+{
+  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
+  char holder[256];
+
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+    return 0;
+  if (errno != EAGAIN && errno != EACCES)
+    return 0; /* no OFD locks on this file system: templates are read-only anyway */
+  ovl_lock_holder(lk->path, holder, sizeof holder);
+  return link_error(lk, EBUSY, "locked for writing by %s", holder);
+}
+
+static int
+open_raw(const struct link *lk, struct cc_frozen *f)
+{
+  struct stat st;
+  int r;
+
+  f->fd = open(lk->path, O_RDONLY | O_CLOEXEC);
+  if (f->fd < 0)
+    return link_error(lk, errno, "%s", strerror(errno));
+  if (fstat(f->fd, &st) < 0)
+    return link_error(lk, errno, "fstat: %s", strerror(errno));
+  if (S_ISREG(st.st_mode)) {
+    f->size = (uint64_t)st.st_size;
+  } else if (S_ISBLK(st.st_mode)) {
+    off_t end = lseek(f->fd, 0, SEEK_END);
+
+    if (end < 0)
+      return link_error(lk, errno, "size: %s", strerror(errno));
+    f->size = (uint64_t)end;
+  } else {
+    return link_error(lk, EINVAL, "not a regular file or block device");
+  }
+  f->dev = st.st_dev;
+  f->ino = st.st_ino;
+  if ((r = lock_raw_shared(lk, f->fd)) < 0)
+    return r;
+  return 0;
+}
+
+static int
+open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
+{
+  struct stat st;
+  int r;
+
+  r = ovl_open(lk->path, OVL_RDONLY, &f->ovl);
+  if (r < 0) {
+    char msg[1024];
+    const char *m = cc_error_get();
+
+    if (!lk->child)
+      return r; /* the top file: overlay's message already names it */
+    if (strncmp(m, "open: ", 6) == 0)
+      m += 6;
+    snprintf(msg, sizeof msg, "%s", m);
+    return link_error(lk, -r, "%s", msg);
+  }
+  f->fd = ovl_fd(f->ovl);
+  ovl_get_info(f->ovl, info);
+  f->size = info->virtual_size;
+  if (fstat(f->fd, &st) < 0)
+    return link_error(lk, errno, "fstat: %s", strerror(errno));
+  f->dev = st.st_dev;
+  f->ino = st.st_ino;
+  if (lk->checked && memcmp(info->uuid, lk->uuid, OVL_UUID_LEN) != 0) {
+    char want[37], got[37];
+
+    ovl_uuid_str(lk->uuid, want);
+    ovl_uuid_str(info->uuid, got);
+    return link_error(lk, EINVAL, "uuid mismatch (expected %s, found %s)", want, got);
+  }
+  return 0;
+}
+
+static int
+seen_before(const struct ident *above, size_t nabove, const struct cc_frozen *v, size_t n,
+            dev_t dev, ino_t ino)
+{
+  for (size_t i = 0; i < nabove; i++)
+    if (above[i].dev == dev && above[i].ino == ino)
+      return 1;
+  for (size_t i = 0; i < n; i++)
+    if (v[i].dev == dev && v[i].ino == ino)
+      return 1;
+  return 0;
+}
+
+static void
+frozen_release(struct cc_frozen *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    if (v[i].ovl)
+      ovl_close(v[i].ovl);
+    else if (v[i].fd >= 0)
+      close(v[i].fd);
+    free(v[i].path);
+  }
+  free(v);
+}
+
+/* Find or build the index of the frozen part whose topmost file `lk` names.  `above` are the
+ * identities of the files above it (the writable top), for cycle detection and depth. */
+static int
+acquire_index(struct link *lk, const struct ident *above, size_t nabove, struct cc_index **out)
+{
+  static const uint8_t zero_uuid[OVL_UUID_LEN];
+  struct cc_frozen *v = NULL; /* top first, while walking */
+  size_t n = 0, cap = 0;
+  struct ovl_info *info = malloc(sizeof *info);
+  struct cc_index *idx = NULL;
+  int r = 0;
+
+  if (!info)
+    return cc_error_set(ENOMEM, "open: %s: out of memory", lk->path);
+  for (;;) {
+    struct cc_frozen *f;
+    struct stat st;
+
+    if (nabove + n + 1 > max_depth) {
+      r = link_error(lk, ELOOP, "chain deeper than %zu layers", max_depth);
+      goto fail;
+    }
+    if (stat(lk->path, &st) < 0) {
+      r = errno == ENOENT ? link_error(lk, ENOENT, "missing")
+                          : link_error(lk, errno, "%s", strerror(errno));
+      goto fail;
+    }
+    if (seen_before(above, nabove, v, n, st.st_dev, st.st_ino)) {
+      r = link_error(lk, ELOOP, "cycle: %s is already in the chain", lk->path);
+      goto fail;
+    }
+    /* The topmost frozen file: is its index already built? */
+    if (n == 0 && (lk->checked || lk->kind == OVL_PARENT_RAW)) {
+      struct cc_index *hit;
+
+      hit = cc_registry_get(st.st_dev, st.st_ino,
+                            lk->kind == OVL_PARENT_LAYER ? lk->uuid : zero_uuid,
+                            lk->checked ? lk->size : (uint64_t)st.st_size);
+      if (hit) {
+        free(lk->path);
+        lk->path = NULL;
+        free(info);
+        *out = hit;
+        return 0;
+      }
+    }
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 8;
+      struct cc_frozen *nv = realloc(v, ncap * sizeof *nv);
+
+      if (!nv) {
+        r = link_error(lk, ENOMEM, "out of memory");
+        goto fail;
+      }
+      v = nv;
+      cap = ncap;
+    }
+    f = &v[n];
+    *f = (struct cc_frozen){.fd = -1};
+    if (lk->kind == OVL_PARENT_RAW)
+      r = open_raw(lk, f);
+    else
+      r = open_layer(lk, f, info);
+    if (r < 0) {
+      n++; /* release what was opened */
+      goto fail;
+    }
+    f->path = lk->path; /* ownership moves to the frozen file */
+    lk->path = NULL;
+    n++;
+    if (lk->checked && f->size != lk->size) {
+      r = link_error(lk, EINVAL, "size changed (was %llu, now %llu)",
+                     (unsigned long long)lk->size, (unsigned long long)f->size);
+      goto fail;
+    }
+    if (lk->checked && f->size > lk->child_size) {
+      r = link_error(lk, EINVAL, "parent (%llu bytes) larger than the layer (%llu bytes)",
+                     (unsigned long long)f->size, (unsigned long long)lk->child_size);
+      goto fail;
+    }
+    if (n == 1 && !lk->checked && f->ovl) {
+      /* Read-only top layer: now that its uuid is known, look for its index. */
+      struct cc_index *hit = cc_registry_get(f->dev, f->ino, info->uuid, f->size);
+
+      if (hit) {
+        frozen_release(v, n);
+        free(info);
+        *out = hit;
+        return 0;
+      }
+    }
+    if (!f->ovl || info->parent_kind == OVL_PARENT_NONE)
+      break;
+    /* Follow the link this layer records. */
+    lk->child = f->path;
+    snprintf(lk->rel, sizeof lk->rel, "%s", info->parent_path);
+    lk->kind = info->parent_kind;
+    lk->checked = 1;
+    memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
+    lk->size = info->parent_size;
+    lk->child_size = info->virtual_size;
+    lk->path = join_parent(f->path, info->parent_path);
+    if (!lk->path) {
+      r = cc_error_set(ENOMEM, "open: %s: out of memory", f->path);
+      goto fail;
+    }
+  }
+
+  /* v[0] is the topmost frozen file; the index wants the bottom first. */
+  idx = calloc(1, sizeof *idx);
+  if (!idx) {
+    r = cc_error_set(ENOMEM, "open: %s: out of memory", v[0].path);
+    goto fail;
+  }
+  for (size_t i = 0; i < n / 2; i++) {
+    struct cc_frozen t = v[i];
+    v[i] = v[n - 1 - i];
+    v[n - 1 - i] = t;
+  }
+  idx->layers = v;
+  idx->nlayers = n;
+  idx->dev = v[n - 1].dev;
+  idx->ino = v[n - 1].ino;
+  if (v[n - 1].ovl) {
+    ovl_get_info(v[n - 1].ovl, info);
+    memcpy(idx->uuid, info->uuid, OVL_UUID_LEN);
+  }
+  v = NULL;
+  n = 0;
+  if ((r = cc_index_build(idx)) < 0) {
+    cc_index_free(idx);
+    goto fail;
+  }
+  free(info);
+  *out = cc_registry_insert(idx);
+  return 0;
+
+fail:
+  frozen_release(v, n);
+  free(lk->path);
+  lk->path = NULL;
+  free(info);
+  return r;
+}
+
+int
+cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
+{
+  struct cc_chain *c;
+  struct link *lk = NULL;
+  int r;
+
+  *out = NULL;
+  pthread_once(&nofile_once, raise_nofile);
+  if ((flags & CC_RAW) && (flags & CC_RDWR))
+    return cc_error_set(EPERM, "open: %s: a raw image is read-only", top_path);
+  c = calloc(1, sizeof *c);
+  lk = calloc(1, sizeof *lk);
+  if (!c || !lk || !(c->path = strdup(top_path))) {
+    r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
+    goto fail;
+  }
+  c->flags = flags;
+  c->top_fd = -1;
+
+  if (flags & CC_RDWR) {
+    struct ovl_info *info = malloc(sizeof *info);
+    struct stat st;
+    struct ident top;
+
+    if (!info) {
+      r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
+      goto fail;
+    }
+    if ((r = ovl_open(top_path, OVL_RDWR, &c->top)) < 0) {
+      free(info);
+      goto fail;
+    }
+    c->top_fd = ovl_fd(c->top);
+    ovl_get_info(c->top, info);
+    c->size = info->virtual_size;
+    if (fstat(c->top_fd, &st) < 0) {
+      r = cc_error_set(errno, "open: %s: fstat: %s", top_path, strerror(errno));
+      free(info);
+      goto fail;
+    }
+    top = (struct ident){st.st_dev, st.st_ino};
+    if (info->parent_kind != OVL_PARENT_NONE) {
+      lk->child = c->path;
+      snprintf(lk->rel, sizeof lk->rel, "%s", info->parent_path);
+      lk->kind = info->parent_kind;
+      lk->checked = 1;
+      memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
+      lk->size = info->parent_size;
+      lk->child_size = info->virtual_size;
+      lk->path = join_parent(c->path, info->parent_path);
+      if (!lk->path)
+        r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
+      else
+        r = acquire_index(lk, &top, 1, &c->idx);
+    }
+    free(info);
+    if (r < 0)
+      goto fail;
+  } else {
+    lk->kind = (flags & CC_RAW) ? OVL_PARENT_RAW : OVL_PARENT_LAYER;
+    lk->path = strdup(top_path);
+    if (!lk->path) {
+      r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
+      goto fail;
+    }
+    if ((r = acquire_index(lk, NULL, 0, &c->idx)) < 0)
+      goto fail;
+    c->size = c->idx->size;
+  }
+  free(lk);
+  *out = c;
+  return 0;
+
+fail:
+  free(lk);
+  if (c) {
+    if (c->top)
+      ovl_close(c->top);
+    free(c->path);
+    free(c);
+  }
+  return r;
+}
+
+int
+cc_chain_close(struct cc_chain *c)
+{
+  int r = 0;
+
+  if (!c)
+    return 0;
+  if (c->top)
+    r = ovl_close(c->top);
+  cc_index_put(c->idx);
+  free(c->path);
+  free(c);
+  return r;
+}
+
+uint64_t
+cc_chain_size(const struct cc_chain *c)
+{
+  return c->size;
+}
+
+int
+cc_chain_writable(const struct cc_chain *c)
+{
+  return c->top != NULL;
+}
+
+uint32_t
+cc_chain_block_size(const struct cc_chain *c)
+{
+  if (c->top)
+    return ovl_sc_size(c->top);
+  if (c->idx && c->idx->nlayers > 0 && c->idx->layers[c->idx->nlayers - 1].ovl)
+    return ovl_sc_size(c->idx->layers[c->idx->nlayers - 1].ovl);
+  return 4096;
+}
+
+size_t
+cc_chain_depth(const struct cc_chain *c)
+{
+  return (c->top ? 1 : 0) + (c->idx ? c->idx->nlayers : 0);
+}
+
+const void *
+cc_chain_index_id(const struct cc_chain *c)
+{
+  return c->idx;
+}
+
+int
+cc_chain_uses_uring(const struct cc_chain *c)
+{
+  return !(c->flags & CC_IO_SYNC) && !cc_uring_disabled();
+}
+
+/* Test hook: a smaller depth limit, so the "too deep" error is testable without creating
+ * 4097 files.  0 restores CC_MAX_DEPTH. */
+void
+cc_chain_set_max_depth(size_t n)
+{
+  max_depth = n ? n : CC_MAX_DEPTH;
+}

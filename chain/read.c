@@ -1,0 +1,232 @@
+/* cowchain chain: the read path.
+ *
+ * Design notes
+ * ------------
+ * A read is resolved before any I/O is issued.  The writable top (if any) is described with
+ * ovl_map, which takes no lock; its allocated runs become pieces of the top's file, its zero
+ * runs are memset, and its unallocated runs are resolved through the frozen part's index
+ * (index.c), which yields more pieces or more memsets.  Pieces are kept in virtual order and
+ * merged on insert when one continues the previous (same fd, contiguous file offset and
+ * buffer), so a contiguous extent of one file is one system call however many runs it spans.
+ *
+ * The pieces of one request are then read together: on the calling thread's io_uring
+ * (uring.c), or with pread (CC_IO_SYNC, or when io_uring is unavailable).  Both give
+ * identical results: a short read resumes from where it stopped, EINTR/EAGAIN retry, and a
+ * read that hits end of file inside a piece is corruption (-EIO, naming the file): the index
+ * never points past the end of a raw image, and FORMAT.md section 9 makes a truncated layer an
+ * error, never zeroes.
+ *
+ * Concurrency: a write racing with a read of the same bytes lands before or after it (the top
+ * never rebinds a physical cluster, so a stale map entry can only show that cluster's old or
+ * new bytes, or zeroes after a hole punch).  The index is immutable.
+ */
+#define _GNU_SOURCE
+#include "chain/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+
+#define MAP_BATCH 64
+#define PIECE_MAX (1u << 30) /* io_uring read lengths are 32-bit; stay well inside */
+
+void
+cc_plan_init(struct cc_plan *p)
+{
+  p->v = p->inline_v;
+  p->n = 0;
+  p->cap = sizeof p->inline_v / sizeof p->inline_v[0];
+}
+
+void
+cc_plan_free(struct cc_plan *p)
+{
+  if (p->v != p->inline_v)
+    free(p->v);
+  cc_plan_init(p);
+}
+
+/* Append `len` bytes at `phys` of `fd` into `buf`, extending the last piece when it continues
+ * exactly there. */
+int
+cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *buf, size_t len)
+{
+  while (len > 0) {
+    struct cc_piece *last = p->n ? &p->v[p->n - 1] : NULL;
+    size_t take;
+
+    if (last && last->fd == fd && last->phys + last->len == phys && last->buf + last->len == buf &&
+        last->len < PIECE_MAX) {
+      take = len < PIECE_MAX - last->len ? len : PIECE_MAX - last->len;
+      last->len += take;
+    } else {
+      if (p->n == p->cap) {
+        size_t cap = p->cap * 2;
+        struct cc_piece *v;
+
+        if (p->v == p->inline_v) {
+          v = malloc(cap * sizeof *v);
+          if (v)
+            memcpy(v, p->inline_v, p->n * sizeof *v);
+        } else {
+          v = realloc(p->v, cap * sizeof *v);
+        }
+        if (!v)
+          return cc_error_set(ENOMEM, "pread: %s: out of memory", path);
+        p->v = v;
+        p->cap = cap;
+      }
+      take = len < PIECE_MAX ? len : PIECE_MAX;
+      p->v[p->n++] = (struct cc_piece){.fd = fd, .path = path, .phys = phys, .buf = buf, .len = take};
+    }
+    phys += take;
+    buf += take;
+    len -= take;
+  }
+  return 0;
+}
+
+struct plan_ctx {
+  struct cc_plan *plan;
+  char *buf;       /* receives byte `offset` */
+  uint64_t offset;
+};
+
+static int
+plan_seg(void *opaque, const struct cc_seg *s)
+{
+  struct plan_ctx *ctx = opaque;
+  char *b = ctx->buf + (s->offset - ctx->offset);
+
+  if (s->kind == CC_RUN_DATA)
+    return cc_plan_add(ctx->plan, s->file->fd, s->file->path, s->phys, b, s->length);
+  memset(b, 0, s->length); /* HOLE and ZERO read as zero and need no I/O */
+  return 0;
+}
+
+/* Plan [offset, offset + length) of the frozen part into buf. */
+int
+cc_plan_index(struct cc_plan *p, const struct cc_index *idx, char *buf, uint64_t length,
+              uint64_t offset)
+{
+  struct plan_ctx ctx = {.plan = p, .buf = buf, .offset = offset};
+
+  return cc_index_walk(idx, offset, length, plan_seg, &ctx);
+}
+
+/* Read every piece with pread.  Pieces are consumed (advanced) as they are read. */
+int
+cc_sync_exec(struct cc_piece *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    struct cc_piece *pc = &v[i];
+
+    while (pc->len > 0) {
+      ssize_t r = pread(pc->fd, pc->buf, pc->len, (off_t)pc->phys);
+
+      if (r < 0 && (errno == EINTR || errno == EAGAIN))
+        continue;
+      if (r < 0)
+        return cc_error_set(errno, "pread: %s: offset %llu: %s", pc->path,
+                            (unsigned long long)pc->phys, strerror(errno));
+      if (r == 0)
+        return cc_error_set(EIO, "pread: %s: end of file at offset %llu inside allocated data "
+                                 "(file truncated or corrupt)",
+                            pc->path, (unsigned long long)pc->phys);
+      pc->phys += (uint64_t)r;
+      pc->buf += r;
+      pc->len -= (size_t)r;
+    }
+  }
+  return 0;
+}
+
+/* ovl_below_fn for the writable top: the frozen part, read synchronously (copy-up is small and
+ * already under the top's allocation lock; a ring buys nothing there). */
+int
+cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
+{
+  const struct cc_chain *c = opaque;
+  struct cc_plan plan;
+  int r;
+
+  cc_plan_init(&plan);
+  r = cc_plan_index(&plan, c->idx, buf, length, offset);
+  if (r == 0)
+    r = cc_sync_exec(plan.v, plan.n);
+  cc_plan_free(&plan);
+  return r;
+}
+
+/* Plan the writable top's view of [offset, offset + length): its data and zeroes, and the
+ * frozen part where it has nothing. */
+static int
+plan_top(struct cc_chain *c, struct cc_plan *plan, char *buf, uint64_t length, uint64_t offset)
+{
+  struct ovl_extent ext[MAP_BATCH];
+  uint64_t pos = offset, end = offset + length;
+  int n, r;
+
+  while (pos < end) {
+    n = ovl_map(c->top, pos, end - pos, ext, MAP_BATCH);
+    if (n < 0)
+      return n;
+    if (n == 0)
+      return cc_error_set(EIO, "pread: %s: no map extent at offset %llu", c->path,
+                          (unsigned long long)pos);
+    for (int k = 0; k < n; k++) {
+      const struct ovl_extent *e = &ext[k];
+      char *b = buf + (pos - offset);
+
+      if (e->offset != pos || e->length == 0 || e->length > end - pos)
+        return cc_error_set(EIO, "pread: %s: inconsistent map extent at offset %llu", c->path,
+                            (unsigned long long)pos);
+      switch (e->state) {
+      case OVL_DATA:
+        r = cc_plan_add(plan, c->top_fd, c->path, e->phys, b, e->length);
+        break;
+      case OVL_ZERO:
+        memset(b, 0, e->length);
+        r = 0;
+        break;
+      default:
+        r = cc_plan_index(plan, c->idx, b, e->length, e->offset);
+      }
+      if (r < 0)
+        return r;
+      pos += e->length;
+    }
+  }
+  return 0;
+}
+
+int
+cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
+{
+  struct cc_plan plan;
+  int r;
+
+  if (offset > c->size || length > c->size - offset)
+    return cc_error_set(EINVAL, "pread: %s: range %llu+%llu beyond the end of the disk (%llu)",
+                        c->path, (unsigned long long)offset, (unsigned long long)length,
+                        (unsigned long long)c->size);
+  if (length == 0)
+    return 0;
+  cc_plan_init(&plan);
+  if (c->top)
+    r = plan_top(c, &plan, buf, length, offset);
+  else
+    r = cc_plan_index(&plan, c->idx, buf, length, offset);
+  if (r == 0 && plan.n > 0) {
+    r = CC_URING_UNAVAILABLE;
+    if (!(c->flags & CC_IO_SYNC))
+      r = cc_uring_exec(plan.v, plan.n);
+    if (r == CC_URING_UNAVAILABLE)
+      r = cc_sync_exec(plan.v, plan.n);
+  }
+  cc_plan_free(&plan);
+  return r;
+}
