@@ -87,16 +87,15 @@ ovl_map_load(struct ovl_layer *l)
   size_t nobj = 0, cap = 0;
   int r = 0;
 
+  /* before allocating anything sized by the header: a short file cannot hold that L1 table */
+  if (l->file_size < l->data_start)
+    return cc_error_set(EUCLEAN, "open: %s: file is truncated (%" PRIu64 " bytes, the L1 table ends at %" PRIu64 ")",
+                        l->path, l->file_size, l->data_start);
   l->l1 = calloc(n, sizeof *l->l1);
   l1raw = malloc((size_t)n * 8);
   l2raw = malloc(OVL_BLOCK);
   if (!l->l1 || !l1raw || !l2raw) {
     r = cc_error_set(ENOMEM, "open: %s: out of memory for the map", l->path);
-    goto out;
-  }
-  if (l->file_size < l->data_start) {
-    r = cc_error_set(EUCLEAN, "open: %s: file is truncated (%" PRIu64 " bytes, the L1 table ends at %" PRIu64 ")",
-                     l->path, l->file_size, l->data_start);
     goto out;
   }
   r = ovl_pread_full(l, l1raw, (uint64_t)n * 8, l->hdr.l1_offset);
