@@ -741,3 +741,25 @@ Test(overlay_states, errors)
   cr_assert_eq(r, -EIO, "short read of allocated data returned %d, expected -EIO", r);
   fx_teardown(&f);
 }
+
+/* A zero that covers no whole sub-cluster but parts of two (64 KiB sub-clusters with 2 MiB
+ * clusters) is written as data zeroes, up to almost two sub-clusters of them. */
+Test(overlay_states, zero_across_two_large_subclusters)
+{
+  struct fx f;
+  fx_setup(&f, 16u << 20, 2u << 20);
+  const uint64_t off = 2 * f.sc + 8 * K, len = 2 * f.sc - 16 * K; /* sc 2 and sc 3, partly */
+  uint8_t *d = pat(20, 4 * f.sc, f.sc);
+  fx_write(&f, d, 4 * f.sc, f.sc);
+  fx_zero(&f, len, off, 0);
+  memset(d + (off - f.sc), 0, len);
+  fx_expect(&f, d, 4 * f.sc, f.sc, "partial zeroes over two sub-clusters, allocated");
+  /* and over unallocated sub-clusters (copy-up plus zeroes) */
+  fx_zero(&f, len, off + 8u * f.sc, OVL_MAY_TRIM);
+  uint8_t *want = pat(f.below.seed, 4 * f.sc, 9 * f.sc);
+  memset(want + (off + 8u * f.sc - 9 * f.sc), 0, len);
+  fx_expect(&f, want, 4 * f.sc, 9 * f.sc, "partial zeroes over two sub-clusters, unallocated");
+  free(want);
+  free(d);
+  fx_teardown(&f);
+}
