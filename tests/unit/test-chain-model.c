@@ -280,3 +280,89 @@ Test(chain_model, random_depths_sync, .timeout = 120)
 {
   random_depths("chain_model/random_depths_sync", CC_IO_SYNC, 8);
 }
+
+/* A chain of `nfiles` files (a raw image and nfiles - 1 layers) with a small virtual size.
+ * The frozen layers are written directly through the overlay (sub-cluster aligned, so no
+ * copy-up is needed), which keeps building it linear; the top is then used through the chain
+ * API with both I/O paths, frozen twice (each reopen resolves the whole chain again), and
+ * read back read-only. */
+static void
+deep_chain(const char *name, size_t nfiles)
+{
+  struct round t;
+  uint64_t seed = otu_seed(name);
+  char *p;
+
+  round_init(&t, seed, 0);
+  t.cluster = 16384;
+  ctu_model_init(&t.m, 256 * 1024, t.cluster / 32);
+  t.raw = 1;
+  for (uint64_t b = 0; b < t.m.size; b += 4096) {
+    if (rnd(&t, 3) == 0) {
+      for (int i = 0; i < 4096; i++)
+        t.scratch[i] = (uint8_t)otu_rand(&t.rng);
+      ctu_model_write(&t.m, t.scratch, 4096, b);
+    }
+  }
+  p = otu_join(t.dir, "images/base.raw");
+  ctu_write_raw(p, &t.m);
+  free(p);
+  p = layer_path(&t, 0);
+  ctu_layer(p, t.m.size, t.cluster, OVL_PARENT_RAW, "../images/base.raw", NULL, t.m.size,
+            t.top_uuid);
+  free(p);
+  t.nlayers = 1;
+
+  /* Frozen layers l0 .. l<nfiles-3>, one or two aligned changes each. */
+  while (t.nlayers < nfiles - 1) {
+    struct ovl_layer *l;
+    int nops = 1 + (int)rnd(&t, 2);
+
+    p = layer_path(&t, t.nlayers - 1);
+    cr_assert_eq(ovl_open(p, OVL_RDWR, &l), 0, "ovl_open %s: %s", p, cc_error_get());
+    for (int k = 0; k < nops; k++) {
+      uint64_t len = 512 * (1 + rnd(&t, 16));
+      uint64_t off = 512 * rnd(&t, (t.m.size - len) / 512 + 1);
+
+      if (rnd(&t, 5) == 0) {
+        cr_assert_eq(ovl_zero(l, len, off, OVL_MAY_TRIM, NULL, NULL), 0, "%s", cc_error_get());
+        ctu_model_zero(&t.m, len, off);
+      } else {
+        for (uint64_t i = 0; i < len; i++)
+          t.scratch[i] = (uint8_t)(otu_rand(&t.rng) | 1);
+        cr_assert_eq(ovl_pwrite(l, t.scratch, len, off, 0, NULL, NULL), 0, "%s", cc_error_get());
+        ctu_model_write(&t.m, t.scratch, len, off);
+      }
+    }
+    cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+    free(p);
+    freeze(&t);
+  }
+
+  for (int pass = 0; pass < 3; pass++) {
+    unsigned io = pass == 1 ? CC_IO_SYNC : 0;
+    struct cc_chain *c;
+
+    p = layer_path(&t, t.nlayers - 1);
+    c = ctu_open(p, CC_RDWR | io);
+    free(p);
+    cr_assert_eq(cc_chain_depth(c), nfiles + (size_t)pass);
+    ctu_check_all(c, &t.m, 65536);
+    ctu_check_extents(c, &t.m, 0, t.m.size);
+    for (int k = 0; k < 40; k++)
+      random_op(&t, c);
+    ctu_check_all(c, &t.m, 4096 + 512 * rnd(&t, 64));
+    ctu_check_extents(c, &t.m, 0, t.m.size);
+    cr_assert_eq(cc_chain_close(c), 0, "close: %s", cc_error_get());
+    if (pass < 2)
+      freeze(&t);
+  }
+  check_readonly(&t, t.nlayers - 1);
+  round_fini(&t);
+  cr_assert_eq(cc_chain_index_count(), 0);
+}
+
+Test(chain_model, depth_1000, .timeout = 120)
+{
+  deep_chain("chain_model/depth_1000", 1000);
+}
