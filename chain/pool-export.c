@@ -73,9 +73,17 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
       snprintf(list[k].name, sizeof list[k].name, "%s@%s", c->name, s->name);
       list[k].kind = CC_EXPORT_SNAPSHOT;
       list[k].size = c->size;
-      snprintf(list[k].description, sizeof list[k].description,
-               "snapshot of %s, created %s, read-only%s%.150s", c->name, when,
-               s->description[0] ? ": " : "", s->description);
+      {
+        /* Long descriptions are cut to fit the NBD description (a UI hint, not data). */
+        char d[64 + 2 * CC_NAME_MAX + CC_DESC_MAX];
+        size_t dl = (size_t)snprintf(d, sizeof d, "snapshot of %s, created %s, read-only%s%s",
+                                     c->name, when, s->description[0] ? ": " : "",
+                                     s->description);
+        if (dl >= sizeof list[k].description)
+          dl = sizeof list[k].description - 1;
+        memcpy(list[k].description, d, dl);
+        list[k].description[dl] = '\0';
+      }
     }
   }
   free(tmpls);
@@ -116,24 +124,41 @@ cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, un
                     struct cc_chain **out)
 {
   char path[PATH_MAX];
-  struct pool_target t;
-  unsigned flags = io_flags & CC_IO_SYNC;
-  int r;
+  struct pool_target t, again;
+  unsigned flags;
+  int r, tries;
 
-  if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
-    return r;
-  if ((r = target_path(p, &t, path, sizeof path)) < 0)
-    return r;
-  if (t.kind == CC_EXPORT_CLONE && !readonly)
-    flags |= CC_RDWR;
-  r = cc_chain_open(path, flags, out);
-  if (r < 0) {
-    char msg[512];
-    /* Name the export, not only the file: "open: vm1: ..." is what the user typed. */
-    snprintf(msg, sizeof msg, "%s", cc_error_get());
-    if (strstr(msg, export_name) == NULL)
-      return cc_error_set(-r, "open: %s: %s", export_name, msg);
-    return r;
+  for (tries = 0;; tries++) {
+    flags = io_flags & CC_IO_SYNC;
+    if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
+      return r;
+    if ((r = target_path(p, &t, path, sizeof path)) < 0)
+      return r;
+    if (t.kind == CC_EXPORT_CLONE && !readonly)
+      flags |= CC_RDWR;
+    r = cc_chain_open(path, flags, out);
+    if (r < 0) {
+      char msg[512];
+      /* Name the export, not only the file: "open: vm1: ..." is what the user typed. */
+      snprintf(msg, sizeof msg, "%s", cc_error_get());
+      if (strstr(msg, export_name) == NULL)
+        return cc_error_set(-r, "open: %s: %s", export_name, msg);
+      return r;
+    }
+    if (!(flags & CC_RDWR))
+      return 0;
+    /* A snapshot or promote holds the top's exclusive lock from before it reads the record
+     * until the new record is durable.  We hold that lock now, so if the record still names
+     * this layer, no operation can freeze it under us; if it changed between our read and our
+     * open, the layer we got is frozen: let it go and follow the new record. */
+    r = pool_resolve(p, "open", export_name, &again);
+    if (r == 0 && again.kind == t.kind && strcmp(again.layer, t.layer) == 0)
+      return 0;
+    cc_chain_close(*out);
+    *out = NULL;
+    if (r < 0)
+      return r;
+    if (tries == 5)
+      return cc_error_set(EAGAIN, "open: %s: the clone keeps changing; try again", export_name);
   }
-  return 0;
 }

@@ -102,7 +102,9 @@ struct pool_node {
   char parent[CC_UUID_STR];      /* LAYER: parent uuid */
   char parent_image[CC_NAME_MAX + 1]; /* RAW: template image name */
   uint64_t virtual_size;
+  uint64_t parent_size; /* as recorded in the header when the link was made */
   uint64_t disk_bytes;
+  int dirty;
   int bad;            /* could not be opened; `error` says why */
   char error[256];
   int referenced;     /* named by a record */

@@ -156,10 +156,22 @@ struct cc_layer_info {
   uint64_t disk_bytes;     /* st_blocks * 512 */
   uint32_t cluster_size;   /* 0 for raw */
   int64_t created;         /* seconds since the epoch */
-  char parent[96];         /* parent link as stored ("" if none) */
+  char parent[1025];       /* parent link as stored ("" if none) */
   char role[2 * CC_NAME_MAX + 32]; /* "vm1 (top)", "vm1@s1", "template base", "" */
   int dirty;
 };
+
+struct cc_snapshot_info {
+  struct cc_snapshot s;
+  char parent[CC_NAME_MAX + 1]; /* the snapshot this one was taken on top of, "" if none */
+  int current;                  /* the clone's top sits on this snapshot */
+  size_t children;              /* snapshots whose parent this is */
+  uint64_t allocated_bytes;     /* data in the snapshot's own layer */
+  uint64_t disk_bytes;
+};
+/* The snapshots of `clone` in creation order, with their tree.  *out is malloc'd; free() it. */
+int cc_pool_snapshot_list(struct cc_pool *p, const char *clone, struct cc_snapshot_info **out,
+                          size_t *n);
 
 /* The chain of export `name`, top first.  *out is malloc'd; free() it. */
 int cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info **out,

@@ -1,0 +1,279 @@
+/* cowchain pool: clones (linked and full), clone delete, snapshot create and revert.
+ *
+ * Design notes
+ * ------------
+ * A linked clone, a snapshot and a revert are each one new empty layer plus one record
+ * replacement: O(1) whatever the disk size.  The steps (POOL.md section 5):
+ *
+ *   1. create the new layer in tmp/ and make it durable          (crash: garbage in tmp/)
+ *   2. rename it into layers/, fsync layers/                     (crash: unreferenced layer)
+ *   3. replace the clone record, which now names the new layer   (the operation happened)
+ *   4. remove what no record reaches any more (revert, delete)   (crash: unreferenced layer)
+ *
+ * Before step 1 the operation takes the exclusive OFD lock on the clone's current top and
+ * keeps it until step 3 is durable.  A server holding the top (a VM is running on the clone)
+ * makes the operation fail with the holder's name instead of freezing a layer that is still
+ * being written.  cc_pool_open_export re-reads the record after it opened the top, so a server
+ * can never end up writing a layer that step 3 has just frozen.
+ */
+#include "pool-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Full clone: copy the whole chain of `from` into a parentless layer in tmp/. */
+static int
+full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uuid[CC_UUID_STR],
+          uint64_t *size, cc_progress_fn progress, void *opaque)
+{
+  struct ovl_create_opts opts = { .cluster_size = 0 };
+  struct ovl_layer *dst = NULL;
+  struct cc_chain *src = NULL;
+  uint8_t raw_uuid[OVL_UUID_LEN];
+  int r, r2;
+
+  if ((r = cc_pool_open_export(p, from, 1, 0, &src)) < 0)
+    return r;
+  opts.virtual_size = *size = cc_chain_size(src);
+  opts.parent.kind = OVL_PARENT_NONE;
+  if ((r = pool_tmp_path(p, "full", ".cow", tmp, tmplen)) < 0)
+    goto out;
+  if ((r = ovl_create(tmp, &opts, raw_uuid)) < 0)
+    goto out;
+  ovl_uuid_str(raw_uuid, uuid);
+  if ((r = ovl_open(tmp, OVL_RDWR, &dst)) < 0)
+    goto out;
+  r = pool_copy_chain_to_layer(src, dst, progress, opaque);
+  r2 = ovl_close(dst); /* flushes: the copy is durable before the file gets a name */
+  if (r == 0)
+    r = r2;
+out:
+  cc_chain_close(src);
+  if (r < 0)
+    unlink(tmp);
+  return r;
+}
+
+int
+cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
+                cc_progress_fn progress, void *opaque)
+{
+  char ppath[PATH_MAX], tmp[PATH_MAX] = "";
+  struct ovl_parent par;
+  struct pool_target t;
+  struct cc_clone c;
+  int r;
+
+  if ((r = pool_name_free(p, "clone create", name)) < 0)
+    return r;
+  if ((r = pool_resolve(p, "clone create", from, &t)) < 0)
+    return r;
+  if (t.kind == CC_EXPORT_CLONE)
+    return cc_error_set(EINVAL, "clone create: %s: is a clone; clone from a snapshot of it "
+                        "(%s@SNAP) or from a template", from, from);
+  memset(&c, 0, sizeof c);
+  snprintf(c.name, sizeof c.name, "%s", name);
+  c.size = t.size;
+  if (full) {
+    /* The copy runs without the pool lock (it may take minutes); the source's layers are
+     * locked shared by the open chain, so nothing merges them away meanwhile. */
+    if ((r = full_copy(p, from, tmp, sizeof tmp, c.top, &c.size, progress, opaque)) < 0)
+      return r;
+    pool_step();
+  }
+  if ((r = pool_lock(p, "clone create")) < 0)
+    goto fail;
+  /* Names and the source may have changed while we were not holding the lock. */
+  if ((r = pool_name_free(p, "clone create", name)) < 0 ||
+      (r = pool_resolve(p, "clone create", from, &t)) < 0)
+    goto fail;
+  if (full) {
+    if ((r = pool_install_layer(p, tmp, c.top)) < 0)
+      goto fail;
+  } else {
+    if (t.kind == CC_EXPORT_TEMPLATE)
+      r = pool_parent_of_template(p, &t.tmpl, &par, ppath, sizeof ppath);
+    else
+      r = pool_parent_of_layer(p, t.layer, &par, ppath, sizeof ppath);
+    if (r < 0 || (r = pool_new_layer(p, t.size, &par, c.top)) < 0)
+      goto fail;
+  }
+  c.created = pool_now();
+  r = pool_write_clone(p, &c);
+  pool_unlock(p);
+  return r;
+
+fail:
+  if (tmp[0])
+    unlink(tmp);
+  pool_unlock(p);
+  return r;
+}
+
+int
+cc_clone_delete(struct cc_pool *p, const char *name)
+{
+  struct ovl_layer **held = NULL;
+  struct pool_graph g;
+  size_t i, nheld = 0;
+  int r;
+
+  if ((r = pool_lock(p, "clone delete")) < 0)
+    return r;
+  if ((r = pool_graph_load(p, &g)) < 0)
+    goto unlock;
+  for (i = 0; i < g.nclones; i++)
+    if (strcmp(g.clones[i].name, name) == 0)
+      break;
+  if (i == g.nclones) {
+    if (!cc_name_valid(name))
+      r = cc_error_set(EINVAL, "clone delete: '%.80s': not a valid name", name);
+    else
+      r = cc_error_set(ENOENT, "clone delete: %s: no such clone", name);
+    goto out;
+  }
+  /* The layers that only this clone reaches: the top, its snapshots, and any of their
+   * ancestors no other record needs (a snapshot that another clone was made from stays). */
+  cc_clone_free(&g.clones[i]);
+  g.clones[i] = g.clones[--g.nclones];
+  for (i = 0; i < g.n; i++)
+    g.nodes[i].mark = g.nodes[i].live;
+  pool_graph_mark_live(&g);
+  held = calloc(g.n ? g.n : 1, sizeof *held);
+  if (held == NULL) {
+    r = cc_error_set(ENOMEM, "clone delete: out of memory");
+    goto out;
+  }
+  /* Lock every layer we are about to delete: a server on the clone or on one of its
+   * snapshots makes us refuse before anything changed. */
+  for (i = 0; i < g.n; i++) {
+    if (!g.nodes[i].mark || g.nodes[i].live)
+      continue;
+    if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, "clone delete", &held[nheld])) < 0) {
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", cc_error_get());
+      r = cc_error_set(-r, "%s (%s)", msg, name);
+      goto out;
+    }
+    nheld++;
+  }
+  if ((r = pool_remove_record(p, "clones", name)) < 0)
+    goto out;
+  for (i = 0; i < g.n; i++) {
+    char path[PATH_MAX];
+    if (g.nodes[i].mark && !g.nodes[i].live &&
+        pool_layer_path(p, g.nodes[i].uuid, path, sizeof path) == 0)
+      unlink(path);
+  }
+  pool_fsync_dir(p, "layers");
+  pool_step();
+out:
+  while (nheld)
+    ovl_close(held[--nheld]);
+  free(held);
+  pool_graph_free(&g);
+unlock:
+  pool_unlock(p);
+  return r;
+}
+
+int
+cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
+                   const char *description)
+{
+  char ppath[64], newtop[CC_UUID_STR];
+  struct ovl_layer *top = NULL;
+  struct ovl_parent par;
+  struct cc_snapshot *ns;
+  struct cc_clone c;
+  int r;
+
+  if (!cc_name_valid(snap))
+    return cc_error_set(EINVAL, "snapshot create: '%.80s': not a valid snapshot name (letters, "
+                        "digits, '.', '_', '-'; at most 64)", snap);
+  if (description && strlen(description) > CC_DESC_MAX)
+    return cc_error_set(EINVAL, "snapshot create: %s@%s: description longer than %d bytes", clone,
+                        snap, CC_DESC_MAX);
+  if ((r = pool_lock(p, "snapshot create")) < 0)
+    return r;
+  if ((r = pool_get_clone(p, "snapshot create", clone, &c)) < 0)
+    goto unlock;
+  if (pool_find_snap(&c, snap) >= 0) {
+    r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
+    goto out;
+  }
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "snapshot create", &top)) < 0 ||
+      (r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0 ||
+      (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+    goto out;
+  ns = realloc(c.snaps, (c.nsnaps + 1) * sizeof *ns);
+  if (ns == NULL) {
+    r = cc_error_set(ENOMEM, "snapshot create: out of memory");
+    goto out;
+  }
+  c.snaps = ns;
+  ns = &c.snaps[c.nsnaps++];
+  memset(ns, 0, sizeof *ns);
+  snprintf(ns->name, sizeof ns->name, "%s", snap);
+  snprintf(ns->layer, sizeof ns->layer, "%s", c.top);
+  ns->created = pool_now();
+  snprintf(ns->description, sizeof ns->description, "%s", description ? description : "");
+  strcpy(c.top, newtop);
+  /* One rename freezes the old top under the snapshot's name and switches the clone. */
+  r = pool_write_clone(p, &c);
+out:
+  ovl_close(top);
+  cc_clone_free(&c);
+unlock:
+  pool_unlock(p);
+  return r;
+}
+
+int
+cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
+{
+  char ppath[64], newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
+  struct ovl_layer *top = NULL;
+  struct ovl_parent par;
+  struct pool_graph g;
+  struct cc_clone c;
+  int r, i;
+
+  if ((r = pool_lock(p, "snapshot revert")) < 0)
+    return r;
+  if ((r = pool_get_clone(p, "snapshot revert", clone, &c)) < 0)
+    goto unlock;
+  if ((i = pool_find_snap(&c, snap)) < 0) {
+    r = cc_error_set(ENOENT, "snapshot revert: %s@%s: no such snapshot", clone, snap);
+    goto out;
+  }
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "snapshot revert", &top)) < 0 ||
+      (r = pool_parent_of_layer(p, c.snaps[i].layer, &par, ppath, sizeof ppath)) < 0 ||
+      (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+    goto out;
+  strcpy(oldtop, c.top);
+  strcpy(c.top, newtop);
+  if ((r = pool_write_clone(p, &c)) < 0)
+    goto out;
+  /* The old top's writes since the last snapshot are discarded; its file goes unless a record
+   * or another layer still reaches it. */
+  if (pool_graph_load(p, &g) == 0) {
+    struct pool_node *n = pool_graph_find(&g, oldtop);
+    char path[PATH_MAX];
+    if (n && !n->live && pool_layer_path(p, oldtop, path, sizeof path) == 0 && unlink(path) == 0) {
+      pool_fsync_dir(p, "layers");
+      pool_step();
+    }
+    pool_graph_free(&g);
+  }
+out:
+  ovl_close(top);
+  cc_clone_free(&c);
+unlock:
+  pool_unlock(p);
+  return r;
+}

@@ -1,0 +1,391 @@
+/* cowchain pool: sparse data copies (template import, full clone, export) and running helpers.
+ *
+ * Design notes
+ * ------------
+ * Copies move only data: a raw source is walked with SEEK_DATA/SEEK_HOLE and its data extents
+ * copied with copy_file_range (which may share blocks on reflink file systems), falling back to
+ * read/write; a chain is walked with cc_chain_extents and only its data extents are read.
+ * Inside data extents, blocks of zeroes are not written either, so a guest disk that was
+ * zero-filled still copies sparse.  The destination is always a fresh file in tmp/ (or the
+ * user's output file), made durable by the caller, so a copy that dies half-way leaves only
+ * a file that no record names.
+ */
+#include "pool-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define COPY_CHUNK (1u << 20) /* bytes read per request */
+#define ZERO_BLOCK 4096u      /* granularity of skipped zero blocks */
+#define PROGRESS_STEP (8ull << 20)
+
+static int
+is_zero(const char *buf, size_t len)
+{
+  return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
+}
+
+static void
+report(cc_progress_fn progress, void *opaque, uint64_t done, uint64_t total, uint64_t *last)
+{
+  if (progress && (done - *last >= PROGRESS_STEP || done == total)) {
+    *last = done;
+    progress(opaque, done, total);
+  }
+}
+
+static int
+copy_range_rw(int in, int out, uint64_t off, uint64_t len, const char *src)
+{
+  char *buf = malloc(COPY_CHUNK);
+  int r = 0;
+
+  if (buf == NULL)
+    return cc_error_set(ENOMEM, "copy: %s: out of memory", src);
+  while (len > 0) {
+    size_t n = len < COPY_CHUNK ? (size_t)len : COPY_CHUNK;
+    ssize_t got = pread(in, buf, n, (off_t)off);
+    if (got <= 0) {
+      r = cc_error_set(got < 0 ? errno : EIO, "copy: %s: read: %s", src,
+                       got < 0 ? strerror(errno) : "unexpected end of file");
+      break;
+    }
+    if (!is_zero(buf, (size_t)got) && pwrite(out, buf, (size_t)got, (off_t)off) != got) {
+      r = cc_error_set(errno ? errno : EIO, "copy: write: %s", strerror(errno ? errno : EIO));
+      break;
+    }
+    off += (uint64_t)got;
+    len -= (uint64_t)got;
+  }
+  free(buf);
+  return r;
+}
+
+int
+pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
+                     void *opaque)
+{
+  struct stat st;
+  uint64_t size, off = 0, last = 0;
+  int in, r = 0, use_cfr = 1;
+
+  in = open(src, O_RDONLY | O_CLOEXEC);
+  if (in == -1)
+    return cc_error_set(errno, "import: %s: %s", src, strerror(errno));
+  if (fstat(in, &st) == -1 || !S_ISREG(st.st_mode)) {
+    close(in);
+    return cc_error_set(EINVAL, "import: %s: not a regular file", src);
+  }
+  size = (uint64_t)st.st_size;
+  /* The size first: holes at the end must be part of the copy too. */
+  if (ftruncate(dst_fd, (off_t)size) == -1) {
+    r = cc_error_set(errno, "import: %s: %s", src, strerror(errno));
+    goto out;
+  }
+  while (off < size) {
+    off_t data = lseek(in, (off_t)off, SEEK_DATA), hole;
+    if (data == -1) {
+      if (errno == ENXIO)
+        break; /* only a hole up to EOF */
+      data = (off_t)off; /* no SEEK_DATA here: treat everything as data */
+      hole = (off_t)size;
+    } else {
+      hole = lseek(in, data, SEEK_HOLE);
+      if (hole == -1)
+        hole = (off_t)size;
+    }
+    off = (uint64_t)data;
+    while (off < (uint64_t)hole) {
+      uint64_t n = (uint64_t)hole - off;
+      if (n > 64 * COPY_CHUNK)
+        n = 64 * COPY_CHUNK;
+      if (use_cfr) {
+        loff_t io = (loff_t)off, oo = (loff_t)off;
+        ssize_t c = copy_file_range(in, &io, dst_fd, &oo, (size_t)n, 0);
+        if (c > 0) {
+          off += (uint64_t)c;
+          report(progress, opaque, off, size, &last);
+          continue;
+        }
+        if (c == 0) {
+          r = cc_error_set(EIO, "import: %s: file shrank while copying", src);
+          goto out;
+        }
+        if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) {
+          r = cc_error_set(errno, "import: %s: copy: %s", src, strerror(errno));
+          goto out;
+        }
+        use_cfr = 0;
+      }
+      if ((r = copy_range_rw(in, dst_fd, off, n, src)) < 0)
+        goto out;
+      off += n;
+      report(progress, opaque, off, size, &last);
+    }
+  }
+  report(progress, opaque, size, size, &last);
+  *size_out = size;
+out:
+  close(in);
+  return r;
+}
+
+struct ext_list {
+  struct {
+    uint64_t off, len;
+    uint32_t type;
+  } e[64];
+  size_t n;
+};
+
+static int
+collect_extent(void *opaque, uint64_t offset, uint64_t length, uint32_t type)
+{
+  struct ext_list *l = opaque;
+
+  l->e[l->n].off = offset;
+  l->e[l->n].len = length;
+  l->e[l->n].type = type;
+  return ++l->n == sizeof l->e / sizeof l->e[0];
+}
+
+/* Output for a chain copy: a layer or a file descriptor. */
+struct sink {
+  struct ovl_layer *layer;
+  int fd;
+  const char *name;
+};
+
+static int
+sink_write(struct sink *s, const char *buf, uint64_t len, uint64_t off)
+{
+  if (s->layer)
+    return ovl_pwrite(s->layer, buf, len, off, 0, NULL, NULL);
+  while (len > 0) {
+    ssize_t w = pwrite(s->fd, buf, (size_t)len, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return cc_error_set(errno, "write: %s: %s", s->name, strerror(errno));
+    }
+    buf += w;
+    off += (uint64_t)w;
+    len -= (uint64_t)w;
+  }
+  return 0;
+}
+
+/* Write the non-zero blocks of buf (virtual offset off). */
+static int
+write_nonzero(struct sink *s, const char *buf, uint64_t len, uint64_t off)
+{
+  uint64_t i = 0;
+
+  while (i < len) {
+    uint64_t start, blk;
+    while (i < len) {
+      blk = len - i < ZERO_BLOCK ? len - i : ZERO_BLOCK;
+      if (!is_zero(buf + i, (size_t)blk))
+        break;
+      i += blk;
+    }
+    start = i;
+    while (i < len) {
+      blk = len - i < ZERO_BLOCK ? len - i : ZERO_BLOCK;
+      if (is_zero(buf + i, (size_t)blk))
+        break;
+      i += blk;
+    }
+    if (i > start) {
+      int r = sink_write(s, buf + start, i - start, off + start);
+      if (r < 0)
+        return r;
+    }
+  }
+  return 0;
+}
+
+static int
+copy_chain(struct cc_chain *c, struct sink *s, cc_progress_fn progress, void *opaque)
+{
+  uint64_t size = cc_chain_size(c), off = 0, last = 0;
+  struct ext_list *el = malloc(sizeof *el);
+  char *buf = malloc(COPY_CHUNK);
+  int r = 0;
+
+  if (buf == NULL || el == NULL) {
+    r = cc_error_set(ENOMEM, "copy: out of memory");
+    goto out;
+  }
+  while (off < size) {
+    size_t i;
+    el->n = 0;
+    r = cc_chain_extents(c, size - off, off, collect_extent, el);
+    if (r < 0)
+      goto out;
+    r = 0;
+    if (el->n == 0) {
+      r = cc_error_set(EIO, "copy: no extents reported at offset %llu", (unsigned long long)off);
+      goto out;
+    }
+    for (i = 0; i < el->n; i++) {
+      uint64_t eo = el->e[i].off, end = eo + el->e[i].len;
+      if (end > size)
+        end = size;
+      if (el->e[i].type & CC_EXTENT_ZERO) {
+        off = end;
+        continue;
+      }
+      while (eo < end) {
+        uint64_t n = end - eo < COPY_CHUNK ? end - eo : COPY_CHUNK;
+        if ((r = cc_chain_pread(c, buf, n, eo)) < 0)
+          goto out;
+        if ((r = write_nonzero(s, buf, n, eo)) < 0)
+          goto out;
+        eo += n;
+        report(progress, opaque, eo, size, &last);
+      }
+      off = end;
+    }
+    report(progress, opaque, off, size, &last);
+  }
+out:
+  free(buf);
+  free(el);
+  return r;
+}
+
+int
+pool_copy_chain_to_layer(struct cc_chain *c, struct ovl_layer *dst, cc_progress_fn progress,
+                         void *opaque)
+{
+  struct sink s = { .layer = dst, .fd = -1, .name = ovl_path(dst) };
+  int r = copy_chain(c, &s, progress, opaque);
+
+  return r < 0 ? r : ovl_flush(dst);
+}
+
+int
+pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_fn progress,
+                      void *opaque)
+{
+  struct sink s = { .layer = NULL, .fd = fd, .name = file };
+  int r;
+
+  if (ftruncate(fd, (off_t)cc_chain_size(c)) == -1)
+    return cc_error_set(errno, "export: %s: %s", file, strerror(errno));
+  if ((r = copy_chain(c, &s, progress, opaque)) < 0)
+    return r;
+  if (fsync(fd) == -1)
+    return cc_error_set(errno, "export: %s: fsync: %s", file, strerror(errno));
+  return 0;
+}
+
+int
+pool_run(const char *what, char *const argv[])
+{
+  char out[4096];
+  size_t len = 0;
+  int pfd[2], status;
+  pid_t pid;
+
+  if (pipe2(pfd, O_CLOEXEC) == -1)
+    return cc_error_set(errno, "%s: pipe: %s", what, strerror(errno));
+  pid = fork();
+  if (pid == -1) {
+    close(pfd[0]);
+    close(pfd[1]);
+    return cc_error_set(errno, "%s: fork: %s", what, strerror(errno));
+  }
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(pfd[1], 2);
+    if (devnull >= 0) {
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+    }
+    execvp(argv[0], argv);
+    fprintf(stderr, "%s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  close(pfd[1]);
+  for (;;) {
+    ssize_t n = read(pfd[0], out + len, sizeof out - 1 - len);
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+    if (len == sizeof out - 1) { /* keep the tail: the last line says what failed */
+      memmove(out, out + 2048, len - 2048);
+      len -= 2048;
+    }
+  }
+  close(pfd[0]);
+  out[len] = '\0';
+  while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+    ;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return 0;
+  while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
+    out[--len] = '\0';
+  {
+    char *nl = strrchr(out, '\n');
+    const char *lastline = nl ? nl + 1 : out;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+      return cc_error_set(ENOENT, "%s: %s", what, lastline[0] ? lastline : "command not found");
+    return cc_error_set(EIO, "%s: %s failed: %s", what, argv[0],
+                        lastline[0] ? lastline : "no message");
+  }
+}
+
+int
+cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const char *format,
+                    cc_progress_fn progress, void *opaque)
+{
+  char rawpath[PATH_MAX];
+  struct cc_chain *c;
+  int fd, r, qcow2;
+
+  if (format == NULL || strcmp(format, "raw") == 0)
+    qcow2 = 0;
+  else if (strcmp(format, "qcow2") == 0)
+    qcow2 = 1;
+  else
+    return cc_error_set(EINVAL, "export: unknown format '%.32s' (raw or qcow2)", format);
+  /* Read-only: a clone a server is writing is refused by its lock rather than copied in the
+   * middle of the guest's writes. */
+  if ((r = cc_pool_open_export(p, name, 1, 0, &c)) < 0)
+    return r;
+  if (qcow2) {
+    /* qemu-img converts from a sparse raw file next to the output, then it goes. */
+    if ((size_t)snprintf(rawpath, sizeof rawpath, "%s.cowchain-export-%ld.raw", file,
+                         (long)getpid()) >= sizeof rawpath) {
+      cc_chain_close(c);
+      return cc_error_set(ENAMETOOLONG, "export: %s: path too long", file);
+    }
+  } else {
+    snprintf(rawpath, sizeof rawpath, "%s", file);
+  }
+  fd = open(rawpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd == -1) {
+    r = cc_error_set(errno, "export: %s: %s", rawpath, strerror(errno));
+    cc_chain_close(c);
+    return r;
+  }
+  r = pool_copy_chain_to_fd(c, fd, rawpath, progress, opaque);
+  close(fd);
+  cc_chain_close(c);
+  if (r == 0 && qcow2) {
+    char *argv[] = { "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawpath, (char *)file,
+                     NULL };
+    r = pool_run("export: qemu-img convert", argv);
+  }
+  if (qcow2)
+    unlink(rawpath);
+  return r;
+}

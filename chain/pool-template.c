@@ -1,0 +1,311 @@
+/* cowchain pool: templates (import, create, promote, delete).
+ *
+ * Design notes
+ * ------------
+ * A template is immutable: a raw image (images/NAME.raw, mode 0444) or a frozen layer.  Each
+ * operation's step order is in POOL.md section 5; the rule is always "make the new files
+ * durable where no record can see them, then switch records, then remove what is no longer
+ * reachable", so a crash leaves the old or the new state plus at most unreferenced files.
+ *
+ * Import copies the data before taking the pool lock (it can take minutes) and re-checks the
+ * name under the lock before installing anything.
+ */
+#include "pool-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const known_formats[] = { "raw", "qcow2", "vmdk", "vdi", "vhdx" };
+
+/* What format a file's first bytes announce, or NULL for none we know (raw). */
+static const char *
+sniff_format(const char *file)
+{
+  unsigned char b[16] = { 0 };
+  ssize_t n;
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1)
+    return NULL;
+  n = pread(fd, b, sizeof b, 0);
+  close(fd);
+  if (n >= 4 && memcmp(b, "QFI\xfb", 4) == 0)
+    return "qcow2";
+  if (n >= 4 && memcmp(b, "KDMV", 4) == 0)
+    return "vmdk";
+  if (n >= 8 && memcmp(b, "vhdxfile", 8) == 0)
+    return "vhdx";
+  if (n >= 4 && memcmp(b, "<<< ", 4) == 0)
+    return "vdi";
+  return NULL;
+}
+
+/* Produce tmp/... holding the raw bytes of `file`; returns its size. */
+static int
+import_data(struct cc_pool *p, const char *file, const char *format, char *tmp, size_t tmplen,
+            uint64_t *size, cc_progress_fn progress, void *opaque)
+{
+  struct stat st;
+  int fd, r;
+
+  if ((r = pool_tmp_path(p, "import", ".raw", tmp, tmplen)) < 0)
+    return r;
+  if (strcmp(format, "raw") == 0) {
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd == -1)
+      return cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+    r = pool_copy_raw_sparse(file, fd, size, progress, opaque);
+  } else {
+    char *argv[] = { "qemu-img", "convert", "-f", (char *)format, "-O", "raw", (char *)file, tmp,
+                     NULL };
+    if ((r = pool_run("template import: qemu-img convert", argv)) < 0) {
+      unlink(tmp);
+      return r;
+    }
+    fd = open(tmp, O_WRONLY | O_CLOEXEC);
+    if (fd == -1 || fstat(fd, &st) == -1) {
+      r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+      if (fd != -1)
+        close(fd);
+      unlink(tmp);
+      return r;
+    }
+    *size = (uint64_t)st.st_size;
+  }
+  if (r == 0 && *size == 0)
+    r = cc_error_set(EINVAL, "template import: %s: empty image", file);
+  /* Layers need a virtual size that is a multiple of 512: pad with zeroes (a hole). */
+  if (r == 0 && *size % 512 != 0) {
+    *size += 512 - *size % 512;
+    if (ftruncate(fd, (off_t)*size) == -1)
+      r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+  }
+  if (r == 0 && (fchmod(fd, 0444) == -1 || fsync(fd) == -1))
+    r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+  close(fd);
+  if (r < 0)
+    unlink(tmp);
+  return r;
+}
+
+int
+cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
+                   cc_progress_fn progress, void *opaque)
+{
+  char tmp[PATH_MAX], final[PATH_MAX];
+  struct cc_template t;
+  uint64_t size = 0;
+  size_t i;
+  int r;
+
+  if ((r = pool_name_free(p, "template import", name)) < 0)
+    return r;
+  if (format == NULL) {
+    const char *sniffed = sniff_format(file);
+    /* Never guess a format from the contents (a raw guest disk can start with any bytes); but
+     * importing a qcow2 file as raw is almost always a mistake, so say what to type. */
+    if (sniffed)
+      return cc_error_set(EINVAL,
+                          "template import: %s: looks like %s; add --format %s (or --format raw "
+                          "to import its bytes as they are)", file, sniffed, sniffed);
+    format = "raw";
+  }
+  for (i = 0; i < sizeof known_formats / sizeof known_formats[0]; i++)
+    if (strcmp(format, known_formats[i]) == 0)
+      break;
+  if (i == sizeof known_formats / sizeof known_formats[0])
+    return cc_error_set(EINVAL, "template import: unknown format '%.32s' (raw, qcow2, vmdk, vdi, "
+                        "vhdx)", format);
+  if (access(file, R_OK) == -1)
+    return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
+
+  if ((r = import_data(p, file, format, tmp, sizeof tmp, &size, progress, opaque)) < 0)
+    return r;
+  pool_step();
+
+  if ((r = pool_lock(p, "template import")) < 0 || (r = pool_name_free(p, "template import", name)) < 0)
+    goto fail;
+  if ((r = pool_image_path(p, name, final, sizeof final)) < 0)
+    goto fail;
+  /* An images/NAME.raw without a template record is garbage from a crashed import (delete
+   * is refused while anything sits on an image), so replacing it loses nothing. */
+  if (rename(tmp, final) == -1) {
+    r = cc_error_set(errno, "template import: %s: %s", final, strerror(errno));
+    goto fail;
+  }
+  if ((r = pool_fsync_dir(p, "images")) < 0)
+    goto out;
+  pool_step();
+  memset(&t, 0, sizeof t);
+  snprintf(t.name, sizeof t.name, "%s", name);
+  t.kind = CC_TEMPLATE_RAW;
+  t.created = pool_now();
+  t.size = size;
+  r = pool_write_template(p, &t);
+out:
+  pool_unlock(p);
+  return r;
+fail:
+  unlink(tmp);
+  pool_unlock(p);
+  return r;
+}
+
+int
+cc_template_create(struct cc_pool *p, const char *name, uint64_t size)
+{
+  struct cc_template t;
+  int r;
+
+  if (size == 0)
+    return cc_error_set(EINVAL, "template create: %s: size must be at least 512 bytes", name);
+  if (size > (1ull << 62))
+    return cc_error_set(EINVAL, "template create: %s: size larger than 4 EiB", name);
+  size = (size + 511) & ~511ull;
+  if ((r = pool_lock(p, "template create")) < 0)
+    return r;
+  if ((r = pool_name_free(p, "template create", name)) < 0)
+    goto out;
+  memset(&t, 0, sizeof t);
+  snprintf(t.name, sizeof t.name, "%s", name);
+  t.kind = CC_TEMPLATE_LAYER;
+  t.created = pool_now();
+  t.size = size;
+  /* A parentless empty layer: O(1) whatever the size, and reads as zeroes. */
+  if ((r = pool_new_layer(p, size, NULL, t.layer)) < 0)
+    goto out;
+  r = pool_write_template(p, &t);
+out:
+  pool_unlock(p);
+  return r;
+}
+
+int
+cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
+{
+  char ppath[64], newtop[CC_UUID_STR];
+  struct ovl_parent par;
+  struct ovl_layer *top = NULL;
+  struct cc_template t;
+  struct cc_clone c;
+  int r;
+
+  if ((r = pool_lock(p, "template promote")) < 0)
+    return r;
+  if ((r = pool_name_free(p, "template promote", name)) < 0)
+    goto unlock;
+  if ((r = pool_get_clone(p, "template promote", clone, &c)) < 0)
+    goto unlock;
+  /* The exclusive lock on the top keeps servers off it until the records say it is frozen. */
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "template promote", &top)) < 0)
+    goto out;
+  if ((r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0)
+    goto out;
+  if ((r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+    goto out;
+  memset(&t, 0, sizeof t);
+  snprintf(t.name, sizeof t.name, "%s", name);
+  t.kind = CC_TEMPLATE_LAYER;
+  t.created = pool_now();
+  t.size = c.size;
+  strcpy(t.layer, c.top);
+  /* Clone record first: until the template record exists the old top is an unnamed frozen
+   * layer under the clone (the clone reads the same).  The other order would, for one step,
+   * make a template's layer the writable top of a clone. */
+  strcpy(c.top, newtop);
+  if ((r = pool_write_clone(p, &c)) < 0)
+    goto out;
+  r = pool_write_template(p, &t);
+out:
+  ovl_close(top);
+  cc_clone_free(&c);
+unlock:
+  pool_unlock(p);
+  return r;
+}
+
+/* Does the chain from layer `uuid` reach layer `target` (or raw image `image`)? */
+static int
+chain_reaches(struct pool_graph *g, const char *uuid, const char *target, const char *image)
+{
+  struct pool_node *n = pool_graph_find(g, uuid);
+  size_t steps = 0;
+
+  while (n && steps++ <= g->n) {
+    if (target && strcmp(n->uuid, target) == 0)
+      return 1;
+    if (n->parent_kind == OVL_PARENT_RAW)
+      return image && strcmp(n->parent_image, image) == 0;
+    if (n->parent_kind != OVL_PARENT_LAYER)
+      return 0;
+    n = pool_graph_find(g, n->parent);
+  }
+  return 0;
+}
+
+static void
+append_name(char *buf, size_t len, const char *name, const char *snap)
+{
+  size_t o = strlen(buf);
+
+  if (o + 8 >= len)
+    return;
+  snprintf(buf + o, len - o, "%s%s%s%s", o ? ", " : "", name, snap ? "@" : "", snap ? snap : "");
+}
+
+int
+cc_template_delete(struct cc_pool *p, const char *name)
+{
+  char users[512] = "";
+  const char *target, *image;
+  struct cc_template t;
+  struct pool_graph g;
+  size_t i, j;
+  int r;
+
+  if ((r = pool_lock(p, "template delete")) < 0)
+    return r;
+  if ((r = pool_get_template(p, "template delete", name, &t)) < 0)
+    goto unlock;
+  if ((r = pool_graph_load(p, &g)) < 0)
+    goto unlock;
+  target = t.kind == CC_TEMPLATE_LAYER ? t.layer : NULL;
+  image = t.kind == CC_TEMPLATE_RAW ? t.name : NULL;
+  for (i = 0; i < g.ntmpls; i++) {
+    if (strcmp(g.tmpls[i].name, name) == 0 || g.tmpls[i].kind != CC_TEMPLATE_LAYER)
+      continue;
+    if (chain_reaches(&g, g.tmpls[i].layer, target, image))
+      append_name(users, sizeof users, g.tmpls[i].name, NULL);
+  }
+  for (i = 0; i < g.nclones; i++) {
+    const struct cc_clone *c = &g.clones[i];
+    if (chain_reaches(&g, c->top, target, image))
+      append_name(users, sizeof users, c->name, NULL);
+    for (j = 0; j < c->nsnaps; j++)
+      if (chain_reaches(&g, c->snaps[j].layer, target, image))
+        append_name(users, sizeof users, c->name, c->snaps[j].name);
+  }
+  if (users[0]) {
+    r = cc_error_set(EBUSY, "template delete: %s: in use by %s", name, users);
+    goto out;
+  }
+  if ((r = pool_remove_record(p, "templates", name)) < 0)
+    goto out;
+  /* The record is gone: the template is deleted.  Its image or layer is now garbage; a crash
+   * before it is unlinked leaves a leak that check --repair removes. */
+  for (i = 0; i < g.ntmpls; i++)
+    if (strcmp(g.tmpls[i].name, name) == 0)
+      g.tmpls[i].kind = CC_TEMPLATE_LAYER, g.tmpls[i].layer[0] = '\0';
+  pool_graph_mark_live(&g);
+  pool_collect_garbage(p, &g);
+out:
+  pool_graph_free(&g);
+unlock:
+  pool_unlock(p);
+  return r;
+}

@@ -1,0 +1,69 @@
+/* cowchain command line: what the files of cli/ share.
+ *
+ * Conventions: a command function gets argv starting at its first argument and returns the
+ * process exit status (0 success, 1 failure, 2 bad usage).  Failures print exactly one line,
+ * "cowchain: ...", on stderr, through die_pool() (the pool's message) or usage_error().
+ */
+#ifndef COWCHAIN_CLI_H
+#define COWCHAIN_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "chain/pool.h"
+#include "common/error.h"
+
+#define EXIT_USAGE 2
+
+/* One option of a command.  has_arg: the option takes a value (stored in *value); otherwise
+ * *flag is set to 1. */
+struct cli_opt {
+  const char *name; /* "--from" */
+  int has_arg;
+  const char **value;
+  int *flag;
+};
+
+struct cli_cmd {
+  const char *name;  /* "clone create" */
+  const char *usage; /* "NAME --from SOURCE [--full]" */
+  const char *help;  /* one paragraph */
+  int min_pos, max_pos;
+  const struct cli_opt *opts; /* NULL-name terminated, may be NULL */
+};
+
+/* Parse argv against cmd: fills options and up to max_pos positionals (pos[]).  Returns -1 if
+ * the command should exit 0 (--help printed), 0 on success, EXIT_USAGE after one error line. */
+int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos, int *npos);
+
+int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print cc_error_get() as the one error line; returns 1. */
+int die_pool(void);
+
+/* The pool named by --pool or $COWCHAIN_POOL, opened; NULL after printing the error. */
+struct cc_pool *cli_pool(void);
+extern const char *cli_pool_dir;
+
+int parse_size(const char *s, uint64_t *out);
+void human_size(uint64_t n, char *buf, size_t len); /* "1.5 GiB" */
+void format_time(int64_t t, char *buf, size_t len); /* "2026-01-31 12:00:00 +0000" */
+void iso_time(int64_t t, char *buf, size_t len);    /* "2026-01-31T12:00:00Z" */
+void json_string(FILE *f, const char *s);
+
+/* Progress on stderr, only when it is a terminal; cli_progress_done ends the line. */
+void cli_progress(void *opaque, uint64_t done, uint64_t total);
+cc_progress_fn cli_progress_fn(void);
+void cli_progress_done(void);
+
+/* Commands (argv[0] is the first word after the command name). */
+int cmd_pool(int argc, char **argv);
+int cmd_template(int argc, char **argv);
+int cmd_clone(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_du(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_serve(int argc, char **argv, const char *argv0);
+
+#endif

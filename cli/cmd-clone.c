@@ -1,0 +1,301 @@
+/* cowchain command line: the `clone` and `snapshot` commands.
+ *
+ * Design notes
+ * ------------
+ * `snapshot list` prints what `virsh snapshot-list --parent` shows (Name, Creation Time,
+ * Parent) plus the size of the snapshot's own layer; the snapshot the clone currently sits on
+ * is marked with '*' in the table and "current": true in JSON.  JSON keys and their order are
+ * fixed: scripts and tests parse them.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PARSE_OR_RETURN(cmd, argc, argv, pos, npos)                                             \
+  do {                                                                                          \
+    int r_ = cli_parse(cmd, argc, argv, pos, &(npos));                                          \
+    if (r_ != 0)                                                                                \
+      return r_ < 0 ? 0 : r_;                                                                   \
+  } while (0)
+
+static int
+clone_create(int argc, char **argv)
+{
+  const char *from = NULL, *pos[1];
+  int full = 0, npos, r;
+  const struct cli_opt opts[] = { { "--from", 1, &from, NULL },
+                                  { "--full", 0, NULL, &full },
+                                  { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "clone create", "NAME --from TEMPLATE|CLONE@SNAP [--full]",
+    "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
+    "made in constant time; --full copies the source's data into a standalone layer.",
+    1, 1, opts
+  };
+  struct cc_pool *p;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (from == NULL)
+    return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name,
+                       cmd.usage);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_clone_create(p, pos[0], from, full, cli_progress_fn(), "full clone");
+  cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+clone_delete(int argc, char **argv)
+{
+  const char *pos[1];
+  const struct cli_cmd cmd = {
+    "clone delete", "NAME",
+    "Delete clone NAME and its snapshots.  Layers that other clones were created from stay\n"
+    "until nothing uses them.",
+    1, 1, NULL
+  };
+  struct cc_pool *p;
+  int npos, r;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_clone_delete(p, pos[0]);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+clone_list(int argc, char **argv)
+{
+  int json = 0, npos, r;
+  const char *pos[1];
+  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = { "clone list", "[--json]", "List the clones of the pool.", 0, 0,
+                               opts };
+  struct cc_clone *c;
+  struct cc_pool *p;
+  size_t n, i;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_list_clones(p, &c, &n);
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  if (json) {
+    printf("[");
+    for (i = 0; i < n; i++) {
+      char when[32];
+      iso_time(c[i].created, when, sizeof when);
+      printf("%s\n  {\"name\": ", i ? "," : "");
+      json_string(stdout, c[i].name);
+      printf(", \"size\": %" PRIu64 ", \"created\": \"%s\", \"snapshots\": %zu, \"top\": \"%s\"}",
+             c[i].size, when, c[i].nsnaps, c[i].top);
+    }
+    printf("%s]\n", n ? "\n" : "");
+  } else {
+    printf("%-24s %12s %9s  %s\n", "NAME", "SIZE", "SNAPSHOTS", "CREATED");
+    for (i = 0; i < n; i++) {
+      char size[32], when[40];
+      human_size(c[i].size, size, sizeof size);
+      format_time(c[i].created, when, sizeof when);
+      printf("%-24s %12s %9zu  %s\n", c[i].name, size, c[i].nsnaps, when);
+    }
+  }
+  cc_clone_list_free(c, n);
+  return 0;
+}
+
+int
+cmd_clone(int argc, char **argv)
+{
+  static const char usage[] = "create | list | delete";
+  const char *sub = argc ? argv[0] : "";
+
+  if (strcmp(sub, "create") == 0)
+    return clone_create(argc - 1, argv + 1);
+  if (strcmp(sub, "list") == 0)
+    return clone_list(argc - 1, argv + 1);
+  if (strcmp(sub, "delete") == 0)
+    return clone_delete(argc - 1, argv + 1);
+  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
+    printf("usage: cowchain clone %s ...\n", usage);
+    return 0;
+  }
+  return usage_error("clone", "unknown subcommand '%s' (%s)", sub, usage);
+}
+
+static int
+snapshot_create(int argc, char **argv)
+{
+  const char *desc = NULL, *pos[2];
+  const struct cli_opt opts[] = { { "--description", 1, &desc, NULL },
+                                  { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "snapshot create", "CLONE SNAP [--description TEXT]",
+    "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
+    "the clone continues on a new empty layer.  Refused while a server has the clone open.",
+    2, 2, opts
+  };
+  struct cc_pool *p;
+  int npos, r;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_snapshot_create(p, pos[0], pos[1], desc);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+snapshot_simple(int argc, char **argv, const char *name, const char *help,
+                int (*fn)(struct cc_pool *, const char *, const char *))
+{
+  const char *pos[2];
+  const struct cli_cmd cmd = { name, "CLONE SNAP", help, 2, 2, NULL };
+  struct cc_pool *p;
+  int npos, r;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = fn(p, pos[0], pos[1]);
+  cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+do_delete(struct cc_pool *p, const char *clone, const char *snap)
+{
+  return cc_snapshot_delete(p, clone, snap, cli_progress_fn(), "merge");
+}
+
+static void
+print_snap_json(const struct cc_snapshot_info *s, const char *clone)
+{
+  char when[32];
+
+  iso_time(s->s.created, when, sizeof when);
+  printf("{\"name\": ");
+  json_string(stdout, s->s.name);
+  printf(", \"clone\": ");
+  json_string(stdout, clone);
+  printf(", \"created\": \"%s\", \"parent\": ", when);
+  if (s->parent[0])
+    json_string(stdout, s->parent);
+  else
+    printf("null");
+  printf(", \"current\": %s, \"children\": %zu, \"size\": %" PRIu64 ", \"disk_size\": %" PRIu64
+         ", \"layer\": \"%s\", \"description\": ",
+         s->current ? "true" : "false", s->children, s->allocated_bytes, s->disk_bytes,
+         s->s.layer);
+  json_string(stdout, s->s.description);
+  printf("}");
+}
+
+static int
+snapshot_list_or_info(int argc, char **argv, int info)
+{
+  int json = 0, npos, r;
+  const char *pos[2];
+  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd list_cmd = { "snapshot list", "CLONE [--json]",
+                                    "List the snapshots of CLONE with their parents ('*' marks "
+                                    "the one the clone currently sits on).", 1, 1, opts };
+  const struct cli_cmd info_cmd = { "snapshot info", "CLONE SNAP [--json]",
+                                    "Show the details of snapshot SNAP of CLONE.", 2, 2, opts };
+  struct cc_snapshot_info *s;
+  struct cc_pool *p;
+  size_t n, i;
+
+  PARSE_OR_RETURN(info ? &info_cmd : &list_cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_snapshot_list(p, pos[0], &s, &n);
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  if (info) {
+    for (i = 0; i < n; i++)
+      if (strcmp(s[i].s.name, pos[1]) == 0)
+        break;
+    if (i == n) {
+      free(s);
+      fprintf(stderr, "cowchain: snapshot info: %s@%s: no such snapshot\n", pos[0], pos[1]);
+      return 1;
+    }
+    if (json) {
+      print_snap_json(&s[i], pos[0]);
+      printf("\n");
+    } else {
+      char when[40], size[32], disk[32];
+      format_time(s[i].s.created, when, sizeof when);
+      human_size(s[i].allocated_bytes, size, sizeof size);
+      human_size(s[i].disk_bytes, disk, sizeof disk);
+      printf("Name:           %s\nClone:          %s\nExport:         %s@%s\n"
+             "Creation Time:  %s\nParent:         %s\nChildren:       %zu\nCurrent:        %s\n"
+             "Size:           %s\nDisk size:      %s\nLayer:          %s\nDescription:    %s\n",
+             s[i].s.name, pos[0], pos[0], s[i].s.name, when, s[i].parent[0] ? s[i].parent : "-",
+             s[i].children, s[i].current ? "yes" : "no", size, disk, s[i].s.layer,
+             s[i].s.description);
+    }
+  } else if (json) {
+    printf("[");
+    for (i = 0; i < n; i++) {
+      printf("%s\n  ", i ? "," : "");
+      print_snap_json(&s[i], pos[0]);
+    }
+    printf("%s]\n", n ? "\n" : "");
+  } else {
+    printf(" %-22s %-27s %-22s %s\n", "Name", "Creation Time", "Parent", "Size");
+    printf("---------------------------------------------------------------------------------"
+           "---\n");
+    for (i = 0; i < n; i++) {
+      char when[40], size[32], name[CC_NAME_MAX + 3];
+      format_time(s[i].s.created, when, sizeof when);
+      human_size(s[i].allocated_bytes, size, sizeof size);
+      snprintf(name, sizeof name, "%s%s", s[i].s.name, s[i].current ? " *" : "");
+      printf(" %-22s %-27s %-22s %s\n", name, when, s[i].parent[0] ? s[i].parent : "-", size);
+    }
+  }
+  free(s);
+  return 0;
+}
+
+int
+cmd_snapshot(int argc, char **argv)
+{
+  static const char usage[] = "create | list | info | revert | delete";
+  const char *sub = argc ? argv[0] : "";
+
+  if (strcmp(sub, "create") == 0)
+    return snapshot_create(argc - 1, argv + 1);
+  if (strcmp(sub, "list") == 0)
+    return snapshot_list_or_info(argc - 1, argv + 1, 0);
+  if (strcmp(sub, "info") == 0)
+    return snapshot_list_or_info(argc - 1, argv + 1, 1);
+  if (strcmp(sub, "revert") == 0)
+    return snapshot_simple(argc - 1, argv + 1, "snapshot revert",
+                           "Give CLONE a new empty layer on snapshot SNAP: its writes since then "
+                           "are discarded.\nLater snapshots stay (snapshots form a tree).",
+                           cc_snapshot_revert);
+  if (strcmp(sub, "delete") == 0)
+    return snapshot_simple(argc - 1, argv + 1, "snapshot delete",
+                           "Delete snapshot SNAP of CLONE by merging its layer into the layers "
+                           "above it;\nno other state loses a byte.  Refused, with the reason, "
+                           "when that is unsafe.",
+                           do_delete);
+  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
+    printf("usage: cowchain snapshot %s ...\n", usage);
+    return 0;
+  }
+  return usage_error("snapshot", "unknown subcommand '%s' (%s)", sub, usage);
+}

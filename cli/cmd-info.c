@@ -1,0 +1,246 @@
+/* cowchain command line: `info`, `check`, `du` and `export`.
+ *
+ * Design notes
+ * ------------
+ * `info` follows `qemu-img info`: the text keys ("virtual size", "disk size", "cluster_size",
+ * "backing file") and, with --json, the keys qemu-img uses ("virtual-size", "actual-size",
+ * "cluster-size", "backing-filename", "format") plus our own ("allocated-size", "zero-size",
+ * "uuid", "role", "created", "dirty"), so people and scripts used to qemu-img feel at home.
+ * With --backing-chain the text is one block per layer and the JSON an array, top first.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void
+print_layer_text(const struct cc_layer_info *l, const char *name)
+{
+  char vs[32], ds[32], as[32], when[40];
+
+  human_size(l->virtual_size, vs, sizeof vs);
+  human_size(l->disk_bytes, ds, sizeof ds);
+  human_size(l->allocated_bytes, as, sizeof as);
+  format_time(l->created, when, sizeof when);
+  printf("image: %s\n", name);
+  printf("file: %s\n", l->file);
+  printf("file format: %s\n", l->raw ? "raw" : "cowchain");
+  printf("virtual size: %s (%" PRIu64 " bytes)\n", vs, l->virtual_size);
+  printf("disk size: %s\n", ds);
+  printf("allocated: %s (%" PRIu64 " bytes)\n", as, l->allocated_bytes);
+  if (!l->raw) {
+    printf("zero: %" PRIu64 " bytes\n", l->zero_bytes);
+    printf("cluster_size: %u\n", l->cluster_size);
+    printf("uuid: %s\n", l->uuid);
+    printf("created: %s\n", when);
+    if (l->parent[0])
+      printf("backing file: %s\n", l->parent);
+    if (l->dirty)
+      printf("dirty: yes (not closed cleanly; 'cowchain check --repair' reclaims leaked space)\n");
+  }
+  if (l->role[0])
+    printf("role: %s\n", l->role);
+}
+
+static void
+print_layer_json(const struct cc_layer_info *l, const char *name, const char *indent)
+{
+  char when[32];
+
+  iso_time(l->created, when, sizeof when);
+  printf("%s{\"image\": ", indent);
+  json_string(stdout, name);
+  printf(", \"filename\": ");
+  json_string(stdout, l->file);
+  printf(", \"format\": \"%s\", \"virtual-size\": %" PRIu64 ", \"actual-size\": %" PRIu64
+         ", \"allocated-size\": %" PRIu64 ", \"zero-size\": %" PRIu64,
+         l->raw ? "raw" : "cowchain", l->virtual_size, l->disk_bytes, l->allocated_bytes,
+         l->zero_bytes);
+  if (l->raw) {
+    printf(", \"cluster-size\": null, \"uuid\": null, \"created\": null, "
+           "\"backing-filename\": null, \"dirty\": false");
+  } else {
+    printf(", \"cluster-size\": %u, \"uuid\": \"%s\", \"created\": \"%s\", \"backing-filename\": ",
+           l->cluster_size, l->uuid, when);
+    if (l->parent[0])
+      json_string(stdout, l->parent);
+    else
+      printf("null");
+    printf(", \"dirty\": %s", l->dirty ? "true" : "false");
+  }
+  printf(", \"role\": ");
+  json_string(stdout, l->role);
+  printf("}");
+}
+
+int
+cmd_info(int argc, char **argv)
+{
+  int json = 0, chain = 0, npos, r;
+  const char *pos[1];
+  const struct cli_opt opts[] = { { "--json", 0, NULL, &json },
+                                  { "--backing-chain", 0, NULL, &chain },
+                                  { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "info", "NAME [--backing-chain] [--json]",
+    "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
+    "--backing-chain shows every layer down to the template.",
+    1, 1, opts
+  };
+  struct cc_layer_info *l;
+  struct cc_pool *p;
+  size_t n, i;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_backing_chain(p, pos[0], &l, &n);
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  if (!chain)
+    n = n ? 1 : 0;
+  if (json && chain)
+    printf("[\n");
+  for (i = 0; i < n; i++) {
+    /* The first entry is the export itself; below it, name each file by its path. */
+    const char *name = i == 0 ? pos[0] : l[i].file;
+    if (json) {
+      print_layer_json(&l[i], name, chain ? "  " : "");
+      printf("%s\n", chain && i + 1 < n ? "," : "");
+    } else {
+      if (i)
+        printf("\n");
+      print_layer_text(&l[i], name);
+    }
+  }
+  if (json && chain)
+    printf("]\n");
+  free(l);
+  return 0;
+}
+
+static void
+report_line(void *opaque, int severity, const char *msg)
+{
+  static const char *const tag[] = { "ok", "leak", "error" };
+
+  (void)opaque;
+  printf("%s: %s\n", tag[severity < 0 ? 0 : severity > 2 ? 2 : severity], msg);
+}
+
+int
+cmd_check(int argc, char **argv)
+{
+  int repair = 0, npos, r;
+  const char *pos[1] = { NULL };
+  const struct cli_opt opts[] = { { "--repair", 0, NULL, &repair }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "check", "[NAME] [--repair]",
+    "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
+    "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
+    "layers.  --repair removes leftovers and reclaims leaked space; errors are only reported.\n"
+    "Exit status: 0 clean (leaks are reported but are not errors), 1 errors found.",
+    0, 1, opts
+  };
+  struct cc_check_summary sum;
+  struct cc_pool *p;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, NULL, &sum);
+  cc_pool_close(p);
+  fflush(stdout);
+  if (r < 0)
+    return die_pool();
+  printf("%u layers checked, %u errors, %u leaks%s", sum.layers_checked, sum.errors, sum.leaks,
+         repair ? "" : "\n");
+  if (repair)
+    printf(", %u repaired\n", sum.repaired);
+  return 0;
+}
+
+int
+cmd_du(int argc, char **argv)
+{
+  int json = 0, npos, r;
+  const char *pos[1];
+  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "du", "[--json]",
+    "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
+    "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
+    "were made from).  The last line compares the pool's logical size with its disk usage.",
+    0, 0, opts
+  };
+  struct cc_pool *p;
+  struct cc_du du;
+  size_t i;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_du(p, &du);
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  if (json) {
+    printf("{\"entries\": [");
+    for (i = 0; i < du.n; i++) {
+      const struct cc_du_entry *e = &du.entries[i];
+      printf("%s\n  {\"name\": ", i ? "," : "");
+      json_string(stdout, e->name);
+      printf(", \"kind\": \"%s\", \"virtual-size\": %" PRIu64 ", \"own\": %" PRIu64
+             ", \"shared\": %" PRIu64 "}",
+             e->template ? "template" : "clone", e->virtual_size, e->own_bytes, e->shared_bytes);
+    }
+    printf("%s], \"logical\": %" PRIu64 ", \"physical\": %" PRIu64 "}\n", du.n ? "\n" : "",
+           du.logical, du.physical);
+  } else {
+    char a[32], b[32], c[32];
+    printf("%-24s %-8s %12s %12s %12s\n", "NAME", "KIND", "SIZE", "OWN", "SHARED");
+    for (i = 0; i < du.n; i++) {
+      const struct cc_du_entry *e = &du.entries[i];
+      human_size(e->virtual_size, a, sizeof a);
+      human_size(e->own_bytes, b, sizeof b);
+      human_size(e->shared_bytes, c, sizeof c);
+      printf("%-24s %-8s %12s %12s %12s\n", e->name, e->template ? "template" : "clone", a, b, c);
+    }
+    human_size(du.logical, a, sizeof a);
+    human_size(du.physical, b, sizeof b);
+    printf("pool: logical %s, physical %s\n", a, b);
+  }
+  cc_du_free(&du);
+  return 0;
+}
+
+int
+cmd_export(int argc, char **argv)
+{
+  const char *format = NULL, *pos[2];
+  int npos, r;
+  const struct cli_opt opts[] = { { "--format", 1, &format, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "export", "NAME FILE [--format raw|qcow2]",
+    "Write the disk NAME (a clone, CLONE@SNAP or a template) to FILE: raw (the default,\n"
+    "sparse) or qcow2 (through qemu-img).  FILE is replaced if it exists.",
+    2, 2, opts
+  };
+  struct cc_pool *p;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if (format && strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0)
+    return usage_error(cmd.name, "unknown format '%s' (raw or qcow2)", format);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_export_file(p, pos[0], pos[1], format, cli_progress_fn(), "export");
+  cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}

@@ -1,0 +1,215 @@
+/* cowchain command line: `pool init` and the `template` commands.
+ *
+ * Design notes
+ * ------------
+ * Parsing and printing only; each command is one call into chain/pool.h.  `template list
+ * --json` prints an array of objects with fixed keys (name, kind, size, created, layer) so
+ * scripts can rely on it.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+pool_init(int argc, char **argv)
+{
+  static const struct cli_cmd cmd = {
+    "pool init", "", "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.",
+    0, 0, NULL
+  };
+  const char *pos[1];
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if (cli_pool_dir == NULL)
+    return usage_error("pool init", "no pool: pass --pool DIR or set COWCHAIN_POOL");
+  if (cc_pool_init(cli_pool_dir) < 0)
+    return die_pool();
+  return 0;
+}
+
+int
+cmd_pool(int argc, char **argv)
+{
+  if (argc >= 1 && strcmp(argv[0], "init") == 0)
+    return pool_init(argc - 1, argv + 1);
+  if (argc >= 1 && (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0)) {
+    printf("usage: cowchain pool init\n");
+    return 0;
+  }
+  return usage_error("pool", "unknown subcommand '%s' (usage: cowchain pool init)",
+                     argc ? argv[0] : "");
+}
+
+static int
+template_import(int argc, char **argv)
+{
+  const char *format = NULL, *pos[2];
+  const struct cli_opt opts[] = { { "--format", 1, &format, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "template import", "NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]",
+    "Copy FILE into the pool as read-only template NAME.  Raw files are copied sparsely;\n"
+    "other formats are converted with qemu-img.  The size is padded to a multiple of 512.",
+    2, 2, opts
+  };
+  struct cc_pool *p;
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_import(p, pos[0], pos[1], format, cli_progress_fn(), "import");
+  cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+template_create(int argc, char **argv)
+{
+  const char *size_s = NULL, *pos[1];
+  const struct cli_opt opts[] = { { "--size", 1, &size_s, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = {
+    "template create", "NAME --size SIZE",
+    "Create an empty (all-zero) template of SIZE bytes; SIZE takes K, M, G, T suffixes.",
+    1, 1, opts
+  };
+  struct cc_pool *p;
+  uint64_t size;
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if (size_s == NULL)
+    return usage_error(cmd.name, "--size is required (usage: cowchain %s %s)", cmd.name,
+                       cmd.usage);
+  if (parse_size(size_s, &size) < 0 || size == 0)
+    return usage_error(cmd.name, "bad size '%s' (a number with an optional K, M, G or T suffix)",
+                       size_s);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_create(p, pos[0], size);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+template_promote(int argc, char **argv)
+{
+  const char *pos[2];
+  const struct cli_cmd cmd = {
+    "template promote", "CLONE NAME",
+    "Freeze the current state of CLONE as template NAME (like qm template).  The clone keeps\n"
+    "running on a new empty layer above it.",
+    2, 2, NULL
+  };
+  struct cc_pool *p;
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_promote(p, pos[0], pos[1]);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+template_delete(int argc, char **argv)
+{
+  const char *pos[1];
+  const struct cli_cmd cmd = {
+    "template delete", "NAME",
+    "Delete template NAME.  Refused while any clone, snapshot or template depends on it.",
+    1, 1, NULL
+  };
+  struct cc_pool *p;
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_delete(p, pos[0]);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+template_list(int argc, char **argv)
+{
+  int json = 0;
+  const char *pos[1];
+  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
+  const struct cli_cmd cmd = { "template list", "[--json]", "List the templates of the pool.", 0,
+                               0, opts };
+  struct cc_template *t;
+  struct cc_pool *p;
+  size_t n, i;
+  int npos, r;
+
+  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
+    return r < 0 ? 0 : r;
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_pool_list_templates(p, &t, &n);
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  if (json) {
+    printf("[");
+    for (i = 0; i < n; i++) {
+      char when[32];
+      iso_time(t[i].created, when, sizeof when);
+      printf("%s\n  {\"name\": ", i ? "," : "");
+      json_string(stdout, t[i].name);
+      printf(", \"kind\": \"%s\", \"size\": %" PRIu64 ", \"created\": \"%s\", \"layer\": ",
+             t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer", t[i].size, when);
+      if (t[i].kind == CC_TEMPLATE_LAYER)
+        json_string(stdout, t[i].layer);
+      else
+        printf("null");
+      printf("}");
+    }
+    printf("%s]\n", n ? "\n" : "");
+  } else {
+    printf("%-24s %-6s %12s  %s\n", "NAME", "KIND", "SIZE", "CREATED");
+    for (i = 0; i < n; i++) {
+      char size[32], when[40];
+      human_size(t[i].size, size, sizeof size);
+      format_time(t[i].created, when, sizeof when);
+      printf("%-24s %-6s %12s  %s\n", t[i].name, t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer",
+             size, when);
+    }
+  }
+  free(t);
+  return 0;
+}
+
+int
+cmd_template(int argc, char **argv)
+{
+  static const char usage[] = "import | create | promote | list | delete";
+  const char *sub = argc ? argv[0] : "";
+
+  if (strcmp(sub, "import") == 0)
+    return template_import(argc - 1, argv + 1);
+  if (strcmp(sub, "create") == 0)
+    return template_create(argc - 1, argv + 1);
+  if (strcmp(sub, "promote") == 0)
+    return template_promote(argc - 1, argv + 1);
+  if (strcmp(sub, "list") == 0)
+    return template_list(argc - 1, argv + 1);
+  if (strcmp(sub, "delete") == 0)
+    return template_delete(argc - 1, argv + 1);
+  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
+    printf("usage: cowchain template %s ...\n", usage);
+    return 0;
+  }
+  return usage_error("template", "unknown subcommand '%s' (%s)", sub, usage);
+}

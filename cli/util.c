@@ -1,0 +1,237 @@
+/* cowchain command line: argument parsing, error lines, sizes, times, JSON and progress.
+ *
+ * Design notes
+ * ------------
+ * Every failure is one line on stderr starting with "cowchain: ": the pool's own message
+ * (already "op: object: reason") or a usage error naming the command and what to type.
+ * Progress is drawn on stderr only when stderr is a terminal, so scripts and logs never see
+ * carriage returns.  JSON is written by hand with fixed key order, so output stays stable.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int
+usage_error(const char *cmd, const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf(stderr, "cowchain: ");
+  if (cmd)
+    fprintf(stderr, "%s: ", cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return EXIT_USAGE;
+}
+
+int
+die_pool(void)
+{
+  const char *msg = cc_error_get();
+
+  cli_progress_done();
+  fprintf(stderr, "cowchain: %s\n", msg[0] ? msg : "unknown error");
+  return 1;
+}
+
+struct cc_pool *
+cli_pool(void)
+{
+  struct cc_pool *p;
+
+  if (cli_pool_dir == NULL) {
+    fprintf(stderr, "cowchain: no pool: pass --pool DIR or set COWCHAIN_POOL\n");
+    return NULL;
+  }
+  if (cc_pool_open(cli_pool_dir, &p) < 0) {
+    die_pool();
+    return NULL;
+  }
+  return p;
+}
+
+static void
+print_help(const struct cli_cmd *cmd)
+{
+  printf("usage: cowchain %s%s%s\n\n%s\n", cmd->name, cmd->usage[0] ? " " : "", cmd->usage,
+         cmd->help);
+}
+
+int
+cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos, int *npos)
+{
+  int i, n = 0, opts_done = 0;
+
+  for (i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    if (!opts_done && (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)) {
+      print_help(cmd);
+      return -1;
+    }
+    if (!opts_done && strcmp(a, "--") == 0) {
+      opts_done = 1;
+      continue;
+    }
+    if (!opts_done && a[0] == '-' && a[1] != '\0') {
+      const struct cli_opt *o = cmd->opts;
+      const char *eq = strchr(a, '=');
+      size_t len = eq ? (size_t)(eq - a) : strlen(a);
+      for (; o && o->name; o++)
+        if (strlen(o->name) == len && strncmp(o->name, a, len) == 0)
+          break;
+      if (o == NULL || o->name == NULL)
+        return usage_error(cmd->name, "unknown option '%s' (usage: cowchain %s %s)", a,
+                           cmd->name, cmd->usage);
+      if (o->has_arg) {
+        if (eq)
+          *o->value = eq + 1;
+        else if (i + 1 < argc)
+          *o->value = argv[++i];
+        else
+          return usage_error(cmd->name, "option '%s' needs a value", o->name);
+      } else {
+        if (eq)
+          return usage_error(cmd->name, "option '%s' takes no value", o->name);
+        *o->flag = 1;
+      }
+      continue;
+    }
+    if (n >= cmd->max_pos)
+      return usage_error(cmd->name, "unexpected argument '%s' (usage: cowchain %s %s)", a,
+                         cmd->name, cmd->usage);
+    pos[n++] = a;
+  }
+  if (n < cmd->min_pos)
+    return usage_error(cmd->name, "missing arguments (usage: cowchain %s %s)", cmd->name,
+                       cmd->usage);
+  *npos = n;
+  return 0;
+}
+
+int
+parse_size(const char *s, uint64_t *out)
+{
+  char *end;
+  unsigned long long v;
+  int shift = 0;
+
+  if (s[0] < '0' || s[0] > '9')
+    return -EINVAL;
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno)
+    return -EINVAL;
+  switch (*end) {
+  case '\0':
+    break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  case 't': case 'T': shift = 40; end++; break;
+  default:
+    return -EINVAL;
+  }
+  /* Accept "1G", "1GB", "1GiB" as the same thing: sizes here are always binary. */
+  if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0))
+    end += strlen(end);
+  if (*end != '\0')
+    return -EINVAL;
+  if (shift && v > (UINT64_MAX >> shift))
+    return -ERANGE;
+  *out = (uint64_t)v << shift;
+  return 0;
+}
+
+void
+human_size(uint64_t n, char *buf, size_t len)
+{
+  static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+  double v = (double)n;
+  int u = 0;
+
+  while (v >= 1024 && u < 6) {
+    v /= 1024;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, len, "%" PRIu64 " B", n);
+  else
+    snprintf(buf, len, "%.1f %s", v, unit[u]);
+}
+
+void
+format_time(int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t)t;
+  struct tm tm;
+
+  gmtime_r(&tt, &tm);
+  strftime(buf, len, "%Y-%m-%d %H:%M:%S +0000", &tm);
+}
+
+void
+iso_time(int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t)t;
+  struct tm tm;
+
+  gmtime_r(&tt, &tm);
+  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+void
+json_string(FILE *f, const char *s)
+{
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch == '\n')
+      fputs("\\n", f);
+    else if (ch == '\t')
+      fputs("\\t", f);
+    else if (ch < 0x20 || ch == 0x7f)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f); /* UTF-8 passes through; invalid bytes are the user's own */
+  }
+  fputc('"', f);
+}
+
+static int progress_shown;
+
+void
+cli_progress(void *opaque, uint64_t done, uint64_t total)
+{
+  const char *what = opaque;
+
+  if (total == 0)
+    return;
+  fprintf(stderr, "\r%s: %5.1f%%", what ? what : "progress", 100.0 * (double)done / (double)total);
+  fflush(stderr);
+  progress_shown = 1;
+}
+
+cc_progress_fn
+cli_progress_fn(void)
+{
+  return isatty(2) ? cli_progress : NULL;
+}
+
+void
+cli_progress_done(void)
+{
+  if (progress_shown) {
+    fputc('\n', stderr);
+    progress_shown = 0;
+  }
+}
