@@ -136,6 +136,9 @@ cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, un
       return r;
     if (t.kind == CC_EXPORT_CLONE && !readonly)
       flags |= CC_RDWR;
+    /* A raw image is never probed for a header: its first bytes are guest data. */
+    if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
+      flags |= CC_RAW;
     r = cc_chain_open(path, flags, out);
     if (r < 0) {
       char msg[512];
