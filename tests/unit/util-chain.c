@@ -247,16 +247,27 @@ ctu_check_extents(struct cc_chain *c, const struct ctu_model *m, uint64_t off, u
 }
 
 int
-ctu_count_fds(void)
+ctu_count_fds(const char *prefix)
 {
   DIR *d = opendir("/proc/self/fd");
   struct dirent *de;
   int n = 0;
 
   cr_assert_not_null(d);
-  while ((de = readdir(d)) != NULL)
-    if (de->d_name[0] != '.')
+  while ((de = readdir(d)) != NULL) {
+    char link[300], target[4096];
+    ssize_t len;
+
+    if (de->d_name[0] == '.')
+      continue;
+    snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
+    len = readlink(link, target, sizeof target - 1);
+    if (len < 0)
+      continue;
+    target[len] = '\0';
+    if (strncmp(target, prefix, strlen(prefix)) == 0)
       n++;
+  }
   closedir(d);
-  return n - 1; /* the directory's own fd */
+  return n;
 }

@@ -59,7 +59,8 @@ void ctu_check_all(struct cc_chain *c, const struct ctu_model *m, uint64_t chunk
  * the model as described above. */
 void ctu_check_extents(struct cc_chain *c, const struct ctu_model *m, uint64_t off, uint64_t len);
 
-/* Number of open file descriptors of this process. */
-int ctu_count_fds(void);
+/* Number of open file descriptors of this process whose target (readlink of /proc/self/fd/N)
+ * starts with `prefix`: a directory, or e.g. "anon_inode:[io_uring]". */
+int ctu_count_fds(const char *prefix);
 
 #endif
