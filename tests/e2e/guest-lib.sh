@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers to build and boot tiny Linux guests from cowchain exports.  Sourced by
 # tests/e2e/test-e2e-guest-boot.sh and scripts/lab; needs bash, no root-only tricks (no loop
 # mounts, no /dev/nbd, no mknod):
@@ -54,7 +55,7 @@ guest_find_kernel() {
     ver=${GUEST_KVER:-$(basename "$k" | sed 's/^vmlinuz-//')}
   else
     k=
-    for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
+    for k in $(printf '%s\n' /boot/vmlinuz-* | sort -V -r); do
       ver=${k#/boot/vmlinuz-}
       [ -r "$k" ] && [ -f "/lib/modules/$ver/modules.dep" ] && break
       k=
@@ -245,7 +246,7 @@ EOF
   sed -i "s/@MARK@/$GUEST_TEMPLATE_MARK/" "$dir/sbin/init"
   chmod 755 "$dir/sbin/init"
   rm -f "$out"
-  mke2fs -q -F -t ext4 -L cowchain-e2e -E root_owner=0:0 -d "$dir" "$out" "$size"
+  mke2fs -q -F -t ext4 -L cowchain-e2e -E root_owner=0:0 -d "$dir" "$out" "$size" >/dev/null
   rc=$?
   rm -rf "$dir"
   return $rc

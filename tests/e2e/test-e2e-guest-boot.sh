@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# End to end: QEMU guests boot from cowchain exports.
+#
+#   1. build a tiny ext4 root image (busybox + an init that records who booted) and an
+#      initramfs with the virtio modules of the installed Debian kernel (tests/e2e/guest-lib.sh)
+#   2. import the image as template "base", make three linked clones, serve the pool with the
+#      plugin on a unix socket and boot three TCG guests at once, one per clone
+#   3. check the consoles, then the disks themselves (exported through the server with nbdcopy
+#      and read with debugfs, nothing mounted): each clone holds its own identity and no
+#      other's, and the template export is byte-identical to the imported image
+#   4. snapshot clone1, boot and change a file, revert, boot and see the old content; delete
+#      the snapshot (a merge) and boot again, checking the content survived
+#
+# Environment: COWCHAIN, PLUGIN (set by CTest; default: ./build), GUEST_TIMEOUT (seconds per
+# guest, default 180), GUEST_ACCEL (default tcg), KEEP=1 keeps the work directory.
+# Exits 77 (skip) when qemu, a kernel, busybox-static, the plugin or the CLI is missing.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SRCDIR=${SRCDIR:-$(cd "$HERE/../.." && pwd)}
+BUILDDIR=${BUILDDIR:-$SRCDIR/build}
+COWCHAIN=${COWCHAIN:-$BUILDDIR/cli/cowchain}
+PLUGIN=${PLUGIN:-$BUILDDIR/server/nbdkit-cowchain-plugin.so}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-180}
+SERVER_TIMEOUT=${SERVER_TIMEOUT:-600}
+TEST_NAME=e2e-guest-boot
+export PATH=/usr/sbin:/sbin:/usr/bin:/bin:$PATH
+# shellcheck source=tests/e2e/guest-lib.sh
+source "$HERE/guest-lib.sh"
+
+T0=$(date +%s)
+say() {
+  echo "$TEST_NAME: [$(($(date +%s) - T0))s] $*"
+}
+skip() {
+  echo "$TEST_NAME: SKIP: $*"
+  exit 77
+}
+fail() {
+  echo "$TEST_NAME: FAIL: $*" >&2
+  exit 1
+}
+
+# --- requirements (skip, never fail, when the machine cannot run this) ----------------------
+why=$(guest_check_tools) || skip "$why"
+guest_find_kernel
+for t in nbdkit nbdcopy timeout sha256sum; do
+  command -v "$t" >/dev/null 2>&1 || skip "$t is not installed"
+done
+[ -f "$PLUGIN" ] || skip "plugin not built: $PLUGIN"
+[ -n "$COWCHAIN" ] && [ -x "$COWCHAIN" ] || skip "cowchain CLI not built: ${COWCHAIN:-unset}"
+
+WORK=$(mktemp -d /tmp/cowchain-e2e-guest-boot.XXXXXX)
+POOL=$WORK/pool
+SOCK=$WORK/nbd.sock
+# Everything we start in the background is a job of this shell (a `timeout` wrapper around
+# nbdkit or qemu) and writes a pidfile; cleanup kills the jobs still running and the processes
+# named by pidfiles still present (each is removed once its process is known to be gone).
+PIDFILES=()
+SERVER_LOG=$WORK/nbdkit.log
+
+kill_all() {
+  local pids=() pid f i
+  for f in "${PIDFILES[@]}"; do
+    [ -s "$f" ] && pids+=("$(cat "$f")")
+  done
+  mapfile -t -O "${#pids[@]}" pids < <(jobs -p)
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for i in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  local rc=$? f
+  set +e
+  kill_all
+  wait 2>/dev/null
+  if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
+    for f in "$WORK"/*.console "$WORK"/*.qemu.log "$SERVER_LOG"; do
+      [ -s "$f" ] || continue
+      echo "--- $f"
+      tail -n 40 "$f"
+    done
+  elif [ -s "$SERVER_LOG" ]; then
+    # Printed for CTest's FAIL_REGULAR_EXPRESSION (sanitizer reports in the server).
+    echo "--- $SERVER_LOG"
+    cat "$SERVER_LOG"
+  fi
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "$TEST_NAME: work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  if [ $rc -eq 0 ]; then
+    echo "$TEST_NAME: PASS ($(($(date +%s) - T0)) s)"
+  elif [ $rc -ne 77 ]; then
+    echo "$TEST_NAME: FAIL (exit $rc, $(($(date +%s) - T0)) s)"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cc() {
+  timeout 120 "$COWCHAIN" --pool "$POOL" "$@"
+}
+
+# --- the server -------------------------------------------------------------------------------
+SERVER_PID=
+start_server() {
+  local pidfile=$WORK/nbdkit.pid wrapper i
+  rm -f "$SOCK" "$pidfile"
+  # -f keeps it our child; timeout bounds it if we are killed hard.
+  timeout "$SERVER_TIMEOUT" nbdkit -f -U "$SOCK" -P "$pidfile" "$PLUGIN" pool="$POOL" \
+    2>>"$SERVER_LOG" &
+  wrapper=$!
+  SERVER_WRAPPER=$wrapper
+  PIDFILES+=("$pidfile")
+  for i in $(seq 300); do
+    [ -s "$pidfile" ] && break
+    kill -0 "$wrapper" 2>/dev/null || fail "nbdkit exited during startup (see $SERVER_LOG)"
+    sleep 0.1
+  done
+  [ -s "$pidfile" ] || fail "nbdkit did not write its pidfile within 30 s"
+  SERVER_PID=$(cat "$pidfile")
+}
+
+# stop_server: SIGTERM by PID and wait; snapshot operations need no client on the clone.
+stop_server() {
+  local _
+  [ -n "$SERVER_PID" ] || return 0
+  kill "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 100); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      SERVER_PID=
+      rm -f "$WORK/nbdkit.pid"
+      wait "$SERVER_WRAPPER" 2>/dev/null || true
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "nbdkit $SERVER_PID did not exit within 10 s of SIGTERM"
+}
+
+uri() {
+  echo "nbd+unix:///$1?socket=$SOCK"
+}
+
+# --- guests -----------------------------------------------------------------------------------
+declare -A GUEST_WRAPPER
+# boot_start TAG EXPORT [KERNEL-ARGS...]: boot a guest from EXPORT in the background;
+# its console goes to $WORK/TAG.console.
+boot_start() {
+  local tag=$1 export=$2
+  shift 2
+  local pidfile=$WORK/$tag.qemu.pid
+  rm -f "$WORK/$tag.console" "$pidfile"
+  GUEST_PIDFILE=$pidfile guest_qemu_argv "$tag" "$(uri "$export")" "$WORK/$tag.console" "$@"
+  timeout -k 10 "$GUEST_TIMEOUT" "${GUEST_QEMU[@]}" </dev/null >"$WORK/$tag.qemu.log" 2>&1 &
+  GUEST_WRAPPER[$tag]=$!
+  PIDFILES+=("$pidfile")
+}
+
+# boot_wait TAG: wait for the guest to power off; fail on a timeout or a qemu error.
+boot_wait() {
+  local tag=$1 rc=0
+  wait "${GUEST_WRAPPER[$tag]}" || rc=$?
+  rm -f "$WORK/$tag.qemu.pid"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    fail "guest $tag did not power off within $GUEST_TIMEOUT s"
+  fi
+  [ $rc -eq 0 ] || fail "qemu for guest $tag exited $rc: $(tail -n 5 "$WORK/$tag.qemu.log")"
+}
+
+# console_has TAG LINE...: each LINE ("GUEST: ..." without the prefix) is on TAG's console.
+console_has() {
+  local tag=$1 line
+  shift
+  for line in "$@"; do
+    # The kernel may print on the serial line too; match whole lines, ignoring a CR.
+    tr -d '\r' <"$WORK/$tag.console" | grep -qxF "GUEST: $line" ||
+      fail "console of $tag lacks 'GUEST: $line' (see $WORK/$tag.console)"
+  done
+}
+
+# --- disks, read without mounting ---------------------------------------------------------------
+# fetch EXPORT FILE: copy an export to a raw file through the server.
+fetch() {
+  rm -f "$2"
+  timeout 120 nbdcopy "$(uri "$1")" "$2" || fail "nbdcopy of export $1 failed"
+}
+
+# disk_cat IMG PATH: the file's content, read with debugfs.
+disk_cat() {
+  debugfs -R "cat $2" "$1" 2>/dev/null
+}
+
+# disk_ls IMG DIR: the names in DIR (without . and ..), one per line, sorted.
+disk_ls() {
+  debugfs -R "ls -p $2" "$1" 2>/dev/null | awk -F/ 'NF > 6 && $6 != "." && $6 != ".." { print $6 }' |
+    LC_ALL=C sort
+}
+
+# check_disk IMG ID STATE: the clone's disk says /id = ID, /owners = {ID}, /state = STATE, and
+# its file system is clean.
+check_disk() {
+  local img=$1 id=$2 state=$3 got
+  got=$(disk_cat "$img" /id)
+  [ "$got" = "$id" ] || fail "$img: /id is '$got', expected '$id'"
+  got=$(disk_ls "$img" /owners | tr '\n' ' ')
+  [ "$got" = "$id " ] || fail "$img: /owners holds '$got', expected only '$id'"
+  got=$(disk_cat "$img" /state)
+  [ "$got" = "$state" ] || fail "$img: /state is '$got', expected '$state'"
+  e2fsck -fn "$img" >"$WORK/e2fsck.log" 2>&1 || {
+    cat "$WORK/e2fsck.log" >&2
+    fail "$img: e2fsck found errors"
+  }
+}
+
+check_template() {
+  local sum
+  fetch base "$WORK/base.export.raw"
+  sum=$(sha256sum <"$WORK/base.export.raw")
+  [ "$sum" = "$TEMPLATE_SUM" ] || fail "template export 'base' differs from the imported image"
+  rm -f "$WORK/base.export.raw"
+}
+
+# --- 1. images ----------------------------------------------------------------------------------
+say "kernel $GUEST_KERNEL; building the initramfs and the root image"
+GUEST_INITRD=$WORK/initrd.gz
+guest_make_initramfs "$GUEST_INITRD" || fail "could not build the initramfs"
+guest_make_rootfs "$WORK/root.img" 48M || fail "could not build the root image"
+TEMPLATE_SUM=$(sha256sum <"$WORK/root.img")
+
+# --- 2. pool: a template and three linked clones; three guests at once ------------------------
+cc pool init >/dev/null || skip "cowchain pool init does not work yet"
+cc template import base "$WORK/root.img" || fail "template import failed"
+CLONES=(clone1 clone2 clone3)
+for c in "${CLONES[@]}"; do
+  cc clone create "$c" --from base || fail "clone create $c failed"
+done
+
+start_server
+say "booting ${CLONES[*]} at once"
+for c in "${CLONES[@]}"; do
+  boot_start "$c" "$c" "cowchain.id=$c" "cowchain.write=first-$c"
+done
+for c in "${CLONES[@]}"; do
+  boot_wait "$c"
+done
+say "all three guests powered off"
+for c in "${CLONES[@]}"; do
+  console_has "$c" TEMPLATE-OK PREV-ID=none STATE=none "OWNERS=" "WROTE-ID=$c" REMOUNT-RO-OK \
+    "DONE id=$c"
+done
+
+for c in "${CLONES[@]}"; do
+  fetch "$c" "$WORK/$c.raw"
+  check_disk "$WORK/$c.raw" "$c" "first-$c"
+done
+# The template image never held an identity.
+[ -z "$(disk_cat "$WORK/root.img" /id)" ] || fail "the template image has an /id"
+check_template
+say "each clone holds its own identity and no other's; the template is unchanged"
+
+# The CLI's export agrees with the server (the server is stopped: nothing holds the clone).
+stop_server
+cc export clone2 "$WORK/clone2.cli.raw" || fail "cowchain export clone2 failed"
+cmp -s "$WORK/clone2.raw" "$WORK/clone2.cli.raw" ||
+  fail "cowchain export clone2 differs from the server's export of clone2"
+cc export base "$WORK/base.cli.raw" || fail "cowchain export base failed"
+[ "$(sha256sum <"$WORK/base.cli.raw")" = "$TEMPLATE_SUM" ] ||
+  fail "cowchain export base differs from the imported image"
+rm -f "$WORK"/*.cli.raw "$WORK"/clone[23].raw
+
+# --- 3. snapshot, change, revert, delete (merge) ---------------------------------------------
+say "snapshot clone1@pre, boot and change /state"
+cc snapshot create clone1 pre || fail "snapshot create clone1 pre failed"
+start_server
+boot_start snap1 clone1 "cowchain.write=after-snapshot"
+boot_wait snap1
+console_has snap1 TEMPLATE-OK PREV-ID=clone1 STATE=first-clone1 "OWNERS=clone1 " \
+  WROTE-STATE=after-snapshot REMOUNT-RO-OK
+fetch clone1 "$WORK/clone1.raw"
+check_disk "$WORK/clone1.raw" clone1 after-snapshot
+# The snapshot is an export of its own and still holds the old state.
+fetch clone1@pre "$WORK/pre.raw"
+check_disk "$WORK/pre.raw" clone1 first-clone1
+stop_server
+
+say "revert clone1 to pre and boot"
+cc snapshot revert clone1 pre || fail "snapshot revert clone1 pre failed"
+start_server
+boot_start revert clone1 "cowchain.write=after-revert"
+boot_wait revert
+console_has revert TEMPLATE-OK PREV-ID=clone1 STATE=first-clone1 "OWNERS=clone1 " \
+  WROTE-STATE=after-revert REMOUNT-RO-OK
+stop_server
+
+say "delete (merge) clone1@pre and boot"
+cc snapshot delete clone1 pre || fail "snapshot delete clone1 pre failed"
+start_server
+boot_start merged clone1
+boot_wait merged
+console_has merged TEMPLATE-OK PREV-ID=clone1 STATE=after-revert "OWNERS=clone1 " REMOUNT-RO-OK
+fetch clone1 "$WORK/clone1.raw"
+check_disk "$WORK/clone1.raw" clone1 after-revert
+# The other clones and the template did not move.
+for c in clone2 clone3; do
+  fetch "$c" "$WORK/$c.raw"
+  check_disk "$WORK/$c.raw" "$c" "first-$c"
+done
+check_template
+stop_server
+say "snapshot, revert and merge kept every clone's own data; the template is unchanged"
