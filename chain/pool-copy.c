@@ -77,15 +77,15 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
 
   in = open(src, O_RDONLY | O_CLOEXEC);
   if (in == -1)
-    return cc_error_set(errno, "import: %s: %s", src, strerror(errno));
+    return cc_error_set(errno, "template import: %s: %s", src, strerror(errno));
   if (fstat(in, &st) == -1 || !S_ISREG(st.st_mode)) {
     close(in);
-    return cc_error_set(EINVAL, "import: %s: not a regular file", src);
+    return cc_error_set(EINVAL, "template import: %s: not a regular file", src);
   }
   size = (uint64_t)st.st_size;
   /* The size first: holes at the end must be part of the copy too. */
   if (ftruncate(dst_fd, (off_t)size) == -1) {
-    r = cc_error_set(errno, "import: %s: %s", src, strerror(errno));
+    r = cc_error_set(errno, "template import: %s: %s", src, strerror(errno));
     goto out;
   }
   while (off < size) {
@@ -114,11 +114,11 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
           continue;
         }
         if (c == 0) {
-          r = cc_error_set(EIO, "import: %s: file shrank while copying", src);
+          r = cc_error_set(EIO, "template import: %s: file shrank while copying", src);
           goto out;
         }
         if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) {
-          r = cc_error_set(errno, "import: %s: copy: %s", src, strerror(errno));
+          r = cc_error_set(errno, "template import: %s: copy: %s", src, strerror(errno));
           goto out;
         }
         use_cfr = 0;
