@@ -117,11 +117,13 @@ fail:
 int
 cc_clone_delete(struct cc_pool *p, const char *name)
 {
+  char what[CC_NAME_MAX + 32];
   struct ovl_layer **held = NULL;
   struct pool_graph g;
   size_t i, nheld = 0;
   int r;
 
+  snprintf(what, sizeof what, "clone delete: %.64s", name);
   if ((r = pool_lock(p, "clone delete")) < 0)
     return r;
   if ((r = pool_graph_load(p, &g)) < 0)
@@ -153,12 +155,8 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   for (i = 0; i < g.n; i++) {
     if (!g.nodes[i].mark || g.nodes[i].live)
       continue;
-    if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, "clone delete", &held[nheld])) < 0) {
-      char msg[512];
-      snprintf(msg, sizeof msg, "%s", cc_error_get());
-      r = cc_error_set(-r, "%s (%s)", msg, name);
+    if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld])) < 0)
       goto out;
-    }
     nheld++;
   }
   if ((r = pool_remove_record(p, "clones", name)) < 0)
@@ -185,7 +183,7 @@ int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                    const char *description)
 {
-  char ppath[64], newtop[CC_UUID_STR];
+  char ppath[64], newtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
   struct ovl_layer *top = NULL;
   struct ovl_parent par;
   struct cc_snapshot *ns;
@@ -206,7 +204,8 @@ cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
     r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
     goto out;
   }
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "snapshot create", &top)) < 0 ||
+  snprintf(what, sizeof what, "snapshot create: %s", clone);
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0 ||
       (r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0 ||
       (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
     goto out;
@@ -236,7 +235,7 @@ unlock:
 int
 cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
 {
-  char ppath[64], newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
+  char ppath[64], newtop[CC_UUID_STR], oldtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
   struct ovl_layer *top = NULL;
   struct ovl_parent par;
   struct pool_graph g;
@@ -251,7 +250,8 @@ cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
     r = cc_error_set(ENOENT, "snapshot revert: %s@%s: no such snapshot", clone, snap);
     goto out;
   }
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "snapshot revert", &top)) < 0 ||
+  snprintf(what, sizeof what, "snapshot revert: %s", clone);
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0 ||
       (r = pool_parent_of_layer(p, c.snaps[i].layer, &par, ppath, sizeof ppath)) < 0 ||
       (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
     goto out;

@@ -188,7 +188,7 @@ out:
 int
 cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
 {
-  char ppath[64], newtop[CC_UUID_STR];
+  char ppath[64], newtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
   struct ovl_parent par;
   struct ovl_layer *top = NULL;
   struct cc_template t;
@@ -202,7 +202,8 @@ cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
   if ((r = pool_get_clone(p, "template promote", clone, &c)) < 0)
     goto unlock;
   /* The exclusive lock on the top keeps servers off it until the records say it is frozen. */
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, "template promote", &top)) < 0)
+  snprintf(what, sizeof what, "template promote: %s", clone);
+  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0)
     goto out;
   if ((r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0)
     goto out;
