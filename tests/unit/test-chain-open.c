@@ -227,6 +227,7 @@ Test(chain_open, cycle_self)
   cr_assert_eq(ovl_close(l), 0);
   expect_open_error("a.cow", CC_RDWR, ELOOP, "a.cow: parent a.cow: cycle", NULL);
   expect_open_error("a.cow", 0, ELOOP, "a.cow: parent a.cow: cycle", NULL);
+  free(a);
 }
 
 /* Depth limit, lowered through the test hook: 8 files open, 9 do not. */
