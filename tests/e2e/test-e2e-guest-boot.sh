@@ -44,7 +44,7 @@ fail() {
 # --- requirements (skip, never fail, when the machine cannot run this) ----------------------
 why=$(guest_check_tools) || skip "$why"
 guest_find_kernel
-for t in nbdkit nbdcopy timeout sha256sum; do
+for t in nbdkit nbdcopy nbdinfo timeout sha256sum e2fsck; do
   command -v "$t" >/dev/null 2>&1 || skip "$t is not installed"
 done
 [ -f "$PLUGIN" ] || skip "plugin not built: $PLUGIN"
@@ -312,6 +312,10 @@ boot_wait merged
 console_has merged TEMPLATE-OK PREV-ID=clone1 STATE=after-revert "OWNERS=clone1 " REMOUNT-RO-OK
 fetch clone1 "$WORK/clone1.raw"
 check_disk "$WORK/clone1.raw" clone1 after-revert
+# The snapshot is gone, as an export too.
+if timeout 30 nbdinfo --size "$(uri clone1@pre)" >/dev/null 2>&1; then
+  fail "export clone1@pre still exists after snapshot delete"
+fi
 # The other clones and the template did not move.
 for c in clone2 clone3; do
   fetch "$c" "$WORK/$c.raw"
