@@ -581,3 +581,45 @@ Test(overlay_format, current_slot_is_larger_generation)
   free(path);
   otu_rmtree(dir);
 }
+
+/* FORMAT.md 4.2: opening for writing and closing without allocating writes nothing, and
+ * in-place writes change no header. */
+Test(overlay_format, open_close_writes_nothing)
+{
+  char *dir = otu_tmpdir();
+  char *path = otu_join(dir, "l.cow");
+  uint8_t data[8192];
+  size_t n0, n1;
+
+  otu_create(path, 8u << 20, 0);
+  uint8_t *before = otu_slurp(path, &n0);
+  struct ovl_layer *l = otu_open(path, OVL_RDWR);
+  cr_assert_eq(ovl_flush(l), 0);
+  cr_assert_eq(ovl_close(l), 0);
+  uint8_t *after = otu_slurp(path, &n1);
+  cr_assert(n0 == n1 && memcmp(before, after, n0) == 0, "open RDWR + close changed a new layer");
+  free(before);
+  free(after);
+
+  /* a layer with data: an in-place write changes the data, not the header or the map */
+  l = otu_open(path, OVL_RDWR);
+  memset(data, 0x61, sizeof data);
+  cr_assert_eq(ovl_pwrite(l, data, sizeof data, 0, 0, NULL, NULL), 0);
+  cr_assert_eq(ovl_close(l), 0);
+  uint8_t s0[OTU_SLOT_SIZE], s1[OTU_SLOT_SIZE];
+  otu_read_slot(path, 0, s0);
+  otu_read_slot(path, 1, s1);
+  before = otu_slurp(path, &n0);
+  l = otu_open(path, OVL_RDWR);
+  memset(data, 0x62, sizeof data);
+  cr_assert_eq(ovl_pwrite(l, data, 4096, 1000, 0, NULL, NULL), 0);
+  cr_assert_eq(ovl_close(l), 0);
+  after = otu_slurp(path, &n1);
+  cr_assert_eq(n0, n1, "an in-place write changed the file size");
+  cr_assert_eq(memcmp(before, after, 8192), 0, "an in-place write rewrote a header slot");
+  cr_assert_eq(memcmp(before + 8192, after + 8192, 4096), 0, "an in-place write changed the L1");
+  free(before);
+  free(after);
+  free(path);
+  otu_rmtree(dir);
+}
