@@ -440,6 +440,11 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
       goto fail;
     c->size = c->idx->size;
   }
+  /* A shared index was checked against the limit in force when it was built. */
+  if (cc_chain_depth(c) > max_depth) {
+    r = cc_error_set(ELOOP, "open: %s: chain deeper than %zu layers", top_path, max_depth);
+    goto fail;
+  }
   free(lk);
   *out = c;
   return 0;
@@ -447,6 +452,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
 fail:
   free(lk);
   if (c) {
+    cc_index_put(c->idx);
     if (c->top)
       ovl_close(c->top);
     free(c->path);

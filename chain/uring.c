@@ -21,7 +21,8 @@
  * for the next request).  After the first error no new SQE is queued, but every one in flight
  * is still reaped.  If the ring itself fails (io_uring_enter refuses, not a per-op error) we
  * wait for what the kernel already consumed, then destroy the ring, which discards what it had
- * not: nothing can write into the buffer after we return.
+ * not: nothing can write into the buffer after we return.  Pieces are advanced in place as
+ * they complete, so the caller can then finish the very same request with pread.
  */
 #define _GNU_SOURCE
 #include "chain/internal.h"
@@ -212,8 +213,9 @@ reap(struct io_uring *ring, struct exec *x)
 }
 
 /* After io_uring_enter itself failed: wait for the SQEs the kernel consumed (they still write
- * into the buffer), then drop the ring and with it the SQEs it never consumed. */
-static void
+ * into the buffer), then drop the ring and with it the SQEs it never consumed.  Returns 0 when
+ * every consumed SQE was reaped: then each piece says exactly what is left to read. */
+static int
 drain_broken(struct cc_ring *r, struct exec *x)
 {
   unsigned unconsumed = io_uring_sq_ready(&r->ring);
@@ -228,7 +230,7 @@ drain_broken(struct cc_ring *r, struct exec *x)
       /* Cannot happen with a valid ring; if it does, keeping the ring alive is safer than
        * destroying it under reads in flight. */
       cc_log("io_uring: cannot reap in-flight reads (%s): keeping the ring", strerror(-ret));
-      return;
+      return ret;
     }
     size_t i = (size_t)io_uring_cqe_get_data64(cqe);
     int res = cqe->res;
@@ -237,6 +239,7 @@ drain_broken(struct cc_ring *r, struct exec *x)
     complete(x, i, res);
   }
   ring_discard(r);
+  return 0;
 }
 
 /* Read n pieces on this thread's ring.  Returns 0, -errno, or CC_URING_UNAVAILABLE. */
@@ -260,10 +263,15 @@ cc_uring_exec(struct cc_piece *v, size_t n)
       break; /* all done, or error and everything reaped */
     ret = io_uring_submit_and_wait(&r->ring, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      if (!x.err)
+      /* The ring as a whole failed (e.g. EEXIST: a single-issuer ring used from a forked
+       * child).  Once what the kernel took is reaped, the pieces say what is left: the
+       * caller finishes them with pread and this thread gets a new ring next time. */
+      if (drain_broken(r, &x) < 0 && !x.err)
         x.err = cc_error_set(-ret, "pread: io_uring_enter: %s", strerror(-ret));
-      drain_broken(r, &x);
-      return x.err;
+      if (x.err)
+        return x.err;
+      cc_log("io_uring_enter failed (%s): this read finishes with pread", strerror(-ret));
+      return CC_URING_UNAVAILABLE;
     }
     reap(&r->ring, &x);
   }
