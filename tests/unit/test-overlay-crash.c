@@ -273,6 +273,7 @@ struct sect {
 struct wop {
   size_t ls, le; /* io_log range of the op */
   int flush;     /* completes a flush: ovl_flush, FUA, close */
+  int setpar;    /* ovl_set_parent to "p<op index>.raw" (durable when it returns) */
   char what[80];
 };
 
@@ -413,6 +414,15 @@ workload_phase(struct crash *c, struct ovl_layer *l, int n)
       memset(c->cur + off, 0, len);
       w->flush = (fl & OVL_FUA) != 0;
       wop_end(c, w, off, len);
+    } else if (dice < 84) {
+      char pp[32];
+      snprintf(pp, sizeof pp, "p%d.raw", c->nops);
+      struct wop *w = wop_begin(c, "set_parent %s", pp);
+      struct ovl_parent par = {.kind = OVL_PARENT_RAW, .path = pp, .size = 4096};
+      int e = ovl_set_parent(l, &par);
+      cr_assert_eq(e, 0, "%s: %d %s", w->what, e, cc_error_get());
+      w->setpar = 1;
+      wop_end(c, w, 0, 0);
     } else {
       struct wop *w = wop_begin(c, "flush");
       int e = ovl_flush(l);
@@ -438,6 +448,26 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
   int e = ovl_open(c->cpath, OVL_RDONLY, &l);
   cr_assert_eq(e, 0, "%s: crash at I/O %zu of %zu (%s): ovl_open: %d %s (seed %" PRIu64 ")",
                c->name, k, io_n, variant, e, cc_error_get(), c->seed);
+
+  /* the parent link: the last one set before the cut, or one being set at it */
+  struct ovl_info in;
+  ovl_get_info(l, &in);
+  int pi = -1, pok = 0;
+  for (int j = 0; j < c->nops; j++)
+    if (c->ops[j].setpar && c->ops[j].le <= k)
+      pi = j;
+  for (int j = pi; j < c->nops && !pok; j++) {
+    char pp[32] = "";
+    if (j >= 0 && !c->ops[j].setpar)
+      continue;
+    if (j > pi && c->ops[j].ls >= k)
+      break;
+    if (j >= 0)
+      snprintf(pp, sizeof pp, "p%d.raw", j);
+    pok = strcmp(in.parent_path, pp) == 0;
+  }
+  cr_assert(pok, "%s: crash at I/O %zu (%s): parent \"%s\", last set_parent before the cut: op %d "
+            "(seed %" PRIu64 ")", c->name, k, variant, in.parent_path, pi, c->seed);
 
   for (int g = 0; g < 2; g++) {
     uint64_t g0 = c->reg[g][0], glen = c->reg[g][1] - g0;
