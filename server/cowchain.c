@@ -162,7 +162,11 @@ cowchain_get_ready(void)
   cc_error_clear();
   r = cc_pool_open(pool_dir, &pool);
   if (r < 0) {
-    nbdkit_error("pool=%s: %s", pool_dir, cc_error_get()[0] ? cc_error_get() : strerror(-r));
+    /* chain/'s message names the directory already. */
+    if (cc_error_get()[0])
+      nbdkit_error("%s", cc_error_get());
+    else
+      nbdkit_error("pool=%s: %s", pool_dir, strerror(-r));
     return -1;
   }
   exports_init(pool, io_flags);
@@ -198,6 +202,24 @@ cowchain_default_export(int readonly, int is_tls)
   return default_name ? default_name : "";
 }
 
+/* Copy `s` into buf with control and non-ASCII bytes as \xNN. */
+static const char *
+escape(const char *s, char *buf, size_t len)
+{
+  size_t i = 0;
+
+  for (; *s && i + 5 < len; s++) {
+    unsigned char c = (unsigned char)*s;
+
+    if (c < 0x20 || c >= 0x7f)
+      i += (size_t)snprintf(buf + i, len - i, "\\x%02x", c);
+    else
+      buf[i++] = (char)c;
+  }
+  buf[i] = '\0';
+  return buf;
+}
+
 static void *
 cowchain_open(int readonly)
 {
@@ -213,7 +235,10 @@ cowchain_open(int readonly)
   /* The name is untrusted client input: refuse it before it can get near a path. */
   cc_error_clear();
   if (cc_export_name_parse(name, base, snap) < 0) {
-    nbdkit_error("open: invalid export name: %s", cc_error_get());
+    char msg[1024];
+
+    /* The message quotes the name: escape it so a client cannot forge log lines. */
+    nbdkit_error("open: invalid export name: %s", escape(cc_error_get(), msg, sizeof msg));
     return NULL;
   }
 

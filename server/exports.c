@@ -116,6 +116,19 @@ destroy(struct cc_export *e)
   free(e);
 }
 
+/* Log why `name` cannot be opened, naming it once: pool messages usually name it already. */
+static struct cc_export *
+open_error(const char *name, int r)
+{
+  const char *msg = last_error(r);
+
+  if (strstr(msg, name))
+    nbdkit_error("%s", msg);
+  else
+    nbdkit_error("open: %s: %s", name, msg);
+  return NULL;
+}
+
 /* Open the chain behind `name` (table_lock held).  Returns the entry or NULL after
  * nbdkit_error. */
 static struct cc_export *
@@ -130,10 +143,8 @@ open_locked(const char *name, int readonly)
   for (tries = 0; tries < RESOLVE_TRIES; tries++) {
     cc_error_clear();
     r = cc_pool_resolve_export(pool, name, path, sizeof path, &kind);
-    if (r < 0) {
-      nbdkit_error("open: %s: %s", name, last_error(r));
-      return NULL;
-    }
+    if (r < 0)
+      return open_error(name, r);
 
     e = lookup_locked(name, path);
     if (e) {
@@ -145,11 +156,8 @@ open_locked(const char *name, int readonly)
 
     cc_error_clear();
     r = cc_pool_open_export(pool, name, readonly, pool_io_flags, &chain);
-    if (r < 0) {
-      /* EBUSY carries the holder of the layer lock in the message. */
-      nbdkit_error("open: %s: %s", name, last_error(r));
-      return NULL;
-    }
+    if (r < 0)
+      return open_error(name, r); /* EBUSY: the message names the lock's holder */
 
     cc_error_clear();
     r = cc_pool_resolve_export(pool, name, again, sizeof again, &kind2);

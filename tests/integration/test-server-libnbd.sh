@@ -13,10 +13,15 @@ for io in uring sync; do
   "$CLIENT" rw "$SOCK" vm1 || fail "rw checks failed (io=$io)"
   "$CLIENT" multiconn "$SOCK" vm2 || fail "multi-conn checks failed (io=$io)"
   # Several connections at once, each with its own region, then a check through a new one.
+  writers=()
   for i in 1 2 3 4; do
     qemu-io -f raw -c "write -P 0x7$i $((i * 4))M 1M" -c flush "$(uri vm2)" >/dev/null &
+    writers+=($!)
   done
-  wait
+  # Not a bare `wait`: that would wait for the server too.
+  for pid in "${writers[@]}"; do
+    wait "$pid" || fail "a concurrent writer failed (io=$io)"
+  done
   for i in 1 2 3 4; do
     qemu-io -f raw -r -c "read -P 0x7$i $((i * 4))M 1M" "$(uri vm2)" >/dev/null ||
       fail "concurrent connection $i lost its write (io=$io)"

@@ -32,6 +32,10 @@ for name in ../x ../../x a/b /x . .. .hidden -dash x@y@z vm1@ @snap vm1@../x "$l
   "vm1@$long" $'vm\n1' $'vm\t1' $'vm1\r' $'\x01' 'vm 1' 'vm1%40s' 'näme' 'vm1;rm'; do
   refused "$name"
 done
+# Names are logged escaped: a client cannot forge log lines.
+if grep -q $'\x01' "$SERVER_LOG" || grep -q '^1.: name may contain' "$SERVER_LOG"; then
+  fail "raw control characters from an export name reached the log"
+fi
 # 64 characters is the longest valid name: refused only because it does not exist.
 refused "${long:1}"
 log_has "${long:1}"

@@ -44,7 +44,7 @@ run_bad() {
 run_bad 'pool directory is required|pool=DIR'
 run_bad 'No such file' pool="$WORK/no-such-pool"
 mkdir "$WORK/empty"
-run_bad "pool=$WORK/empty" "$WORK/empty"       # magic key; not a pool
+run_bad "$WORK/empty: not a cowchain pool" "$WORK/empty" # magic key; not a pool
 run_bad 'io=uring' pool="$WORK/empty" io=fast
 run_bad 'unknown parameter' pool="$WORK/empty" colour=blue
 run_bad 'default=' pool="$WORK/empty" default=../etc
