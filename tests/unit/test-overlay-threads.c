@@ -1,0 +1,232 @@
+/* overlay/: concurrent writers, readers and flushes on one layer (overlay.h design notes:
+ * lock-free lookups, in-place writes without the lock, allocation under it).
+ *
+ * Each writer thread owns the sub-clusters k with k % NW == its index, so writers touch the
+ * same clusters and L2 tables (racing allocation, copy-up next to each other's data) but never
+ * the same bytes.  An owner keeps a private byte model of its sub-clusters and publishes every
+ * change under a per-sub-cluster sequence counter (odd while it writes).  Readers read a
+ * sub-cluster through the layer, copy the model, and compare only if the counter did not move:
+ * a seqlock, so every comparison is against the exact state the read must show.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "common/error.h"
+#include "overlay/overlay.h"
+#include "util-overlay.h"
+
+TestSuite(overlay_threads, .timeout = 120);
+
+#define NW 4
+#define NR 2
+#define SC 512u /* 16 KiB clusters */
+#define VSIZE (16u << 20)
+#define NSC (VSIZE / SC)
+#define OPS_PER_WRITER 2500
+
+struct shared {
+  struct ovl_layer *l;
+  struct otu_below below;
+  uint8_t *model;        /* VSIZE bytes: what each sub-cluster reads as */
+  _Atomic unsigned *seq; /* per sub-cluster */
+  atomic_int writers_left;
+  atomic_int failed;
+  char msg[256];
+  uint64_t seed;
+  atomic_ulong checked, skipped;
+};
+
+struct targ {
+  struct shared *sh;
+  int idx;
+};
+
+static void
+fail(struct shared *sh, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+fail(struct shared *sh, const char *fmt, ...)
+{
+  if (atomic_exchange(&sh->failed, 1))
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(sh->msg, sizeof sh->msg, fmt, ap);
+  va_end(ap);
+}
+
+static int
+below_cb(void *opaque, void *buf, uint64_t length, uint64_t offset)
+{
+  /* the pattern below is immutable, so concurrent callers need no lock */
+  const struct otu_below *b = opaque;
+  otu_pattern(b->seed, buf, length, offset);
+  return 0;
+}
+
+static void *
+writer(void *arg)
+{
+  struct targ *t = arg;
+  struct shared *sh = t->sh;
+  uint64_t rng = sh->seed + 1000u * (uint64_t)t->idx + 1;
+  uint8_t buf[SC];
+
+  for (int i = 0; i < OPS_PER_WRITER && !atomic_load(&sh->failed); i++) {
+    uint64_t k = otu_rand_below(&rng, NSC / NW) * NW + (uint64_t)t->idx;
+    uint64_t base = k * SC;
+    unsigned kind = (unsigned)otu_rand_below(&rng, 10);
+    int e;
+
+    atomic_fetch_add_explicit(&sh->seq[k], 1, memory_order_acq_rel); /* odd: changing */
+    if (kind < 6) {
+      /* whole or partial: a partial one of an unallocated sub-cluster is a copy-up */
+      uint64_t a = kind < 3 ? 0 : otu_rand_below(&rng, SC);
+      uint64_t n = kind < 3 ? SC : 1 + otu_rand_below(&rng, SC - a);
+      otu_pattern(rng ^ (uint64_t)i, buf, n, base + a);
+      e = ovl_pwrite(sh->l, buf, n, base + a, 0, below_cb, &sh->below);
+      if (e == 0)
+        memcpy(sh->model + base + a, buf, n);
+    } else if (kind < 9) {
+      e = ovl_zero(sh->l, SC, base, kind == 8 ? OVL_MAY_TRIM : 0, below_cb, &sh->below);
+      if (e == 0)
+        memset(sh->model + base, 0, SC);
+    } else {
+      e = ovl_flush(sh->l);
+    }
+    atomic_fetch_add_explicit(&sh->seq[k], 1, memory_order_acq_rel); /* even: stable */
+    if (e != 0)
+      fail(sh, "writer %d op %d: %d %s", t->idx, i, e, cc_error_get());
+  }
+  atomic_fetch_sub(&sh->writers_left, 1);
+  return NULL;
+}
+
+static void *
+reader(void *arg)
+{
+  struct targ *t = arg;
+  struct shared *sh = t->sh;
+  uint64_t rng = sh->seed * 7 + (uint64_t)t->idx;
+  uint8_t got[4 * SC], want[4 * SC];
+
+  while (atomic_load(&sh->writers_left) > 0 && !atomic_load(&sh->failed)) {
+    /* four consecutive sub-clusters: four owners, one cluster or two */
+    uint64_t k0 = otu_rand_below(&rng, NSC - 4);
+    unsigned s1[4], s2[4];
+    for (int i = 0; i < 4; i++)
+      s1[i] = atomic_load_explicit(&sh->seq[k0 + i], memory_order_acquire);
+    int e = ovl_pread(sh->l, got, sizeof got, k0 * SC, below_cb, &sh->below);
+    memcpy(want, sh->model + k0 * SC, sizeof want);
+    atomic_thread_fence(memory_order_acquire);
+    for (int i = 0; i < 4; i++)
+      s2[i] = atomic_load_explicit(&sh->seq[k0 + i], memory_order_relaxed);
+    if (e != 0) {
+      fail(sh, "reader: ovl_pread at %" PRIu64 ": %d %s", k0 * SC, e, cc_error_get());
+      break;
+    }
+    for (int i = 0; i < 4; i++) {
+      if ((s1[i] & 1) || s1[i] != s2[i]) {
+        atomic_fetch_add(&sh->skipped, 1);
+        continue;
+      }
+      if (memcmp(got + i * SC, want + i * SC, SC) != 0) {
+        fail(sh, "reader: sub-cluster %" PRIu64 " (offset %" PRIu64 ", seq %u) read wrong bytes",
+             k0 + (uint64_t)i, (k0 + (uint64_t)i) * SC, s1[i]);
+        break;
+      }
+      atomic_fetch_add(&sh->checked, 1);
+    }
+  }
+  return NULL;
+}
+
+/* ovl_map from a thread too: it must never report a state whose bytes a read contradicts;
+ * here it only has to stay sane (tile the range) while the map changes under it. */
+static void *
+mapper(void *arg)
+{
+  struct shared *sh = arg;
+  struct ovl_extent e[64];
+  while (atomic_load(&sh->writers_left) > 0 && !atomic_load(&sh->failed)) {
+    uint64_t pos = 0;
+    while (pos < VSIZE) {
+      int n = ovl_map(sh->l, pos, VSIZE - pos, e, 64);
+      if (n <= 0) {
+        fail(sh, "mapper: ovl_map at %" PRIu64 ": %d %s", pos, n, cc_error_get());
+        return NULL;
+      }
+      for (int i = 0; i < n; i++) {
+        if (e[i].offset != pos || e[i].length == 0) {
+          fail(sh, "mapper: extent at %" PRIu64 " does not continue at %" PRIu64, e[i].offset,
+               pos);
+          return NULL;
+        }
+        pos += e[i].length;
+      }
+    }
+  }
+  return NULL;
+}
+
+Test(overlay_threads, writers_readers_flushes)
+{
+  char *dir = otu_tmpdir();
+  char *path = otu_join(dir, "l.cow");
+  struct shared sh;
+  memset(&sh, 0, sizeof sh);
+  sh.seed = otu_seed("overlay_threads::writers_readers_flushes");
+  sh.below.seed = sh.seed ^ 0x5A5A;
+  sh.model = malloc(VSIZE);
+  sh.seq = calloc(NSC, sizeof *sh.seq);
+  cr_assert(sh.model && sh.seq);
+  otu_pattern(sh.below.seed, sh.model, VSIZE, 0);
+  otu_create(path, VSIZE, 16384);
+  sh.l = otu_open(path, OVL_RDWR);
+  atomic_store(&sh.writers_left, NW);
+
+  pthread_t w[NW], r[NR], m;
+  struct targ wa[NW], ra[NR];
+  for (int i = 0; i < NW; i++) {
+    wa[i] = (struct targ){&sh, i};
+    cr_assert_eq(pthread_create(&w[i], NULL, writer, &wa[i]), 0);
+  }
+  for (int i = 0; i < NR; i++) {
+    ra[i] = (struct targ){&sh, i};
+    cr_assert_eq(pthread_create(&r[i], NULL, reader, &ra[i]), 0);
+  }
+  cr_assert_eq(pthread_create(&m, NULL, mapper, &sh), 0);
+  for (int i = 0; i < NW; i++)
+    pthread_join(w[i], NULL);
+  for (int i = 0; i < NR; i++)
+    pthread_join(r[i], NULL);
+  pthread_join(m, NULL);
+  cr_assert_eq(atomic_load(&sh.failed), 0, "%s (seed %" PRIu64 ")", sh.msg, sh.seed);
+  cr_log_info("threads: %lu sub-cluster reads checked, %lu skipped (being written)",
+              atomic_load(&sh.checked), atomic_load(&sh.skipped));
+  cr_assert_gt(atomic_load(&sh.checked), 1000u, "the readers checked too little to mean much");
+
+  /* quiescent: everything, through the layer and after a reopen */
+  uint8_t *buf = malloc(VSIZE);
+  for (int pass = 0; pass < 2; pass++) {
+    cr_assert_eq(ovl_pread(sh.l, buf, VSIZE, 0, below_cb, &sh.below), 0, "%s", cc_error_get());
+    long d = otu_first_diff(buf, sh.model, VSIZE);
+    cr_assert_eq(d, -1, "pass %d: byte %ld differs (seed %" PRIu64 ")", pass, d, sh.seed);
+    cr_assert_eq(ovl_close(sh.l), 0, "%s", cc_error_get());
+    sh.l = otu_open(path, pass ? OVL_RDONLY : OVL_RDWR);
+  }
+  ovl_close(sh.l);
+  free(buf);
+  free(sh.model);
+  free(sh.seq);
+  free(path);
+  otu_rmtree(dir);
+}
