@@ -16,8 +16,9 @@
 #   cowchain.id=NAME      write NAME to /id and create /owners/NAME
 #   cowchain.write=TEXT   write TEXT to /state (after printing the old /state)
 #   cowchain.mode=lab     stay up with a shell on the serial console instead of powering off
+#   cowchain.mode=hold    stay up, idle, with / read-only (the disk stays open in qemu)
 # and prints, on the serial console, lines starting "GUEST: ": TEMPLATE-OK (or TEMPLATE-BAD),
-# PREV-ID=, STATE=, OWNERS=, REMOUNT-RO-OK, DONE.  Before powering off it remounts / read-only,
+# PREV-ID=, STATE=, OWNERS=, REMOUNT-RO-OK, DONE (or HOLDING, LAB-READY).  Before powering off it remounts / read-only,
 # so the file system on the disk is clean and debugfs reads it without a journal replay.
 #
 # Environment: GUEST_KERNEL (a vmlinuz; its modules must be in /lib/modules/VERSION),
@@ -238,6 +239,12 @@ if [ "$mode" = lab ]; then
   done
 fi
 mount -o remount,ro / && say REMOUNT-RO-OK
+if [ "$mode" = hold ]; then
+  say "HOLDING id=$id"
+  while :; do
+    sleep 60
+  done
+fi
 say "DONE id=$id"
 poweroff -f
 echo o >/proc/sysrq-trigger

@@ -179,6 +179,27 @@ boot_wait() {
   [ $rc -eq 0 ] || fail "qemu for guest $tag exited $rc: $(tail -n 5 "$WORK/$tag.qemu.log")"
 }
 
+# boot_wait_line TAG LINE: wait (bounded) until the running guest TAG prints LINE.
+boot_wait_line() {
+  local tag=$1 line=$2 _
+  for _ in $(seq $((GUEST_TIMEOUT * 5))); do
+    tr -d '\r' <"$WORK/$tag.console" 2>/dev/null | grep -qxF "GUEST: $line" && return 0
+    kill -0 "${GUEST_WRAPPER[$tag]}" 2>/dev/null ||
+      fail "guest $tag stopped before printing 'GUEST: $line'"
+    sleep 0.2
+  done
+  fail "guest $tag did not print 'GUEST: $line' within $GUEST_TIMEOUT s"
+}
+
+# boot_stop TAG: stop a running guest by PID (qemu exits cleanly on SIGTERM) and wait.
+boot_stop() {
+  local tag=$1 pidfile=$WORK/$1.qemu.pid
+  [ -s "$pidfile" ] || fail "guest $tag has no pidfile"
+  kill "$(cat "$pidfile")"
+  wait "${GUEST_WRAPPER[$tag]}" || true
+  rm -f "$pidfile"
+}
+
 # console_has TAG LINE...: each LINE ("GUEST: ..." without the prefix) is on TAG's console.
 console_has() {
   local tag=$1 line
@@ -269,6 +290,25 @@ done
 [ -z "$(disk_cat "$WORK/root.img" /id)" ] || fail "the template image has an /id"
 check_template
 say "each clone holds its own identity and no other's; the template is unchanged"
+
+# A clone in use by a guest is refused a snapshot; once the guest is gone the same server need
+# not stop for a snapshot (nothing holds the clone open for writing any more).
+say "snapshot of clone3 while a guest holds it (refused), then after it stopped"
+boot_start hold clone3 cowchain.mode=hold
+boot_wait_line hold "HOLDING id="
+rc=0
+cc snapshot create clone3 busy >"$WORK/busy.out" 2>&1 || rc=$?
+[ $rc -ne 0 ] || fail "snapshot create clone3 succeeded while a guest had clone3 open"
+[ $rc -lt 124 ] || fail "snapshot create clone3 crashed or hung (exit $rc)"
+say "refused as expected: $(head -n 1 "$WORK/busy.out")"
+boot_stop hold
+cc snapshot create clone3 idle || fail "snapshot create clone3 failed after its guest stopped"
+fetch clone3@idle "$WORK/idle.raw"
+check_disk "$WORK/idle.raw" clone3 first-clone3
+cc snapshot delete clone3 idle || fail "snapshot delete clone3 idle failed (no client)"
+fetch clone3 "$WORK/clone3.raw"
+check_disk "$WORK/clone3.raw" clone3 first-clone3
+rm -f "$WORK/idle.raw"
 
 # The CLI's export agrees with the server (the server is stopped: nothing holds the clone).
 stop_server
