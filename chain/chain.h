@@ -69,6 +69,8 @@ void cc_set_log(void (*fn)(const char *msg));
 const void *cc_chain_index_id(const struct cc_chain *c);
 /* How many resolution indexes are alive in this process. */
 size_t cc_chain_index_count(void);
+/* How many runs the chain's index holds (0 without a frozen part): memory is ~24 bytes each. */
+size_t cc_chain_index_runs(const struct cc_chain *c);
 /* 1 if reads of this chain currently go through io_uring, 0 if through pread. */
 int cc_chain_uses_uring(const struct cc_chain *c);
 /* A smaller depth limit than CC_MAX_DEPTH (0 restores it), so the "too deep" error can be

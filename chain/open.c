@@ -510,6 +510,12 @@ cc_chain_index_id(const struct cc_chain *c)
   return c->idx;
 }
 
+size_t
+cc_chain_index_runs(const struct cc_chain *c)
+{
+  return c->idx ? c->idx->nruns : 0;
+}
+
 int
 cc_chain_uses_uring(const struct cc_chain *c)
 {

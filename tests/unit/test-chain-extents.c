@@ -221,3 +221,45 @@ Test(chain_extents, unaligned_raw_size)
   free(raw);
   free(a);
 }
+
+/* The index grows with what was written, not with the virtual size: a 1 TiB template and a
+ * 1 TiB layer resolve to a handful of runs, and contiguous data of one layer is one run. */
+Test(chain_extents, index_size_follows_runs)
+{
+  const uint64_t TiB = 1024ull * 1024 * 1024 * 1024;
+  char *raw = otu_join(dir, "big.raw"), *l1 = otu_join(dir, "l1.cow"), *l2 = otu_join(dir, "l2.cow");
+  uint8_t u1[OVL_UUID_LEN], buf[65536];
+  struct cc_chain *c;
+  int fd = open(raw, O_WRONLY | O_CREAT | O_EXCL, 0644);
+
+  cr_assert(fd >= 0);
+  cr_assert_eq(ftruncate(fd, (off_t)TiB), 0); /* all hole */
+  close(fd);
+  ctu_layer(l1, TiB, 0, OVL_PARENT_RAW, "big.raw", NULL, TiB, u1);
+  c = ctu_open(l1, CC_RDWR);
+  cr_assert_eq(cc_chain_index_runs(c), 1, "a sparse 1 TiB template is one HOLE run");
+  memset(buf, 0x11, sizeof buf);
+  /* 4 contiguous writes = one data run; two more far apart; one zero */
+  for (int i = 0; i < 4; i++)
+    cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, 1 * TiB / 2 + (uint64_t)i * sizeof buf, 0), 0);
+  cr_assert_eq(cc_chain_pwrite(c, buf, 4096, 0, 0), 0);
+  cr_assert_eq(cc_chain_pwrite(c, buf, 4096, TiB - 4096, 0), 0);
+  cr_assert_eq(cc_chain_zero(c, 1 << 20, TiB / 4, 0), 0);
+  cc_chain_close(c);
+  ctu_layer(l2, TiB, 0, OVL_PARENT_LAYER, "l1.cow", u1, TiB, NULL);
+  c = ctu_open(l2, CC_RDWR);
+  /* data | hole | zero | hole | data (1 run if physically contiguous) | hole | data */
+  cr_assert_leq(cc_chain_index_runs(c), 10, "%zu runs", cc_chain_index_runs(c));
+  cr_assert_geq(cc_chain_index_runs(c), 7, "%zu runs", cc_chain_index_runs(c));
+  {
+    struct ext_list l = {.n = 0};
+
+    cr_assert_eq(cc_chain_extents(c, TiB, 0, collect, &l), 0);
+    cr_assert_eq(l.n, 7, "%d extents", l.n);
+    cr_assert(l.v[4].off == TiB / 2 && l.v[4].len == 4 * sizeof buf && l.v[4].type == D);
+  }
+  cc_chain_close(c);
+  free(raw);
+  free(l1);
+  free(l2);
+}
