@@ -14,6 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -338,4 +343,59 @@ Test(chain_read, forked_child_reads)
   cc_chain_close(c);
   ctu_model_free(&m);
   free(top);
+}
+
+/* io_uring disabled (as by the io_uring_disabled sysctl or a seccomp policy): the first read
+ * says so once through the log hook and every read works through pread.  The child process
+ * refuses io_uring_setup with EPERM through a seccomp filter. */
+Test(chain_read, io_uring_disabled_falls_back)
+{
+  struct ctu_model m;
+  char *top = otu_join(dir, "top.cow");
+  pid_t pid;
+  int status;
+
+  build_striped(&m, "top.cow");
+  fflush(NULL);
+  pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+    struct cc_chain *c = NULL;
+    uint8_t *buf = malloc(2 * MiB);
+    int bad = 0;
+
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      _exit(77);
+    cc_set_log(log_hook);
+    if (cc_chain_open(top, CC_RDWR, &c) != 0)
+      _exit(2);
+    for (int k = 0; k < 3; k++) {
+      memset(buf, 0xAB, 2 * MiB);
+      if (cc_chain_pread(c, buf, 2 * MiB, 0) != 0 || memcmp(buf, m.data, 2 * MiB) != 0)
+        bad = 3;
+    }
+    if (log_calls != 1 || !strstr(log_last, "io_uring unavailable")) {
+      fprintf(stderr, "log: %d calls, last \"%s\"\n", log_calls, log_last);
+      bad = 4;
+    }
+    if (cc_chain_uses_uring(c))
+      bad = 5;
+    cc_chain_close(c);
+    _exit(bad);
+  }
+  ctu_model_free(&m);
+  free(top);
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77)
+    cr_skip_test("cannot install a seccomp filter here");
+  cr_assert_eq(WEXITSTATUS(status), 0, "child failed with %d", WEXITSTATUS(status));
 }
