@@ -85,13 +85,14 @@ rec_pwrite(int fd, const void *buf, size_t count, off_t offset)
   return n;
 }
 
+/* Logged, not performed: crashes here are simulated from the log, so real durability buys
+ * nothing but time on a shared disk. */
 static int
 rec_fdatasync(int fd)
 {
-  int e = ovl_io_default.fdatasync(fd);
-  if (e == 0)
-    io_push(IO_SYNC);
-  return e;
+  (void)fd;
+  io_push(IO_SYNC);
+  return 0;
 }
 
 static int
