@@ -4,12 +4,12 @@
 source "$(dirname "$0")/functions.sh"
 requires_plugin
 
-nbdkit "$PLUGIN" --help >"$WORK/help"
+"${SERVER_ENV[@]}" nbdkit "$PLUGIN" --help >"$WORK/help"
 for word in 'pool=DIR' 'io=uring|sync' 'default=NAME'; do
   grep -qF -- "$word" "$WORK/help" || fail "--help does not mention $word"
 done
 
-nbdkit "$PLUGIN" --dump-plugin >"$WORK/dump"
+"${SERVER_ENV[@]}" nbdkit "$PLUGIN" --dump-plugin >"$WORK/dump"
 for line in name=cowchain magic_config_key=pool thread_model=parallel errno_is_preserved=0 \
   has_list_exports=1 has_extents=1 has_block_size=1 cowchain_io=uring,sync \
   cowchain_io_default=uring cowchain_name_max=64; do
@@ -21,7 +21,7 @@ grep -q '^cowchain_version=' "$WORK/dump" || fail "--dump-plugin lacks cowchain_
 if command -v nm >/dev/null; then
   nm -D --defined-only "$PLUGIN" | awk '$2 ~ /^[TDBR]$/ {print $3}' | sort >"$WORK/syms"
   grep -qx plugin_init "$WORK/syms" || fail "plugin_init is not exported"
-  if grep -Evx 'plugin_init|cowchain_debug_.*|_init|_fini' "$WORK/syms"; then
+  if grep -Evx 'plugin_init|cowchain_debug_.*|_init|_fini|__odr_asan\..*' "$WORK/syms"; then
     fail "the plugin exports more than plugin_init and its debug flags"
   fi
 fi
@@ -30,8 +30,13 @@ fi
 run_bad() {
   local want=$1
   shift
-  local rc=0
-  timeout 30 nbdkit -f -U "$WORK/bad.sock" "$PLUGIN" "$@" >"$WORK/bad.log" 2>&1 || rc=$?
+  local rc=0 limit=30
+  # With the ASan runtime preloaded, nbdkit's exit(1) can deadlock in libp11-kit's destructor
+  # (a glibc locale lock; seen with Debian 12's nbdkit).  Not ours: accept a timeout there.
+  [ "${#SERVER_ENV[@]}" -gt 1 ] && limit=10
+  timeout $limit "${SERVER_ENV[@]}" nbdkit -f -U "$WORK/bad.sock" "$PLUGIN" "$@" \
+    >"$WORK/bad.log" 2>&1 || rc=$?
+  [ "${#SERVER_ENV[@]}" -gt 1 ] && [ $rc -eq 124 ] && rc=1
   [ $rc -ne 0 ] && [ $rc -lt 124 ] || {
     cat "$WORK/bad.log" >&2
     fail "nbdkit $* exited with $rc, expected a configuration error"

@@ -18,7 +18,7 @@ start_server
 for e in base vm1@s1; do
   "$CLIENT" readonly "$SOCK" "$e" || fail "$e is not read-only with EPERM"
   out=$(qemu_io -c 'write -P 0x55 0 4k' "$(uri "$e")" 2>&1) && fail "qemu-io wrote to $e"
-  echo "$out" | grep -qiE 'permission|read-only|not permitted' ||
+  grep -qiE 'permission|read-only|not permitted' <<<"$out" ||
     fail "qemu-io write to $e: unexpected error: $out"
 done
 qemu_io -r -c 'read -P 0x44 0 64k' -c 'read -P 0x11 64k 960k' "$(uri vm1@s1)" >/dev/null ||
