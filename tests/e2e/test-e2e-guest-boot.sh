@@ -183,7 +183,9 @@ boot_wait() {
 boot_wait_line() {
   local tag=$1 line=$2 _
   for _ in $(seq $((GUEST_TIMEOUT * 5))); do
-    tr -d '\r' <"$WORK/$tag.console" 2>/dev/null | grep -qxF "GUEST: $line" && return 0
+    if [ -f "$WORK/$tag.console" ] && tr -d '\r' <"$WORK/$tag.console" | grep -qF "GUEST: $line"; then
+      return 0
+    fi
     kill -0 "${GUEST_WRAPPER[$tag]}" 2>/dev/null ||
       fail "guest $tag stopped before printing 'GUEST: $line'"
     sleep 0.2
