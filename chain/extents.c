@@ -28,7 +28,7 @@
 struct ext_ctx {
   cc_extent_fn fn;
   void *opaque;
-  int have;         /* an extent is pending */
+  int have; /* an extent is pending */
   uint64_t off, len;
   uint32_t type;
 };
@@ -59,9 +59,9 @@ static int
 seg_extent(void *opaque, const struct cc_seg *s)
 {
   static const uint32_t type[] = {
-    [CC_RUN_HOLE] = CC_EXTENT_HOLE | CC_EXTENT_ZERO,
-    [CC_RUN_ZERO] = CC_EXTENT_ZERO,
-    [CC_RUN_DATA] = 0,
+      [CC_RUN_HOLE] = CC_EXTENT_HOLE | CC_EXTENT_ZERO,
+      [CC_RUN_ZERO] = CC_EXTENT_ZERO,
+      [CC_RUN_DATA] = 0,
   };
 
   return emit(opaque, s->offset, s->length, type[s->kind]);

@@ -48,9 +48,8 @@ rv_push(struct runvec *rv, uint64_t start, uint32_t kind, uint32_t layer, uint64
   if (rv->n > 0) {
     const struct cc_run *last = &rv->v[rv->n - 1];
 
-    if (last->kind == kind &&
-        (kind != CC_RUN_DATA ||
-         (last->layer == layer && last->phys + (start - last->start) == phys)))
+    if (last->kind == kind && (kind != CC_RUN_DATA || (last->layer == layer &&
+                                                       last->phys + (start - last->start) == phys)))
       return 0;
   }
   if (rv->n == rv->cap) {

@@ -81,7 +81,7 @@ struct cc_chain {
 struct cc_seg {
   uint64_t offset, length;
   enum cc_run_kind kind;
-  uint64_t phys;         /* DATA */
+  uint64_t phys;                /* DATA */
   const struct cc_frozen *file; /* DATA */
 };
 typedef int (*cc_seg_fn)(void *opaque, const struct cc_seg *seg);

@@ -35,5 +35,5 @@ cc_log(const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  atomic_load(&log_fn)(msg);
+  atomic_load (&log_fn)(msg);
 }

@@ -49,7 +49,7 @@ struct link {
   char rel[OVL_MAX_PARENT_PATH + 1]; /* the parent path as recorded */
   char *path;                        /* resolved path (owned until moved into a cc_frozen) */
   enum ovl_parent_kind kind;
-  int checked;                 /* uuid/size below were recorded by the child: check them */
+  int checked;                /* uuid/size below were recorded by the child: check them */
   uint8_t uuid[OVL_UUID_LEN]; /* LAYER */
   uint64_t size;
   uint64_t child_size;
@@ -260,9 +260,9 @@ acquire_index(struct link *lk, const struct ident *above, size_t nabove, struct 
     if (n == 0 && (lk->checked || lk->kind == OVL_PARENT_RAW)) {
       struct cc_index *hit;
 
-      hit = cc_registry_get(st.st_dev, st.st_ino,
-                            lk->kind == OVL_PARENT_LAYER ? lk->uuid : zero_uuid,
-                            lk->checked ? lk->size : (uint64_t)st.st_size);
+      hit =
+          cc_registry_get(st.st_dev, st.st_ino, lk->kind == OVL_PARENT_LAYER ? lk->uuid : zero_uuid,
+                          lk->checked ? lk->size : (uint64_t)st.st_size);
       if (hit) {
         free(lk->path);
         lk->path = NULL;
@@ -296,8 +296,8 @@ acquire_index(struct link *lk, const struct ident *above, size_t nabove, struct 
     lk->path = NULL;
     n++;
     if (lk->checked && f->size != lk->size) {
-      r = link_error(lk, EINVAL, "size changed (was %llu, now %llu)",
-                     (unsigned long long)lk->size, (unsigned long long)f->size);
+      r = link_error(lk, EINVAL, "size changed (was %llu, now %llu)", (unsigned long long)lk->size,
+                     (unsigned long long)f->size);
       goto fail;
     }
     if (lk->checked && f->size > lk->child_size) {

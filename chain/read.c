@@ -80,7 +80,8 @@ cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *bu
         p->cap = cap;
       }
       take = len < PIECE_MAX ? len : PIECE_MAX;
-      p->v[p->n++] = (struct cc_piece){.fd = fd, .path = path, .phys = phys, .buf = buf, .len = take};
+      p->v[p->n++] =
+          (struct cc_piece){.fd = fd, .path = path, .phys = phys, .buf = buf, .len = take};
     }
     phys += take;
     buf += take;
@@ -91,7 +92,7 @@ cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *bu
 
 struct plan_ctx {
   struct cc_plan *plan;
-  char *buf;       /* receives byte `offset` */
+  char *buf; /* receives byte `offset` */
   uint64_t offset;
 };
 
@@ -133,8 +134,9 @@ cc_sync_exec(struct cc_piece *v, size_t n)
         return cc_error_set(errno, "pread: %s: offset %llu: %s", pc->path,
                             (unsigned long long)pc->phys, strerror(errno));
       if (r == 0)
-        return cc_error_set(EIO, "pread: %s: end of file at offset %llu inside allocated data "
-                                 "(file truncated or corrupt)",
+        return cc_error_set(EIO,
+                            "pread: %s: end of file at offset %llu inside allocated data "
+                            "(file truncated or corrupt)",
                             pc->path, (unsigned long long)pc->phys);
       pc->phys += (uint64_t)r;
       pc->buf += r;

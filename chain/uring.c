@@ -123,8 +123,7 @@ ring_get(void)
     if (!atomic_exchange(&uring_off, 1))
       cc_log("io_uring unavailable (%s): reading with pread", strerror(-err));
   } else if (!atomic_exchange(&logged_other, 1)) {
-    cc_log("io_uring: ring setup failed (%s): reading with pread until it works",
-           strerror(-err));
+    cc_log("io_uring: ring setup failed (%s): reading with pread until it works", strerror(-err));
   }
   return NULL;
 }
@@ -140,11 +139,11 @@ ring_discard(struct cc_ring *r)
 struct exec {
   struct cc_piece *v;
   size_t n;
-  size_t next;                /* next piece never submitted */
+  size_t next;                  /* next piece never submitted */
   size_t requeue[RING_ENTRIES]; /* pieces to resubmit (remainders, EINTR) */
   size_t nrequeue;
-  unsigned queued;            /* SQEs prepared and not yet reaped (in the SQ or the kernel) */
-  int err;                    /* first error */
+  unsigned queued; /* SQEs prepared and not yet reaped (in the SQ or the kernel) */
+  int err;         /* first error */
 };
 
 /* Queue SQEs while there is work, room, and no error. */
@@ -180,8 +179,9 @@ complete(struct exec *x, size_t i, int res)
                             (unsigned long long)pc->phys, strerror(-res));
   } else if (res == 0) {
     if (!x->err)
-      x->err = cc_error_set(EIO, "pread: %s: end of file at offset %llu inside allocated data "
-                                 "(file truncated or corrupt)",
+      x->err = cc_error_set(EIO,
+                            "pread: %s: end of file at offset %llu inside allocated data "
+                            "(file truncated or corrupt)",
                             pc->path, (unsigned long long)pc->phys);
   } else {
     MARK_DEFINED(pc->buf, (size_t)res);

@@ -45,8 +45,7 @@ cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64_t o
     return r;
   if (length == 0)
     return (flags & CC_FUA) ? ovl_flush(c->top) : 0;
-  return ovl_pwrite(c->top, buf, length, offset, (flags & CC_FUA) ? OVL_FUA : 0, cc_below_read,
-                    c);
+  return ovl_pwrite(c->top, buf, length, offset, (flags & CC_FUA) ? OVL_FUA : 0, cc_below_read, c);
 }
 
 int

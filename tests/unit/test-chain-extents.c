@@ -68,11 +68,10 @@ expect(struct cc_chain *c, uint64_t off, uint64_t len, const struct ext *want, i
 
   cr_assert_eq(r, 0, "%s", cc_error_get());
   for (int i = 0; i < l.n && i < nwant; i++)
-    cr_assert(l.v[i].off == want[i].off && l.v[i].len == want[i].len &&
-                  l.v[i].type == want[i].type,
-              "extent %d: got %lu+%lu type %u, want %lu+%lu type %u", i,
-              (unsigned long)l.v[i].off, (unsigned long)l.v[i].len, l.v[i].type,
-              (unsigned long)want[i].off, (unsigned long)want[i].len, want[i].type);
+    cr_assert(l.v[i].off == want[i].off && l.v[i].len == want[i].len && l.v[i].type == want[i].type,
+              "extent %d: got %lu+%lu type %u, want %lu+%lu type %u", i, (unsigned long)l.v[i].off,
+              (unsigned long)l.v[i].len, l.v[i].type, (unsigned long)want[i].off,
+              (unsigned long)want[i].len, want[i].type);
   cr_assert_eq(l.n, nwant, "got %d extents, want %d", l.n, nwant);
 }
 
@@ -104,8 +103,8 @@ Test(chain_extents, raw_template)
   struct cc_chain *c = ctu_open(raw, CC_RAW);
 
   expect(c, 0, 8 * 4096,
-         (struct ext[]){{0, 4096, H}, {4096, 8192, D}, {12288, 8192, H}, {20480, 4096, D},
-                        {24576, 8192, H}},
+         (struct ext[]){
+             {0, 4096, H}, {4096, 8192, D}, {12288, 8192, H}, {20480, 4096, D}, {24576, 8192, H}},
          5);
   /* a range starting and ending inside runs */
   expect(c, 5000, 10000, (struct ext[]){{5000, 7288, D}, {12288, 2712, H}}, 2);
@@ -157,16 +156,21 @@ Test(chain_extents, through_layers)
          9);
   /* zero next to a lower zero merges into one extent */
   cr_assert_eq(cc_chain_zero(c, 4096, 124 * KiB, 0), 0);
-  expect(c, 100 * KiB, 48 * KiB,
-         (struct ext[]){{100 * KiB, 24 * KiB, H}, {124 * KiB, 12 * KiB, Z}, {136 * KiB, 12 * KiB, H}},
-         3);
+  expect(
+      c, 100 * KiB, 48 * KiB,
+      (struct ext[]){{100 * KiB, 24 * KiB, H}, {124 * KiB, 12 * KiB, Z}, {136 * KiB, 12 * KiB, H}},
+      3);
   cc_chain_close(c);
 
   /* read-only view of the same chain, through the shared index only */
   c = ctu_open(l1, 0);
   expect(c, 0, 512 * KiB,
-         (struct ext[]){{0, 4096, Z}, {4096, 60 * KiB, H}, {64 * KiB, 8192, D},
-                        {72 * KiB, 56 * KiB, H}, {128 * KiB, 8192, Z}, {136 * KiB, 376 * KiB, H}},
+         (struct ext[]){{0, 4096, Z},
+                        {4096, 60 * KiB, H},
+                        {64 * KiB, 8192, D},
+                        {72 * KiB, 56 * KiB, H},
+                        {128 * KiB, 8192, Z},
+                        {136 * KiB, 376 * KiB, H}},
          6);
   cc_chain_close(c);
   free(raw);
@@ -227,7 +231,8 @@ Test(chain_extents, unaligned_raw_size)
 Test(chain_extents, index_size_follows_runs)
 {
   const uint64_t TiB = 1024ull * 1024 * 1024 * 1024;
-  char *raw = otu_join(dir, "big.raw"), *l1 = otu_join(dir, "l1.cow"), *l2 = otu_join(dir, "l2.cow");
+  char *raw = otu_join(dir, "big.raw"), *l1 = otu_join(dir, "l1.cow"),
+       *l2 = otu_join(dir, "l2.cow");
   uint8_t u1[OVL_UUID_LEN], buf[65536];
   struct cc_chain *c;
   int fd = open(raw, O_WRONLY | O_CREAT | O_EXCL, 0644);

@@ -60,8 +60,7 @@ make_raw(const char *name, uint64_t size, uint8_t fill)
 
 /* Opening must fail with `err` and a message containing every fragment. */
 static void
-expect_open_error(const char *name, unsigned flags, int err, const char *frag1,
-                  const char *frag2)
+expect_open_error(const char *name, unsigned flags, int err, const char *frag1, const char *frag2)
 {
   char *p = path(name);
   struct cc_chain *c = (struct cc_chain *)1;
@@ -69,8 +68,7 @@ expect_open_error(const char *name, unsigned flags, int err, const char *frag1,
   const char *msg = cc_error_get();
 
   cr_log_info("%s", msg);
-  cr_assert_eq(r, -err, "open %s: expected %d (%s), got %d: %s", name, -err, strerror(err), r,
-               msg);
+  cr_assert_eq(r, -err, "open %s: expected %d (%s), got %d: %s", name, -err, strerror(err), r, msg);
   cr_assert_null(c);
   cr_assert_not_null(strstr(msg, frag1), "message \"%s\" lacks \"%s\"", msg, frag1);
   if (frag2)

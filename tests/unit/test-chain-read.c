@@ -257,7 +257,10 @@ Test(chain_read, concurrent_connections)
   build_striped(&m, "top.cow");
   c = ctu_open(top, CC_RDWR);
   for (int i = 0; i < 4; i++) {
-    t[i] = (struct conn){.c = c, .m = &m, .base = (uint64_t)i * 512 * KiB, .span = 512 * KiB,
+    t[i] = (struct conn){.c = c,
+                         .m = &m,
+                         .base = (uint64_t)i * 512 * KiB,
+                         .span = 512 * KiB,
                          .rng = seed + (uint64_t)i};
     cr_assert_eq(pthread_create(&th[i], NULL, conn_thread, &t[i]), 0);
   }
@@ -361,10 +364,10 @@ Test(chain_read, io_uring_disabled_falls_back)
   cr_assert_geq(pid, 0);
   if (pid == 0) {
     struct sock_filter f[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
     struct cc_chain *c = NULL;

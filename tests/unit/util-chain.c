@@ -156,8 +156,8 @@ ctu_check_read(struct cc_chain *c, const struct ctu_model *m, uint64_t off, uint
   if (memcmp(buf, m->data + off, len) != 0) {
     for (uint64_t i = 0; i < len; i++)
       cr_assert_eq(buf[i], m->data[off + i],
-                   "pread %" PRIu64 "+%" PRIu64 ": byte %" PRIu64 " is %#x, expected %#x", off,
-                   len, off + i, buf[i], m->data[off + i]);
+                   "pread %" PRIu64 "+%" PRIu64 ": byte %" PRIu64 " is %#x, expected %#x", off, len,
+                   off + i, buf[i], m->data[off + i]);
   }
   free(buf);
 }
@@ -225,18 +225,19 @@ ctu_check_extents(struct cc_chain *c, const struct ctu_model *m, uint64_t off, u
                     i - 1, i, t);
     if (t & CC_EXTENT_ZERO) {
       for (uint64_t b = eo; b < eo + el; b++)
-        cr_assert_eq(m->data[b], 0, "extent %" PRIu64 "+%" PRIu64 " type %u but byte %" PRIu64
-                     " is %#x", eo, el, t, b, m->data[b]);
+        cr_assert_eq(m->data[b], 0,
+                     "extent %" PRIu64 "+%" PRIu64 " type %u but byte %" PRIu64 " is %#x", eo, el,
+                     t, b, m->data[b]);
     }
     for (uint64_t g = eo / m->granule; g <= (eo + el - 1) / m->granule; g++) {
       int s = m->state[g];
-      int ok = s == CTU_HOLE      ? t == (CC_EXTENT_HOLE | CC_EXTENT_ZERO)
-               : s == CTU_DATA    ? t == 0
-               : s == CTU_ZERO    ? t == CC_EXTENT_ZERO
-                                  : (t == 0 || t == CC_EXTENT_ZERO);
+      int ok = s == CTU_HOLE   ? t == (CC_EXTENT_HOLE | CC_EXTENT_ZERO)
+               : s == CTU_DATA ? t == 0
+               : s == CTU_ZERO ? t == CC_EXTENT_ZERO
+                               : (t == 0 || t == CC_EXTENT_ZERO);
 
-      cr_assert(ok, "extent %" PRIu64 "+%" PRIu64 " type %u, but granule at %" PRIu64 " is %s",
-                eo, el, t, g * m->granule, state_name(s));
+      cr_assert(ok, "extent %" PRIu64 "+%" PRIu64 " type %u, but granule at %" PRIu64 " is %s", eo,
+                el, t, g * m->granule, state_name(s));
     }
     pos = eo + el;
   }
