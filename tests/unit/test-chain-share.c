@@ -57,6 +57,7 @@ make_pool(struct pool *p, int nclones)
   char *raw;
 
   memset(p, 0, sizeof *p);
+  ctu_no_sync();
   p->rng = otu_seed("chain_share");
   p->dir = otu_tmpdir();
   ctu_model_init(&p->m, SIZE, 4096);
