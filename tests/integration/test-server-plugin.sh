@@ -26,6 +26,20 @@ if command -v nm >/dev/null; then
   fi
 fi
 
+# cmake --install puts it where `nbdkit cowchain` finds it (checked under DESTDIR, so the test
+# never touches the system), and the installed copy loads.
+if [ -f "$BUILDDIR/cmake_install.cmake" ] && command -v cmake >/dev/null &&
+  plugindir=$(pkg-config --variable=plugindir nbdkit 2>/dev/null) && [ -n "$plugindir" ]; then
+  DESTDIR=$WORK/inst cmake --install "$BUILDDIR" >"$WORK/install.log" 2>&1 || {
+    cat "$WORK/install.log" >&2
+    fail "cmake --install failed"
+  }
+  installed=$WORK/inst$plugindir/nbdkit-cowchain-plugin.so
+  [ -f "$installed" ] || fail "cmake --install did not install $installed"
+  "${SERVER_ENV[@]}" nbdkit "$installed" --dump-plugin >"$WORK/dump2"
+  grep -qx name=cowchain "$WORK/dump2" || fail "the installed plugin does not load"
+fi
+
 # Configuration errors: nbdkit must exit non-zero with a useful message, before serving.
 run_bad() {
   local want=$1
