@@ -145,7 +145,7 @@ overlay_layer(struct runvec *out, const struct runvec *below, uint64_t size, uin
     for (int k = 0; k < n; k++) {
       const struct ovl_extent *e = &ext[k];
 
-      if (e->offset != pos || e->length > size - pos)
+      if (e->offset != pos || e->length == 0 || e->length > size - pos)
         return cc_error_set(EIO, "open: %s: map extents not contiguous at %llu", f->path,
                             (unsigned long long)pos);
       switch (e->state) {
@@ -192,6 +192,14 @@ cc_index_build(struct cc_index *idx)
       if ((r = rv_push(&cur, size, CC_RUN_HOLE, 0, 0)) < 0)
         goto out;
       size = f->size;
+    }
+    /* A layer with nothing of its own (a fresh snapshot) changes nothing: skip the copy. */
+    {
+      struct ovl_extent e;
+      int n = ovl_map(f->ovl, 0, size, &e, 1);
+
+      if (n == 1 && e.state == OVL_UNALLOCATED && e.offset == 0 && e.length == size)
+        continue;
     }
     next.n = 0;
     if ((r = overlay_layer(&next, &cur, size, (uint32_t)i, f)) < 0)
