@@ -71,8 +71,14 @@ WORK=$(mktemp -d /tmp/cowchain-$TEST_NAME.XXXXXX)
 SERVER_PIDS=()
 SERVER_LOGS=()
 
+# on_exit CMD...: run CMD at exit, after the servers are stopped, before $WORK is removed.
+EXIT_HOOKS=()
+on_exit() {
+  EXIT_HOOKS+=("$*")
+}
+
 cleanup() {
-  local rc=$? pid log i
+  local rc=$? pid log i hook
   set +e
   for pid in "${SERVER_PIDS[@]}"; do
     kill "$pid" 2>/dev/null
@@ -90,6 +96,9 @@ cleanup() {
       echo "--- $log"
       cat "$log"
     fi
+  done
+  for hook in "${EXIT_HOOKS[@]}"; do
+    eval "$hook"
   done
   rm -rf "$WORK"
   if [ $rc -eq 0 ]; then

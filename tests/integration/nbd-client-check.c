@@ -10,6 +10,7 @@
  *   nbd-client-check readonly SOCK EXPORT  the export is read-only and writes fail with EPERM
  *   nbd-client-check open SOCK NAME        exit 0 if NAME opens, 3 if the server refuses it
  *   nbd-client-check hold SOCK NAME SECS   keep NAME open for SECS seconds (prints "open")
+ *   nbd-client-check enospc SOCK NAME FILE fill NAME until ENOSPC, check, delete FILE, write again
  *   nbd-client-check list SOCK             print the exports, one "NAME<TAB>DESCRIPTION" a line
  */
 #include <errno.h>
@@ -300,6 +301,62 @@ cmd_hold(const char *sock, const char *name, const char *secs)
   return 0;
 }
 
+/* Fill the export until the server runs out of space: the failing write must report ENOSPC,
+ * everything written before it must still read back, and after `filler` is deleted (space is
+ * back) the same write must succeed. */
+static int
+cmd_enospc(const char *sock, const char *name, const char *filler)
+{
+  struct nbd_handle *h = connect_export(sock, name, false);
+  enum { CHUNK = 1024 * 1024 };
+  unsigned char *buf = malloc(CHUNK), *want = malloc(CHUNK);
+  uint64_t off, end, size;
+  int err = 0;
+
+  if (buf == NULL || want == NULL)
+    FAIL("malloc");
+  size = (uint64_t)nbd_get_size(h);
+  fill(buf, CHUNK, 100);
+  CHECK(nbd_pwrite(h, buf, CHUNK, 0, 0));
+  CHECK(nbd_flush(h, 0));
+
+  for (off = CHUNK; off + CHUNK <= size; off += CHUNK) {
+    fill(buf, CHUNK, (unsigned)(off / CHUNK) + 100);
+    if (nbd_pwrite(h, buf, CHUNK, off, 0) == -1) {
+      err = nbd_get_errno();
+      break;
+    }
+  }
+  if (off + CHUNK > size)
+    FAIL("wrote all %" PRIu64 " bytes of %s without running out of space", size, name);
+  if (err != ENOSPC)
+    FAIL("write at %" PRIu64 ": errno %d (%s), expected ENOSPC", off, err, nbd_get_error());
+  printf("ENOSPC after %" PRIu64 " MiB\n", off / CHUNK);
+  end = off;
+
+  /* Nothing already written is lost (flush may fail while the disk is full; that's allowed). */
+  for (off = 0; off < end; off += CHUNK) {
+    fill(want, CHUNK, (unsigned)(off / CHUNK) + 100);
+    expect_bytes(h, off, CHUNK, want, "data written before ENOSPC");
+  }
+
+  /* Space comes back: the export works again. */
+  if (unlink(filler) == -1)
+    FAIL("unlink %s: %s", filler, strerror(errno));
+  fill(buf, CHUNK, (unsigned)(end / CHUNK) + 100);
+  CHECK(nbd_pwrite(h, buf, CHUNK, end, 0));
+  CHECK(nbd_flush(h, 0));
+  for (off = 0; off <= end; off += CHUNK) {
+    fill(want, CHUNK, (unsigned)(off / CHUNK) + 100);
+    expect_bytes(h, off, CHUNK, want, "data after space came back");
+  }
+  CHECK(nbd_shutdown(h, 0));
+  nbd_close(h);
+  free(buf);
+  free(want);
+  return 0;
+}
+
 static int
 list_callback(void *opaque, const char *name, const char *description)
 {
@@ -334,11 +391,14 @@ main(int argc, char **argv)
     return cmd_readonly(argv[2], argv[3]);
   if (argc == 4 && strcmp(argv[1], "open") == 0)
     return cmd_open(argv[2], argv[3]);
+  if (argc == 5 && strcmp(argv[1], "enospc") == 0)
+    return cmd_enospc(argv[2], argv[3], argv[4]);
   if (argc == 5 && strcmp(argv[1], "hold") == 0)
     return cmd_hold(argv[2], argv[3], argv[4]);
   if (argc == 3 && strcmp(argv[1], "list") == 0)
     return cmd_list(argv[2]);
   fprintf(stderr, "usage: nbd-client-check rw|multiconn|readonly|open SOCK EXPORT\n"
-                  "       nbd-client-check hold SOCK EXPORT SECONDS | list SOCK\n");
+                  "       nbd-client-check hold SOCK EXPORT SECONDS | list SOCK\n"
+                  "       nbd-client-check enospc SOCK EXPORT FILLER\n");
   return 2;
 }
