@@ -26,9 +26,9 @@ TestSuite(overlay_faults, .timeout = 120);
 #define K 1024u
 #define M (1024u * 1024u)
 #define SECT 512u
-#define VSIZE (4u * M)
+#define VSIZE (2u * M)
 #define NSECT (VSIZE / SECT)
-#define NOPS 50
+#define NOPS 40
 
 /* ---- the failing I/O table ---- */
 

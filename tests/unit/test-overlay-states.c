@@ -374,8 +374,10 @@ Test(overlay_states, allocated_to_zero_trim_releases_space)
   fx_zero(&f, 256 * K, 128 * K, OVL_MAY_TRIM);
   cr_assert_eq(ovl_flush(f.l), 0, "%s", cc_error_get());
   uint64_t b2 = blocks_bytes(f.path);
-  cr_assert(b2 + 256 * K <= b1,
-            "trim of two whole clusters released %" PRId64 " bytes, expected >= 256 KiB",
+  /* 256 KiB less some slack: punching the middle of an extent can cost the file system an
+   * extent-tree block */
+  cr_assert(b2 + 256 * K - 16 * K <= b1,
+            "trim of two whole clusters released %" PRId64 " bytes, expected about 256 KiB",
             (int64_t)b1 - (int64_t)b2);
   memset(d + 128 * K, 0, 256 * K);
   fx_expect(&f, d, 512 * K, 0, "after trim");
