@@ -227,6 +227,19 @@ uri() {
   echo "nbd+unix:///$1?socket=$SOCK"
 }
 
+# retry CMD...: run CMD until it succeeds, for up to 10 s.  nbdkit closes a connection's
+# export (and releases its layer lock) shortly after the client has exited, so a CLI command
+# right after a client can briefly find the clone in use.
+retry() {
+  local i
+  for i in $(seq 50); do
+    "$@" 2>"$WORK/retry.err" && return 0
+    sleep 0.2
+  done
+  cat "$WORK/retry.err" >&2
+  return 1
+}
+
 # expect_fail CMD...: CMD must fail (exit non-zero without being killed by a signal).
 expect_fail() {
   local rc=0

@@ -36,7 +36,7 @@ for r in 1 2 3 4 5; do
   apply $r "$(uri vm1)"
   apply $r "$WORK/ov$r.qcow2" qcow2
   # Live: no connection is open now, so the server holds nothing of vm1.
-  cc snapshot create vm1 s$r
+  retry cc snapshot create vm1 s$r
   prev=$WORK/ov$r.qcow2
   prevfmt=qcow2
 done
@@ -63,7 +63,7 @@ qemu-img compare -f raw -F qcow2 "$(uri vm1@s3)" "$WORK/ov3.qcow2" >/dev/null ||
   fail "writing to a clone of vm1@s3 changed vm1@s3"
 
 # Revert while serving: vm1 reads as s2 again, later snapshots still there.
-cc snapshot revert vm1 s2
+retry cc snapshot revert vm1 s2
 qemu-img compare -f raw -F qcow2 "$(uri vm1)" "$WORK/ov2.qcow2" >/dev/null ||
   fail "vm1 after revert to s2 differs from the oracle"
 qemu-img compare -f raw -F qcow2 "$(uri vm1@s5)" "$WORK/ov5.qcow2" >/dev/null ||
