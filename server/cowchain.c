@@ -48,10 +48,10 @@
 #define MAX_BLOCK 0xffffffffu
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
-static char *pool_dir;         /* pool=, absolute */
-static unsigned io_flags;      /* io=: 0 (uring) or CC_IO_SYNC */
-static char *default_name;     /* default=, or NULL: the empty export name is refused */
-static struct cc_pool *pool;   /* opened in .get_ready */
+static char *pool_dir;       /* pool=, absolute */
+static unsigned io_flags;    /* io=: 0 (uring) or CC_IO_SYNC */
+static char *default_name;   /* default=, or NULL: the empty export name is refused */
+static struct cc_pool *pool; /* opened in .get_ready */
 
 /* One per connection: just the shared export. */
 struct handle {
@@ -136,9 +136,9 @@ cowchain_config_complete(void)
   return 0;
 }
 
-#define cowchain_config_help                                                                   \
-  "pool=DIR              (required) The cowchain pool directory to serve.\n"                  \
-  "io=uring|sync         How reads reach the layers (default: uring).\n"                      \
+#define cowchain_config_help                                                                       \
+  "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
+  "io=uring|sync         How reads reach the layers (default: uring).\n"                           \
   "default=NAME          Export served to clients that ask for the empty name."
 
 static void
@@ -520,41 +520,41 @@ cowchain_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 }
 
 static struct nbdkit_plugin plugin = {
-  .name = "cowchain",
-  .longname = "cowchain linked clones and snapshots",
-  .version = COWCHAIN_VERSION,
-  .description = "Serve the clones, snapshots and templates of a cowchain pool",
-  .load = cowchain_load,
-  .unload = cowchain_unload,
-  .config = cowchain_config,
-  .config_complete = cowchain_config_complete,
-  .config_help = cowchain_config_help,
-  .magic_config_key = "pool",
-  .dump_plugin = cowchain_dump_plugin,
-  .get_ready = cowchain_get_ready,
-  .list_exports = cowchain_list_exports,
-  .default_export = cowchain_default_export,
-  .open = cowchain_open,
-  .close = cowchain_close,
-  .get_size = cowchain_get_size,
-  .block_size = cowchain_block_size,
-  .can_write = cowchain_can_write,
-  .can_flush = cowchain_can_flush,
-  .is_rotational = cowchain_is_rotational,
-  .can_trim = cowchain_can_trim,
-  .can_zero = cowchain_can_zero,
-  .can_fast_zero = cowchain_can_fast_zero,
-  .can_fua = cowchain_can_fua,
-  .can_multi_conn = cowchain_can_multi_conn,
-  .can_extents = cowchain_can_extents,
-  .can_cache = cowchain_can_cache,
-  .pread = cowchain_pread,
-  .pwrite = cowchain_pwrite,
-  .flush = cowchain_flush,
-  .trim = cowchain_trim,
-  .zero = cowchain_zero,
-  .extents = cowchain_extents,
-  .errno_is_preserved = 0, /* errors go through nbdkit_set_error */
+    .name = "cowchain",
+    .longname = "cowchain linked clones and snapshots",
+    .version = COWCHAIN_VERSION,
+    .description = "Serve the clones, snapshots and templates of a cowchain pool",
+    .load = cowchain_load,
+    .unload = cowchain_unload,
+    .config = cowchain_config,
+    .config_complete = cowchain_config_complete,
+    .config_help = cowchain_config_help,
+    .magic_config_key = "pool",
+    .dump_plugin = cowchain_dump_plugin,
+    .get_ready = cowchain_get_ready,
+    .list_exports = cowchain_list_exports,
+    .default_export = cowchain_default_export,
+    .open = cowchain_open,
+    .close = cowchain_close,
+    .get_size = cowchain_get_size,
+    .block_size = cowchain_block_size,
+    .can_write = cowchain_can_write,
+    .can_flush = cowchain_can_flush,
+    .is_rotational = cowchain_is_rotational,
+    .can_trim = cowchain_can_trim,
+    .can_zero = cowchain_can_zero,
+    .can_fast_zero = cowchain_can_fast_zero,
+    .can_fua = cowchain_can_fua,
+    .can_multi_conn = cowchain_can_multi_conn,
+    .can_extents = cowchain_can_extents,
+    .can_cache = cowchain_can_cache,
+    .pread = cowchain_pread,
+    .pwrite = cowchain_pwrite,
+    .flush = cowchain_flush,
+    .trim = cowchain_trim,
+    .zero = cowchain_zero,
+    .extents = cowchain_extents,
+    .errno_is_preserved = 0, /* errors go through nbdkit_set_error */
 };
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL

@@ -56,9 +56,9 @@
 NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct cc_export *table;  /* under table_lock */
-static struct cc_pool *pool;     /* set before any connection; calls under table_lock */
-static unsigned pool_io_flags;   /* CC_IO_SYNC or 0 */
+static struct cc_export *table; /* under table_lock */
+static struct cc_pool *pool;    /* set before any connection; calls under table_lock */
+static unsigned pool_io_flags;  /* CC_IO_SYNC or 0 */
 
 /* How many times .open re-resolves when the CLI keeps moving a clone's top under us. */
 #define RESOLVE_TRIES 3

@@ -24,19 +24,19 @@
 
 #include <libnbd.h>
 
-#define FAIL(...)                                                                              \
-  do {                                                                                         \
-    fprintf(stderr, "nbd-client-check: %s:%d: ", __func__, __LINE__);                         \
-    fprintf(stderr, __VA_ARGS__);                                                              \
-    fprintf(stderr, "\n");                                                                     \
-    exit(1);                                                                                   \
+#define FAIL(...)                                                                                  \
+  do {                                                                                             \
+    fprintf(stderr, "nbd-client-check: %s:%d: ", __func__, __LINE__);                              \
+    fprintf(stderr, __VA_ARGS__);                                                                  \
+    fprintf(stderr, "\n");                                                                         \
+    exit(1);                                                                                       \
   } while (0)
 
 /* Fail with libnbd's message unless the call succeeded. */
-#define CHECK(call)                                                                            \
-  do {                                                                                         \
-    if ((call) == -1)                                                                          \
-      FAIL("%s: %s", #call, nbd_get_error());                                                  \
+#define CHECK(call)                                                                                \
+  do {                                                                                             \
+    if ((call) == -1)                                                                              \
+      FAIL("%s: %s", #call, nbd_get_error());                                                      \
   } while (0)
 
 static struct nbd_handle *
@@ -91,8 +91,8 @@ expect_zero(struct nbd_handle *h, uint64_t off, size_t len, const char *what)
 
 /* Block status: collects whether every byte of [off, off+len) has LIBNBD_STATE_ZERO. */
 struct bs_result {
-  uint64_t start, end;  /* the range asked about */
-  uint64_t covered;     /* bytes reported */
+  uint64_t start, end; /* the range asked about */
+  uint64_t covered;    /* bytes reported */
   bool all_zero;
 };
 
@@ -157,9 +157,8 @@ cmd_rw(const char *sock, const char *name)
       nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
     FAIL("missing capability: flush=%d fua=%d trim=%d zero=%d fast_zero=%d multi_conn=%d "
          "base:allocation=%d",
-         nbd_can_flush(h), nbd_can_fua(h), nbd_can_trim(h), nbd_can_zero(h),
-         nbd_can_fast_zero(h), nbd_can_multi_conn(h),
-         nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION));
+         nbd_can_flush(h), nbd_can_fua(h), nbd_can_trim(h), nbd_can_zero(h), nbd_can_fast_zero(h),
+         nbd_can_multi_conn(h), nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION));
   if (nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) != 1)
     FAIL("minimum block size %" PRId64 ", expected 1", nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM));
   if (nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED) < 512)
