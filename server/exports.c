@@ -24,7 +24,7 @@
  * they have, and a new connection to a changed name gets a new entry for the new top.  The old
  * entry lives on, unreachable by lookup, until its last connection closes.
  *
- * Locking: table_lock guards the list, every refs field and every call into the pool.  It is
+ * Locking: table_lock guards the list, every refs field, and the resolve+open sequence.  It is
  * held across cc_pool_open_export and cc_chain_close on purpose: otherwise two connections
  * racing to open the same clone would both miss, and the second cc_pool_open_export would be
  * refused by the first one's exclusive layer lock; and a reconnect racing a close could try to
@@ -57,7 +57,7 @@ NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct cc_export *table; /* under table_lock */
-static struct cc_pool *pool;    /* set before any connection; calls under table_lock */
+static struct cc_pool *pool;    /* set before any connection, then only read */
 static unsigned pool_io_flags;  /* CC_IO_SYNC or 0 */
 
 /* How many times .open re-resolves when the CLI keeps moving a clone's top under us. */
@@ -224,12 +224,12 @@ exports_list(struct cc_export_info **out, size_t *n)
 {
   int r;
 
-  pthread_mutex_lock(&table_lock);
+  /* No table_lock: listing reads the records afresh and shares no state (pool.h), so it need
+   * not wait behind a slow chain open or close. */
   cc_error_clear();
   r = cc_pool_list_exports(pool, out, n);
   if (r < 0)
     nbdkit_error("list_exports: %s: %s", cc_pool_dir(pool), last_error(r));
-  pthread_mutex_unlock(&table_lock);
   return r < 0 ? -1 : 0;
 }
 

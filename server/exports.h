@@ -25,8 +25,7 @@ struct cc_export *exports_acquire(const char *name, int readonly);
 /* Drop a reference; the last one closes the chain. */
 void exports_release(struct cc_export *e);
 
-/* Under the table lock: the pool is not documented as thread-safe, so every call into it
- * from the plugin goes through the same lock. */
+/* Every export of the pool, sorted (cc_pool_list_exports); -1 after nbdkit_error. */
 int exports_list(struct cc_export_info **out, size_t *n);
 
 extern int cowchain_debug_exports; /* -D cowchain.exports=1 */
