@@ -231,14 +231,14 @@ disk_ls() {
     LC_ALL=C sort
 }
 
-# check_disk IMG ID STATE: the clone's disk says /id = ID, /owners = {ID}, /state = STATE, and
-# its file system is clean.
+# check_disk IMG ID STATE [OWNERS]: the clone's disk says /id = ID, /owners = OWNERS (default:
+# ID alone; a sorted, space-separated list), /state = STATE, and its file system is clean.
 check_disk() {
-  local img=$1 id=$2 state=$3 got
+  local img=$1 id=$2 state=$3 owners=${4:-$2} got
   got=$(disk_cat "$img" /id)
   [ "$got" = "$id" ] || fail "$img: /id is '$got', expected '$id'"
   got=$(disk_ls "$img" /owners | tr '\n' ' ')
-  [ "$got" = "$id " ] || fail "$img: /owners holds '$got', expected only '$id'"
+  [ "$got" = "$owners " ] || fail "$img: /owners holds '$got', expected only '$owners'"
   got=$(disk_cat "$img" /state)
   [ "$got" = "$state" ] || fail "$img: /state is '$got', expected '$state'"
   e2fsck -fn "$img" >"$WORK/e2fsck.log" 2>&1 || {
@@ -249,6 +249,8 @@ check_disk() {
 
 check_template() {
   local sum
+  (cd "$POOL" && sha256sum --quiet -c "$WORK/pool-images.sha256") ||
+    fail "a template's image file in the pool changed"
   fetch base "$WORK/base.export.raw"
   sum=$(sha256sum <"$WORK/base.export.raw")
   [ "$sum" = "$TEMPLATE_SUM" ] || fail "template export 'base' differs from the imported image"
@@ -265,6 +267,8 @@ TEMPLATE_SUM=$(sha256sum <"$WORK/root.img")
 # --- 2. pool: a template and three linked clones; three guests at once ------------------------
 cc pool init >/dev/null || skip "cowchain pool init does not work yet"
 cc template import base "$WORK/root.img" || fail "template import failed"
+# The template's data file(s) in the pool (docs/POOL.md: images/), never to be written again.
+(cd "$POOL" && find . -path './images/*' -type f -exec sha256sum {} +) >"$WORK/pool-images.sha256"
 CLONES=(clone1 clone2 clone3)
 for c in "${CLONES[@]}"; do
   cc clone create "$c" --from base || fail "clone create $c failed"
@@ -364,5 +368,22 @@ for c in clone2 clone3; do
   check_disk "$WORK/$c.raw" "$c" "first-$c"
 done
 check_template
-stop_server
 say "snapshot, revert and merge kept every clone's own data; the template is unchanged"
+
+# --- 4. a linked clone of a snapshot ----------------------------------------------------------
+say "clone clone2@s2 as clone2b and boot it"
+cc snapshot create clone2 s2 || fail "snapshot create clone2 s2 failed"
+cc clone create clone2b --from clone2@s2 || fail "clone create clone2b --from clone2@s2 failed"
+boot_start clone2b clone2b cowchain.id=clone2b cowchain.write=first-clone2b
+boot_wait clone2b
+console_has clone2b TEMPLATE-OK PREV-ID=clone2 STATE=first-clone2 "OWNERS=clone2 " \
+  WROTE-ID=clone2b REMOUNT-RO-OK
+fetch clone2b "$WORK/clone2b.raw"
+check_disk "$WORK/clone2b.raw" clone2b first-clone2b "clone2 clone2b"
+for e in clone2 clone2@s2; do
+  fetch "$e" "$WORK/c2.raw"
+  check_disk "$WORK/c2.raw" clone2 first-clone2
+done
+check_template
+stop_server
+say "the clone of a snapshot has its parent's data and its own; the parent did not move"
