@@ -293,6 +293,7 @@ struct crash {
   struct wop *ops;
   int nops, ops_cap;
   uint8_t *rd, *rd2;
+  uint8_t *dstates; /* otu_decode_map output */
   unsigned long states, opened_rdwr;
 };
 
@@ -450,6 +451,12 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
   cr_assert_eq(e, 0, "%s: crash at I/O %zu of %zu (%s): ovl_open: %d %s (seed %" PRIu64 ")",
                c->name, k, io_n, variant, e, cc_error_get(), c->seed);
 
+  /* the map, decoded independently of overlay/, satisfies FORMAT.md 5.3 too */
+  char err[256];
+  e = otu_decode_map(c->cpath, c->dstates, NULL, c->vsize / (c->cs / 32), err, sizeof err);
+  cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): %s (seed %" PRIu64 ")", c->name, k, variant,
+               err, c->seed);
+
   /* the parent link: the last one set before the cut, or one being set at it */
   struct ovl_info in;
   ovl_get_info(l, &in);
@@ -565,6 +572,7 @@ run_crash(const char *name, uint32_t cs, uint64_t vsize, uint64_t reg2, int nops
   c.sect = calloc(vsize / SECT, sizeof *c.sect);
   c.rd = malloc(M);
   c.rd2 = malloc(2 * M);
+  c.dstates = malloc(vsize / (cs / 32));
   cr_assert(c.init && c.cur && c.sect && c.rd && c.rd2);
   otu_pattern(c.seed ^ 0xBE10, c.init, vsize, 0);
   memcpy(c.cur, c.init, vsize);
@@ -666,6 +674,7 @@ run_crash(const char *name, uint32_t cs, uint64_t vsize, uint64_t reg2, int nops
   free(c.cur);
   free(c.rd);
   free(c.rd2);
+  free(c.dstates);
   free(c.path);
   free(c.cpath);
   otu_rmtree(c.dir);

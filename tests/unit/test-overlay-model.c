@@ -259,12 +259,40 @@ check_info(struct run *r)
         z * r->sc);
 }
 
+/* The closed file, decoded by the test's own decoder: map invariants, states and bytes. */
+static void
+check_file(struct run *r)
+{
+  uint8_t *st = malloc(r->nsc);
+  uint64_t *phys = calloc(r->nsc, sizeof *phys);
+  char err[256];
+  int fd = open(r->path, O_RDONLY | O_CLOEXEC);
+  cr_assert(st && phys && fd >= 0);
+  CHECK(r, otu_decode_map(r->path, st, phys, r->nsc, err, sizeof err) == 0,
+        "the closed file breaks FORMAT.md 5.3: %s", err);
+  for (uint64_t k = 0; k < r->nsc; k++) {
+    CHECK(r, state_ok(r->st[k], (enum ovl_state)st[k]),
+          "on disk: sub-cluster %" PRIu64 " is %d, model %d", k, st[k], r->st[k]);
+    if (st[k] == OVL_DATA) {
+      uint64_t n = (k + 1) * r->sc > r->vsize ? r->vsize - k * r->sc : r->sc;
+      CHECK(r, pread(fd, r->buf2, n, (off_t)phys[k]) == (ssize_t)n,
+            "on disk: short read of sub-cluster %" PRIu64, k);
+      CHECK(r, memcmp(r->buf2, r->disk + k * r->sc, n) == 0,
+            "on disk: bytes of sub-cluster %" PRIu64 " at %" PRIu64 " differ", k, phys[k]);
+    }
+  }
+  close(fd);
+  free(st);
+  free(phys);
+}
+
 static void
 reopen(struct run *r, unsigned flags)
 {
   int e = ovl_close(r->l);
   r->l = NULL;
   CHECK(r, e == 0, "ovl_close: %d %s", e, cc_error_get());
+  check_file(r);
   e = ovl_open(r->path, flags, &r->l);
   CHECK(r, e == 0, "ovl_open: %d %s", e, cc_error_get());
   r->nreopens++;

@@ -276,6 +276,137 @@ otu_l2_set(const char *path, uint64_t l2_offset, uint32_t j, struct otu_l2e e)
   otu_write_at(path, b, 16, l2_offset + 16ull * j);
 }
 
+struct otu_obj {
+  uint64_t start, end;
+};
+
+static int
+obj_cmp(const void *a, const void *b)
+{
+  const struct otu_obj *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+int
+otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, char *err,
+               size_t errlen)
+{
+  uint8_t slot[OTU_SLOT_SIZE];
+  int cur = otu_current_slot(path);
+  int ret = -1;
+
+  if (cur < 0) {
+    snprintf(err, errlen, "no valid header slot");
+    return -1;
+  }
+  otu_read_slot(path, cur, slot);
+  uint64_t vsize = otu_le64(slot + OTU_H_VIRTUAL_SIZE);
+  uint32_t cbits = otu_le32(slot + OTU_H_CLUSTER_BITS);
+  uint32_t l1n = otu_le32(slot + OTU_H_L1_ENTRIES);
+  uint64_t cs = 1ull << cbits, sc = cs / 32;
+  uint64_t data_start = 8192 + (l1n * 8ull + 4095) / 4096 * 4096;
+  uint64_t fsize = otu_file_size(path);
+  uint64_t want_sc = (vsize + sc - 1) / sc;
+
+  if (want_sc != nsc) {
+    snprintf(err, errlen, "%" PRIu64 " sub-clusters, caller expects %" PRIu64, want_sc, nsc);
+    return -1;
+  }
+  memset(states, OVL_UNALLOCATED, nsc);
+  uint64_t *l1 = calloc(l1n, 8);
+  uint8_t *l2 = malloc(OTU_L2_SIZE);
+  size_t nobj = 0, capobj = 64;
+  struct otu_obj *obj = malloc(capobj * sizeof *obj);
+  cr_assert(l1 && l2 && obj);
+  obj[nobj++] = (struct otu_obj){0, data_start};
+  if (l1n) {
+    uint8_t *raw = malloc(l1n * 8ull);
+    cr_assert_not_null(raw);
+    otu_read_at(path, raw, l1n * 8ull, OTU_L1_OFFSET); /* one read: this runs per crash state */
+    for (uint32_t i = 0; i < l1n; i++)
+      l1[i] = otu_le64(raw + 8ull * i);
+    free(raw);
+  }
+  for (uint32_t i = 0; i < l1n; i++) {
+    if (l1[i] == 0)
+      continue;
+    if (l1[i] % 4096 || l1[i] < data_start || l1[i] + 4096 > fsize) {
+      snprintf(err, errlen, "L1 %u: bad L2 offset %" PRIu64, i, l1[i]);
+      goto out;
+    }
+    if (nobj + 257 > capobj) {
+      capobj = 2 * capobj + 257;
+      obj = realloc(obj, capobj * sizeof *obj);
+      cr_assert_not_null(obj);
+    }
+    obj[nobj++] = (struct otu_obj){l1[i], l1[i] + 4096};
+    otu_read_at(path, l2, OTU_L2_SIZE, l1[i]);
+    for (uint32_t j = 0; j < 256; j++) {
+      uint64_t c = (uint64_t)i * 256 + j, cstart = c * cs;
+      uint64_t off = otu_le64(l2 + 16 * j);
+      uint32_t a = otu_le32(l2 + 16 * j + 8), z = otu_le32(l2 + 16 * j + 12);
+      if (cstart >= vsize) {
+        if (off || a || z) {
+          snprintf(err, errlen, "cluster %" PRIu64 " beyond the disk is not empty", c);
+          goto out;
+        }
+        continue;
+      }
+      if (a & z) {
+        snprintf(err, errlen, "cluster %" PRIu64 ": alloc & zero %08x", c, a & z);
+        goto out;
+      }
+      if (a && !off) {
+        snprintf(err, errlen, "cluster %" PRIu64 ": allocated without a cluster offset", c);
+        goto out;
+      }
+      if (off) {
+        if (off % 4096 || off < data_start) {
+          snprintf(err, errlen, "cluster %" PRIu64 ": bad offset %" PRIu64, c, off);
+          goto out;
+        }
+        obj[nobj++] = (struct otu_obj){off, off + cs};
+      }
+      for (unsigned k = 0; k < 32; k++) {
+        uint64_t s0 = cstart + k * sc;
+        int set = (int)((a | z) >> k & 1);
+        if (s0 >= vsize) {
+          if (set) {
+            snprintf(err, errlen, "cluster %" PRIu64 " sc %u beyond the disk is set", c, k);
+            goto out;
+          }
+          continue;
+        }
+        if (a >> k & 1) {
+          if (off + (k + 1) * sc > fsize) {
+            snprintf(err, errlen, "cluster %" PRIu64 " sc %u lies past EOF %" PRIu64, c, k,
+                     fsize);
+            goto out;
+          }
+          states[s0 / sc] = OVL_DATA;
+          if (phys)
+            phys[s0 / sc] = off + k * sc;
+        } else if (z >> k & 1) {
+          states[s0 / sc] = OVL_ZERO;
+        }
+      }
+    }
+  }
+  qsort(obj, nobj, sizeof *obj, obj_cmp);
+  for (size_t n = 1; n < nobj; n++)
+    if (obj[n].start < obj[n - 1].end) {
+      snprintf(err, errlen, "objects at %" PRIu64 " and %" PRIu64 " overlap", obj[n - 1].start,
+               obj[n].start);
+      goto out;
+    }
+  ret = 0;
+out:
+  free(obj);
+  free(l1);
+  free(l2);
+  return ret;
+}
+
 uint64_t
 otu_rand(uint64_t *state)
 {

@@ -95,6 +95,13 @@ void otu_l1_set(const char *path, uint32_t i, uint64_t v);
 struct otu_l2e otu_l2_get(const char *path, uint64_t l2_offset, uint32_t j);
 void otu_l2_set(const char *path, uint64_t l2_offset, uint32_t j, struct otu_l2e e);
 
+/* Decode the whole map of a (closed) layer with this file's own decoder and check the
+ * invariants of FORMAT.md 5.1 and 5.3 independently of overlay/.  Fills one state per
+ * sub-cluster (OVL_UNALLOCATED, OVL_ZERO, OVL_DATA) and, if `phys` is not NULL, the file offset
+ * of each allocated one.  Returns 0, or -1 with the fault in err. */
+int otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, char *err,
+                   size_t errlen);
+
 /* ---- data patterns and randomness ---- */
 
 /* splitmix64 step: the PRNG of every randomized test (small, seedable, portable). */
