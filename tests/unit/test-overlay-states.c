@@ -765,3 +765,71 @@ Test(overlay_states, zero_across_two_large_subclusters)
   free(d);
   fx_teardown(&f);
 }
+
+/* An L1 table of several 4 KiB blocks, the last one partial: each block written at flush is
+ * the right one (8 GiB + 4 MiB with 16 KiB clusters: 2049 L1 entries, 5 blocks). */
+Test(overlay_states, l1_spans_several_blocks)
+{
+  struct fx f;
+  const uint64_t vsize = (8ull << 30) + (4u << 20);
+  fx_setup(&f, vsize, 16 * K);
+  const uint64_t offs[] = {0, (2ull << 30) + 12345, (6ull << 30) + 4 * K, vsize - 512,
+                           (2ull << 30) - 512};
+  uint8_t *d[5];
+  for (int i = 0; i < 5; i++) {
+    d[i] = pat(30 + (uint64_t)i, 512, offs[i]);
+    fx_write(&f, d[i], 512, offs[i]);
+  }
+  fx_reopen(&f, OVL_RDONLY);
+  for (int i = 0; i < 5; i++)
+    fx_expect(&f, d[i], 512, offs[i], "write in another L1 block");
+  /* the L1 entries on disk are where FORMAT.md 5.1 puts them */
+  const uint32_t want_l1[] = {0, 512, 1536, 2048, 511};
+  for (int i = 0; i < 5; i++)
+    cr_assert_neq(otu_l1_get(f.path, want_l1[i]), 0u, "L1 entry %u not written", want_l1[i]);
+  cr_assert_eq(otu_l1_get(f.path, 1), 0u);
+  cr_assert_eq(otu_l1_get(f.path, 2047), 0u);
+  char err[256];
+  uint8_t *st = malloc(vsize / 512);
+  cr_assert_eq(otu_decode_map(f.path, st, NULL, vsize / 512, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(st[offs[1] / 512], OVL_DATA);
+  cr_assert_eq(st[offs[3] / 512], OVL_DATA);
+  free(st);
+  for (int i = 0; i < 5; i++)
+    free(d[i]);
+  fx_teardown(&f);
+}
+
+/* Offsets far beyond 32 bits of clusters or bytes: 1 PiB with 2 MiB clusters (2 Mi L1 entries,
+ * a 16 MiB L1 table) and 128 TiB with 128 KiB clusters (the 4 Mi entry limit). */
+Test(overlay_states, huge_virtual_disks)
+{
+  const uint64_t sizes[] = {1ull << 50, 128ull << 40};
+  const uint32_t css[] = {2u << 20, 128 * K};
+  for (int t = 0; t < 2; t++) {
+    struct fx f;
+    fx_setup(&f, sizes[t], css[t]);
+    const uint64_t offs[] = {f.vsize - 4096, (f.vsize >> 1) + 12345, (1ull << 32) - 100,
+                             (1ull << 41) + 7};
+    uint8_t *d[4];
+    for (int i = 0; i < 4; i++) {
+      d[i] = pat(40 + (uint64_t)i, 4096, offs[i]);
+      fx_write(&f, d[i], 4096, offs[i]);
+    }
+    fx_reopen(&f, OVL_RDONLY);
+    for (int i = 0; i < 4; i++) {
+      fx_expect(&f, d[i], 4096, offs[i], "huge disk");
+      struct ovl_extent e;
+      cr_assert_eq(ovl_map(f.l, offs[i], 4096, &e, 1), 1);
+      cr_assert_eq(e.state, OVL_DATA, "huge disk: offset %" PRIu64 " not DATA", offs[i]);
+      uint8_t raw[4096]; /* the first extent: a write across clusters makes two */
+      cr_assert(e.length > 0 && e.length <= 4096);
+      otu_read_at(f.path, raw, e.length, e.phys);
+      cr_assert_eq(memcmp(raw, d[i], e.length), 0, "huge disk: bytes not at phys");
+    }
+    fx_expect_below(&f, 8192, f.vsize - 12288, "huge disk, unwritten");
+    for (int i = 0; i < 4; i++)
+      free(d[i]);
+    fx_teardown(&f);
+  }
+}
