@@ -822,3 +822,48 @@ Test(overlay_malformed, fuzz_never_crashes)
   free(base);
   otu_rmtree(dir);
 }
+
+/* What the spec tells readers to ignore or to accept must not be refused: reserved bytes,
+ * bytes after the parent path, and a longer fixed part (header_length 264, a multiple of 8:
+ * the parent path then starts at 264). */
+Test(overlay_malformed, accepted_variants)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_parent(dir, "l.cow");
+  uint8_t s[OTU_SLOT_SIZE];
+  struct ovl_layer *l;
+  struct ovl_info in;
+
+  otu_read_slot(p, 0, s);
+  memset(s + OTU_H_RESERVED, 0xA5, OTU_H_CHECKSUM - OTU_H_RESERVED);
+  otu_slot_fix_crc(s);
+  otu_write_slot(p, 0, s);
+  l = otu_open(p, OVL_RDONLY);
+  ovl_close(l);
+
+  otu_read_slot(p, 0, s);
+  memset(s + 256 + 5, 0x5A, 100); /* after "p.raw": outside the checksum, reserved */
+  otu_write_slot(p, 0, s);
+  l = otu_open(p, OVL_RDONLY);
+  ovl_get_info(l, &in);
+  cr_assert_str_eq(in.parent_path, "p.raw");
+  ovl_close(l);
+
+  otu_read_slot(p, 0, s);
+  memset(s + 256, 0, OTU_SLOT_SIZE - 256);
+  memset(s + 256, 0xEE, 8); /* an unknown extension of the fixed part */
+  memcpy(s + 264, "p.raw", 5);
+  otu_put32(s + OTU_H_HEADER_LENGTH, 264);
+  otu_slot_fix_crc(s);
+  otu_write_slot(p, 0, s);
+  l = NULL;
+  int r = ovl_open(p, OVL_RDONLY, &l);
+  cr_expect_eq(r, 0, "header_length 264 refused: %s", cc_error_get());
+  if (r == 0) {
+    ovl_get_info(l, &in);
+    cr_expect_str_eq(in.parent_path, "p.raw", "the path after a 264-byte fixed part");
+    ovl_close(l);
+  }
+  free(p);
+  otu_rmtree(dir);
+}
