@@ -14,12 +14,15 @@
 #
 # The guest's /sbin/init reads its orders from the kernel command line:
 #   cowchain.id=NAME      write NAME to /id and create /owners/NAME
-#   cowchain.write=TEXT   write TEXT to /state (after printing the old /state)
+#   cowchain.write=TEXT   write TEXT to /state (after printing the old /state), and new random
+#                         data to /data.bin (cowchain.data=MiB, default 2) with its checksum in
+#                         /data.sha256
 #   cowchain.mode=lab     stay up with a shell on the serial console instead of powering off
 #   cowchain.mode=hold    stay up, idle, with / read-only (the disk stays open in qemu)
 # and prints, on the serial console, lines starting "GUEST: ": TEMPLATE-OK (or TEMPLATE-BAD),
-# PREV-ID=, STATE=, OWNERS=, REMOUNT-RO-OK, DONE (or HOLDING, LAB-READY).  Before powering off it remounts / read-only,
-# so the file system on the disk is clean and debugfs reads it without a journal replay.
+# PREV-ID=, STATE=, OWNERS=, DATA-OK (or DATA-BAD) and DATA-SHA= (of the data found), WROTE-*=,
+# REMOUNT-RO-OK, DONE (or HOLDING, LAB-READY).  Before powering off it remounts / read-only, so
+# the file system on the disk is clean and debugfs reads it without a journal replay.
 #
 # Environment: GUEST_KERNEL (a vmlinuz; its modules must be in /lib/modules/VERSION),
 # GUEST_BUSYBOX (a static busybox), GUEST_ACCEL (qemu accelerator, default tcg),
@@ -212,12 +215,13 @@ export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 say() { echo "GUEST: $*"; }
-id= write= mode=test
+id= write= mode=test data=2
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cowchain.id=*) id=${w#*=} ;;
     cowchain.write=*) write=${w#*=} ;;
     cowchain.mode=*) mode=${w#*=} ;;
+    cowchain.data=*) data=${w#*=} ;;
   esac
 done
 if [ "$(cat /etc/cowchain-template 2>/dev/null)" = "@MARK@" ] &&
@@ -229,8 +233,19 @@ fi
 say "PREV-ID=$(cat /id 2>/dev/null || echo none)"
 say "STATE=$(cat /state 2>/dev/null || echo none)"
 say "OWNERS=$(ls /owners | tr '\n' ' ')"
+if [ -f /data.bin ]; then
+  if sha256sum -c -s /data.sha256; then say DATA-OK; else say DATA-BAD; fi
+  say "DATA-SHA=$(cut -d' ' -f1 /data.sha256)"
+else
+  say "DATA-SHA=none"
+fi
 [ -z "$id" ] || { echo "$id" >/id && touch "/owners/$id" && say "WROTE-ID=$id"; }
-[ -z "$write" ] || { echo "$write" >/state && say "WROTE-STATE=$write"; }
+if [ -n "$write" ]; then
+  echo "$write" >/state && say "WROTE-STATE=$write"
+  # Data spread over many clusters, new with every write.
+  dd if=/dev/urandom of=/data.bin bs=64k count=$((data * 16)) 2>/dev/null &&
+    sha256sum /data.bin >/data.sha256 && say "WROTE-DATA-SHA=$(cut -d' ' -f1 /data.sha256)"
+fi
 sync
 if [ "$mode" = lab ]; then
   say "LAB-READY id=$id (poweroff -f to stop)"

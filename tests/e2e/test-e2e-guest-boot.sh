@@ -213,6 +213,26 @@ console_has() {
   done
 }
 
+# console_value TAG KEY: the value of the last "GUEST: KEY=value" line of TAG's console.
+console_value() {
+  tr -d '\r' <"$WORK/$1.console" | sed -n "s/^GUEST: $2=//p" | tail -n 1
+}
+
+# Each /state a guest wrote comes with new random data in /data.bin: state -> its sha256.
+declare -A DATA_SHA
+# note_write TAG STATE: remember the checksum of the data TAG's guest wrote with STATE.
+note_write() {
+  local sha
+  sha=$(console_value "$1" WROTE-DATA-SHA)
+  [ ${#sha} -eq 64 ] || fail "guest $1 did not report the checksum of the data it wrote"
+  DATA_SHA[$2]=$sha
+}
+
+# console_state TAG STATE: TAG's guest found STATE, with the data written with it intact.
+console_state() {
+  console_has "$1" "STATE=$2" DATA-OK "DATA-SHA=${DATA_SHA[$2]}"
+}
+
 # --- disks, read without mounting ---------------------------------------------------------------
 # fetch EXPORT FILE: copy an export to a raw file through the server.
 fetch() {
@@ -241,6 +261,14 @@ check_disk() {
   [ "$got" = "$owners " ] || fail "$img: /owners holds '$got', expected only '$owners'"
   got=$(disk_cat "$img" /state)
   [ "$got" = "$state" ] || fail "$img: /state is '$got', expected '$state'"
+  if [ -n "${DATA_SHA[$state]:-}" ]; then
+    rm -f "$WORK/data.bin"
+    debugfs -R "dump /data.bin $WORK/data.bin" "$img" >/dev/null 2>&1
+    got=$(sha256sum <"$WORK/data.bin" | cut -d' ' -f1)
+    [ "$got" = "${DATA_SHA[$state]}" ] ||
+      fail "$img: /data.bin is not the data written with state '$state'"
+    rm -f "$WORK/data.bin"
+  fi
   e2fsck -fn "$img" >"$WORK/e2fsck.log" 2>&1 || {
     cat "$WORK/e2fsck.log" >&2
     fail "$img: e2fsck found errors"
@@ -284,8 +312,9 @@ for c in "${CLONES[@]}"; do
 done
 say "all three guests powered off"
 for c in "${CLONES[@]}"; do
-  console_has "$c" TEMPLATE-OK PREV-ID=none STATE=none "OWNERS=" "WROTE-ID=$c" REMOUNT-RO-OK \
-    "DONE id=$c"
+  console_has "$c" TEMPLATE-OK PREV-ID=none STATE=none "OWNERS=" DATA-SHA=none "WROTE-ID=$c" \
+    REMOUNT-RO-OK "DONE id=$c"
+  note_write "$c" "first-$c"
 done
 
 for c in "${CLONES[@]}"; do
@@ -332,8 +361,10 @@ cc snapshot create clone1 pre || fail "snapshot create clone1 pre failed"
 start_server
 boot_start snap1 clone1 "cowchain.write=after-snapshot"
 boot_wait snap1
-console_has snap1 TEMPLATE-OK PREV-ID=clone1 STATE=first-clone1 "OWNERS=clone1 " \
-  WROTE-STATE=after-snapshot REMOUNT-RO-OK
+console_has snap1 TEMPLATE-OK PREV-ID=clone1 "OWNERS=clone1 " WROTE-STATE=after-snapshot \
+  REMOUNT-RO-OK
+console_state snap1 first-clone1
+note_write snap1 after-snapshot
 fetch clone1 "$WORK/clone1.raw"
 check_disk "$WORK/clone1.raw" clone1 after-snapshot
 # The snapshot is an export of its own and still holds the old state.
@@ -346,8 +377,10 @@ cc snapshot revert clone1 pre || fail "snapshot revert clone1 pre failed"
 start_server
 boot_start revert clone1 "cowchain.write=after-revert"
 boot_wait revert
-console_has revert TEMPLATE-OK PREV-ID=clone1 STATE=first-clone1 "OWNERS=clone1 " \
-  WROTE-STATE=after-revert REMOUNT-RO-OK
+console_has revert TEMPLATE-OK PREV-ID=clone1 "OWNERS=clone1 " WROTE-STATE=after-revert \
+  REMOUNT-RO-OK
+console_state revert first-clone1
+note_write revert after-revert
 stop_server
 
 say "delete (merge) clone1@pre and boot"
@@ -355,7 +388,8 @@ cc snapshot delete clone1 pre || fail "snapshot delete clone1 pre failed"
 start_server
 boot_start merged clone1
 boot_wait merged
-console_has merged TEMPLATE-OK PREV-ID=clone1 STATE=after-revert "OWNERS=clone1 " REMOUNT-RO-OK
+console_has merged TEMPLATE-OK PREV-ID=clone1 "OWNERS=clone1 " REMOUNT-RO-OK
+console_state merged after-revert
 fetch clone1 "$WORK/clone1.raw"
 check_disk "$WORK/clone1.raw" clone1 after-revert
 # The snapshot is gone, as an export too.
@@ -376,8 +410,9 @@ cc snapshot create clone2 s2 || fail "snapshot create clone2 s2 failed"
 cc clone create clone2b --from clone2@s2 || fail "clone create clone2b --from clone2@s2 failed"
 boot_start clone2b clone2b cowchain.id=clone2b cowchain.write=first-clone2b
 boot_wait clone2b
-console_has clone2b TEMPLATE-OK PREV-ID=clone2 STATE=first-clone2 "OWNERS=clone2 " \
-  WROTE-ID=clone2b REMOUNT-RO-OK
+console_has clone2b TEMPLATE-OK PREV-ID=clone2 "OWNERS=clone2 " WROTE-ID=clone2b REMOUNT-RO-OK
+console_state clone2b first-clone2
+note_write clone2b first-clone2b
 fetch clone2b "$WORK/clone2b.raw"
 check_disk "$WORK/clone2b.raw" clone2b first-clone2b "clone2 clone2b"
 for e in clone2 clone2@s2; do
