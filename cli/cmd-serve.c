@@ -98,12 +98,14 @@ cmd_serve(int argc, char **argv, const char *argv0)
   int i, n = 0, user_listen = 0, background = 0;
   char **av = calloc((size_t)argc * 2 + 16, sizeof *av);
   char **params = calloc((size_t)argc + 1, sizeof *params);
-  int nparams = 0;
+  int nparams = 0, rc = 1;
   struct cc_pool *p;
 
   (void)argv0;
-  if (av == NULL || params == NULL)
-    return usage_error("serve", "out of memory");
+  if (av == NULL || params == NULL) {
+    rc = usage_error("serve", "out of memory");
+    goto out;
+  }
   av[n++] = "nbdkit";
   for (i = 0; i < argc; i++) {
     const char *a = argv[i];
@@ -112,20 +114,23 @@ cmd_serve(int argc, char **argv, const char *argv0)
              "Run nbdkit with the cowchain plugin on this pool, in the foreground.  Every clone,\n"
              "CLONE@SNAP and template is an export.  Listens on the Unix socket POOL/cowchain.sock,\n"
              "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n");
-      free(av);
-      free(params);
-      return 0;
+      rc = 0;
+      goto out;
     }
     if (strcmp(a, "--port") == 0 || strncmp(a, "--port=", 7) == 0) {
       if (a[6] == '=')
         port = a + 7;
       else if (i + 1 < argc)
         port = argv[++i];
-      else
-        return usage_error("serve", "--port needs a number");
-      if (strspn(port, "0123456789") != strlen(port) || !*port || atoi(port) <= 0 ||
-          atoi(port) > 65535)
-        return usage_error("serve", "bad port '%s' (1-65535)", port);
+      else {
+        rc = usage_error("serve", "--port needs a number");
+        goto out;
+      }
+      if (strspn(port, "0123456789") != strlen(port) || !*port || strlen(port) > 5 ||
+          atoi(port) <= 0 || atoi(port) > 65535) {
+        rc = usage_error("serve", "bad port '%s' (1-65535)", port);
+        goto out;
+      }
       continue;
     }
     if (strcmp(a, "--background") == 0) {
@@ -142,14 +147,18 @@ cmd_serve(int argc, char **argv, const char *argv0)
         av[n++] = argv[++i];
       continue;
     }
-    if (strchr(a, '=') == NULL)
-      return usage_error("serve", "unexpected argument '%s' (plugin parameters are KEY=VALUE)", a);
-    if (strncmp(a, "pool=", 5) == 0)
-      return usage_error("serve", "the pool is given with --pool, not pool=");
+    if (strchr(a, '=') == NULL) {
+      rc = usage_error("serve", "unexpected argument '%s' (plugin parameters are KEY=VALUE)", a);
+      goto out;
+    }
+    if (strncmp(a, "pool=", 5) == 0) {
+      rc = usage_error("serve", "the pool is given with --pool, not pool=");
+      goto out;
+    }
     params[nparams++] = (char *)a;
   }
   if ((p = cli_pool()) == NULL)
-    return 1;
+    goto out;
   if (!background)
     av[n++] = "-f";
   if (port) {
@@ -174,5 +183,8 @@ cmd_serve(int argc, char **argv, const char *argv0)
   fflush(stdout);
   execvp("nbdkit", av);
   fprintf(stderr, "cowchain: serve: nbdkit: %s (install nbdkit)\n", strerror(errno));
-  return 1;
+out:
+  free(av);
+  free(params);
+  return rc;
 }

@@ -16,8 +16,14 @@ else
   export COWCHAIN_PLUGIN=$PLUGIN
 fi
 
+# A sanitizer build's plugin needs the ASan runtime preloaded into nbdkit (functions.sh); the
+# clients that --run starts must not inherit it (qemu-img's coroutines upset ASan).
+serve() {
+  timeout 60 "${SERVER_ENV[@]}" "$COWCHAIN" --pool "$POOL" serve "$@"
+}
+
 # Default: Unix socket in the pool; every clone, snapshot and template is listed.
-timeout 60 "$COWCHAIN" --pool "$POOL" serve --run 'nbdinfo --list --json "$uri"' \
+serve --run 'env -u LD_PRELOAD nbdinfo --list --json "$uri"' \
   >"$WORK/list.json" || fail "serve --run nbdinfo --list"
 for e in base vm1 vm1@s1; do
   grep -q "\"export-name\": \"$e\"" "$WORK/list.json" || fail "export $e not listed"
@@ -25,14 +31,14 @@ done
 grep -q "$POOL/cowchain.sock" "$WORK/list.json" || fail "not on POOL/cowchain.sock"
 
 # Data through the served export, with a plugin parameter passed after the plugin.
-timeout 60 "$COWCHAIN" --pool "$POOL" serve --run \
-  "qemu-img compare -q -f raw -F raw \"nbd+unix:///vm1@s1?socket=\$unixsocket\" '$WORK/base.raw'" \
+serve --run \
+  "env -u LD_PRELOAD qemu-img compare -q -f raw -F raw \"nbd+unix:///vm1@s1?socket=\$unixsocket\" '$WORK/base.raw'" \
   io=sync || fail "vm1@s1 through cowchain serve differs from the template"
 
 # --port: TCP, bound to 127.0.0.1 only.
 port=$((20000 + RANDOM % 20000))
-timeout 60 "$COWCHAIN" --pool "$POOL" serve --port "$port" --run \
-  "nbdinfo --size nbd://127.0.0.1:$port/vm1 && ss -ltn | grep -q '127.0.0.1:$port '" \
+serve --port "$port" --run \
+  "env -u LD_PRELOAD nbdinfo --size nbd://127.0.0.1:$port/vm1 && ss -ltn | grep -q '127.0.0.1:$port '" \
   >"$WORK/size" || fail "serve --port"
 [ "$(cat "$WORK/size")" = $((64 << 20)) ] || fail "wrong size over TCP"
 
@@ -41,6 +47,6 @@ rm -f "$POOL/cowchain.sock"
 /usr/bin/python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])" \
   "$POOL/cowchain.sock"
 [ -S "$POOL/cowchain.sock" ] || fail "could not make a stale socket"
-timeout 60 "$COWCHAIN" --pool "$POOL" serve --run 'nbdinfo --size "nbd+unix:///vm1?socket=$unixsocket"' >/dev/null ||
+serve --run 'env -u LD_PRELOAD nbdinfo --size "nbd+unix:///vm1?socket=$unixsocket"' >/dev/null ||
   fail "serve with a stale socket"
 check_template_unchanged
