@@ -12,7 +12,7 @@
 #      the snapshot (a merge) and boot again, checking the content survived
 #
 # Environment: COWCHAIN, PLUGIN (set by CTest; default: ./build), GUEST_TIMEOUT (seconds per
-# guest, default 180), GUEST_ACCEL (default tcg), KEEP=1 keeps the work directory.
+# guest, default 120), GUEST_ACCEL (default tcg), KEEP=1 keeps the work directory.
 # Exits 77 (skip) when qemu, a kernel, busybox-static, the plugin or the CLI is missing.
 set -euo pipefail
 
@@ -21,7 +21,7 @@ SRCDIR=${SRCDIR:-$(cd "$HERE/../.." && pwd)}
 BUILDDIR=${BUILDDIR:-$SRCDIR/build}
 COWCHAIN=${COWCHAIN:-$BUILDDIR/cli/cowchain}
 PLUGIN=${PLUGIN:-$BUILDDIR/server/nbdkit-cowchain-plugin.so}
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-180}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-120}
 SERVER_TIMEOUT=${SERVER_TIMEOUT:-600}
 TEST_NAME=e2e-guest-boot
 export PATH=/usr/sbin:/sbin:/usr/bin:/bin:$PATH
