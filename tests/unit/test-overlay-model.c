@@ -37,6 +37,7 @@ enum { M_U = 0, M_Z = 1, M_D = 2, M_ZD = 3 };
 
 struct run {
   const char *name;
+  int no_below; /* no image below: NULL callback, unallocated reads as zero */
   char *dir, *path;
   struct ovl_layer *l;
   struct otu_below below;
@@ -129,10 +130,16 @@ pick_range(struct run *r, uint64_t *off, uint64_t *len)
   *len = n;
 }
 
+static ovl_below_fn
+below_fn(struct run *r)
+{
+  return r->no_below ? NULL : otu_below_pattern;
+}
+
 static void
 do_read(struct run *r, uint64_t off, uint64_t len)
 {
-  int e = ovl_pread(r->l, r->buf, len, off, otu_below_pattern, &r->below);
+  int e = ovl_pread(r->l, r->buf, len, off, below_fn(r), &r->below);
   CHECK(r, e == 0, "ovl_pread(%" PRIu64 ", %" PRIu64 "): %d %s", off, len, e, cc_error_get());
   long d = otu_first_diff(r->buf, r->disk + off, len);
   CHECK(r, d < 0, "read [%" PRIu64 ", +%" PRIu64 "): byte %" PRIu64 " is %02x, model %02x", off,
@@ -144,7 +151,7 @@ static void
 do_write(struct run *r, uint64_t off, uint64_t len, unsigned flags)
 {
   otu_pattern(r->seed ^ (uint64_t)r->op * 0x9E37u, r->buf, len, off);
-  int e = ovl_pwrite(r->l, r->buf, len, off, flags, otu_below_pattern, &r->below);
+  int e = ovl_pwrite(r->l, r->buf, len, off, flags, below_fn(r), &r->below);
   CHECK(r, e == 0, "ovl_pwrite(%" PRIu64 ", %" PRIu64 "): %d %s", off, len, e, cc_error_get());
   memcpy(r->disk + off, r->buf, len);
   for (uint64_t k = off / r->sc; k <= (off + len - 1) / r->sc; k++)
@@ -155,7 +162,7 @@ do_write(struct run *r, uint64_t off, uint64_t len, unsigned flags)
 static void
 do_zero(struct run *r, uint64_t off, uint64_t len, unsigned flags)
 {
-  int e = ovl_zero(r->l, len, off, flags, otu_below_pattern, &r->below);
+  int e = ovl_zero(r->l, len, off, flags, below_fn(r), &r->below);
   CHECK(r, e == 0, "ovl_zero(%" PRIu64 ", %" PRIu64 "): %d %s", off, len, e, cc_error_get());
   memset(r->disk + off, 0, len);
   for (uint64_t k = off / r->sc; k <= (off + len - 1) / r->sc; k++) {
@@ -299,11 +306,13 @@ reopen(struct run *r, unsigned flags)
 }
 
 static void
-run_model(const char *name, uint32_t cs, uint64_t vsize, int nops)
+run_model(const char *name, uint32_t cs, uint64_t vsize, int nops, int no_below)
 {
   struct run r;
   memset(&r, 0, sizeof r);
   r.name = name;
+  r.no_below = no_below;
+  otu_io_nosync(); /* durability is the crash suite's business */
   r.seed = otu_seed(name);
   r.rng = r.seed;
   r.cs = cs;
@@ -319,7 +328,10 @@ run_model(const char *name, uint32_t cs, uint64_t vsize, int nops)
   r.buf = malloc(4ull * cs + 4 * M);
   r.buf2 = malloc(vsize);
   cr_assert(r.disk && r.st && r.buf && r.buf2);
-  otu_pattern(r.below.seed, r.disk, vsize, 0);
+  if (no_below)
+    memset(r.disk, 0, vsize);
+  else
+    otu_pattern(r.below.seed, r.disk, vsize, 0);
   otu_create(r.path, vsize, cs);
   r.l = otu_open(r.path, OVL_RDWR);
 
@@ -387,29 +399,35 @@ run_model(const char *name, uint32_t cs, uint64_t vsize, int nops)
 
 Test(overlay_model, random_16k_clusters)
 {
-  run_model("overlay_model::random_16k_clusters", 16 * K, 8 * M, 4000);
+  run_model("overlay_model::random_16k_clusters", 16 * K, 8 * M, 4000, 0);
 }
 
 Test(overlay_model, random_128k_clusters)
 {
-  run_model("overlay_model::random_128k_clusters", 128 * K, 8 * M, 4000);
+  run_model("overlay_model::random_128k_clusters", 128 * K, 8 * M, 4000, 0);
 }
 
 Test(overlay_model, random_2m_clusters)
 {
-  run_model("overlay_model::random_2m_clusters", 2 * M, 16 * M, 1500);
+  run_model("overlay_model::random_2m_clusters", 2 * M, 16 * M, 1500, 0);
 }
 
 /* Two L2 tables with 16 KiB clusters (4 MiB each), and a size that is not a multiple of the
  * cluster size. */
 Test(overlay_model, random_odd_size)
 {
-  run_model("overlay_model::random_odd_size", 16 * K, 6 * M + 16 * K + 1536, 3000);
+  run_model("overlay_model::random_odd_size", 16 * K, 6 * M + 16 * K + 1536, 3000, 0);
 }
 
 /* The last sub-cluster is only partly inside the disk (4 KiB sub-clusters, 3 KiB of the last
  * one in range). */
 Test(overlay_model, random_partial_last_subcluster)
 {
-  run_model("overlay_model::random_partial_last_subcluster", 128 * K, 8 * M - 5 * K, 3000);
+  run_model("overlay_model::random_partial_last_subcluster", 128 * K, 8 * M - 5 * K, 3000, 0);
+}
+
+/* No image below: copy-up and unallocated reads are zeroes (NULL callback). */
+Test(overlay_model, random_no_below)
+{
+  run_model("overlay_model::random_no_below", 64 * K, 8 * M, 3000, 1);
 }

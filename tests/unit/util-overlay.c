@@ -18,6 +18,7 @@
 #include <criterion/logging.h>
 
 #include "common/error.h"
+#include "overlay/io.h"
 
 char *
 otu_tmpdir(void)
@@ -475,6 +476,23 @@ otu_below_pattern(void *opaque, void *buf, uint64_t length, uint64_t offset)
   }
   otu_pattern(b->seed, buf, length, offset);
   return 0;
+}
+
+static int
+nosync_fdatasync(int fd)
+{
+  (void)fd;
+  return 0;
+}
+
+static struct ovl_io_ops nosync_ops;
+
+void
+otu_io_nosync(void)
+{
+  nosync_ops = ovl_io_default;
+  nosync_ops.fdatasync = nosync_fdatasync;
+  ovl_io = &nosync_ops;
 }
 
 void

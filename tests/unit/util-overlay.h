@@ -126,6 +126,12 @@ struct otu_below {
 };
 int otu_below_pattern(void *opaque, void *buf, uint64_t length, uint64_t offset);
 
+/* ---- I/O ---- */
+
+/* Point overlay/'s ovl_io at a table whose fdatasync does nothing (the rest are the real
+ * calls): for suites that never look at durability, since syncs are slow on a shared disk. */
+void otu_io_nosync(void);
+
 /* ---- layers ---- */
 
 /* ovl_create with no parent, asserting success. */
