@@ -199,8 +199,8 @@ img_apply(struct image *im, const struct io_rec *r)
 static int
 io_range(const struct io_rec *r, uint64_t *lo, uint64_t *hi)
 {
-  if (r->kind == IO_PWRITE || (r->kind == IO_FALLOC && r->mode & (FALLOC_FL_PUNCH_HOLE |
-                                                                   FALLOC_FL_ZERO_RANGE))) {
+  if (r->kind == IO_PWRITE ||
+      (r->kind == IO_FALLOC && r->mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))) {
     *lo = r->off;
     *hi = r->off + r->len;
     return 1;
@@ -307,8 +307,8 @@ below_init(void *opaque, void *buf, uint64_t length, uint64_t offset)
   return 0;
 }
 
-static struct wop *
-wop_begin(struct crash *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static struct wop *wop_begin(struct crash *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static struct wop *
 wop_begin(struct crash *c, const char *fmt, ...)
@@ -397,8 +397,8 @@ workload_phase(struct crash *c, struct ovl_layer *l, int n)
     }
     if (dice < 60) {
       unsigned fl = otu_rand_below(&c->rng, 8) == 0 ? OVL_FUA : 0;
-      struct wop *w = wop_begin(c, "pwrite [%" PRIu64 ", +%" PRIu64 ")%s", off, len,
-                                fl ? " FUA" : "");
+      struct wop *w =
+          wop_begin(c, "pwrite [%" PRIu64 ", +%" PRIu64 ")%s", off, len, fl ? " FUA" : "");
       otu_pattern(c->seed + (uint64_t)c->nops, buf, len, off);
       int e = ovl_pwrite(l, buf, len, off, fl, below_init, c);
       cr_assert_eq(e, 0, "%s: %d %s", w->what, e, cc_error_get());
@@ -454,8 +454,8 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
   /* the map, decoded independently of overlay/, satisfies FORMAT.md 5.3 too */
   char err[256];
   e = otu_decode_map(c->cpath, c->dstates, NULL, c->vsize / (c->cs / 32), err, sizeof err);
-  cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): %s (seed %" PRIu64 ")", c->name, k, variant,
-               err, c->seed);
+  cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): %s (seed %" PRIu64 ")", c->name, k, variant, err,
+               c->seed);
 
   /* the parent link: the last one set before the cut, or one being set at it */
   struct ovl_info in;
@@ -474,8 +474,10 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
       snprintf(pp, sizeof pp, "p%d.raw", j);
     pok = strcmp(in.parent_path, pp) == 0;
   }
-  cr_assert(pok, "%s: crash at I/O %zu (%s): parent \"%s\", last set_parent before the cut: op %d "
-            "(seed %" PRIu64 ")", c->name, k, variant, in.parent_path, pi, c->seed);
+  cr_assert(pok,
+            "%s: crash at I/O %zu (%s): parent \"%s\", last set_parent before the cut: op %d "
+            "(seed %" PRIu64 ")",
+            c->name, k, variant, in.parent_path, pi, c->seed);
 
   for (int g = 0; g < 2; g++) {
     uint64_t g0 = c->reg[g][0], glen = c->reg[g][1] - g0;
@@ -494,8 +496,9 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
       for (int i = i0 + 1; !ok && i < x->n && c->ops[x->v[i].op].ls < k; i++)
         ok = memcmp(got, c->arena + x->v[i].at, SECT) == 0;
       if (!ok) {
-        fprintf(stderr, "%s: seed %" PRIu64 ": crash at I/O %zu of %zu (%s): sector at %" PRIu64
-                        " holds bytes of no allowed version; last durable flush: op %d\n",
+        fprintf(stderr,
+                "%s: seed %" PRIu64 ": crash at I/O %zu of %zu (%s): sector at %" PRIu64
+                " holds bytes of no allowed version; last durable flush: op %d\n",
                 c->name, c->seed, k, io_n, variant, s * SECT, fi);
         for (int i = 0; i < x->n; i++)
           fprintf(stderr, "  version of op %d (%s), I/O [%zu, %zu)%s\n", x->v[i].op,
@@ -522,7 +525,8 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
   cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): RDWR open: %d %s", c->name, k, variant, e,
                cc_error_get());
   uint64_t g = otu_rand_below(&c->rng, 2);
-  uint64_t off = c->reg[g][0] + otu_rand_below(&c->rng, (c->reg[g][1] - c->reg[g][0]) / 4096) * 4096;
+  uint64_t off =
+      c->reg[g][0] + otu_rand_below(&c->rng, (c->reg[g][1] - c->reg[g][0]) / 4096) * 4096;
   uint8_t nb[4096];
   otu_pattern(~c->seed, nb, sizeof nb, off);
   e = ovl_pwrite(l, nb, sizeof nb, off, 0, below_init, c);
@@ -531,8 +535,8 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
   cr_assert_eq(e, 0, "%s: recovery close: %d %s", c->name, e, cc_error_get());
   l = NULL;
   e = ovl_open(c->cpath, OVL_RDONLY, &l);
-  cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): reopen after recovery: %d %s", c->name, k,
-               variant, e, cc_error_get());
+  cr_assert_eq(e, 0, "%s: crash at I/O %zu (%s): reopen after recovery: %d %s", c->name, k, variant,
+               e, cc_error_get());
   uint64_t base = 0;
   for (int r = 0; r < 2; r++) {
     uint64_t g0 = c->reg[r][0], glen = c->reg[r][1] - g0;
@@ -541,8 +545,8 @@ check_state(struct crash *c, size_t k, const char *variant, int recover)
       memcpy(c->rd2 + base + (off - g0), nb, sizeof nb);
     long d = otu_first_diff(c->rd, c->rd2 + base, glen);
     cr_assert_eq(d, -1,
-                 "%s: crash at I/O %zu (%s): after a recovery write at %" PRIu64
-                 ", byte %" PRIu64 " changed (seed %" PRIu64 ")",
+                 "%s: crash at I/O %zu (%s): after a recovery write at %" PRIu64 ", byte %" PRIu64
+                 " changed (seed %" PRIu64 ")",
                  c->name, k, variant, off, g0 + (uint64_t)(d < 0 ? 0 : d), c->seed);
     base += glen;
   }
@@ -607,8 +611,10 @@ run_crash(const char *name, uint32_t cs, uint64_t vsize, uint64_t reg2, int nops
   for (size_t i = 0; i < io_n; i++)
     img_apply(&full, &io_log[i]);
   uint8_t *real = otu_slurp(c.path, &blen);
-  cr_assert_eq(full.size, (uint64_t)blen, "replayed size %" PRIu64 " != file size %zu: a change "
-               "bypassed ovl_io", full.size, blen);
+  cr_assert_eq(full.size, (uint64_t)blen,
+               "replayed size %" PRIu64 " != file size %zu: a change "
+               "bypassed ovl_io",
+               full.size, blen);
   long d = otu_first_diff(full.b, real, blen);
   cr_assert_eq(d, -1, "replayed log differs from the file at byte %ld: a change bypassed ovl_io",
                d);

@@ -32,11 +32,11 @@ TestSuite(overlay_faults, .timeout = 120);
 
 /* ---- the failing I/O table ---- */
 
-static long io_count;  /* I/O operations so far */
+static long io_count; /* I/O operations so far */
 static long io_fail_at = -1;
 static int io_fail_errno = EIO;
-static int io_short;   /* make every pwrite short */
-static int io_failed;  /* the injection fired */
+static int io_short;  /* make every pwrite short */
+static int io_failed; /* the injection fired */
 
 static int
 inject(void)
@@ -99,7 +99,7 @@ struct run {
   struct {
     uint32_t sect;
     uint8_t data[SECT];
-  } *vers;
+  } * vers;
   size_t nvers, capvers;
 };
 
@@ -271,8 +271,9 @@ fail_each(const char *name, int err)
   long n;
   for (long at = 0; at < total; at++)
     run_one(seed, at, err, 0, &n, &failed_closes);
-  fprintf(stderr, "%s: seed %" PRIu64 ": failed each of %ld I/O operations in turn (%d closes "
-                  "failed)\n",
+  fprintf(stderr,
+          "%s: seed %" PRIu64 ": failed each of %ld I/O operations in turn (%d closes "
+          "failed)\n",
           name, seed, total, failed_closes);
 }
 

@@ -80,8 +80,8 @@ check_slot_bytes(const char *path, int idx, uint64_t generation, uint64_t vsize,
     cr_assert_eq(memcmp(s + OTU_H_PARENT_UUID, parent->uuid, OVL_UUID_LEN), 0, "parent_uuid");
   else
     cr_assert_eq(memcmp(s + OTU_H_PARENT_UUID, zero_uuid, OVL_UUID_LEN), 0, "parent_uuid 0");
-  cr_assert_eq(otu_le64(s + OTU_H_PARENT_SIZE),
-               parent->kind == OVL_PARENT_NONE ? 0 : parent->size, "parent_size");
+  cr_assert_eq(otu_le64(s + OTU_H_PARENT_SIZE), parent->kind == OVL_PARENT_NONE ? 0 : parent->size,
+               "parent_size");
   for (size_t i = OTU_H_RESERVED; i < OTU_H_CHECKSUM; i++)
     cr_assert_eq(s[i], 0, "reserved byte %zu not zero", i);
   if (ppl)
@@ -302,20 +302,21 @@ Test(overlay_format, create_refuses_bad_options)
   create_refused(&o, "cluster size not a power of two");
   o = (struct ovl_create_opts){.virtual_size = 1ull << 62, .cluster_size = 16384};
   create_refused(&o, "l1_entries beyond the implementation limit");
-  o = (struct ovl_create_opts){
-      .virtual_size = 1u << 20, .parent = {.kind = OVL_PARENT_RAW, .path = "/abs.raw", .size = 512}};
+  o = (struct ovl_create_opts){.virtual_size = 1u << 20,
+                               .parent = {.kind = OVL_PARENT_RAW, .path = "/abs.raw", .size = 512}};
   create_refused(&o, "absolute parent path");
-  o = (struct ovl_create_opts){
-      .virtual_size = 1u << 20, .parent = {.kind = OVL_PARENT_RAW, .path = "", .size = 512}};
+  o = (struct ovl_create_opts){.virtual_size = 1u << 20,
+                               .parent = {.kind = OVL_PARENT_RAW, .path = "", .size = 512}};
   create_refused(&o, "empty parent path");
-  o = (struct ovl_create_opts){
-      .virtual_size = 1u << 20, .parent = {.kind = OVL_PARENT_RAW, .path = NULL, .size = 512}};
+  o = (struct ovl_create_opts){.virtual_size = 1u << 20,
+                               .parent = {.kind = OVL_PARENT_RAW, .path = NULL, .size = 512}};
   create_refused(&o, "NULL parent path");
-  o = (struct ovl_create_opts){
-      .virtual_size = 1u << 20, .parent = {.kind = OVL_PARENT_RAW, .path = toolong, .size = 512}};
+  o = (struct ovl_create_opts){.virtual_size = 1u << 20,
+                               .parent = {.kind = OVL_PARENT_RAW, .path = toolong, .size = 512}};
   create_refused(&o, "parent path of 1025 bytes");
   o = (struct ovl_create_opts){
-      .virtual_size = 1u << 20, .parent = {.kind = OVL_PARENT_RAW, .path = "p.raw", .size = 2u << 20}};
+      .virtual_size = 1u << 20,
+      .parent = {.kind = OVL_PARENT_RAW, .path = "p.raw", .size = 2u << 20}};
   create_refused(&o, "parent_size > virtual_size");
   o = (struct ovl_create_opts){.virtual_size = 1u << 20, .parent = {.kind = 7, .path = "p.raw"}};
   create_refused(&o, "parent kind 7");
@@ -339,8 +340,8 @@ Test(overlay_format, create_is_sparse)
     cr_assert_eq(stat(path, &st), 0);
     cr_assert_eq((uint64_t)st.st_size, want, "size %" PRIu64 ": file size", sizes[i]);
     cr_assert_leq((uint64_t)st.st_blocks * 512, 64u * 1024,
-                  "virtual size %" PRIu64 ": %" PRIu64 " bytes allocated for a new layer",
-                  sizes[i], (uint64_t)st.st_blocks * 512);
+                  "virtual size %" PRIu64 ": %" PRIu64 " bytes allocated for a new layer", sizes[i],
+                  (uint64_t)st.st_blocks * 512);
     /* and it opens: the all-hole L1 reads as zero entries */
     struct ovl_layer *l = otu_open(path, OVL_RDONLY);
     struct ovl_extent e;

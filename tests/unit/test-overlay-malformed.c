@@ -189,13 +189,12 @@ Test(overlay_malformed, not_a_layer_at_all)
   FILE *f = fopen(p, "w");
   fwrite(junk, 1, sizeof junk, f);
   fclose(f);
-  expect_refused(p, OVL_RDONLY, "random bytes", "magic", "no valid header", "not a cowchain",
-                 NULL);
+  expect_refused(p, OVL_RDONLY, "random bytes", "magic", "no valid header", "not a cowchain", NULL);
   /* and an empty file */
   f = fopen(p, "w");
   fclose(f);
-  expect_refused(p, OVL_RDONLY, "empty file", "magic", "no valid header", "not a cowchain",
-                 "short", "truncated", "too small", NULL);
+  expect_refused(p, OVL_RDONLY, "empty file", "magic", "no valid header", "not a cowchain", "short",
+                 "truncated", "too small", NULL);
   free(p);
   otu_rmtree(dir);
 }
@@ -231,15 +230,15 @@ Test(overlay_malformed, bad_checksum_both_slots)
     s[OTU_H_VIRTUAL_SIZE] ^= 0x02; /* a field change the checksum does not cover */
     otu_write_slot(p, i, s);
   }
-  expect_refused(p, OVL_RDONLY, "bad checksum in both slots", "checksum", "crc",
-                 "no valid header", NULL);
+  expect_refused(p, OVL_RDONLY, "bad checksum in both slots", "checksum", "crc", "no valid header",
+                 NULL);
   char *q = mk_fresh(dir, "fresh.cow", 8 * M);
   uint8_t s[OTU_SLOT_SIZE];
   otu_read_slot(q, 0, s);
   s[OTU_H_CHECKSUM] ^= 1;
   otu_write_slot(q, 0, s);
-  expect_refused(q, OVL_RDWR, "bad checksum in the only slot", "checksum", "crc",
-                 "no valid header", NULL);
+  expect_refused(q, OVL_RDWR, "bad checksum in the only slot", "checksum", "crc", "no valid header",
+                 NULL);
   free(q);
   free(p);
   otu_rmtree(dir);
@@ -350,11 +349,11 @@ Test(overlay_malformed, header_length)
   /* header_length + parent_path_length > 4096 */
   p = mk_parent(dir, "q.cow");
   otu_patch_header32(p, OTU_H_HEADER_LENGTH, 4096);
-  expect_refused(p, OVL_RDONLY, "header_length 4096 plus a path", "header_length",
-                 "header length", "checksum", NULL);
-  otu_patch_header32(p, OTU_H_HEADER_LENGTH, 0xFFFFFFF8u);
-  expect_refused(p, OVL_RDONLY, "header_length huge", "header_length", "header length",
+  expect_refused(p, OVL_RDONLY, "header_length 4096 plus a path", "header_length", "header length",
                  "checksum", NULL);
+  otu_patch_header32(p, OTU_H_HEADER_LENGTH, 0xFFFFFFF8u);
+  expect_refused(p, OVL_RDONLY, "header_length huge", "header_length", "header length", "checksum",
+                 NULL);
   free(p);
   otu_rmtree(dir);
 }
@@ -413,8 +412,8 @@ Test(overlay_malformed, virtual_size)
   expect_refused(p, OVL_RDONLY, "virtual size not a multiple of 512", "virtual_size",
                  "virtual size", NULL);
   otu_patch_header64(p, OTU_H_VIRTUAL_SIZE, (1ull << 62) + 512);
-  otu_patch_header32(p, OTU_H_L1_ENTRIES, (uint32_t)(((1ull << 62) + 512 + (32ull * M) - 1) /
-                                                     (32ull * M)));
+  otu_patch_header32(p, OTU_H_L1_ENTRIES,
+                     (uint32_t)(((1ull << 62) + 512 + (32ull * M) - 1) / (32ull * M)));
   expect_refused(p, OVL_RDONLY, "virtual size beyond 2^62", "virtual_size", "virtual size",
                  "l1_entries", "limit", NULL);
   /* within the format, beyond the implementation limit of 4 Mi L1 entries */
@@ -502,8 +501,7 @@ Test(overlay_malformed, parent_size_and_uuid)
   char *dir = otu_tmpdir();
   char *p = mk_parent(dir, "l.cow");
   otu_patch_header64(p, OTU_H_PARENT_SIZE, 8 * M + 512);
-  expect_refused(p, OVL_RDONLY, "parent_size > virtual_size", "parent_size", "parent size",
-                 NULL);
+  expect_refused(p, OVL_RDONLY, "parent_size > virtual_size", "parent_size", "parent size", NULL);
   free(p);
   p = mk_fresh(dir, "n.cow", 8 * M);
   otu_patch_header64(p, OTU_H_PARENT_SIZE, 4096);
@@ -554,11 +552,10 @@ Test(overlay_malformed, l1_entry_into_header)
   char *dir = otu_tmpdir();
   char *p = mk_data(dir, "l.cow", DATA_VSIZE);
   otu_l1_set(p, 0, 4096);
-  expect_refused(p, OVL_RDONLY, "L1 entry into the header", "L1", "data_start", "header",
-                 "overlap", NULL);
-  otu_l1_set(p, 0, 8192);
-  expect_refused(p, OVL_RDONLY, "L1 entry into the L1 table", "L1", "data_start", "overlap",
+  expect_refused(p, OVL_RDONLY, "L1 entry into the header", "L1", "data_start", "header", "overlap",
                  NULL);
+  otu_l1_set(p, 0, 8192);
+  expect_refused(p, OVL_RDONLY, "L1 entry into the L1 table", "L1", "data_start", "overlap", NULL);
   free(p);
   otu_rmtree(dir);
 }
@@ -702,12 +699,11 @@ Test(overlay_malformed, bits_beyond_virtual_size)
 
   e = (struct otu_l2e){.cluster_offset = 0, .alloc = 0, .zero = 1};
   otu_l2_set(p, t1, 64, e);
-  expect_refused(p, OVL_RDONLY, "zero bit in a cluster beyond", "beyond", "virtual size",
-                 "past", NULL);
+  expect_refused(p, OVL_RDONLY, "zero bit in a cluster beyond", "beyond", "virtual size", "past",
+                 NULL);
   e = (struct otu_l2e){.cluster_offset = fo, .alloc = 0, .zero = 0};
   otu_l2_set(p, t1, 64, e);
-  expect_refused(p, OVL_RDONLY, "bound cluster beyond", "beyond", "virtual size", "past",
-                 NULL);
+  expect_refused(p, OVL_RDONLY, "bound cluster beyond", "beyond", "virtual size", "past", NULL);
   otu_l2_set(p, t1, 64, (struct otu_l2e){0, 0, 0});
 
   /* an allocated bit beyond, with a real (in-file) physical cluster behind it */

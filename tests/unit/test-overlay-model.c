@@ -53,8 +53,7 @@ struct run {
   unsigned long nreads, nwrites, nzeroes, nflushes, nreopens, nmaps;
 };
 
-static void
-note(struct run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 note(struct run *r, const char *fmt, ...)
@@ -69,19 +68,19 @@ note(struct run *r, const char *fmt, ...)
 static void
 dump(struct run *r)
 {
-  fprintf(stderr, "%s: failure at op %d, seed %" PRIu64 " (COWCHAIN_SEED=%" PRIu64 ")\n",
-          r->name, r->op, r->seed, r->seed);
+  fprintf(stderr, "%s: failure at op %d, seed %" PRIu64 " (COWCHAIN_SEED=%" PRIu64 ")\n", r->name,
+          r->op, r->seed, r->seed);
   for (int i = r->op - HIST + 1; i <= r->op; i++)
     if (i >= 0)
       fprintf(stderr, "  op %d: %s\n", i, r->hist[i % HIST]);
 }
 
-#define CHECK(r, cond, ...)                                                                    \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      dump(r);                                                                                 \
-      cr_assert_fail(__VA_ARGS__);                                                             \
-    }                                                                                          \
+#define CHECK(r, cond, ...)                                                                        \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      dump(r);                                                                                     \
+      cr_assert_fail(__VA_ARGS__);                                                                 \
+    }                                                                                              \
   } while (0)
 
 static uint64_t
@@ -208,8 +207,7 @@ do_map(struct run *r, uint64_t off, uint64_t len)
 
   while (pos < end) {
     int n = ovl_map(r->l, pos, end - pos, e, 32);
-    CHECK(r, n > 0, "ovl_map(%" PRIu64 ", %" PRIu64 "): %d %s", pos, end - pos, n,
-          cc_error_get());
+    CHECK(r, n > 0, "ovl_map(%" PRIu64 ", %" PRIu64 "): %d %s", pos, end - pos, n, cc_error_get());
     for (int i = 0; i < n; i++) {
       CHECK(r, e[i].offset == pos && e[i].length > 0 && e[i].offset + e[i].length <= end,
             "ovl_map: extent [%" PRIu64 ", +%" PRIu64 ") does not continue at %" PRIu64,
@@ -217,8 +215,8 @@ do_map(struct run *r, uint64_t off, uint64_t len)
       for (uint64_t b = e[i].offset; b < e[i].offset + e[i].length;) {
         uint64_t k = b / r->sc;
         CHECK(r, state_ok(r->st[k], e[i].state),
-              "ovl_map: sub-cluster %" PRIu64 " (offset %" PRIu64 ") is %d, model %d", k,
-              k * r->sc, e[i].state, r->st[k]);
+              "ovl_map: sub-cluster %" PRIu64 " (offset %" PRIu64 ") is %d, model %d", k, k * r->sc,
+              e[i].state, r->st[k]);
         if (r->st[k] == M_ZD)
           r->st[k] = e[i].state == OVL_ZERO ? M_Z : M_D;
         b = (k + 1) * r->sc;
@@ -387,8 +385,7 @@ run_model(const char *name, uint32_t cs, uint64_t vsize, int nops, int no_below)
 
   cr_log_info("%s: seed %" PRIu64 ": %d ops (%lu writes, %lu zeroes, %lu reads, %lu flushes, "
               "%lu reopens, %lu map checks)",
-              name, r.seed, nops, r.nwrites, r.nzeroes, r.nreads, r.nflushes, r.nreopens,
-              r.nmaps);
+              name, r.seed, nops, r.nwrites, r.nzeroes, r.nreads, r.nflushes, r.nreopens, r.nmaps);
   free(r.disk);
   free(r.st);
   free(r.buf);

@@ -267,9 +267,9 @@ Test(overlay_states, write_straddles_clusters)
   enum ovl_state st[8];
   uint64_t base = 3 * 16 * K - 4 * 512;
   sc_states(f.l, base, 8 * 512, f.sc, st);
-  const enum ovl_state want_st[8] = {OVL_UNALLOCATED, OVL_UNALLOCATED, OVL_DATA, OVL_DATA,
-                                     OVL_DATA,        OVL_DATA,        OVL_UNALLOCATED,
-                                     OVL_UNALLOCATED};
+  const enum ovl_state want_st[8] = {OVL_UNALLOCATED, OVL_UNALLOCATED, OVL_DATA,
+                                     OVL_DATA,        OVL_DATA,        OVL_DATA,
+                                     OVL_UNALLOCATED, OVL_UNALLOCATED};
   for (int i = 0; i < 8; i++)
     cr_assert_eq(st[i], want_st[i], "sub-cluster %d around the cluster boundary", i);
   uint8_t *want = pat(f.below.seed, 8 * 512, base);
@@ -645,8 +645,7 @@ Test(overlay_states, last_partial_cluster)
   cr_assert_neq(l2, 0u);
   struct otu_l2e le = otu_l2_get(f.path, l2, 3);
   cr_assert_eq((le.alloc | le.zero) & ~UINT32_C(3), 0u,
-               "bits beyond the virtual size set on disk: alloc %08x zero %08x", le.alloc,
-               le.zero);
+               "bits beyond the virtual size set on disk: alloc %08x zero %08x", le.alloc, le.zero);
   /* zero the whole in-range tail, reopen again */
   fx_reopen(&f, OVL_RDWR);
   fx_zero(&f, 5 * K - 100, 3 * 128 * K + 100, OVL_MAY_TRIM);

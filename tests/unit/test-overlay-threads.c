@@ -49,8 +49,7 @@ struct targ {
   int idx;
 };
 
-static void
-fail(struct shared *sh, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct shared *sh, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 fail(struct shared *sh, const char *fmt, ...)
@@ -166,8 +165,7 @@ mapper(void *arg)
       }
       for (int i = 0; i < n; i++) {
         if (e[i].offset != pos || e[i].length == 0) {
-          fail(sh, "mapper: extent at %" PRIu64 " does not continue at %" PRIu64, e[i].offset,
-               pos);
+          fail(sh, "mapper: extent at %" PRIu64 " does not continue at %" PRIu64, e[i].offset, pos);
           return NULL;
         }
         pos += e[i].length;

@@ -154,8 +154,8 @@ otu_slurp(const char *path, size_t *len)
 static size_t
 slot_crc_len(const uint8_t slot[OTU_SLOT_SIZE])
 {
-  uint64_t n = (uint64_t)otu_le32(slot + OTU_H_HEADER_LENGTH) +
-               otu_le32(slot + OTU_H_PARENT_PATH_LENGTH);
+  uint64_t n =
+      (uint64_t)otu_le32(slot + OTU_H_HEADER_LENGTH) + otu_le32(slot + OTU_H_PARENT_PATH_LENGTH);
   return n > OTU_SLOT_SIZE ? OTU_SLOT_SIZE : (size_t)n;
 }
 
@@ -380,8 +380,7 @@ otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, 
         }
         if (a >> k & 1) {
           if (off + (k + 1) * sc > fsize) {
-            snprintf(err, errlen, "cluster %" PRIu64 " sc %u lies past EOF %" PRIu64, c, k,
-                     fsize);
+            snprintf(err, errlen, "cluster %" PRIu64 " sc %u lies past EOF %" PRIu64, c, k, fsize);
             goto out;
           }
           states[s0 / sc] = OVL_DATA;
@@ -437,8 +436,8 @@ otu_seed(const char *test_name)
     seed = (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 32;
   }
   /* stderr directly as well as the criterion log: the seed must survive a crash of the test */
-  fprintf(stderr, "%s: seed %" PRIu64 " (rerun with COWCHAIN_SEED=%" PRIu64 ")\n", test_name,
-          seed, seed);
+  fprintf(stderr, "%s: seed %" PRIu64 " (rerun with COWCHAIN_SEED=%" PRIu64 ")\n", test_name, seed,
+          seed);
   return seed;
 }
 
