@@ -697,3 +697,32 @@ Test(overlay_crash, every_prefix_128k_clusters)
 {
   run_crash("overlay_crash::every_prefix_128k_clusters", 128 * K, 40 * M, 32 * M, 100);
 }
+
+/* FORMAT.md 7.4: the creator makes the file durable: its last I/O is a sync that follows
+ * every write of the header and the size change. */
+Test(overlay_crash, create_is_durable)
+{
+  char *dir = otu_tmpdir();
+  char *path = otu_join(dir, "l.cow");
+  struct ovl_create_opts o = {.virtual_size = 1ull << 40};
+
+  io_n = 0;
+  ovl_io = &rec_ops;
+  int e = ovl_create(path, &o, NULL);
+  ovl_io = &ovl_io_default;
+  cr_assert_eq(e, 0, "%s", cc_error_get());
+  cr_assert_gt(io_n, 0u, "ovl_create did no I/O through ovl_io");
+  cr_assert_eq(io_log[io_n - 1].kind, IO_SYNC, "ovl_create's last I/O is not a sync");
+  int wrote_slot0 = 0;
+  for (size_t i = 0; i < io_n; i++)
+    if (io_log[i].kind == IO_PWRITE && io_log[i].off == 0)
+      wrote_slot0 = 1;
+  cr_assert(wrote_slot0, "ovl_create wrote header slot 0 around ovl_io");
+  for (size_t i = 0; i < io_n; i++)
+    free(io_log[i].data);
+  free(io_log);
+  io_log = NULL;
+  io_n = io_cap = 0;
+  free(path);
+  otu_rmtree(dir);
+}

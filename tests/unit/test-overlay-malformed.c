@@ -863,3 +863,18 @@ Test(overlay_malformed, accepted_variants)
   free(p);
   otu_rmtree(dir);
 }
+
+/* Not a layer file at all: a directory, a FIFO-free special file.  An error, never a hang or a
+ * crash. */
+Test(overlay_malformed, not_a_regular_file)
+{
+  char *dir = otu_tmpdir();
+  struct ovl_layer *l = NULL;
+  cc_error_clear();
+  int r = ovl_open(dir, OVL_RDONLY, &l);
+  cr_assert_lt(r, 0, "a directory opened as a layer");
+  cr_expect(strstr(cc_error_get(), dir) != NULL, "message: %s", cc_error_get());
+  r = ovl_open("/dev/null", OVL_RDONLY, &l);
+  cr_assert_lt(r, 0, "/dev/null opened as a layer");
+  otu_rmtree(dir);
+}
