@@ -10,13 +10,16 @@
  *
  * So the plugin keeps a table of open exports:
  *
- *   table ──> { name, path, refs, chain } ──> { ... } ──> NULL
+ *   table ──> { name, path, state, refs, chain } ──> { ... } ──> NULL
  *
  *  - exports_acquire (from .open) looks the export up by (name, top path).  Hit: refs++.
- *    Miss: open the chain and insert it with refs = 1.
- *  - exports_release (from .close) does refs--; at zero it unlinks the entry and closes the
- *    chain (cc_chain_close flushes and drops the layer locks), so the CLI can snapshot or
- *    delete a clone as soon as the last client has disconnected.
+ *    Miss: insert an OPENING placeholder, open the chain, mark it OPEN.
+ *  - exports_release (from .close) does refs--; at zero it marks the entry CLOSING, closes the
+ *    chain (cc_chain_close flushes and drops the layer locks) and removes the entry, so the CLI
+ *    can snapshot or delete a clone as soon as the last client has disconnected.
+ *
+ *   (miss) ──> OPENING ──open ok──> OPEN ──last close──> CLOSING ──closed──> (gone)
+ *                 └──open failed──> (gone)
  *
  * Why the key includes the top path: the CLI changes what a name means while we run (snapshot
  * create gives a clone a new top layer, revert another one; a clone can be deleted and created
@@ -24,12 +27,14 @@
  * they have, and a new connection to a changed name gets a new entry for the new top.  The old
  * entry lives on, unreachable by lookup, until its last connection closes.
  *
- * Locking: table_lock guards the list, every refs field, and the resolve+open sequence.  It is
- * held across cc_pool_open_export and cc_chain_close on purpose: otherwise two connections
- * racing to open the same clone would both miss, and the second cc_pool_open_export would be
- * refused by the first one's exclusive layer lock; and a reconnect racing a close could try to
- * lock the layer before the close released it.  Opening is rare next to I/O, and I/O never
- * takes this lock: the data callbacks use e->chain directly (chain/ is thread-safe).
+ * Locking: table_lock guards the list and every entry's state and refs; table_cond is
+ * broadcast whenever an entry leaves OPENING or CLOSING.  Chains are opened and closed WITHOUT
+ * the lock, so a slow open (a deep chain's index) or a slow final flush never holds up the
+ * connections of other exports.  A connection that finds its export OPENING or CLOSING waits
+ * on table_cond and looks again: it must neither open a second chain (the clone's top is
+ * locked exclusively, so it would be refused by our own first open) nor reopen before the
+ * close has released the layer lock.  I/O never takes table_lock: the data callbacks use
+ * e->chain directly (chain/ is thread-safe), and e->chain is constant while refs > 0.
  *
  * Race tolerated: between cc_pool_resolve_export and cc_pool_open_export the CLI may switch the
  * clone's top.  We resolve again after opening and retry if the answer changed, so an entry's
@@ -56,9 +61,10 @@
 NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct cc_export *table; /* under table_lock */
-static struct cc_pool *pool;    /* set before any connection, then only read */
-static unsigned pool_io_flags;  /* CC_IO_SYNC or 0 */
+static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER; /* an entry left OPENING/CLOSING */
+static struct cc_export *table;                              /* under table_lock */
+static struct cc_pool *pool;   /* set before any connection, then only read */
+static unsigned pool_io_flags; /* CC_IO_SYNC or 0 */
 
 /* How many times .open re-resolves when the CLI keeps moving a clone's top under us. */
 #define RESOLVE_TRIES 3
@@ -102,18 +108,17 @@ unlink_locked(struct cc_export *e)
     }
 }
 
-/* Close the chain and free the entry; logs (cannot report) a failed final flush. */
+/* Close the chain; logs (cannot report) a failed final flush. */
 static void
-destroy(struct cc_export *e)
+close_chain(struct cc_export *e)
 {
   int r;
 
   cc_error_clear();
   r = cc_chain_close(e->chain);
+  e->chain = NULL;
   if (r < 0)
     nbdkit_error("close: %s: %s", e->name, last_error(r));
-  free(e->path);
-  free(e);
 }
 
 /* Log why `name` cannot be opened, naming it once: pool messages usually name it already. */
@@ -129,94 +134,131 @@ open_error(const char *name, int r)
   return NULL;
 }
 
-/* Open the chain behind `name` (table_lock held).  Returns the entry or NULL after
- * nbdkit_error. */
-static struct cc_export *
-open_locked(const char *name, int readonly)
+/* Open the chain for `name`, whose top the caller resolved to `path` (table_lock NOT held).
+ * Returns 0, -EAGAIN if the name changed meaning meanwhile (the caller looks again), or -1
+ * after nbdkit_error. */
+static int
+open_chain(const char *name, const char *path, enum cc_export_kind kind, int readonly,
+           struct cc_chain **chain)
 {
-  char path[PATH_MAX], again[PATH_MAX];
-  enum cc_export_kind kind, kind2;
-  struct cc_chain *chain;
+  char again[PATH_MAX];
+  enum cc_export_kind kind2;
+  int r;
+
+  cc_error_clear();
+  r = cc_pool_open_export(pool, name, readonly, pool_io_flags, chain);
+  if (r < 0) {
+    open_error(name, r); /* EBUSY: the message names the lock's holder */
+    return -1;
+  }
+  cc_error_clear();
+  r = cc_pool_resolve_export(pool, name, again, sizeof again, &kind2);
+  if (r == 0 && strcmp(path, again) == 0 && kind == kind2)
+    return 0;
+  /* The name changed meaning while we opened it: drop what we got and look again. */
+  cc_chain_close(*chain);
+  *chain = NULL;
+  return -EAGAIN;
+}
+
+struct cc_export *
+exports_acquire(const char *name, int readonly)
+{
+  char path[PATH_MAX];
+  enum cc_export_kind kind;
+  struct cc_chain *chain = NULL;
   struct cc_export *e;
-  int r, tries;
+  int r, tries = 0;
 
-  for (tries = 0; tries < RESOLVE_TRIES; tries++) {
-    cc_error_clear();
-    r = cc_pool_resolve_export(pool, name, path, sizeof path, &kind);
-    if (r < 0)
-      return open_error(name, r);
-
-    e = lookup_locked(name, path);
-    if (e) {
-      e->refs++;
-      if (cowchain_debug_exports)
-        nbdkit_debug("exports: %s: shared (%u connections)", name, e->refs);
-      return e;
-    }
-
-    cc_error_clear();
-    r = cc_pool_open_export(pool, name, readonly, pool_io_flags, &chain);
-    if (r < 0)
-      return open_error(name, r); /* EBUSY: the message names the lock's holder */
-
-    cc_error_clear();
-    r = cc_pool_resolve_export(pool, name, again, sizeof again, &kind2);
-    if (r == 0 && strcmp(path, again) == 0 && kind == kind2)
-      break;
-    /* The name changed meaning while we opened it: drop what we got and look again. */
-    cc_chain_close(chain);
-    chain = NULL;
+  pthread_mutex_lock(&table_lock);
+again:
+  cc_error_clear();
+  r = cc_pool_resolve_export(pool, name, path, sizeof path, &kind);
+  if (r < 0) {
+    pthread_mutex_unlock(&table_lock);
+    return open_error(name, r);
   }
-  if (tries == RESOLVE_TRIES) {
-    nbdkit_error("open: %s: export keeps changing while being opened; try again", name);
-    return NULL;
+  e = lookup_locked(name, path);
+  if (e && e->state != EXPORT_OPEN) {
+    /* Another connection is opening or closing this very chain: wait for the outcome rather
+     * than collide with its layer lock, then look again (the name may have moved on). */
+    pthread_cond_wait(&table_cond, &table_lock);
+    goto again;
+  }
+  if (e) {
+    e->refs++;
+    if (cowchain_debug_exports)
+      nbdkit_debug("exports: %s: shared (%u connections)", name, e->refs);
+    pthread_mutex_unlock(&table_lock);
+    return e;
   }
 
+  /* Miss: publish a placeholder so that connections to the same export wait for us, and open
+   * the chain without the lock so that other exports are not held up. */
   e = calloc(1, sizeof *e);
   if (e == NULL || (e->path = strdup(path)) == NULL) {
+    pthread_mutex_unlock(&table_lock);
     nbdkit_error("open: %s: %m", name);
     free(e);
-    cc_chain_close(chain);
     return NULL;
   }
+  e->state = EXPORT_OPENING;
   e->refs = 1;
   e->kind = kind;
-  e->chain = chain;
   snprintf(e->name, sizeof e->name, "%s", name);
   e->next = table;
   table = e;
+  pthread_mutex_unlock(&table_lock);
+
+  r = open_chain(name, path, kind, readonly, &chain);
+
+  pthread_mutex_lock(&table_lock);
+  pthread_cond_broadcast(&table_cond);
+  if (r < 0) {
+    unlink_locked(e);
+    free(e->path);
+    free(e);
+    if (r == -EAGAIN && ++tries < RESOLVE_TRIES)
+      goto again;
+    pthread_mutex_unlock(&table_lock);
+    if (r == -EAGAIN)
+      nbdkit_error("open: %s: export keeps changing while being opened; try again", name);
+    return NULL;
+  }
+  e->chain = chain;
+  e->state = EXPORT_OPEN;
+  pthread_mutex_unlock(&table_lock);
   if (cowchain_debug_exports)
     nbdkit_debug("exports: %s: opened %s (%s, %zu layers)", name, path,
                  cc_chain_writable(chain) ? "read-write" : "read-only", cc_chain_depth(chain));
   return e;
 }
 
-struct cc_export *
-exports_acquire(const char *name, int readonly)
-{
-  struct cc_export *e;
-
-  pthread_mutex_lock(&table_lock);
-  e = open_locked(name, readonly);
-  pthread_mutex_unlock(&table_lock);
-  return e;
-}
-
 void
 exports_release(struct cc_export *e)
 {
-  int last;
-
   pthread_mutex_lock(&table_lock);
-  last = --e->refs == 0;
+  e->refs--;
   if (cowchain_debug_exports)
     nbdkit_debug("exports: %s: released (%u connections left)", e->name, e->refs);
-  if (last) {
-    unlink_locked(e);
-    /* Closed under the lock so a reconnect cannot try to lock the top before we let go. */
-    destroy(e);
+  if (e->refs > 0) {
+    pthread_mutex_unlock(&table_lock);
+    return;
   }
+  /* Last one: close without the lock (the final flush may take a while), but stay in the table
+   * as CLOSING so that a reconnect waits for the layer lock to be released instead of being
+   * refused by it. */
+  e->state = EXPORT_CLOSING;
   pthread_mutex_unlock(&table_lock);
+
+  close_chain(e);
+
+  pthread_mutex_lock(&table_lock);
+  unlink_locked(e);
+  pthread_cond_broadcast(&table_cond);
+  pthread_mutex_unlock(&table_lock);
+  free(e->path);
+  free(e);
 }
 
 int
@@ -243,7 +285,9 @@ exports_shutdown(void)
     /* Only reached if nbdkit unloads with connections open (it should not). */
     nbdkit_debug("exports: %s: still open at unload (%u connections)", e->name, e->refs);
     table = e->next;
-    destroy(e);
+    close_chain(e);
+    free(e->path);
+    free(e);
   }
   pthread_mutex_unlock(&table_lock);
 }

@@ -6,13 +6,20 @@
 
 /* One open export, shared by every connection to it.  Only exports.c touches the fields
  * other than `name` and `chain`; both are constant while a reference is held. */
+enum cc_export_state {
+  EXPORT_OPENING, /* a connection is opening the chain; others wait */
+  EXPORT_OPEN,    /* chain usable, shared by `refs` connections */
+  EXPORT_CLOSING, /* the last connection is closing the chain; reopeners wait */
+};
+
 struct cc_export {
   struct cc_export *next;         /* in the table's list, under table_lock */
+  enum cc_export_state state;     /* under table_lock */
   unsigned refs;                  /* connections holding it, under table_lock */
   enum cc_export_kind kind;       /* constant */
   char name[2 * CC_NAME_MAX + 2]; /* NAME or NAME@SNAP, constant */
   char *path;                     /* top file the chain was opened on, constant */
-  struct cc_chain *chain;         /* constant; the chain does its own locking */
+  struct cc_chain *chain;         /* constant while OPEN; the chain does its own locking */
 };
 
 /* Set once before any connection (get_ready); exports_acquire opens chains from it. */

@@ -37,4 +37,24 @@ expect_fail cc snapshot create vm1 while-open
 kill "$holder"
 wait "$holder" 2>/dev/null || true
 retry cc snapshot create vm1 after-close || fail "the chain stayed open after the last connection closed"
+# Churn: many connections opening and closing at once, to one clone and to several others,
+# so that opens race opens and closes (a loser would be refused by our own layer lock).
+for i in 1 2 3; do
+  cc clone create "churn$i" --from base
+done
+pids=()
+for round in 1 2 3 4 5; do
+  for e in vm1 vm1 vm1 churn1 churn2 churn3 vm1@after-copy base; do
+    "$CLIENT" open "$SOCK" "$e" >/dev/null 2>"$WORK/churn-$round-$e-${#pids[@]}.err" &
+    pids+=($!)
+  done
+done
+bad=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || bad=$((bad + 1))
+done
+if [ $bad -ne 0 ]; then
+  cat "$WORK"/churn-*.err >&2
+  fail "$bad of ${#pids[@]} concurrent opens failed"
+fi
 check_template_unchanged
