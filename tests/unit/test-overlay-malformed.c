@@ -878,3 +878,51 @@ Test(overlay_malformed, not_a_regular_file)
   cr_assert_lt(r, 0, "/dev/null opened as a layer");
   otu_rmtree(dir);
 }
+
+/* FORMAT.md 4.3: the current slot is chosen by magic, checksum and generation alone; if it then
+ * breaks a limit the file is refused, not read through the older slot (which would silently
+ * undo the newer header's change). */
+Test(overlay_malformed, broken_current_slot_no_fallback)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_data(dir, "l.cow", DATA_VSIZE);
+  uint8_t s[OTU_SLOT_SIZE];
+  otu_read_slot(p, 1 - otu_current_slot(p), s);
+  cr_assert(otu_slot_valid(s), "no valid older slot");
+  otu_patch_header32(p, OTU_H_CLUSTER_BITS, 22);
+  expect_refused(p, OVL_RDONLY, "current slot with cluster_bits 22, valid older slot",
+                 "cluster_bits", "cluster size", NULL);
+  free(p);
+  otu_rmtree(dir);
+}
+
+/* Offsets near 2^64: "offset + length <= file size" must not wrap around. */
+Test(overlay_malformed, offsets_that_wrap)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_data(dir, "l.cow", DATA_VSIZE);
+  uint64_t t0 = l2a(p);
+  otu_l1_set(p, 1, UINT64_MAX - 4095);
+  expect_refused(p, OVL_RDONLY, "L1 entry 2^64 - 4096", "L1", "past", "end of", "beyond", NULL);
+  free(p);
+
+  p = mk_data(dir, "m.cow", DATA_VSIZE);
+  t0 = l2a(p);
+  struct otu_l2e e = otu_l2_get(p, t0, 2);
+  e.cluster_offset = UINT64_MAX - 4095;
+  otu_l2_set(p, t0, 2, e);
+  expect_refused(p, OVL_RDONLY, "cluster at 2^64 - 4096", "past", "end of", "beyond", "offset",
+                 "overlap", NULL);
+  e.cluster_offset = UINT64_MAX - 128 * K + 1; /* aligned, ends exactly at 2^64 */
+  otu_l2_set(p, t0, 2, e);
+  expect_refused(p, OVL_RDONLY, "cluster ending at 2^64", "past", "end of", "beyond", "offset",
+                 "overlap", NULL);
+  /* allocated sub-cluster 5 then wraps to file offset 0: accepted, it would read and write
+   * header slot 0 as data */
+  e.cluster_offset = 0 - 5ull * 4096;
+  otu_l2_set(p, t0, 2, e);
+  expect_refused(p, OVL_RDONLY, "sub-cluster wrapping to offset 0", "past", "end of", "beyond",
+                 "offset", "overlap", NULL);
+  free(p);
+  otu_rmtree(dir);
+}

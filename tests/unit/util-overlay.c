@@ -331,7 +331,7 @@ otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, 
   for (uint32_t i = 0; i < l1n; i++) {
     if (l1[i] == 0)
       continue;
-    if (l1[i] % 4096 || l1[i] < data_start || l1[i] + 4096 > fsize) {
+    if (l1[i] % 4096 || l1[i] < data_start || l1[i] > fsize || fsize - l1[i] < 4096) {
       snprintf(err, errlen, "L1 %u: bad L2 offset %" PRIu64, i, l1[i]);
       goto out;
     }
@@ -362,7 +362,7 @@ otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, 
         goto out;
       }
       if (off) {
-        if (off % 4096 || off < data_start) {
+        if (off % 4096 || off < data_start || off > UINT64_MAX - cs) {
           snprintf(err, errlen, "cluster %" PRIu64 ": bad offset %" PRIu64, c, off);
           goto out;
         }
@@ -379,7 +379,7 @@ otu_decode_map(const char *path, uint8_t *states, uint64_t *phys, uint64_t nsc, 
           continue;
         }
         if (a >> k & 1) {
-          if (off + (k + 1) * sc > fsize) {
+          if (off > fsize || (k + 1) * sc > fsize - off) {
             snprintf(err, errlen, "cluster %" PRIu64 " sc %u lies past EOF %" PRIu64, c, k, fsize);
             goto out;
           }
