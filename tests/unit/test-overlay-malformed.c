@@ -923,6 +923,11 @@ Test(overlay_malformed, offsets_that_wrap)
   otu_l2_set(p, t0, 2, e);
   expect_refused(p, OVL_RDONLY, "sub-cluster wrapping to offset 0", "past", "end of", "beyond",
                  "offset", "overlap", NULL);
+  /* bound but nothing allocated yet: the first write to sub-cluster 5 would land on slot 0 */
+  e.alloc = 0;
+  otu_l2_set(p, t0, 2, e);
+  expect_refused(p, OVL_RDONLY, "bound cluster wrapping past 2^64", "offset", "overlap",
+                 "beyond", "past", NULL);
   free(p);
   otu_rmtree(dir);
 }
