@@ -117,7 +117,9 @@ reader(void *arg)
   uint64_t rng = sh->seed * 7 + (uint64_t)t->idx;
   uint8_t got[4 * SC], want[4 * SC];
 
-  while (atomic_load(&sh->writers_left) > 0 && !atomic_load(&sh->failed)) {
+  /* until the writers are done, and at least a minimum of reads even on a starved machine */
+  for (long it = 0; (atomic_load(&sh->writers_left) > 0 || it < 3000) && !atomic_load(&sh->failed);
+       it++) {
     /* four consecutive sub-clusters: four owners, one cluster or two */
     uint64_t k0 = otu_rand_below(&rng, NSC - 4);
     unsigned s1[4], s2[4];
