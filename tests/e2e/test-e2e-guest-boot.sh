@@ -6,10 +6,12 @@
 #   2. import the image as template "base", make three linked clones, serve the pool with the
 #      plugin on a unix socket and boot three TCG guests at once, one per clone
 #   3. check the consoles, then the disks themselves (exported through the server with nbdcopy
-#      and read with debugfs, nothing mounted): each clone holds its own identity and no
-#      other's, and the template export is byte-identical to the imported image
+#      and read with debugfs, nothing mounted): each clone holds its own identity and data and
+#      no other's, and the template export is byte-identical to the imported image; a clone
+#      held by a running guest is refused a snapshot, and is snapshotted once the guest is gone
 #   4. snapshot clone1, boot and change a file, revert, boot and see the old content; delete
 #      the snapshot (a merge) and boot again, checking the content survived
+#   5. a linked clone of a snapshot boots with its parent's data and keeps its own apart
 #
 # Environment: COWCHAIN, PLUGIN (set by CTest; default: ./build), GUEST_TIMEOUT (seconds per
 # guest, default 120), GUEST_ACCEL (default tcg), KEEP=1 keeps the work directory.
@@ -317,6 +319,7 @@ for c in "${CLONES[@]}"; do
   note_write "$c" "first-$c"
 done
 
+# --- 3. the disks; a clone held by a guest ----------------------------------------------------
 for c in "${CLONES[@]}"; do
   fetch "$c" "$WORK/$c.raw"
   check_disk "$WORK/$c.raw" "$c" "first-$c"
@@ -355,7 +358,7 @@ cc export base "$WORK/base.cli.raw" || fail "cowchain export base failed"
   fail "cowchain export base differs from the imported image"
 rm -f "$WORK"/*.cli.raw "$WORK"/clone[23].raw
 
-# --- 3. snapshot, change, revert, delete (merge) ---------------------------------------------
+# --- 4. snapshot, change, revert, delete (merge) ---------------------------------------------
 say "snapshot clone1@pre, boot and change /state"
 cc snapshot create clone1 pre || fail "snapshot create clone1 pre failed"
 start_server
@@ -404,7 +407,7 @@ done
 check_template
 say "snapshot, revert and merge kept every clone's own data; the template is unchanged"
 
-# --- 4. a linked clone of a snapshot ----------------------------------------------------------
+# --- 5. a linked clone of a snapshot ----------------------------------------------------------
 say "clone clone2@s2 as clone2b and boot it"
 cc snapshot create clone2 s2 || fail "snapshot create clone2 s2 failed"
 cc clone create clone2b --from clone2@s2 || fail "clone create clone2b --from clone2@s2 failed"
