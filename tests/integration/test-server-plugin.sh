@@ -30,7 +30,7 @@ fi
 # never touches the system), and the installed copy loads.
 if [ -f "$BUILDDIR/cmake_install.cmake" ] && command -v cmake >/dev/null &&
   plugindir=$(pkg-config --variable=plugindir nbdkit 2>/dev/null) && [ -n "$plugindir" ]; then
-  DESTDIR=$WORK/inst cmake --install "$BUILDDIR" >"$WORK/install.log" 2>&1 || {
+  DESTDIR=$WORK/inst cmake --install "$BUILDDIR" --component plugin >"$WORK/install.log" 2>&1 || {
     cat "$WORK/install.log" >&2
     fail "cmake --install failed"
   }
