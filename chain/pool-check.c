@@ -42,8 +42,8 @@ struct checker {
   struct cc_check_summary *sum;
 };
 
-static void
-say(struct checker *k, int severity, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(struct checker *k, int severity, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void
 say(struct checker *k, int severity, const char *fmt, ...)
@@ -153,8 +153,7 @@ check_chain(struct checker *k, const char *uuid, const char *what)
       if (stat(path, &st) == -1)
         say(k, 2, "%s: layer %s: image %s: %s", what, n->uuid, path, strerror(errno));
       else if ((uint64_t)st.st_size != n->parent_size)
-        say(k, 2, "%s: layer %s: image images/%s.raw changed size", what, n->uuid,
-            n->parent_image);
+        say(k, 2, "%s: layer %s: image images/%s.raw changed size", what, n->uuid, n->parent_image);
       return;
     default:
       return;
@@ -173,8 +172,8 @@ check_template(struct checker *k, const struct cc_template *t)
     struct pool_node *n = pool_graph_find(&k->g, t->layer);
     check_chain(k, t->layer, what);
     if (n && !n->bad && n->virtual_size != t->size)
-      say(k, 2, "%s: layer size %llu, record says %llu", what,
-          (unsigned long long)n->virtual_size, (unsigned long long)t->size);
+      say(k, 2, "%s: layer size %llu, record says %llu", what, (unsigned long long)n->virtual_size,
+          (unsigned long long)t->size);
     return;
   }
   if (pool_image_path(k->p, t->name, path, sizeof path) < 0)
@@ -249,10 +248,10 @@ check_leftovers(struct checker *k)
 }
 
 int
-cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report,
-              void *opaque, struct cc_check_summary *sum)
+cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report, void *opaque,
+              struct cc_check_summary *sum)
 {
-  struct checker k = { .p = p, .repair = repair, .report = report, .opaque = opaque, .sum = sum };
+  struct checker k = {.p = p, .repair = repair, .report = report, .opaque = opaque, .sum = sum};
   struct pool_target t;
   size_t i;
   int r;

@@ -30,7 +30,7 @@ static int
 full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uuid[CC_UUID_STR],
           uint64_t *size, cc_progress_fn progress, void *opaque)
 {
-  struct ovl_create_opts opts = { .cluster_size = 0 };
+  struct ovl_create_opts opts = {.cluster_size = 0};
   struct ovl_layer *dst = NULL;
   struct cc_chain *src = NULL;
   uint8_t raw_uuid[OVL_UUID_LEN];
@@ -73,8 +73,10 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
   if ((r = pool_resolve(p, "clone create", from, &t)) < 0)
     return r;
   if (t.kind == CC_EXPORT_CLONE)
-    return cc_error_set(EINVAL, "clone create: %s: is a clone; clone from a snapshot of it "
-                        "(%s@SNAP) or from a template", from, from);
+    return cc_error_set(EINVAL,
+                        "clone create: %s: is a clone; clone from a snapshot of it "
+                        "(%s@SNAP) or from a template",
+                        from, from);
   memset(&c, 0, sizeof c);
   snprintf(c.name, sizeof c.name, "%s", name);
   c.size = t.size;
@@ -180,8 +182,7 @@ unlock:
 }
 
 int
-cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
-                   const char *description)
+cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
   char ppath[64], newtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
   struct ovl_layer *top = NULL;
@@ -191,8 +192,10 @@ cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
   int r;
 
   if (!cc_name_valid(snap))
-    return cc_error_set(EINVAL, "snapshot create: '%.80s': not a valid snapshot name (letters, "
-                        "digits, '.', '_', '-'; at most 64)", snap);
+    return cc_error_set(EINVAL,
+                        "snapshot create: '%.80s': not a valid snapshot name (letters, "
+                        "digits, '.', '_', '-'; at most 64)",
+                        snap);
   if (description && strlen(description) > CC_DESC_MAX)
     return cc_error_set(EINVAL, "snapshot create: %s@%s: description longer than %d bytes", clone,
                         snap, CC_DESC_MAX);

@@ -92,7 +92,7 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
     off_t data = lseek(in, (off_t)off, SEEK_DATA), hole;
     if (data == -1) {
       if (errno == ENXIO)
-        break; /* only a hole up to EOF */
+        break;           /* only a hole up to EOF */
       data = (off_t)off; /* no SEEK_DATA here: treat everything as data */
       hole = (off_t)size;
     } else {
@@ -265,7 +265,7 @@ int
 pool_copy_chain_to_layer(struct cc_chain *c, struct ovl_layer *dst, cc_progress_fn progress,
                          void *opaque)
 {
-  struct sink s = { .layer = dst, .fd = -1, .name = ovl_path(dst) };
+  struct sink s = {.layer = dst, .fd = -1, .name = ovl_path(dst)};
   int r = copy_chain(c, &s, progress, opaque);
 
   return r < 0 ? r : ovl_flush(dst);
@@ -275,7 +275,7 @@ int
 pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_fn progress,
                       void *opaque)
 {
-  struct sink s = { .layer = NULL, .fd = fd, .name = file };
+  struct sink s = {.layer = NULL, .fd = fd, .name = file};
   int r;
 
   if (ftruncate(fd, (off_t)cc_chain_size(c)) == -1)
@@ -381,8 +381,7 @@ cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const
   close(fd);
   cc_chain_close(c);
   if (r == 0 && qcow2) {
-    char *argv[] = { "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawpath, (char *)file,
-                     NULL };
+    char *argv[] = {"qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawpath, (char *)file, NULL};
     r = pool_run("export: qemu-img convert", argv);
   }
   if (qcow2)

@@ -55,7 +55,8 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
     snprintf(list[k].name, sizeof list[k].name, "%s", tmpls[i].name);
     list[k].kind = CC_EXPORT_TEMPLATE;
     list[k].size = tmpls[i].size;
-    snprintf(list[k].description, sizeof list[k].description, "template (%s), created %s, read-only",
+    snprintf(list[k].description, sizeof list[k].description,
+             "template (%s), created %s, read-only",
              tmpls[i].kind == CC_TEMPLATE_RAW ? "raw image" : "layer", when);
   }
   for (i = 0; i < nc; i++) {
@@ -77,8 +78,7 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
         /* Long descriptions are cut to fit the NBD description (a UI hint, not data). */
         char d[64 + 2 * CC_NAME_MAX + CC_DESC_MAX];
         size_t dl = (size_t)snprintf(d, sizeof d, "snapshot of %s, created %s, read-only%s%s",
-                                     c->name, when, s->description[0] ? ": " : "",
-                                     s->description);
+                                     c->name, when, s->description[0] ? ": " : "", s->description);
         if (dl >= sizeof list[k].description)
           dl = sizeof list[k].description - 1;
         memcpy(list[k].description, d, dl);

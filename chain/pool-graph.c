@@ -92,8 +92,7 @@ load_node(struct cc_pool *p, struct pool_node *n)
       n->parent_image[len - 14] = '\0';
     } else {
       n->bad = 1;
-      snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid,
-               s);
+      snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid, s);
     }
   }
 }

@@ -64,8 +64,8 @@ int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid
 /* The parent link for a new layer on top of template / layer `uuid`. */
 int pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
                             char *pathbuf, size_t pathlen);
-int pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par,
-                         char *pathbuf, size_t pathlen);
+int pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par, char *pathbuf,
+                         size_t pathlen);
 
 /* Open layer `uuid` with ovl_open flags; the error names the pool object `what`. */
 int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const char *what,
@@ -99,17 +99,17 @@ int pool_resolve(struct cc_pool *p, const char *what, const char *export_name,
 struct pool_node {
   char uuid[CC_UUID_STR];
   enum ovl_parent_kind parent_kind;
-  char parent[CC_UUID_STR];      /* LAYER: parent uuid */
+  char parent[CC_UUID_STR];           /* LAYER: parent uuid */
   char parent_image[CC_NAME_MAX + 1]; /* RAW: template image name */
   uint64_t virtual_size;
   uint64_t parent_size; /* as recorded in the header when the link was made */
   uint64_t disk_bytes;
   int dirty;
-  int bad;            /* could not be opened; `error` says why */
+  int bad; /* could not be opened; `error` says why */
   char error[256];
-  int referenced;     /* named by a record */
-  int live;           /* referenced, or a parent of a live layer */
-  int mark;           /* scratch for callers */
+  int referenced; /* named by a record */
+  int live;       /* referenced, or a parent of a live layer */
+  int mark;       /* scratch for callers */
 };
 struct pool_graph {
   struct pool_node *nodes;

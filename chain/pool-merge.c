@@ -139,10 +139,10 @@ template_of(const struct pool_graph *g, const char *uuid)
 }
 
 int
-cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
-                   cc_progress_fn progress, void *opaque)
+cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_progress_fn progress,
+                   void *opaque)
 {
-  struct merge m = { .progress = progress, .opaque = opaque };
+  struct merge m = {.progress = progress, .opaque = opaque};
   struct ovl_layer **kids = NULL;
   struct ovl_info sinfo;
   struct ovl_parent par;
@@ -186,8 +186,10 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
     if (n->parent_kind != OVL_PARENT_LAYER || strcmp(n->parent, suuid) != 0 || !n->live)
       continue;
     if ((t = template_of(&g, n->uuid)) != NULL) {
-      r = cc_error_set(EBUSY, "%s: template %s sits directly on this snapshot and templates are "
-                       "immutable; delete template %s first or keep the snapshot", what, t, t);
+      r = cc_error_set(EBUSY,
+                       "%s: template %s sits directly on this snapshot and templates are "
+                       "immutable; delete template %s first or keep the snapshot",
+                       what, t, t);
       goto out;
     }
     n->mark = 1;
@@ -204,8 +206,10 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
     if (ovl_sc_size(kids[nopen]) != ovl_sc_size(m.s) ||
         ovl_virtual_size(kids[nopen]) < sinfo.virtual_size) {
       nopen++;
-      r = cc_error_set(EINVAL, "%s: layer %s has a different cluster size or disk size; cannot "
-                       "merge", what, g.nodes[i].uuid);
+      r = cc_error_set(EINVAL,
+                       "%s: layer %s has a different cluster size or disk size; cannot "
+                       "merge",
+                       what, g.nodes[i].uuid);
       goto out;
     }
     nopen++;

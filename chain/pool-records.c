@@ -213,11 +213,15 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
 
   pool_format_time(t->created, when, sizeof when);
   if (t->kind == CC_TEMPLATE_RAW)
-    snprintf(buf, sizeof buf, "cowchain-template 1\nkind raw\nimage images/%s.raw\n"
-             "created %s\nsize %" PRIu64 "\n", t->name, when, t->size);
+    snprintf(buf, sizeof buf,
+             "cowchain-template 1\nkind raw\nimage images/%s.raw\n"
+             "created %s\nsize %" PRIu64 "\n",
+             t->name, when, t->size);
   else
-    snprintf(buf, sizeof buf, "cowchain-template 1\nkind layer\nlayer %s\ncreated %s\n"
-             "size %" PRIu64 "\n", t->layer, when, t->size);
+    snprintf(buf, sizeof buf,
+             "cowchain-template 1\nkind layer\nlayer %s\ncreated %s\n"
+             "size %" PRIu64 "\n",
+             t->layer, when, t->size);
   return pool_write_record(p, "templates", t->name, buf);
 }
 
@@ -319,8 +323,8 @@ pool_format_clone(const struct cc_clone *c, char **out)
   if (buf == NULL)
     return cc_error_set(ENOMEM, "clone: %s: out of memory", c->name);
   pool_format_time(c->created, when, sizeof when);
-  o = (size_t)snprintf(buf, cap, "cowchain-clone 1\ntop %s\ncreated %s\nsize %" PRIu64 "\n",
-                       c->top, when, c->size);
+  o = (size_t)snprintf(buf, cap, "cowchain-clone 1\ntop %s\ncreated %s\nsize %" PRIu64 "\n", c->top,
+                       when, c->size);
   for (i = 0; i < c->nsnaps; i++) {
     const struct cc_snapshot *s = &c->snaps[i];
     char desc[3 * CC_DESC_MAX + 1];

@@ -20,13 +20,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const known_formats[] = { "raw", "qcow2", "vmdk", "vdi", "vhdx" };
+static const char *const known_formats[] = {"raw", "qcow2", "vmdk", "vdi", "vhdx"};
 
 /* What format a file's first bytes announce, or NULL for none we know (raw). */
 static const char *
 sniff_format(const char *file)
 {
-  unsigned char b[16] = { 0 };
+  unsigned char b[16] = {0};
   ssize_t n;
   int fd = open(file, O_RDONLY | O_CLOEXEC);
 
@@ -61,8 +61,8 @@ import_data(struct cc_pool *p, const char *file, const char *format, char *tmp, 
       return cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
     r = pool_copy_raw_sparse(file, fd, size, progress, opaque);
   } else {
-    char *argv[] = { "qemu-img", "convert", "-f", (char *)format, "-O", "raw", (char *)file, tmp,
-                     NULL };
+    char *argv[] = {"qemu-img",   "convert", "-f", (char *)format, "-O", "raw",
+                    (char *)file, tmp,       NULL};
     if ((r = pool_run("template import: qemu-img convert", argv)) < 0) {
       unlink(tmp);
       return r;
@@ -112,15 +112,18 @@ cc_template_import(struct cc_pool *p, const char *name, const char *file, const 
     if (sniffed)
       return cc_error_set(EINVAL,
                           "template import: %s: looks like %s; add --format %s (or --format raw "
-                          "to import its bytes as they are)", file, sniffed, sniffed);
+                          "to import its bytes as they are)",
+                          file, sniffed, sniffed);
     format = "raw";
   }
   for (i = 0; i < sizeof known_formats / sizeof known_formats[0]; i++)
     if (strcmp(format, known_formats[i]) == 0)
       break;
   if (i == sizeof known_formats / sizeof known_formats[0])
-    return cc_error_set(EINVAL, "template import: unknown format '%.32s' (raw, qcow2, vmdk, vdi, "
-                        "vhdx)", format);
+    return cc_error_set(EINVAL,
+                        "template import: unknown format '%.32s' (raw, qcow2, vmdk, vdi, "
+                        "vhdx)",
+                        format);
   if (access(file, R_OK) == -1)
     return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
 
@@ -128,7 +131,8 @@ cc_template_import(struct cc_pool *p, const char *name, const char *file, const 
     return r;
   pool_step();
 
-  if ((r = pool_lock(p, "template import")) < 0 || (r = pool_name_free(p, "template import", name)) < 0)
+  if ((r = pool_lock(p, "template import")) < 0 ||
+      (r = pool_name_free(p, "template import", name)) < 0)
     goto fail;
   if ((r = pool_image_path(p, name, final, sizeof final)) < 0)
     goto fail;

@@ -39,7 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char *const pool_subdirs[] = { "images", "layers", "templates", "clones", "tmp" };
+static const char *const pool_subdirs[] = {"images", "layers", "templates", "clones", "tmp"};
 
 int
 cc_name_valid(const char *name)
@@ -402,7 +402,7 @@ int
 pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
                char uuid_out[CC_UUID_STR])
 {
-  struct ovl_create_opts opts = { .virtual_size = size, .cluster_size = 0 };
+  struct ovl_create_opts opts = {.virtual_size = size, .cluster_size = 0};
   uint8_t uuid[OVL_UUID_LEN];
   char tmp[PATH_MAX];
   int r;

@@ -147,16 +147,16 @@ int cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, c
  * Inspection.
  */
 struct cc_layer_info {
-  char file[96];           /* relative to the pool: layers/UUID.cow or images/NAME.raw */
-  char uuid[CC_UUID_STR];  /* "" for a raw image */
-  int raw;                 /* a raw template image */
+  char file[96];          /* relative to the pool: layers/UUID.cow or images/NAME.raw */
+  char uuid[CC_UUID_STR]; /* "" for a raw image */
+  int raw;                /* a raw template image */
   uint64_t virtual_size;
   uint64_t allocated_bytes; /* raw: bytes in data extents */
   uint64_t zero_bytes;
-  uint64_t disk_bytes;     /* st_blocks * 512 */
-  uint32_t cluster_size;   /* 0 for raw */
-  int64_t created;         /* seconds since the epoch */
-  char parent[1025];       /* parent link as stored ("" if none) */
+  uint64_t disk_bytes;             /* st_blocks * 512 */
+  uint32_t cluster_size;           /* 0 for raw */
+  int64_t created;                 /* seconds since the epoch */
+  char parent[1025];               /* parent link as stored ("" if none) */
   char role[2 * CC_NAME_MAX + 32]; /* "vm1 (top)", "vm1@s1", "template base", "" */
   int dirty;
 };
@@ -189,7 +189,7 @@ int cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn 
 
 struct cc_du_entry {
   char name[CC_NAME_MAX + 1];
-  int template;        /* a template rather than a clone */
+  int template; /* a template rather than a clone */
   uint64_t virtual_size;
   uint64_t own_bytes;    /* disk bytes of layers only this entry uses */
   uint64_t shared_bytes; /* disk bytes of layers (and images) it shares with others */

@@ -13,11 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PARSE_OR_RETURN(cmd, argc, argv, pos, npos)                                             \
-  do {                                                                                          \
-    int r_ = cli_parse(cmd, argc, argv, pos, &(npos));                                          \
-    if (r_ != 0)                                                                                \
-      return r_ < 0 ? 0 : r_;                                                                   \
+#define PARSE_OR_RETURN(cmd, argc, argv, pos, npos)                                                \
+  do {                                                                                             \
+    int r_ = cli_parse(cmd, argc, argv, pos, &(npos));                                             \
+    if (r_ != 0)                                                                                   \
+      return r_ < 0 ? 0 : r_;                                                                      \
   } while (0)
 
 static int
@@ -25,21 +25,21 @@ clone_create(int argc, char **argv)
 {
   const char *from = NULL, *pos[1];
   int full = 0, npos, r;
-  const struct cli_opt opts[] = { { "--from", 1, &from, NULL },
-                                  { "--full", 0, NULL, &full },
-                                  { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {
+      {"--from", 1, &from, NULL}, {"--full", 0, NULL, &full}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "clone create", "NAME --from TEMPLATE|CLONE@SNAP [--full]",
-    "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
-    "made in constant time; --full copies the source's data into a standalone layer.",
-    1, 1, opts
-  };
+      "clone create",
+      "NAME --from TEMPLATE|CLONE@SNAP [--full]",
+      "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
+      "made in constant time; --full copies the source's data into a standalone layer.",
+      1,
+      1,
+      opts};
   struct cc_pool *p;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (from == NULL)
-    return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name,
-                       cmd.usage);
+    return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_clone_create(p, pos[0], from, full, cli_progress_fn(), "full clone");
@@ -53,11 +53,13 @@ clone_delete(int argc, char **argv)
 {
   const char *pos[1];
   const struct cli_cmd cmd = {
-    "clone delete", "NAME",
-    "Delete clone NAME and its snapshots.  Layers that other clones were created from stay\n"
-    "until nothing uses them.",
-    1, 1, NULL
-  };
+      "clone delete",
+      "NAME",
+      "Delete clone NAME and its snapshots.  Layers that other clones were created from stay\n"
+      "until nothing uses them.",
+      1,
+      1,
+      NULL};
   struct cc_pool *p;
   int npos, r;
 
@@ -74,9 +76,8 @@ clone_list(int argc, char **argv)
 {
   int json = 0, npos, r;
   const char *pos[1];
-  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
-  const struct cli_cmd cmd = { "clone list", "[--json]", "List the clones of the pool.", 0, 0,
-                               opts };
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {"clone list", "[--json]", "List the clones of the pool.", 0, 0, opts};
   struct cc_clone *c;
   struct cc_pool *p;
   size_t n, i;
@@ -135,14 +136,15 @@ static int
 snapshot_create(int argc, char **argv)
 {
   const char *desc = NULL, *pos[2];
-  const struct cli_opt opts[] = { { "--description", 1, &desc, NULL },
-                                  { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {{"--description", 1, &desc, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "snapshot create", "CLONE SNAP [--description TEXT]",
-    "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
-    "the clone continues on a new empty layer.  Refused while a server has the clone open.",
-    2, 2, opts
-  };
+      "snapshot create",
+      "CLONE SNAP [--description TEXT]",
+      "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
+      "the clone continues on a new empty layer.  Refused while a server has the clone open.",
+      2,
+      2,
+      opts};
   struct cc_pool *p;
   int npos, r;
 
@@ -159,7 +161,7 @@ snapshot_simple(int argc, char **argv, const char *name, const char *help,
                 int (*fn)(struct cc_pool *, const char *, const char *))
 {
   const char *pos[2];
-  const struct cli_cmd cmd = { name, "CLONE SNAP", help, 2, 2, NULL };
+  const struct cli_cmd cmd = {name, "CLONE SNAP", help, 2, 2, NULL};
   struct cc_pool *p;
   int npos, r;
 
@@ -195,8 +197,7 @@ print_snap_json(const struct cc_snapshot_info *s, const char *clone)
     printf("null");
   printf(", \"current\": %s, \"children\": %zu, \"size\": %" PRIu64 ", \"disk_size\": %" PRIu64
          ", \"layer\": \"%s\", \"description\": ",
-         s->current ? "true" : "false", s->children, s->allocated_bytes, s->disk_bytes,
-         s->s.layer);
+         s->current ? "true" : "false", s->children, s->allocated_bytes, s->disk_bytes, s->s.layer);
   json_string(stdout, s->s.description);
   printf("}");
 }
@@ -206,12 +207,20 @@ snapshot_list_or_info(int argc, char **argv, int info)
 {
   int json = 0, npos, r;
   const char *pos[2];
-  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
-  const struct cli_cmd list_cmd = { "snapshot list", "CLONE [--json]",
-                                    "List the snapshots of CLONE with their parents ('*' marks "
-                                    "the one the clone currently sits on).", 1, 1, opts };
-  const struct cli_cmd info_cmd = { "snapshot info", "CLONE SNAP [--json]",
-                                    "Show the details of snapshot SNAP of CLONE.", 2, 2, opts };
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd list_cmd = {"snapshot list",
+                                   "CLONE [--json]",
+                                   "List the snapshots of CLONE with their parents ('*' marks "
+                                   "the one the clone currently sits on).",
+                                   1,
+                                   1,
+                                   opts};
+  const struct cli_cmd info_cmd = {"snapshot info",
+                                   "CLONE SNAP [--json]",
+                                   "Show the details of snapshot SNAP of CLONE.",
+                                   2,
+                                   2,
+                                   opts};
   struct cc_snapshot_info *s;
   struct cc_pool *p;
   size_t n, i;

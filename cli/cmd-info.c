@@ -79,15 +79,16 @@ cmd_info(int argc, char **argv)
 {
   int json = 0, chain = 0, npos, r;
   const char *pos[1];
-  const struct cli_opt opts[] = { { "--json", 0, NULL, &json },
-                                  { "--backing-chain", 0, NULL, &chain },
-                                  { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {
+      {"--json", 0, NULL, &json}, {"--backing-chain", 0, NULL, &chain}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "info", "NAME [--backing-chain] [--json]",
-    "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
-    "--backing-chain shows every layer down to the template.",
-    1, 1, opts
-  };
+      "info",
+      "NAME [--backing-chain] [--json]",
+      "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
+      "--backing-chain shows every layer down to the template.",
+      1,
+      1,
+      opts};
   struct cc_layer_info *l;
   struct cc_pool *p;
   size_t n, i;
@@ -125,7 +126,7 @@ cmd_info(int argc, char **argv)
 static void
 report_line(void *opaque, int severity, const char *msg)
 {
-  static const char *const tag[] = { "ok", "leak", "error" };
+  static const char *const tag[] = {"ok", "leak", "error"};
 
   (void)opaque;
   printf("%s: %s\n", tag[severity < 0 ? 0 : severity > 2 ? 2 : severity], msg);
@@ -135,16 +136,18 @@ int
 cmd_check(int argc, char **argv)
 {
   int repair = 0, npos, r;
-  const char *pos[1] = { NULL };
-  const struct cli_opt opts[] = { { "--repair", 0, NULL, &repair }, { NULL, 0, NULL, NULL } };
+  const char *pos[1] = {NULL};
+  const struct cli_opt opts[] = {{"--repair", 0, NULL, &repair}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "check", "[NAME] [--repair]",
-    "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
-    "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
-    "layers.  --repair removes leftovers and reclaims leaked space; errors are only reported.\n"
-    "Exit status: 0 clean (leaks are reported but are not errors), 1 errors found.",
-    0, 1, opts
-  };
+      "check",
+      "[NAME] [--repair]",
+      "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
+      "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
+      "layers.  --repair removes leftovers and reclaims leaked space; errors are only reported.\n"
+      "Exit status: 0 clean (leaks are reported but are not errors), 1 errors found.",
+      0,
+      1,
+      opts};
   struct cc_check_summary sum;
   struct cc_pool *p;
 
@@ -169,14 +172,16 @@ cmd_du(int argc, char **argv)
 {
   int json = 0, npos, r;
   const char *pos[1];
-  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "du", "[--json]",
-    "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
-    "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
-    "were made from).  The last line compares the pool's logical size with its disk usage.",
-    0, 0, opts
-  };
+      "du",
+      "[--json]",
+      "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
+      "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
+      "were made from).  The last line compares the pool's logical size with its disk usage.",
+      0,
+      0,
+      opts};
   struct cc_pool *p;
   struct cc_du du;
   size_t i;
@@ -224,13 +229,15 @@ cmd_export(int argc, char **argv)
 {
   const char *format = NULL, *pos[2];
   int npos, r;
-  const struct cli_opt opts[] = { { "--format", 1, &format, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {{"--format", 1, &format, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "export", "NAME FILE [--format raw|qcow2]",
-    "Write the disk NAME (a clone, CLONE@SNAP or a template) to FILE: raw (the default,\n"
-    "sparse) or qcow2 (through qemu-img).  FILE is replaced if it exists.",
-    2, 2, opts
-  };
+      "export",
+      "NAME FILE [--format raw|qcow2]",
+      "Write the disk NAME (a clone, CLONE@SNAP or a template) to FILE: raw (the default,\n"
+      "sparse) or qcow2 (through qemu-img).  FILE is replaced if it exists.",
+      2,
+      2,
+      opts};
   struct cc_pool *p;
 
   if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)

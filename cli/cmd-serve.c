@@ -31,11 +31,19 @@
 static int
 takes_value(const char *a)
 {
-  static const char *const opts[] = { "-D", "--debug", "-e", "--exportname", "--filter", "-g",
-                                      "--group", "-i", "--ipaddr", "--log", "-P", "--pidfile",
-                                      "-p", "--port", "--run", "--selinux-label", "-t",
-                                      "--threads", "--tls", "--tls-certificates", "--tls-psk",
-                                      "-u", "--user", "-U", "--unix", "--mask-handshake" };
+  static const char *const opts[] = {"-D",        "--debug",
+                                     "-e",        "--exportname",
+                                     "--filter",  "-g",
+                                     "--group",   "-i",
+                                     "--ipaddr",  "--log",
+                                     "-P",        "--pidfile",
+                                     "-p",        "--port",
+                                     "--run",     "--selinux-label",
+                                     "-t",        "--threads",
+                                     "--tls",     "--tls-certificates",
+                                     "--tls-psk", "-u",
+                                     "--user",    "-U",
+                                     "--unix",    "--mask-handshake"};
   size_t i;
 
   for (i = 0; i < sizeof opts / sizeof opts[0]; i++)
@@ -75,7 +83,7 @@ find_plugin(char *buf, size_t len)
 static void
 clear_stale_socket(const char *path)
 {
-  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
   struct stat st;
   int fd;
 
@@ -110,10 +118,11 @@ cmd_serve(int argc, char **argv, const char *argv0)
   for (i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      printf("usage: cowchain serve [--port N] [--background] [nbdkit options...] [io=sync]\n\n"
-             "Run nbdkit with the cowchain plugin on this pool, in the foreground.  Every clone,\n"
-             "CLONE@SNAP and template is an export.  Listens on the Unix socket POOL/cowchain.sock,\n"
-             "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n");
+      printf(
+          "usage: cowchain serve [--port N] [--background] [nbdkit options...] [io=sync]\n\n"
+          "Run nbdkit with the cowchain plugin on this pool, in the foreground.  Every clone,\n"
+          "CLONE@SNAP and template is an export.  Listens on the Unix socket POOL/cowchain.sock,\n"
+          "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n");
       rc = 0;
       goto out;
     }

@@ -16,9 +16,8 @@ static int
 pool_init(int argc, char **argv)
 {
   static const struct cli_cmd cmd = {
-    "pool init", "", "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.",
-    0, 0, NULL
-  };
+      "pool init", "", "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.",
+      0,           0,  NULL};
   const char *pos[1];
   int npos, r;
 
@@ -48,13 +47,15 @@ static int
 template_import(int argc, char **argv)
 {
   const char *format = NULL, *pos[2];
-  const struct cli_opt opts[] = { { "--format", 1, &format, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {{"--format", 1, &format, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "template import", "NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]",
-    "Copy FILE into the pool as read-only template NAME.  Raw files are copied sparsely;\n"
-    "other formats are converted with qemu-img.  The size is padded to a multiple of 512.",
-    2, 2, opts
-  };
+      "template import",
+      "NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]",
+      "Copy FILE into the pool as read-only template NAME.  Raw files are copied sparsely;\n"
+      "other formats are converted with qemu-img.  The size is padded to a multiple of 512.",
+      2,
+      2,
+      opts};
   struct cc_pool *p;
   int npos, r;
 
@@ -72,12 +73,14 @@ static int
 template_create(int argc, char **argv)
 {
   const char *size_s = NULL, *pos[1];
-  const struct cli_opt opts[] = { { "--size", 1, &size_s, NULL }, { NULL, 0, NULL, NULL } };
+  const struct cli_opt opts[] = {{"--size", 1, &size_s, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-    "template create", "NAME --size SIZE",
-    "Create an empty (all-zero) template of SIZE bytes; SIZE takes K, M, G, T suffixes.",
-    1, 1, opts
-  };
+      "template create",
+      "NAME --size SIZE",
+      "Create an empty (all-zero) template of SIZE bytes; SIZE takes K, M, G, T suffixes.",
+      1,
+      1,
+      opts};
   struct cc_pool *p;
   uint64_t size;
   int npos, r;
@@ -85,8 +88,7 @@ template_create(int argc, char **argv)
   if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
     return r < 0 ? 0 : r;
   if (size_s == NULL)
-    return usage_error(cmd.name, "--size is required (usage: cowchain %s %s)", cmd.name,
-                       cmd.usage);
+    return usage_error(cmd.name, "--size is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
   if (parse_size(size_s, &size) < 0 || size == 0)
     return usage_error(cmd.name, "bad size '%s' (a number with an optional K, M, G or T suffix)",
                        size_s);
@@ -102,11 +104,13 @@ template_promote(int argc, char **argv)
 {
   const char *pos[2];
   const struct cli_cmd cmd = {
-    "template promote", "CLONE NAME",
-    "Freeze the current state of CLONE as template NAME (like qm template).  The clone keeps\n"
-    "running on a new empty layer above it.",
-    2, 2, NULL
-  };
+      "template promote",
+      "CLONE NAME",
+      "Freeze the current state of CLONE as template NAME (like qm template).  The clone keeps\n"
+      "running on a new empty layer above it.",
+      2,
+      2,
+      NULL};
   struct cc_pool *p;
   int npos, r;
 
@@ -124,10 +128,12 @@ template_delete(int argc, char **argv)
 {
   const char *pos[1];
   const struct cli_cmd cmd = {
-    "template delete", "NAME",
-    "Delete template NAME.  Refused while any clone, snapshot or template depends on it.",
-    1, 1, NULL
-  };
+      "template delete",
+      "NAME",
+      "Delete template NAME.  Refused while any clone, snapshot or template depends on it.",
+      1,
+      1,
+      NULL};
   struct cc_pool *p;
   int npos, r;
 
@@ -145,9 +151,9 @@ template_list(int argc, char **argv)
 {
   int json = 0;
   const char *pos[1];
-  const struct cli_opt opts[] = { { "--json", 0, NULL, &json }, { NULL, 0, NULL, NULL } };
-  const struct cli_cmd cmd = { "template list", "[--json]", "List the templates of the pool.", 0,
-                               0, opts };
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "template list", "[--json]", "List the templates of the pool.", 0, 0, opts};
   struct cc_template *t;
   struct cc_pool *p;
   size_t n, i;

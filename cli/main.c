@@ -23,29 +23,28 @@ const char *cli_pool_dir;
 static void
 usage(FILE *f)
 {
-  fprintf(f,
-          "usage: cowchain [--pool DIR] COMMAND ...\n"
-          "\n"
-          "Linked clones and snapshots of VM disks, served over NBD.\n"
-          "The pool is --pool DIR, else $COWCHAIN_POOL.\n"
-          "\n"
-          "  pool init\n"
-          "  template import NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]\n"
-          "  template create NAME --size SIZE\n"
-          "  template promote CLONE NAME\n"
-          "  template list [--json] | template delete NAME\n"
-          "  clone create NAME --from TEMPLATE|CLONE@SNAP [--full]\n"
-          "  clone list [--json] | clone delete NAME\n"
-          "  snapshot create CLONE SNAP [--description TEXT]\n"
-          "  snapshot list CLONE [--json] | snapshot info CLONE SNAP [--json]\n"
-          "  snapshot revert CLONE SNAP | snapshot delete CLONE SNAP\n"
-          "  info NAME [--backing-chain] [--json]\n"
-          "  check [NAME] [--repair]\n"
-          "  export NAME FILE [--format raw|qcow2]\n"
-          "  du [--json]\n"
-          "  serve [--port N] [nbdkit options...]\n"
-          "\n"
-          "Every command takes --help.\n");
+  fprintf(f, "usage: cowchain [--pool DIR] COMMAND ...\n"
+             "\n"
+             "Linked clones and snapshots of VM disks, served over NBD.\n"
+             "The pool is --pool DIR, else $COWCHAIN_POOL.\n"
+             "\n"
+             "  pool init\n"
+             "  template import NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]\n"
+             "  template create NAME --size SIZE\n"
+             "  template promote CLONE NAME\n"
+             "  template list [--json] | template delete NAME\n"
+             "  clone create NAME --from TEMPLATE|CLONE@SNAP [--full]\n"
+             "  clone list [--json] | clone delete NAME\n"
+             "  snapshot create CLONE SNAP [--description TEXT]\n"
+             "  snapshot list CLONE [--json] | snapshot info CLONE SNAP [--json]\n"
+             "  snapshot revert CLONE SNAP | snapshot delete CLONE SNAP\n"
+             "  info NAME [--backing-chain] [--json]\n"
+             "  check [NAME] [--repair]\n"
+             "  export NAME FILE [--format raw|qcow2]\n"
+             "  du [--json]\n"
+             "  serve [--port N] [nbdkit options...]\n"
+             "\n"
+             "Every command takes --help.\n");
 }
 
 int

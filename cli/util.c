@@ -9,6 +9,7 @@
  */
 #include "cli.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -88,8 +89,8 @@ cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos, in
         if (strlen(o->name) == len && strncmp(o->name, a, len) == 0)
           break;
       if (o == NULL || o->name == NULL)
-        return usage_error(cmd->name, "unknown option '%s' (usage: cowchain %s %s)", a,
-                           cmd->name, cmd->usage);
+        return usage_error(cmd->name, "unknown option '%s' (usage: cowchain %s %s)", a, cmd->name,
+                           cmd->usage);
       if (o->has_arg) {
         if (eq)
           *o->value = eq + 1;
@@ -129,15 +130,13 @@ parse_size(const char *s, uint64_t *out)
   v = strtoull(s, &end, 10);
   if (errno)
     return -EINVAL;
-  switch (*end) {
-  case '\0':
-    break;
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
-  case 't': case 'T': shift = 40; end++; break;
-  default:
-    return -EINVAL;
+  if (*end != '\0') {
+    static const char units[] = "KMGT";
+    const char *u = strchr(units, toupper((unsigned char)*end));
+    if (u == NULL)
+      return -EINVAL;
+    shift = 10 * (int)(u - units + 1);
+    end++;
   }
   /* Accept "1G", "1GB", "1GiB" as the same thing: sizes here are always binary. */
   if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0))
@@ -153,7 +152,7 @@ parse_size(const char *s, uint64_t *out)
 void
 human_size(uint64_t n, char *buf, size_t len)
 {
-  static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+  static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   double v = (double)n;
   int u = 0;
 

@@ -125,8 +125,9 @@ Test(pool, malformed_records_are_refused)
   struct cc_clone c;
   struct cc_template t;
 
-  put_record("clones", "bad1", "cowchain-clone 1\ntop 12345\ncreated 2026-01-01T00:00:00Z\n"
-                               "size 512\n");
+  put_record("clones", "bad1",
+             "cowchain-clone 1\ntop 12345\ncreated 2026-01-01T00:00:00Z\n"
+             "size 512\n");
   cr_assert_eq(cc_pool_get_clone(pool, "bad1", &c), -EUCLEAN);
   cr_assert(strstr(cc_error_get(), "bad1") && strstr(cc_error_get(), "line 2"), "%s",
             cc_error_get());
@@ -134,8 +135,9 @@ Test(pool, malformed_records_are_refused)
   cr_assert_eq(cc_pool_get_clone(pool, "bad2", &c), -EUCLEAN);
   put_record("clones", "bad3", "cowchain-clone 2\n");
   cr_assert_eq(cc_pool_get_clone(pool, "bad3", &c), -EUCLEAN);
-  put_record("clones", "bad4", "cowchain-clone 1\ntop 9d8a4117-2c5c-4107-91fc-f07faf60fc03\n"
-                               "size 512\nfuture-key x\n");
+  put_record("clones", "bad4",
+             "cowchain-clone 1\ntop 9d8a4117-2c5c-4107-91fc-f07faf60fc03\n"
+             "size 512\nfuture-key x\n");
   cr_assert_eq(cc_pool_get_clone(pool, "bad4", &c), -EUCLEAN);
   put_record("templates", "t1", "cowchain-template 1\nkind qcow9\nsize 512\n");
   cr_assert_eq(cc_pool_get_template(pool, "t1", &t), -EUCLEAN);
@@ -215,8 +217,7 @@ scribble(const char *name, uint8_t *m, unsigned seed)
     uint64_t len = 1 + (uint64_t)rand() % sizeof buf;
     uint64_t off = (uint64_t)rand() % (DISK - len);
     if (rand() % 4 == 0) {
-      cr_assert_eq(cc_chain_zero(c, len, off, (i & 1) ? CC_MAY_TRIM : 0), 0, "%s",
-                   cc_error_get());
+      cr_assert_eq(cc_chain_zero(c, len, off, (i & 1) ? CC_MAY_TRIM : 0), 0, "%s", cc_error_get());
       memset(m + off, 0, len);
     } else {
       memset(buf, rand() & 0xff, len);
@@ -235,8 +236,8 @@ expect(const char *export_name, const uint8_t *m)
   uint8_t *buf = malloc(DISK);
 
   cr_assert_not_null(buf);
-  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c), 0, "%s: %s",
-               export_name, cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c), 0, "%s: %s", export_name,
+               cc_error_get());
   cr_assert_eq(cc_chain_size(c), DISK);
   cr_assert_eq(cc_chain_pread(c, buf, DISK, 0), 0, "%s", cc_error_get());
   cc_chain_close(c);
@@ -325,7 +326,7 @@ Test(pool, check_finds_faults_and_repairs_leftovers)
   /* A leftover layer and a stale tmp file (pid 999999999 does not exist). */
   snprintf(path, sizeof path, "%s/layers/00000000-0000-4000-8000-000000000001.cow", pooldir);
   {
-    struct ovl_create_opts o = { .virtual_size = 1 << 20 };
+    struct ovl_create_opts o = {.virtual_size = 1 << 20};
     uint8_t u[OVL_UUID_LEN];
     char tmpl[4096], us[37];
     snprintf(tmpl, sizeof tmpl, "%s/tmp/x.cow", pooldir);
