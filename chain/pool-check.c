@@ -75,12 +75,22 @@ check_layer(struct checker *k, struct pool_node *n)
     return;
   n->mark = 1;
   k->sum->layers_checked++;
-  if (n->bad) {
-    say(k, 2, "%s", n->error);
-    return;
-  }
   if (pool_layer_path(k->p, n->uuid, path, sizeof path) < 0)
     return;
+  if (n->bad) {
+    /* A layer a server is writing was read without a lock: say so rather than cry corrupt. */
+    r = ovl_open(path, OVL_RDONLY, &l);
+    if (r == -EBUSY) {
+      char holder[128];
+      ovl_lock_holder(path, holder, sizeof holder);
+      say(k, 0, "layer %s: in use by %s; skipped", n->uuid, holder);
+    } else {
+      if (r == 0)
+        ovl_close(l);
+      say(k, 2, "%s", n->error);
+    }
+    return;
+  }
   /* A shared lock fails only if a server has it open for writing: then dirty is expected. */
   r = ovl_open(path, OVL_RDONLY, &l);
   if (r == -EBUSY) {

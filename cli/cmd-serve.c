@@ -183,7 +183,12 @@ cmd_serve(int argc, char **argv, const char *argv0)
   }
   find_plugin(plugin, sizeof plugin);
   av[n++] = plugin;
-  snprintf(pooldir, sizeof pooldir, "pool=%s", cc_pool_dir(p));
+  {
+    /* Absolute: nbdkit changes to / when it daemonizes (--background). */
+    char *abs = realpath(cc_pool_dir(p), NULL);
+    snprintf(pooldir, sizeof pooldir, "pool=%s", abs ? abs : cc_pool_dir(p));
+    free(abs);
+  }
   av[n++] = pooldir;
   for (i = 0; i < nparams; i++)
     av[n++] = params[i];

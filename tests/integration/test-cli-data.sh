@@ -55,6 +55,11 @@ grep -q 'nbdkit' "$WORK/expect_fail.out" || cat "$WORK/expect_fail.out"
 expect_fail cc snapshot revert vm1 nothing
 expect_fail cc template promote vm1 busy
 expect_fail cc clone delete vm1
+# check skips the layer being written (its dirty bit is expected) instead of reporting it.
+cc check >"$WORK/check-busy.out" || fail "check fails while a client writes vm1"
+grep -q 'in use by .*skipped' "$WORK/check-busy.out" || fail "check does not say vm1 is in use"
+# info works on a served clone (no locks).
+cc info vm1 --backing-chain >/dev/null || fail "info on a served clone"
 wait $holder
 
 settle cc snapshot create vm1 s1 --description "first"
