@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,11 +80,16 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
   in = open(src, O_RDONLY | O_CLOEXEC);
   if (in == -1)
     return cc_error_set(errno, "template import: %s: %s", src, strerror(errno));
-  if (fstat(in, &st) == -1 || !S_ISREG(st.st_mode)) {
+  if (fstat(in, &st) == -1 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
     close(in);
-    return cc_error_set(EINVAL, "template import: %s: not a regular file", src);
+    return cc_error_set(EINVAL, "template import: %s: not a regular file or block device", src);
   }
   size = (uint64_t)st.st_size;
+  if (S_ISBLK(st.st_mode) && ioctl(in, BLKGETSIZE64, &size) == -1) {
+    r = cc_error_set(errno, "template import: %s: device size: %s", src, strerror(errno));
+    close(in);
+    return r;
+  }
   /* The size first: holes at the end must be part of the copy too. */
   if (ftruncate(dst_fd, (off_t)size) == -1) {
     r = cc_error_set(errno, "template import: %s: %s", src, strerror(errno));

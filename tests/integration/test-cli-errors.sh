@@ -72,7 +72,7 @@ bad "unknown format 'vmdk'" cc export vm1 "$WORK/x" --format vmdk
 bad "No such file or directory" cc template import t "$WORK/missing.raw"
 qemu-img create -q -f qcow2 "$WORK/q.qcow2" 1M 2>/dev/null && \
   bad "looks like qcow2; add --format qcow2" cc template import t "$WORK/q.qcow2"
-bad "template import: /dev/null: not a regular file" cc template import t /dev/null --format raw
+bad "template import: /dev/null: not a regular file or block device" cc template import t /dev/null --format raw
 : >"$WORK/empty.raw"
 bad "empty image" cc template import t "$WORK/empty.raw"
 
