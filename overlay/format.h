@@ -18,6 +18,9 @@
 #define OVL_MIN_CLUSTER_BITS 14u /* 16 KiB */
 #define OVL_MAX_CLUSTER_BITS 21u /* 2 MiB */
 #define OVL_MAX_VIRTUAL_SIZE (UINT64_C(1) << 62)
+/* Every referenced object ends at or below this file offset (FORMAT.md section 5.3), so offset
+ * arithmetic on validated entries can never wrap and always fits off_t. */
+#define OVL_MAX_FILE_OFFSET (UINT64_C(1) << 62)
 
 /* Implementation limit (FORMAT.md section 8): the L1 table is held in memory. */
 #define OVL_MAX_L1_ENTRIES (UINT32_C(4) << 20)

@@ -55,8 +55,11 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
                         p, cluster, alloc & zero);
   if (alloc && phys == 0)
     return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated sub-clusters but no cluster offset", p, cluster);
-  if (phys && (phys % OVL_BLOCK != 0 || phys < l->data_start))
-    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": bad cluster offset %" PRIu64, p, cluster, phys);
+  if (phys && (phys % OVL_BLOCK != 0 || phys < l->data_start || phys > OVL_MAX_FILE_OFFSET - l->cluster_size))
+    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": cluster offset %" PRIu64 " is %s", p, cluster, phys,
+                        phys % OVL_BLOCK ? "not aligned to 4096"
+                        : phys < l->data_start ? "inside the header or L1 table"
+                                               : "beyond the largest file offset (2^62)");
   if (cstart >= l->hdr.virtual_size) {
     if (phys || alloc || zero)
       return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 " lies beyond the virtual size but is not empty", p, cluster);
@@ -108,7 +111,7 @@ ovl_map_load(struct ovl_layer *l)
 
     if (off == 0)
       continue;
-    if (off % OVL_BLOCK != 0 || off < l->data_start || off + OVL_BLOCK > l->file_size) {
+    if (off % OVL_BLOCK != 0 || off < l->data_start || off > l->file_size || l->file_size - off < OVL_BLOCK) {
       r = cc_error_set(EUCLEAN, "open: %s: L1 entry %" PRIu32 ": L2 table offset %" PRIu64 " is %s", l->path, i, off,
                        off % OVL_BLOCK ? "not aligned to 4096" : off < l->data_start ? "inside the header or L1 table"
                                                                                    : "past the end of the file");

@@ -18,7 +18,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
-static const uint8_t zero_buf[1u << (OVL_MAX_CLUSTER_BITS - 5)];
+/* ovl_zero writes data zeroes only for the partial sub-clusters at the ends of a range: at most
+ * two (less than two whole ones) per cluster, so two of the largest sub-clusters suffice. */
+static const uint8_t zero_buf[2u << (OVL_MAX_CLUSTER_BITS - 5)];
 
 static int
 check_range(struct ovl_layer *l, const char *call, uint64_t length, uint64_t offset)
@@ -128,7 +130,10 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
       return r;
   }
 
-  if (pos == a0 && (cend == a1 || cend == l->hdr.virtual_size)) {
+  /* Only a write covering whole sub-clusters skips the scratch copy.  A write ending at a
+   * virtual size that is not sub-cluster aligned still writes the whole last sub-cluster
+   * (padded with zeroes), or the file would end inside allocated data (FORMAT.md 5.3 (2)). */
+  if (pos == a0 && cend == a1) {
     r = ovl_pwrite_full(l, buf, cend - pos, phys + (a0 - cstart));
   } else {
     if (!l->scratch && !(l->scratch = malloc(l->cluster_size)))
