@@ -226,9 +226,11 @@ frozen_release(struct cc_frozen *v, size_t n)
 }
 
 /* Find or build the index of the frozen part whose topmost file `lk` names.  `above` are the
- * identities of the files above it (the writable top), for cycle detection and depth. */
+ * identities of the files above it (the writable top), for cycle detection and depth; `top`
+ * is the chain's top path, for the depth message. */
 static int
-acquire_index(struct link *lk, const struct ident *above, size_t nabove, struct cc_index **out)
+acquire_index(const char *top, struct link *lk, const struct ident *above, size_t nabove,
+              struct cc_index **out)
 {
   static const uint8_t zero_uuid[OVL_UUID_LEN];
   struct cc_frozen *v = NULL; /* top first, while walking */
@@ -244,7 +246,8 @@ acquire_index(struct link *lk, const struct ident *above, size_t nabove, struct 
     struct stat st;
 
     if (nabove + n + 1 > max_depth) {
-      r = link_error(lk, ELOOP, "chain deeper than %zu layers", max_depth);
+      r = cc_error_set(ELOOP, "open: %s: chain deeper than %zu layers (limit reached at %s)", top,
+                       max_depth, lk->child ? lk->child : lk->path);
       goto fail;
     }
     if (stat(lk->path, &st) < 0) {
@@ -424,7 +427,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
       if (!lk->path)
         r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       else
-        r = acquire_index(lk, &top, 1, &c->idx);
+        r = acquire_index(top_path, lk, &top, 1, &c->idx);
     }
     free(info);
     if (r < 0)
@@ -436,7 +439,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
       r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       goto fail;
     }
-    if ((r = acquire_index(lk, NULL, 0, &c->idx)) < 0)
+    if ((r = acquire_index(top_path, lk, NULL, 0, &c->idx)) < 0)
       goto fail;
     c->size = c->idx->size;
   }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -376,4 +377,47 @@ Test(chain_open, out_of_range)
   cr_assert_eq(cc_chain_pread(c, buf, 1, UINT64_MAX), -EINVAL);
   cc_chain_close(c);
   free(a);
+}
+
+/* The real limit: CC_MAX_DEPTH files open (raw image + 4095 layers), one more does not.
+ * Layers are created without fdatasync (ctu_no_sync) to keep this quick. */
+Test(chain_open, too_deep_real, .timeout = 120)
+{
+  struct rlimit rl;
+  uint8_t u[OVL_UUID_LEN];
+  char name[32], rel[32];
+
+  cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_max < CC_MAX_DEPTH + 100)
+    cr_skip_test("hard RLIMIT_NOFILE %lu is below the depth limit", (unsigned long)rl.rlim_max);
+  ctu_no_sync();
+  make_raw("t.raw", 4096, 0x22);
+  for (int i = 0; i < CC_MAX_DEPTH; i++) {
+    char *p;
+
+    snprintf(name, sizeof name, "l%d.cow", i);
+    snprintf(rel, sizeof rel, "l%d.cow", i - 1);
+    p = path(name);
+    if (i == 0)
+      ctu_layer(p, 16384, 16384, OVL_PARENT_RAW, "t.raw", NULL, 4096, u);
+    else
+      ctu_layer(p, 16384, 16384, OVL_PARENT_LAYER, rel, u, 16384, u);
+    free(p);
+  }
+  /* l4094 is 4096 files deep with the raw image */
+  {
+    char *p = path("l4094.cow");
+    struct cc_chain *c = ctu_open(p, CC_RDWR);
+    uint8_t buf[16384];
+
+    cr_assert_eq(cc_chain_depth(c), CC_MAX_DEPTH);
+    cr_assert_eq(cc_chain_pread(c, buf, sizeof buf, 0), 0, "%s", cc_error_get());
+    for (size_t i = 0; i < sizeof buf; i++)
+      cr_assert_eq(buf[i], i < 4096 ? 0x22 : 0, "byte %zu", i);
+    cc_chain_close(c);
+    free(p);
+  }
+  snprintf(name, sizeof name, "l%d.cow", CC_MAX_DEPTH - 1);
+  expect_open_error(name, CC_RDWR, ELOOP, "deeper than 4096 layers", NULL);
+  expect_open_error(name, 0, ELOOP, "deeper than 4096 layers", NULL);
 }
