@@ -482,6 +482,12 @@ cowchain_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     cf |= CC_FUA;
   cc_error_clear();
   r = cc_chain_zero(h->e->chain, count, offset, cf);
+  if ((r == -ENOTSUP || r == -EOPNOTSUPP) && (flags & NBDKIT_FLAG_FAST_ZERO)) {
+    /* Not expected (zeroing is metadata-only), but if chain/ ever declines, a fast-zero
+     * client must see ENOTSUP, the one errno that tells it to fall back. */
+    nbdkit_set_error(ENOTSUP);
+    return -1;
+  }
   return r < 0 ? fail(h, "zero", r) : 0;
 }
 
