@@ -44,7 +44,8 @@
 #define COWCHAIN_VERSION "unknown"
 #endif
 
-/* Requests above this are refused by nbdkit before they reach us (MAX_REQUEST_SIZE). */
+/* No limit of ours: chain/ splits any request itself, and nbdkit already refuses data
+ * requests above 64 MiB (its MAX_REQUEST_SIZE) before they reach us. */
 #define MAX_BLOCK 0xffffffffu
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
