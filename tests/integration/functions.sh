@@ -153,7 +153,7 @@ check_template_unchanged() {
   (cd "$POOL" && sha256sum --quiet -c "$TEMPLATE_SUMS") ||
     fail "a template image file changed"
   # And through the server, when one is running: the export still reads as the source file.
-  if [ -n "${SOCK:-}" ] && [ -S "$SOCK" ] && [ -f "$WORK/base.raw" ]; then
+  if [ -n "${SERVER_PID:-}" ] && kill -0 "$SERVER_PID" 2>/dev/null && [ -f "$WORK/base.raw" ]; then
     qemu-img compare -q -f raw -F raw "$(uri base)" "$WORK/base.raw" ||
       fail "template export base differs from the file it was imported from"
   fi
