@@ -7,6 +7,10 @@
 #   COWCHAIN  path of the cowchain CLI (tests that build pools skip without it)
 #   CLIENT    path of the nbd-client-check helper
 #   SRCDIR, BUILDDIR
+#   COWCHAIN_VALGRIND=1  run every server under valgrind (slow; reports fail the test)
+#
+# A plugin built with -DCOWCHAIN_SANITIZE=ON is detected and run with the ASan runtime
+# preloaded into nbdkit.
 #
 # Conventions: a missing tool exits 77 (CTest SKIP_RETURN_CODE); every test works in its own
 # mktemp -d directory, removed on exit; servers listen on a unix socket in that directory,
