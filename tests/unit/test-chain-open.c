@@ -35,7 +35,7 @@ teardown(void)
   cc_chain_set_max_depth(0);
 }
 
-TestSuite(chain_open, .init = setup, .fini = teardown, .timeout = 30);
+TestSuite(chain_open, .init = setup, .fini = teardown, .timeout = 120);
 
 static char *
 path(const char *name)
@@ -381,7 +381,7 @@ Test(chain_open, out_of_range)
 
 /* The real limit: CC_MAX_DEPTH files open (raw image + 4095 layers), one more does not.
  * Layers are created without fdatasync (ctu_no_sync) to keep this quick. */
-Test(chain_open, too_deep_real, .timeout = 120)
+Test(chain_open, too_deep_real)
 {
   struct rlimit rl;
   uint8_t u[OVL_UUID_LEN];
