@@ -79,6 +79,8 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
                         from, from);
   memset(&c, 0, sizeof c);
   snprintf(c.name, sizeof c.name, "%s", name);
+  snprintf(c.origin, sizeof c.origin, "%s", from);
+  c.full = full;
   c.size = t.size;
   if (full) {
     /* The copy runs without the pool lock (it may take minutes); the source's layers are

@@ -64,8 +64,10 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
     snprintf(list[k].name, sizeof list[k].name, "%s", c->name);
     list[k].kind = CC_EXPORT_CLONE;
     list[k].size = c->size;
-    snprintf(list[k].description, sizeof list[k].description, "clone, %zu snapshot%s, read-write",
-             c->nsnaps, c->nsnaps == 1 ? "" : "s");
+    snprintf(list[k].description, sizeof list[k].description,
+             "clone%s%s, %zu snapshot%s, read-write",
+             c->origin[0] ? (c->full ? " (full copy) of " : " of ") : "", c->origin, c->nsnaps,
+             c->nsnaps == 1 ? "" : "s");
     k++;
     for (j = 0; j < c->nsnaps; j++, k++) {
       const struct cc_snapshot *s = &c->snaps[j];

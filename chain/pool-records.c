@@ -246,7 +246,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
   memset(c, 0, sizeof *c);
   snprintf(c->name, sizeof c->name, "%s", name);
   for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-    char key[32], a[CC_UUID_STR + 64], b[64], d[40], e[3 * CC_DESC_MAX + 1];
+    char key[32], a[160], b[64], d[40], e[3 * CC_DESC_MAX + 1];
     int n;
     lineno++;
     if (lineno == 1) {
@@ -255,7 +255,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
       continue;
     }
     e[0] = '\0';
-    n = sscanf(line, "%31s %99s %63s %39s %3072s", key, a, b, d, e);
+    n = sscanf(line, "%31s %159s %63s %39s %3072s", key, a, b, d, e);
     if (n < 2)
       goto bad;
     if (strcmp(key, "top") == 0 && n == 2) {
@@ -265,6 +265,12 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
     } else if (strcmp(key, "created") == 0 && n == 2) {
       if (pool_parse_time(a, &c->created) < 0)
         goto bad;
+    } else if (strcmp(key, "origin") == 0 && (n == 2 || (n == 3 && strcmp(b, "full") == 0))) {
+      char on[CC_NAME_MAX + 1], os[CC_NAME_MAX + 1];
+      if (strlen(a) >= sizeof c->origin || cc_export_name_parse(a, on, os) < 0)
+        goto bad;
+      strcpy(c->origin, a);
+      c->full = n == 3;
     } else if (strcmp(key, "size") == 0 && n == 2) {
       char *end;
       c->size = strtoull(a, &end, 10);
@@ -325,6 +331,8 @@ pool_format_clone(const struct cc_clone *c, char **out)
   pool_format_time(c->created, when, sizeof when);
   o = (size_t)snprintf(buf, cap, "cowchain-clone 1\ntop %s\ncreated %s\nsize %" PRIu64 "\n", c->top,
                        when, c->size);
+  if (c->origin[0])
+    o += (size_t)snprintf(buf + o, cap - o, "origin %s%s\n", c->origin, c->full ? " full" : "");
   for (i = 0; i < c->nsnaps; i++) {
     const struct cc_snapshot *s = &c->snaps[i];
     char desc[3 * CC_DESC_MAX + 1];

@@ -91,6 +91,8 @@ struct cc_snapshot {
 
 struct cc_clone {
   char name[CC_NAME_MAX + 1];
+  char origin[2 * CC_NAME_MAX + 2]; /* what it was created from ("" if unknown); informational */
+  int full;                         /* created with --full */
   char top[CC_UUID_STR];
   int64_t created;
   uint64_t size;

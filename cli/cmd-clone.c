@@ -96,17 +96,24 @@ clone_list(int argc, char **argv)
       iso_time(c[i].created, when, sizeof when);
       printf("%s\n  {\"name\": ", i ? "," : "");
       json_string(stdout, c[i].name);
-      printf(", \"size\": %" PRIu64 ", \"created\": \"%s\", \"snapshots\": %zu, \"top\": \"%s\"}",
+      printf(", \"size\": %" PRIu64 ", \"created\": \"%s\", \"snapshots\": %zu, \"top\": \"%s\""
+             ", \"origin\": ",
              c[i].size, when, c[i].nsnaps, c[i].top);
+      if (c[i].origin[0])
+        json_string(stdout, c[i].origin);
+      else
+        printf("null");
+      printf(", \"full\": %s}", c[i].full ? "true" : "false");
     }
     printf("%s]\n", n ? "\n" : "");
   } else {
-    printf("%-24s %12s %9s  %s\n", "NAME", "SIZE", "SNAPSHOTS", "CREATED");
+    printf("%-24s %12s %9s  %-25s  %s\n", "NAME", "SIZE", "SNAPSHOTS", "CREATED", "FROM");
     for (i = 0; i < n; i++) {
       char size[32], when[40];
       human_size(c[i].size, size, sizeof size);
       format_time(c[i].created, when, sizeof when);
-      printf("%-24s %12s %9zu  %s\n", c[i].name, size, c[i].nsnaps, when);
+      printf("%-24s %12s %9zu  %-25s  %s%s\n", c[i].name, size, c[i].nsnaps, when,
+             c[i].origin[0] ? c[i].origin : "-", c[i].full ? " (full copy)" : "");
     }
   }
   cc_clone_list_free(c, n);

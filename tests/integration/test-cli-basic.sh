@@ -57,6 +57,8 @@ cc clone list --json >"$WORK/c.json"
 jq -e '[.[].name] == ["vm1","vm2","vm3"]' "$WORK/c.json" >/dev/null || fail "clone list --json"
 jq -e '.[] | select(.name=="vm1") | .snapshots==3 and .size==67108864' "$WORK/c.json" >/dev/null ||
   fail "vm1 in clone list"
+jq -e '.[] | select(.name=="vm3") | .origin=="vm1@s2" and .full==false' "$WORK/c.json" >/dev/null ||
+  fail "vm3's origin"
 cc clone list | grep -Eq '^vm1 +64.0 MiB +3 ' || fail "clone list table"
 
 # The snapshot tree: s1 <- s2, s1 <- s3 (after the revert), vm1 sits on s3.
@@ -105,6 +107,7 @@ cc export vm2 "$WORK/vm2.raw"
 
 # Full clone: standalone (no parent), same contents, sparse.
 cc clone create full1 --from vm1@s1 --full
+cc clone list | grep -Eq '^full1 .* vm1@s1 \(full copy\)$' || fail "clone list FROM column"
 cc info full1 --backing-chain --json | jq -e 'length == 1 and .[0]."backing-filename"==null' \
   >/dev/null || fail "full clone has a parent"
 cc export full1 "$WORK/full1.raw"
