@@ -17,7 +17,7 @@ struct cc_chain;
 
 /* cc_chain_open flags */
 #define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
-#define CC_IO_SYNC 2u /* read with preadv instead of io_uring */
+#define CC_IO_SYNC 2u /* read with pread instead of io_uring */
 #define CC_RAW 4u     /* top_path is a raw image (a template export): read-only.  Never probed:
                        * a raw image's first bytes are guest data and may spell anything. */
 
@@ -31,8 +31,8 @@ struct cc_chain;
 
 #define CC_MAX_DEPTH 4096
 
-/* Open the chain whose top is the layer file `top_path` (or a raw image, read-only), following
- * and validating parent links down to the bottom.  Frozen layers (all but a writable top) are
+/* Open the chain whose top is the layer file `top_path` (or a raw image, read-only, with
+ * CC_RAW), following and validating parent links down to the bottom.  Frozen layers (all but a writable top) are
  * locked shared and resolved through an index shared with every other open chain on the same
  * frozen layers. */
 int cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out);
