@@ -34,6 +34,19 @@ struct round {
   uint64_t top_size;
 };
 
+/* The temporary directory of the round in progress, removed by the suite's fini when an
+ * assertion ends the test early. */
+static char *live_dir;
+
+static void
+cleanup(void)
+{
+  otu_rmtree(live_dir);
+  live_dir = NULL;
+}
+
+TestSuite(chain_model, .fini = cleanup, .timeout = 120);
+
 static char *
 layer_path(const struct round *t, size_t i)
 {
@@ -153,6 +166,7 @@ round_init(struct round *t, uint64_t seed, unsigned io)
   t->rng = seed;
   t->io = io;
   t->dir = otu_tmpdir();
+  live_dir = t->dir;
   t->cluster = 16384u << rnd(t, 4); /* sub-clusters of 512 to 4096 bytes */
   t->scratch = malloc(MAX_IO);
   cr_assert_not_null(t->scratch);
@@ -170,6 +184,7 @@ round_fini(struct round *t)
   ctu_model_free(&t->m);
   free(t->scratch);
   otu_rmtree(t->dir);
+  live_dir = NULL;
 }
 
 /* The whole chain, read-only, with both I/O paths: the same bytes as the model. */
@@ -273,12 +288,12 @@ random_depths(const char *name, unsigned io, int rounds)
   }
 }
 
-Test(chain_model, random_depths_uring, .timeout = 120)
+Test(chain_model, random_depths_uring)
 {
   random_depths("chain_model/random_depths_uring", 0, 8);
 }
 
-Test(chain_model, random_depths_sync, .timeout = 120)
+Test(chain_model, random_depths_sync)
 {
   random_depths("chain_model/random_depths_sync", CC_IO_SYNC, 8);
 }
@@ -381,7 +396,7 @@ deep_chain(const char *name, size_t nfiles)
   cr_assert_eq(cc_chain_index_count(), 0);
 }
 
-Test(chain_model, depth_1000, .timeout = 120)
+Test(chain_model, depth_1000)
 {
   deep_chain("chain_model/depth_1000", 1000);
 }

@@ -33,6 +33,16 @@ struct pool {
   uint64_t rng;
 };
 
+/* The pool directory in use, removed by the suite's fini when an assertion ends a test early. */
+static char *live_dir;
+
+static void
+cleanup(void)
+{
+  otu_rmtree(live_dir);
+  live_dir = NULL;
+}
+
 static char *
 snap_path(struct pool *p, int i)
 {
@@ -60,6 +70,7 @@ make_pool(struct pool *p, int nclones)
   ctu_no_sync();
   p->rng = otu_seed("chain_share");
   p->dir = otu_tmpdir();
+  live_dir = p->dir;
   ctu_model_init(&p->m, SIZE, 4096);
   for (uint64_t b = 0; b < SIZE; b += 4096) {
     if (otu_rand_below(&p->rng, 2)) {
@@ -108,9 +119,10 @@ free_pool(struct pool *p)
 {
   ctu_model_free(&p->m);
   otu_rmtree(p->dir);
+  live_dir = NULL;
 }
 
-TestSuite(chain_share, .timeout = 60);
+TestSuite(chain_share, .fini = cleanup, .timeout = 60);
 
 Test(chain_share, hundred_clones_one_index)
 {
