@@ -1,0 +1,430 @@
+/* crash-writer: a verified write workload for the crash loop (scripts/crashloop).
+ *
+ *   crash-writer write  SOCK EXPORT JOURNAL FIRST-GEN SEED
+ *       Writes until the server goes away (it is killed with SIGKILL at a random moment): 4 KiB
+ *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests in
+ *       flight on disjoint blocks, a flush every 1-64 requests.  Every request is recorded in
+ *       JOURNAL *before* it is sent ("W"), an FUA write's completion after it returns ("A"), a
+ *       flush after it returns ("F", then fsync of the journal), so the journal always knows
+ *       everything the server may have done and everything it promised.
+ *   crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW
+ *       Replays JOURNAL over BASELINE (what each block held when the writer started; all
+ *       "template" when BASELINE does not exist yet) and reads every block of the export:
+ *         - a block whose last write was flushed (or FUA-acknowledged) holds exactly that write;
+ *         - a block with writes sent since then holds the flushed contents or one of those
+ *           writes, never anything else (other bytes, another block's data, an older write).
+ *       Then flushes and rewrites BASELINE with what it read, for the next round, and prints
+ *       "verified BLOCKS blocks, PENDING with unflushed writes (NEW new, OLD old)".
+ *
+ * Block contents are a function of (block, generation): 16 header bytes (block, generation) and
+ * a hash stream, so a misplaced block (another cluster's data) or a stale one is recognized.
+ * Generation 0 is the template's bytes at that offset, generation 1 is zeroes (zero/trim).
+ * Exit: 0 ok, 1 a verification failed (what and where on stderr), 2 usage or setup error.
+ * `write` exits 0 once the connection fails: that is how it is meant to end.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libnbd.h>
+
+#define BLK 4096u
+#define QD 8
+#define MAXRUN 16
+
+#define GEN_TEMPLATE 0
+#define GEN_ZERO 1
+
+static void
+die(const char *what)
+{
+  fprintf(stderr, "crash-writer: %s: %s\n", what, nbd_get_error() ? nbd_get_error() : strerror(errno));
+  exit(2);
+}
+
+static uint64_t
+splitmix(uint64_t *s)
+{
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* The contents of `block` written by generation `gen` >= 2. */
+static void
+fill(uint8_t *buf, uint64_t block, uint64_t gen)
+{
+  uint64_t w[BLK / 8], s = block * 0x100000001b3ull ^ gen;
+
+  w[0] = block;
+  w[1] = gen;
+  for (size_t i = 2; i < BLK / 8; i++)
+    w[i] = splitmix(&s);
+  memcpy(buf, w, BLK);
+}
+
+static struct nbd_handle *
+connect_export(const char *sock, const char *name)
+{
+  struct nbd_handle *h = nbd_create();
+
+  if (h == NULL || nbd_set_export_name(h, name) < 0 || nbd_connect_unix(h, sock) < 0)
+    die("connect");
+  return h;
+}
+
+/* ---- write ---- */
+
+struct req {
+  int64_t cookie; /* 0: slot free */
+  uint64_t block, n, gen;
+  bool fua;
+};
+
+static int jfd = -1;
+
+static void
+journal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void
+journal(const char *fmt, ...)
+{
+  char line[128];
+  va_list ap;
+  int len;
+
+  va_start(ap, fmt);
+  len = vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  /* One write(2) per record: the writer is never killed, but nothing is left in a stdio
+   * buffer if it is. */
+  if (write(jfd, line, (size_t)len) != len)
+    die("journal write");
+}
+
+static bool
+overlaps(const struct req *q, uint64_t block, uint64_t n)
+{
+  for (int i = 0; i < QD; i++)
+    if (q[i].cookie && block < q[i].block + q[i].n && q[i].block < block + n)
+      return true;
+  return false;
+}
+
+/* Reap completed requests; returns false once the connection is gone. */
+static bool
+reap(struct nbd_handle *h, struct req *q, bool wait)
+{
+  if (wait && nbd_poll(h, -1) < 0)
+    return false;
+  for (int i = 0; i < QD; i++) {
+    if (q[i].cookie == 0)
+      continue;
+    int r = nbd_aio_command_completed(h, q[i].cookie);
+    if (r == 0)
+      continue;
+    if (r < 0)
+      return false; /* failed: the server is gone (or broke, which verify will tell) */
+    if (q[i].fua)
+      journal("A %" PRIu64 "\n", q[i].gen);
+    q[i].cookie = 0;
+  }
+  return !(nbd_aio_is_dead(h) || nbd_aio_is_closed(h));
+}
+
+static int
+in_flight(const struct req *q)
+{
+  int n = 0;
+  for (int i = 0; i < QD; i++)
+    n += q[i].cookie != 0;
+  return n;
+}
+
+static int
+cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, uint64_t seed)
+{
+  struct nbd_handle *h = connect_export(sock, name);
+  struct req q[QD] = { 0 };
+  uint64_t nblocks = (uint64_t)nbd_get_size(h) / BLK, s = seed, until_flush = 1;
+  static uint8_t buf[QD][MAXRUN * BLK];
+
+  jfd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (jfd < 0)
+    die(jpath);
+  if (nblocks < 2 * MAXRUN)
+    die("export too small");
+  for (;;) {
+    if (--until_flush == 0) {
+      /* Drain, then flush: the flush covers exactly the writes journaled before "F". */
+      while (in_flight(q))
+        if (!reap(h, q, true))
+          goto gone;
+      if (nbd_flush(h, 0) < 0)
+        goto gone;
+      journal("F\n");
+      if (fsync(jfd) < 0)
+        die("journal fsync");
+      until_flush = 1 + splitmix(&s) % 64;
+      continue;
+    }
+    /* Half the requests in a hot 8 MiB (overwrites of allocated sub-clusters), half anywhere
+     * (new allocations, copy-up from the template). */
+    uint64_t r = splitmix(&s), n = 1 + r % MAXRUN;
+    uint64_t span = (r >> 8) % 2 ? nblocks : 2048;
+    if (span > nblocks)
+      span = nblocks;
+    uint64_t block = (r >> 16) % (span - n + 1);
+    unsigned kind = (unsigned)((r >> 40) % 100);
+    int slot = -1;
+
+    if (overlaps(q, block, n))
+      continue;
+    while (in_flight(q) == QD)
+      if (!reap(h, q, true))
+        goto gone;
+    for (int i = 0; i < QD; i++)
+      if (q[i].cookie == 0) {
+        slot = i;
+        break;
+      }
+    q[slot] = (struct req){ .block = block, .n = n, .gen = gen, .fua = false };
+    int64_t c;
+    if (kind < 8) { /* write-zeroes or trim: both read back as zeroes */
+      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " z\n", gen, block, n);
+      c = kind < 4 ? nbd_aio_zero(h, n * BLK, block * BLK, NBD_NULL_COMPLETION, 0)
+                   : nbd_aio_trim(h, n * BLK, block * BLK, NBD_NULL_COMPLETION, 0);
+    } else {
+      q[slot].fua = kind < 18;
+      for (uint64_t b = 0; b < n; b++)
+        fill(buf[slot] + b * BLK, block + b, gen);
+      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " %c\n", gen, block, n, q[slot].fua ? 'f' : 'd');
+      c = nbd_aio_pwrite(h, buf[slot], n * BLK, block * BLK, NBD_NULL_COMPLETION,
+                         q[slot].fua ? LIBNBD_CMD_FLAG_FUA : 0);
+    }
+    if (c < 0)
+      goto gone;
+    q[slot].cookie = c;
+    gen++;
+    if (!reap(h, q, false))
+      goto gone;
+  }
+gone:
+  /* The expected end: the server was killed.  Whatever was in flight stays "sent". */
+  fsync(jfd);
+  close(jfd);
+  nbd_close(h);
+  return 0;
+}
+
+/* ---- verify ---- */
+
+struct cand {
+  uint64_t flushed;  /* what the block durably holds */
+  uint64_t *pending; /* generations sent since, in order */
+  size_t npending, cap;
+};
+
+static void
+add_pending(struct cand *c, uint64_t gen)
+{
+  if (c->npending == c->cap) {
+    c->cap = c->cap ? 2 * c->cap : 4;
+    c->pending = realloc(c->pending, c->cap * sizeof *c->pending);
+    if (c->pending == NULL)
+      die("realloc");
+  }
+  c->pending[c->npending++] = gen;
+}
+
+/* A journaled request, for the "A" records that refer back to one. */
+struct wrec {
+  uint64_t gen, block, n;
+  bool zero;
+};
+
+static int
+cmd_verify(const char *sock, const char *name, const char *jpath, const char *bpath,
+           const char *tpath)
+{
+  struct nbd_handle *h = connect_export(sock, name);
+  uint64_t nblocks = (uint64_t)nbd_get_size(h) / BLK;
+  struct cand *cand = calloc(nblocks, sizeof *cand);
+  uint64_t *base = calloc(nblocks, sizeof *base), *seen = calloc(nblocks, sizeof *seen);
+  struct wrec *w = NULL;
+  size_t nw = 0, capw = 0;
+  uint64_t pending_blocks = 0, got_new = 0, got_old = 0;
+  static uint8_t chunk[256 * BLK], expect[BLK], tmpl[BLK];
+  FILE *jf;
+  int tfd, bfd, bad = 0;
+  char line[256];
+
+  if (cand == NULL || base == NULL || seen == NULL)
+    die("calloc");
+  bfd = open(bpath, O_RDONLY | O_CLOEXEC);
+  if (bfd >= 0) {
+    if (read(bfd, base, nblocks * sizeof *base) != (ssize_t)(nblocks * sizeof *base))
+      die("baseline read");
+    close(bfd);
+  }
+  for (uint64_t b = 0; b < nblocks; b++)
+    cand[b].flushed = base[b];
+
+  /* Replay the journal: "W" adds a candidate, "A" (FUA done) and "F" (flush done) make the last
+   * write of each block its only possible contents. */
+  jf = fopen(jpath, "r");
+  while (jf && fgets(line, sizeof line, jf)) {
+    uint64_t gen, block, n;
+    char kind;
+
+    if (sscanf(line, "W %" SCNu64 " %" SCNu64 " %" SCNu64 " %c", &gen, &block, &n, &kind) == 4) {
+      if (block + n > nblocks)
+        die("journal: block out of range");
+      if (nw == capw) {
+        capw = capw ? 2 * capw : 1024;
+        w = realloc(w, capw * sizeof *w);
+        if (w == NULL)
+          die("realloc");
+      }
+      w[nw++] = (struct wrec){ gen, block, n, kind == 'z' };
+      for (uint64_t b = block; b < block + n; b++)
+        add_pending(&cand[b], kind == 'z' ? GEN_ZERO : gen);
+    } else if (sscanf(line, "A %" SCNu64, &gen) == 1) {
+      /* The FUA write is durable.  Writes to its blocks sent after it are still candidates
+       * (none can have been sent before it completed: in-flight requests are disjoint). */
+      for (size_t i = nw; i-- > 0;) {
+        if (w[i].gen != gen)
+          continue;
+        for (uint64_t b = w[i].block; b < w[i].block + w[i].n; b++) {
+          struct cand *c = &cand[b];
+          size_t k = 0;
+          while (k < c->npending && c->pending[k] != gen)
+            k++;
+          if (k == c->npending)
+            die("journal: A for a write not pending");
+          c->flushed = gen;
+          memmove(c->pending, c->pending + k + 1, (c->npending - k - 1) * sizeof *c->pending);
+          c->npending -= k + 1;
+        }
+        break;
+      }
+    } else if (line[0] == 'F') {
+      for (uint64_t b = 0; b < nblocks; b++)
+        if (cand[b].npending) {
+          cand[b].flushed = cand[b].pending[cand[b].npending - 1];
+          cand[b].npending = 0;
+        }
+    } else {
+      fprintf(stderr, "crash-writer: journal: bad line: %s", line);
+      exit(2);
+    }
+  }
+  if (jf)
+    fclose(jf);
+
+  tfd = open(tpath, O_RDONLY | O_CLOEXEC);
+  if (tfd < 0)
+    die(tpath);
+  for (uint64_t b0 = 0; b0 < nblocks; b0 += 256) {
+    uint64_t nb = nblocks - b0 < 256 ? nblocks - b0 : 256;
+    if (nbd_pread(h, chunk, nb * BLK, b0 * BLK, 0) < 0)
+      die("pread");
+    for (uint64_t b = b0; b < b0 + nb; b++) {
+      const uint8_t *got = chunk + (b - b0) * BLK;
+      struct cand *c = &cand[b];
+      bool ok = false;
+
+      for (size_t k = 0; k <= c->npending && !ok; k++) {
+        uint64_t g = k == 0 ? c->flushed : c->pending[k - 1];
+        if (g == GEN_TEMPLATE) {
+          ssize_t r = pread(tfd, tmpl, BLK, (off_t)(b * BLK));
+          if (r < 0)
+            die("template read");
+          memset(tmpl + r, 0, BLK - (size_t)r);
+          ok = memcmp(got, tmpl, BLK) == 0;
+        } else if (g == GEN_ZERO) {
+          ok = got[0] == 0 && memcmp(got, got + 1, BLK - 1) == 0;
+        } else {
+          fill(expect, b, g);
+          ok = memcmp(got, expect, BLK) == 0;
+        }
+        if (ok) {
+          seen[b] = g;
+          if (c->npending) {
+            pending_blocks++;
+            if (k == 0)
+              got_old++;
+            else
+              got_new++;
+          }
+        }
+      }
+      if (!ok) {
+        uint64_t hdr[2];
+        memcpy(hdr, got, sizeof hdr);
+        fprintf(stderr,
+                "crash-writer: block %" PRIu64 " (offset %" PRIu64 "): holds (block %" PRIu64
+                ", gen %" PRIu64 ") or other bytes; expected flushed gen %" PRIu64
+                " or one of %zu pending:",
+                b, b * BLK, hdr[0], hdr[1], c->flushed, c->npending);
+        for (size_t k = 0; k < c->npending; k++)
+          fprintf(stderr, " %" PRIu64, c->pending[k]);
+        fprintf(stderr, " (0 = template, 1 = zeroes)\n");
+        if (++bad >= 20)
+          break;
+      }
+    }
+    if (bad >= 20)
+      break;
+  }
+  close(tfd);
+  if (bad) {
+    fprintf(stderr, "crash-writer: verify FAILED: %d bad blocks (first 20 shown)\n", bad);
+    return 1;
+  }
+  /* What was read is now the baseline: flush it so it is durable, then save it. */
+  if (nbd_flush(h, 0) < 0)
+    die("flush");
+  {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", bpath);
+    bfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (bfd < 0 || write(bfd, seen, nblocks * sizeof *seen) != (ssize_t)(nblocks * sizeof *seen) ||
+        fsync(bfd) < 0 || close(bfd) < 0 || rename(tmp, bpath) < 0)
+      die("baseline write");
+  }
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+  printf("verified %" PRIu64 " blocks, %" PRIu64 " with unflushed writes (%" PRIu64 " new, %" PRIu64
+         " old), %zu requests journaled\n",
+         nblocks, pending_blocks, got_new, got_old, nw);
+  for (uint64_t b = 0; b < nblocks; b++)
+    free(cand[b].pending);
+  free(cand);
+  free(base);
+  free(seen);
+  free(w);
+  return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+  if (argc == 7 && strcmp(argv[1], "write") == 0)
+    return cmd_write(argv[2], argv[3], argv[4], strtoull(argv[5], NULL, 10),
+                     strtoull(argv[6], NULL, 10));
+  if (argc == 7 && strcmp(argv[1], "verify") == 0)
+    return cmd_verify(argv[2], argv[3], argv[4], argv[5], argv[6]);
+  fprintf(stderr, "usage: crash-writer write SOCK EXPORT JOURNAL FIRST-GEN SEED\n"
+                  "       crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW\n");
+  return 2;
+}
