@@ -221,6 +221,11 @@ cc_index_build(struct cc_index *idx)
   idx->nruns = cur.n;
   idx->size = size;
   cur.v = NULL;
+  /* The runs now hold everything the frozen maps said; keeping the maps too would cost their
+   * memory once per layer of history.  Only the fds (and locks) are still needed. */
+  for (size_t i = 0; i < idx->nlayers; i++)
+    if (idx->layers[i].ovl)
+      ovl_drop_map(idx->layers[i].ovl);
 out:
   free(cur.v);
   free(next.v);

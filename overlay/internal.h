@@ -71,6 +71,8 @@ struct ovl_layer {
   size_t ndirty_l2, dirty_cap;
 
   uint64_t file_size, file_blocks_bytes; /* at open */
+  bool map_dropped;                      /* ovl_drop_map: l1 is NULL, counts below are kept */
+  uint64_t dropped_alloc, dropped_zero;  /* sub-cluster counts at the drop */
 };
 
 /* header.c */

@@ -321,6 +321,28 @@ ovl_close(struct ovl_layer *l)
   return r;
 }
 
+/* Sub-clusters in state allocated and zero, over the whole map. */
+static void
+count_states(struct ovl_layer *l, uint64_t *alloc, uint64_t *zero)
+{
+  *alloc = *zero = 0;
+  if (l->map_dropped) {
+    *alloc = l->dropped_alloc;
+    *zero = l->dropped_zero;
+    return;
+  }
+  for (uint32_t i = 0; i < l->hdr.l1_entries; i++) {
+    struct ovl_l2 *t = atomic_load_explicit(&l->l1[i], memory_order_acquire);
+    if (!t)
+      continue;
+    for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
+      uint64_t bits = atomic_load_explicit(&t->e[j].bits, memory_order_acquire);
+      *alloc += (uint64_t)__builtin_popcount(ovl_bits_alloc(bits));
+      *zero += (uint64_t)__builtin_popcount(ovl_bits_zero(bits));
+    }
+  }
+}
+
 void
 ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
 {
@@ -344,18 +366,22 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
   info->file_size = l->file_size;
   info->file_blocks_bytes = l->file_blocks_bytes;
   pthread_mutex_unlock(&l->lock);
-  for (uint32_t i = 0; i < l->hdr.l1_entries; i++) {
-    struct ovl_l2 *t = atomic_load_explicit(&l->l1[i], memory_order_acquire);
-    if (!t)
-      continue;
-    for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
-      uint64_t bits = atomic_load_explicit(&t->e[j].bits, memory_order_acquire);
-      alloc += (uint64_t)__builtin_popcount(ovl_bits_alloc(bits));
-      zero += (uint64_t)__builtin_popcount(ovl_bits_zero(bits));
-    }
-  }
+  count_states(l, &alloc, &zero);
   info->allocated_bytes = alloc * l->sc_size;
   info->zero_bytes = zero * l->sc_size;
+}
+
+int
+ovl_drop_map(struct ovl_layer *l)
+{
+  if (l->flags & OVL_RDWR)
+    return cc_error_set(EINVAL, "drop map: %s: layer is open for writing", l->path);
+  if (!l->map_dropped) {
+    count_states(l, &l->dropped_alloc, &l->dropped_zero);
+    ovl_map_free(l);
+    l->map_dropped = true;
+  }
+  return 0;
 }
 
 const char *
@@ -405,6 +431,8 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
   uint64_t end, pos;
   size_t n = 0;
 
+  if (l->map_dropped)
+    return cc_error_set(EINVAL, "map: %s: the map was dropped (the layer is read through an index)", l->path);
   if (offset > l->hdr.virtual_size)
     return cc_error_set(EINVAL, "map: %s: offset %" PRIu64 " beyond the virtual size", l->path, offset);
   end = length > l->hdr.virtual_size - offset ? l->hdr.virtual_size : offset + length;

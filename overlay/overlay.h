@@ -138,6 +138,12 @@ int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned fla
 /* Make every completed write durable, in the order of docs/FORMAT.md section 7.2. */
 int ovl_flush(struct ovl_layer *l);
 
+/* For a read-only layer whose contents chain/ has copied into its resolution index: free the
+ * in-memory map, keeping the fd, the lock and the header.  Afterwards ovl_map and ovl_pread
+ * fail with -EINVAL; ovl_get_info still reports the allocated and zero byte counts taken at the
+ * drop.  Returns -EINVAL on a writable layer (its map is live). */
+int ovl_drop_map(struct ovl_layer *l);
+
 /* Replace the parent link (header rewrite, section 7.3).  Needs OVL_RDWR. */
 int ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent);
 

@@ -832,3 +832,41 @@ Test(overlay_states, huge_virtual_disks)
     fx_teardown(&f);
   }
 }
+
+/* ovl_drop_map: a read-only layer gives up its map (chain/ keeps the runs in its index) but
+ * still reports its counts; a writable layer refuses. */
+Test(overlay_states, drop_map)
+{
+  char dir[] = "/tmp/cc-drop-XXXXXX";
+  char path[64];
+  struct ovl_create_opts o = { .virtual_size = 4 << 20 };
+  struct ovl_layer *l;
+  struct ovl_info before, after;
+  struct ovl_extent e;
+  uint8_t buf[8192];
+
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/a.cow", dir);
+  cr_assert_eq(ovl_create(path, &o, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_open(path, OVL_RDWR, &l), 0, "%s", cc_error_get());
+  memset(buf, 0x5a, sizeof buf);
+  cr_assert_eq(ovl_pwrite(l, buf, sizeof buf, 65536, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_zero(l, 4096, 0, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_drop_map(l), -EINVAL);
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+
+  cr_assert_eq(ovl_open(path, OVL_RDONLY, &l), 0, "%s", cc_error_get());
+  ovl_get_info(l, &before);
+  cr_assert_eq(ovl_drop_map(l), 0);
+  cr_assert_eq(ovl_drop_map(l), 0); /* twice is harmless */
+  ovl_get_info(l, &after);
+  cr_assert_eq(after.allocated_bytes, 8192);
+  cr_assert_eq(after.zero_bytes, 4096);
+  cr_assert_eq(after.allocated_bytes, before.allocated_bytes);
+  cr_assert_eq(ovl_map(l, 0, 4096, &e, 1), -EINVAL);
+  cr_assert(strstr(cc_error_get(), "dropped"), "%s", cc_error_get());
+  cr_assert_eq(ovl_pread(l, buf, 4096, 0, NULL, NULL), -EINVAL);
+  cr_assert_eq(ovl_close(l), 0);
+  unlink(path);
+  rmdir(dir);
+}
