@@ -132,6 +132,8 @@ cc_clone_delete(struct cc_pool *p, const char *name)
     return r;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
+  if ((r = pool_graph_require_sound(&g, what)) < 0)
+    goto out;
   for (i = 0; i < g.nclones; i++)
     if (strcmp(g.clones[i].name, name) == 0)
       break;

@@ -169,6 +169,18 @@ pool_graph_find(struct pool_graph *g, const char *uuid)
   return bsearch(&key, g->nodes, g->n, sizeof key, cmp_node);
 }
 
+int
+pool_graph_require_sound(const struct pool_graph *g, const char *what)
+{
+  size_t i;
+
+  for (i = 0; i < g->n; i++)
+    if (g->nodes[i].live && g->nodes[i].bad)
+      return cc_error_set(EUCLEAN, "%s: cannot tell what depends on what: %s (see cowchain check)",
+                          what, g->nodes[i].error);
+  return 0;
+}
+
 /* Mark n and its ancestors live; bounded by the node count, so a cycle cannot loop. */
 static void
 mark_chain(struct pool_graph *g, struct pool_node *n)

@@ -122,6 +122,9 @@ struct pool_graph {
 int pool_graph_load(struct cc_pool *p, struct pool_graph *g);
 void pool_graph_free(struct pool_graph *g);
 struct pool_node *pool_graph_find(struct pool_graph *g, const char *uuid);
+/* -EUCLEAN, naming it, if a live layer could not be read: its parent link is unknown, so any
+ * decision "nothing depends on X" could be wrong.  Operations that delete layers call this. */
+int pool_graph_require_sound(const struct pool_graph *g, const char *what);
 /* Recompute `referenced` and `live` from the records in g (after the caller edited them). */
 void pool_graph_mark_live(struct pool_graph *g);
 /* Unlink every layer that is not live and images no raw template names; `locked_ok` skips

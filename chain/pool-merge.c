@@ -163,7 +163,7 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_pr
     goto out;
   }
   strcpy(suuid, c.snaps[si].layer);
-  if ((r = pool_graph_load(p, &g)) < 0)
+  if ((r = pool_graph_load(p, &g)) < 0 || (r = pool_graph_require_sound(&g, what)) < 0)
     goto out;
   /* Drop the entry from our copy of the record now; it is written in step 4. */
   memmove(&c.snaps[si], &c.snaps[si + 1], (c.nsnaps - (size_t)si - 1) * sizeof *c.snaps);

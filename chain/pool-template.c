@@ -279,6 +279,8 @@ cc_template_delete(struct cc_pool *p, const char *name)
     goto unlock;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
+  if ((r = pool_graph_require_sound(&g, "template delete")) < 0)
+    goto out;
   target = t.kind == CC_TEMPLATE_LAYER ? t.layer : NULL;
   image = t.kind == CC_TEMPLATE_RAW ? t.name : NULL;
   for (i = 0; i < g.ntmpls; i++) {
