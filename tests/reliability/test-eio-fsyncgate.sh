@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A failed flush must not be "fixed" by retrying it.  When fdatasync fails with EIO, Linux (since
+# 4.13) marks the dirty pages clean and reports the error once: the next fdatasync succeeds
+# although the data never reached the disk.  fault-shim.so with FAULT_DROP=1 reproduces exactly
+# that (it puts back the bytes the writes since the last good sync replaced).  A later flush may
+# then only succeed if every acknowledged write is really there; the client checks it, and
+# after a restart it is checked again.
+source "$(dirname "$0")/../integration/functions.sh"
+requires_plugin
+HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
+FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
+[ -x "$HOSTILE_CLIENT" ] || skip "hostile-client not built: $HOSTILE_CLIENT"
+[ -f "$FAULT_SHIM" ] || skip "fault-shim not built: $FAULT_SHIM"
+setup_pool
+
+plain_env=("${SERVER_ENV[@]}")
+e=()
+found=0
+for v in "${SERVER_ENV[@]}"; do
+  case "$v" in
+    LD_PRELOAD=*) e+=("$v:$FAULT_SHIM"); found=1 ;;
+    *) e+=("$v") ;;
+  esac
+done
+[ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
+SERVER_ENV=("${e[@]}" "FAULT_TRIGGER=$WORK/fault" "FAULT_MATCH=$POOL/layers/" FAULT_DROP=1)
+start_server -- io=sync
+timeout 120 "$HOSTILE_CLIENT" fsyncgate "$SOCK" vm1 "$WORK/fault" >"$WORK/path.out" ||
+  fail "a flush succeeded after a failed one while acknowledged data was lost (fsyncgate)"
+how=$(cat "$WORK/path.out")
+echo "server path after the failed flush: $how"
+stop_server
+
+SERVER_ENV=("${plain_env[@]}")
+start_server
+timeout 60 "$HOSTILE_CLIENT" pattern "$SOCK" vm1 check 0 1048576 0xa || fail "A lost"
+if [ "$how" = rewritten ]; then
+  timeout 60 "$HOSTILE_CLIENT" pattern "$SOCK" vm1 check $((8 << 20)) 1048576 0xb ||
+    fail "B was acknowledged by a successful flush, and is lost after a restart"
+fi
+stop_server
+retry cc check vm1 >"$WORK/check.out" || {
+  cat "$WORK/check.out" >&2
+  fail "check finds errors"
+}
+check_template_unchanged

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# EIO from the disk (DESIGN.md "Durability and safety": the request fails with that errno to the
+# NBD client; nothing already written is lost; the export works again once the fault is gone).
+# fault-shim.so, preloaded into nbdkit, fails reads, writes or syncs of the pool's layer files
+# with EIO while a trigger file says so (no root, no device-mapper); io=sync because io_uring
+# reads do not go through libc.  ENOSPC has its own test (tests/integration/test-server-enospc.sh).
+source "$(dirname "$0")/../integration/functions.sh"
+requires_plugin
+HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
+FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
+[ -x "$HOSTILE_CLIENT" ] || skip "hostile-client not built: $HOSTILE_CLIENT"
+[ -f "$FAULT_SHIM" ] || skip "fault-shim not built: $FAULT_SHIM"
+setup_pool
+
+# The shim goes after the ASan runtime when the plugin is sanitized (it must come first).
+with_shim() {
+  local e=() v found=0
+  for v in "${SERVER_ENV[@]}"; do
+    case "$v" in
+      LD_PRELOAD=*) e+=("$v:$FAULT_SHIM"); found=1 ;;
+      *) e+=("$v") ;;
+    esac
+  done
+  [ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
+  SERVER_ENV=("${e[@]}" "FAULT_TRIGGER=$WORK/fault" "FAULT_MATCH=$POOL/layers/" "$@")
+}
+plain_env=("${SERVER_ENV[@]}")
+with_shim
+start_server -- io=sync
+timeout 120 "$HOSTILE_CLIENT" eio "$SOCK" vm1 "$WORK/fault" || fail "EIO handling"
+log_has 'vm1'
+stop_server
+
+# After a restart without the shim, everything acknowledged is there.
+SERVER_ENV=("${plain_env[@]}")
+start_server
+for spec in "0 1M 0xa" "1M 1M 0xb" "4M 64K 0xc" "$((2 * 1024 * 1024 + 100)) 1000 0xd"; do
+  set -- $spec
+  off=$(numfmt --from=iec "$1")
+  len=$(numfmt --from=iec "$2")
+  timeout 60 "$HOSTILE_CLIENT" pattern "$SOCK" vm1 check "$off" "$len" "$3" ||
+    fail "data at $1 lost after the EIO faults and a restart"
+done
+stop_server
+retry cc check vm1 >"$WORK/check.out" || {
+  cat "$WORK/check.out" >&2
+  fail "check after the faults"
+}
+grep -q ', 0 errors, 0 leaks' "$WORK/check.out" || {
+  cat "$WORK/check.out" >&2
+  fail "check after the faults reports problems"
+}
+check_template_unchanged
