@@ -352,3 +352,26 @@ Test(pool, check_finds_faults_and_repairs_leftovers)
   cr_assert_eq(cc_pool_check(pool, "vm", 0, NULL, NULL, &sum), -EUCLEAN);
   cr_assert_geq(sum.errors, 1);
 }
+
+Test(pool, no_deletes_while_a_live_layer_is_unreadable)
+{
+  struct cc_clone c;
+  char path[4096];
+
+  cr_assert_eq(cc_template_create(pool, "t", 1 << 20), 0);
+  cr_assert_eq(cc_clone_create(pool, "vm1", "t", 0, NULL, NULL), 0);
+  cr_assert_eq(cc_snapshot_create(pool, "vm1", "s1", NULL), 0);
+  cr_assert_eq(cc_clone_create(pool, "vm2", "vm1@s1", 0, NULL, NULL), 0);
+  /* vm2's top sits on vm1@s1; with its header unreadable nobody can know that. */
+  cr_assert_eq(cc_pool_get_clone(pool, "vm2", &c), 0);
+  snprintf(path, sizeof path, "%s/layers/%s.cow", pooldir, c.top);
+  cc_clone_free(&c);
+  cr_assert_eq(truncate(path, 100), 0);
+  cr_assert_eq(cc_clone_delete(pool, "vm1"), -EUCLEAN);
+  cr_assert(strstr(cc_error_get(), "cannot tell what depends"), "%s", cc_error_get());
+  cr_assert_eq(cc_snapshot_delete(pool, "vm1", "s1", NULL, NULL), -EUCLEAN);
+  cr_assert_eq(cc_template_delete(pool, "t"), -EUCLEAN);
+  /* vm1@s1's layer is still there. */
+  cr_assert_eq(cc_pool_resolve_export(pool, "vm1@s1", path, sizeof path, NULL), 0);
+  cr_assert_eq(access(path, F_OK), 0);
+}
