@@ -8,10 +8,11 @@ fio --enghelp=nbd >/dev/null 2>&1 || skip "fio lacks the nbd engine"
 setup_pool
 
 run_fio() {
-  timeout 200 fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" --size=48M \
+  # fio saves verify state into the current directory; keep it in the work dir
+  (cd "$WORK" && timeout 200 fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" --size=48M \
     --rw=randwrite --bsrange=512-128k --bs_unaligned=0 --iodepth=16 --numjobs=1 \
     --verify=crc32c --verify_fatal=1 --randseed=4242 --norandommap=0 "$@" \
-    --output="$WORK/fio.out" || {
+    --output="$WORK/fio.out") || {
     cat "$WORK/fio.out" >&2
     fail "fio $*"
   }
