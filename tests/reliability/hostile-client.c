@@ -17,6 +17,8 @@
  *                                        a failed flush whose dirty pages the kernel dropped
  *                                        (FAULT_DROP=1) must never be followed by a flush that
  *                                        succeeds while acknowledged data is missing
+ *   hostile-client tls SOCK EXPORT PSKFILE psk|plain|wrongkey
+ *                                        TLS-PSK as user alice works; no TLS or a wrong key fails
  *   hostile-client pattern SOCK EXPORT write|check OFFSET LENGTH SEED
  *                                        write (and flush) or check a pattern
  * Exit 0 ok, 1 a failed check (what on stderr), 2 usage/setup error.
@@ -458,9 +460,51 @@ cmd_fsyncgate(const char *sock, const char *name, const char *tpath)
   return 0;
 }
 
+/* TLS with a pre-shared key: MODE "psk" must connect and read back a write; "plain" (no TLS)
+ * and "wrongkey" (a PSK file with another key) must be refused. */
+static int
+cmd_tls(const char *sock, const char *name, const char *pskfile, const char *mode)
+{
+  struct nbd_handle *h = nbd_create();
+  bool want_ok = strcmp(mode, "psk") == 0;
+  uint8_t b[4096], r[4096];
+
+  if (h == NULL)
+    FAIL("nbd_create: %s", nbd_get_error());
+  if (strcmp(mode, "plain") != 0 &&
+      (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0 || nbd_set_tls_username(h, "alice") < 0 ||
+       nbd_set_tls_psk_file(h, pskfile) < 0))
+    FAIL("tls setup: %s", nbd_get_error());
+  if (nbd_set_export_name(h, name) < 0)
+    FAIL("%s", nbd_get_error());
+  if (nbd_connect_unix(h, sock) < 0) {
+    if (want_ok)
+      FAIL("TLS-PSK connection refused: %s", nbd_get_error());
+    printf("tls: %s client refused: %s\n", mode, nbd_get_error());
+    nbd_close(h);
+    return 0;
+  }
+  if (!want_ok)
+    FAIL("a %s client was served by a --tls=require server", mode);
+  if (nbd_get_tls_negotiated(h) != 1)
+    FAIL("connected without TLS");
+  fill(b, sizeof b, 40 * M, 0x715);
+  if (nbd_pwrite(h, b, sizeof b, 40 * M, LIBNBD_CMD_FLAG_FUA) < 0 ||
+      nbd_pread(h, r, sizeof r, 40 * M, 0) < 0)
+    FAIL("I/O over TLS: %s", nbd_get_error());
+  if (memcmp(b, r, sizeof b) != 0)
+    FAIL("read over TLS differs from the write");
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+  printf("tls: PSK client wrote and read back over TLS\n");
+  return 0;
+}
+
 int
 main(int argc, char **argv)
 {
+  if (argc == 6 && strcmp(argv[1], "tls") == 0)
+    return cmd_tls(argv[2], argv[3], argv[4], argv[5]);
   if (argc == 5 && strcmp(argv[1], "fsyncgate") == 0)
     return cmd_fsyncgate(argv[2], argv[3], argv[4]);
   if (argc == 4 && strcmp(argv[1], "badreq") == 0)
