@@ -193,9 +193,13 @@ check_template(struct checker *k, const struct cc_template *t)
   else if ((uint64_t)st.st_size != t->size)
     say(k, 2, "%s: image size %llu, record says %llu", what, (unsigned long long)st.st_size,
         (unsigned long long)t->size);
-  else if (st.st_mode & 0222)
-    say(k, 1, "%s: image is writable (mode %o); templates must be read-only", what,
-        st.st_mode & 0777);
+  else if (st.st_mode & 0222) {
+    int fixed = k->repair && chmod(path, 0444) == 0;
+    say(k, 1, "%s: image is writable (mode %o); templates must be read-only%s", what,
+        st.st_mode & 0777, fixed ? " (repaired)" : "");
+    if (fixed)
+      k->sum->repaired++;
+  }
 }
 
 static void

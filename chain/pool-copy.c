@@ -350,6 +350,35 @@ pool_run(const char *what, char *const argv[])
   }
 }
 
+/* Refuse an output file inside the pool: as root, O_TRUNC would happily empty a 0444 template
+ * image or a layer. */
+static int
+outside_pool(struct cc_pool *p, const char *file)
+{
+  char *pool = realpath(cc_pool_dir(p), NULL), *dir, *slash, *copy = strdup(file);
+  int r = 0;
+
+  if (pool == NULL || copy == NULL) {
+    free(pool);
+    free(copy);
+    return 0; /* cannot tell; the open below reports real errors */
+  }
+  slash = strrchr(copy, '/');
+  if (slash == copy)
+    copy[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  dir = realpath(slash ? copy : ".", NULL);
+  if (dir && (strcmp(dir, pool) == 0 ||
+              (strncmp(dir, pool, strlen(pool)) == 0 && dir[strlen(pool)] == '/')))
+    r = cc_error_set(EINVAL, "export: %s: inside the pool %s; write it somewhere else", file,
+                     cc_pool_dir(p));
+  free(dir);
+  free(pool);
+  free(copy);
+  return r;
+}
+
 int
 cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const char *format,
                     cc_progress_fn progress, void *opaque)
@@ -364,6 +393,8 @@ cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const
     qcow2 = 1;
   else
     return cc_error_set(EINVAL, "export: unknown format '%.32s' (raw or qcow2)", format);
+  if ((r = outside_pool(p, file)) < 0)
+    return r;
   /* Read-only: a clone a server is writing is refused by its lock rather than copied in the
    * middle of the guest's writes. */
   if ((r = cc_pool_open_export(p, name, 1, 0, &c)) < 0)

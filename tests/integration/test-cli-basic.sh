@@ -148,6 +148,11 @@ cc info vm5 --backing-chain --json | jq -e 'length == 4' >/dev/null ||
 cc check
 cc check vm5
 cc check | grep -q ', 0 errors, 0 leaks' || fail "check is not clean"
+# A template image made writable is a leak that --repair fixes.
+chmod 0644 "$POOL/images/base.raw"
+cc check | grep -q 'template base: image is writable' || fail "check misses a writable template"
+cc check --repair >/dev/null
+[ "$(stat -c %a "$POOL/images/base.raw")" = 444 ] || fail "check --repair left the image writable"
 check_template_unchanged
 
 # --help on every command exits 0 and prints usage on stdout.

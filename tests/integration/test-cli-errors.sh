@@ -76,6 +76,9 @@ bad "template import: /dev/null: not a regular file or block device" cc template
 : >"$WORK/empty.raw"
 bad "empty image" cc template import t "$WORK/empty.raw"
 
+bad "inside the pool" cc export vm1 "$POOL/images/base.raw"
+bad "inside the pool" cc export vm1 "$POOL/x.raw"
+
 # Usage.
 bad "missing arguments \(usage: cowchain snapshot create CLONE SNAP" cc snapshot create vm1
 bad "unexpected argument 'extra'" cc clone list extra
