@@ -3,6 +3,14 @@
 # --json parsed with jq), --help, and the pool layout it leaves behind.  Data is checked through
 # `cowchain export` against the imported file with qemu-img compare.
 source "$(dirname "$0")/functions.sh"
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
 requires_cowchain
 requires qemu-io
 requires qemu-img
@@ -32,10 +40,17 @@ cc template import small "$WORK/small.raw"
 qemu-img create -q -f qcow2 "$WORK/q.qcow2" 4M
 qemu-io -f qcow2 -c 'write -P 0x44 1M 64k' "$WORK/q.qcow2" >/dev/null
 cc template import fromq "$WORK/q.qcow2" --format qcow2
+for f in vmdk vdi vhdx; do
+  qemu-img convert -f qcow2 -O "$f" "$WORK/q.qcow2" "$WORK/q.$f"
+  cc template import "from$f" "$WORK/q.$f" --format "$f"
+  expect_fail cc template import "x$f" "$WORK/q.$f" # no --format: refused with a hint
+  grep -q "looks like $f; add --format $f" "$WORK/expect_fail.out" || fail "$f not recognized"
+done
 
 cc template list --json >"$WORK/t.json"
-jq -e 'length == 5' "$WORK/t.json" >/dev/null || fail "template list --json: count"
-jq -e '[.[].name] == ["base","blank","fromq","odd","small"]' "$WORK/t.json" >/dev/null ||
+jq -e 'length == 8' "$WORK/t.json" >/dev/null || fail "template list --json: count"
+jq -e '[.[].name] == ["base","blank","fromq","fromvdi","fromvhdx","fromvmdk","odd","small"]' \
+  "$WORK/t.json" >/dev/null ||
   fail "template list --json: not sorted by name"
 jq -e '.[] | select(.name=="blank") | .kind=="layer" and .size==1073741824' "$WORK/t.json" \
   >/dev/null || fail "blank template"
@@ -43,7 +58,7 @@ jq -e '.[] | select(.name=="odd") | .size==1024' "$WORK/t.json" >/dev/null || fa
 jq -e '.[] | select(.name=="small") | .size==512' "$WORK/t.json" >/dev/null || fail "small size"
 jq -e '.[] | select(.name=="base") | .kind=="raw" and .layer==null' "$WORK/t.json" >/dev/null ||
   fail "base template"
-cc template list | grep -Eq '^base +raw +64.0 MiB' || fail "template list table"
+has '^base +raw +64.0 MiB' cc template list || fail "template list table"
 
 # Clones and snapshots.
 cc clone create vm1 --from base
@@ -59,7 +74,7 @@ jq -e '.[] | select(.name=="vm1") | .snapshots==3 and .size==67108864' "$WORK/c.
   fail "vm1 in clone list"
 jq -e '.[] | select(.name=="vm3") | .origin=="vm1@s2" and .full==false' "$WORK/c.json" >/dev/null ||
   fail "vm3's origin"
-cc clone list | grep -Eq '^vm1 +64.0 MiB +3 ' || fail "clone list table"
+has '^vm1 +64.0 MiB +3 ' cc clone list || fail "clone list table"
 
 # The snapshot tree: s1 <- s2, s1 <- s3 (after the revert), vm1 sits on s3.
 cc snapshot list vm1 --json >"$WORK/s.json"
@@ -72,14 +87,14 @@ jq -e '.[0].children == 2 and .[0].description == "before upgrade: 100% sure"' "
 cc snapshot list vm1 >"$WORK/s.txt"
 grep -q 'Name.*Creation Time.*Parent.*Size' "$WORK/s.txt" || fail "snapshot list header"
 grep -Eq '^ s3 \* ' "$WORK/s.txt" || fail "snapshot list marks the current snapshot"
-cc snapshot info vm1 s1 | grep -q '^Description: *before upgrade: 100% sure$' ||
+has '^Description: *before upgrade: 100% sure$' cc snapshot info vm1 s1 ||
   fail "snapshot info description"
 cc snapshot info vm1 s2 --json | jq -e '.name=="s2" and .clone=="vm1" and .parent=="s1"' \
   >/dev/null || fail "snapshot info --json"
 
 # info, like qemu-img info.
-cc info vm1 | grep -q '^file format: cowchain$' || fail "info format"
-cc info vm1 | grep -q '^virtual size: 64.0 MiB (67108864 bytes)$' || fail "info virtual size"
+has '^file format: cowchain$' cc info vm1 || fail "info format"
+has '^virtual size: 64.0 MiB \(67108864 bytes\)$' cc info vm1 || fail "info virtual size"
 cc info vm1 --json | jq -e '.image=="vm1" and .format=="cowchain" and ."cluster-size"==131072' \
   >/dev/null || fail "info --json"
 cc info vm1 --backing-chain --json >"$WORK/i.json"
@@ -90,7 +105,7 @@ jq -e '.[-1].filename=="images/base.raw" and .[-1].role=="template base"' "$WORK
   >/dev/null || fail "info --backing-chain bottom"
 cc info base --json | jq -e '.format=="raw" and ."virtual-size"==67108864' >/dev/null ||
   fail "info on a template"
-cc info vm1@s1 --backing-chain | grep -q '^role: vm1@s1$' || fail "info on a snapshot"
+has '^role: vm1@s1$' cc info vm1@s1 --backing-chain || fail "info on a snapshot"
 
 # Data: every export equals what it was made from.
 cc export vm1 "$WORK/vm1.raw"
@@ -101,13 +116,17 @@ qemu-img info "$WORK/s2.qcow2" | grep -q 'file format: qcow2' || fail "export --
 qemu-img compare -q -F raw "$WORK/s2.qcow2" "$WORK/base.raw" || fail "vm1@s2 qcow2 != base"
 cc export fromq "$WORK/fromq.raw"
 qemu-img compare -q -f raw -F qcow2 "$WORK/fromq.raw" "$WORK/q.qcow2" || fail "qcow2 import"
+for f in vmdk vdi vhdx; do
+  cc export "from$f" "$WORK/from$f.raw"
+  qemu-img compare -q -f raw -F qcow2 "$WORK/from$f.raw" "$WORK/q.qcow2" || fail "$f import"
+done
 cc export vm2 "$WORK/vm2.raw"
 [ "$(stat -c %s "$WORK/vm2.raw")" = $((1 << 30)) ] || fail "blank export size"
 [ "$(allocated_bytes "$WORK/vm2.raw")" -lt $((1 << 20)) ] || fail "blank export not sparse"
 
 # Full clone: standalone (no parent), same contents, sparse.
 cc clone create full1 --from vm1@s1 --full
-cc clone list | grep -Eq '^full1 .* vm1@s1 \(full copy\)$' || fail "clone list FROM column"
+has '^full1 .* vm1@s1 \(full copy\)$' cc clone list || fail "clone list FROM column"
 cc info full1 --backing-chain --json | jq -e 'length == 1 and .[0]."backing-filename"==null' \
   >/dev/null || fail "full clone has a parent"
 cc export full1 "$WORK/full1.raw"
@@ -136,7 +155,7 @@ jq -e '.entries[] | select(.name=="full1") | .own > 0 and .shared == 0' "$WORK/d
   >/dev/null || fail "du: a full clone owns its data"
 jq -e '.entries[] | select(.name=="base") | .shared > 0' "$WORK/du.json" >/dev/null ||
   fail "du: base is shared"
-cc du | grep -q '^pool: logical' || fail "du table"
+has '^pool: logical' cc du || fail "du table"
 
 # clone delete keeps what others need: vm5 is made from vm1@s2.
 cc clone create vm5 --from vm1@s2
@@ -147,10 +166,11 @@ cc info vm5 --backing-chain --json | jq -e 'length == 4' >/dev/null ||
   fail "vm5's chain (top, s2, s1, base) was cut"
 cc check
 cc check vm5
-cc check | grep -q ', 0 errors, 0 leaks' || fail "check is not clean"
+has ', 0 errors, 0 leaks' cc check || fail "check is not clean"
 # A template image made writable is a leak that --repair fixes.
 chmod 0644 "$POOL/images/base.raw"
-cc check | grep -q 'template base: image is writable' || fail "check misses a writable template"
+cc check >"$WORK/check.out"
+grep -q 'template base: image is writable' "$WORK/check.out" || fail "check misses a writable template"
 cc check --repair >/dev/null
 [ "$(stat -c %a "$POOL/images/base.raw")" = 444 ] || fail "check --repair left the image writable"
 check_template_unchanged

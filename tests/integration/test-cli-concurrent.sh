@@ -3,6 +3,14 @@
 # operation that should succeed does, exactly one of two racing creators of a name wins, and
 # the pool checks clean afterwards with no leftovers.
 source "$(dirname "$0")/functions.sh"
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
 requires_cowchain
 
 cc pool init
@@ -47,7 +55,7 @@ done
 for i in 1 2 3 4; do
   [ "$(cc snapshot list "vm$i" --json | grep -c '"name"')" -eq 2 ] || fail "vm$i snapshots"
 done
-cc check | grep -q ', 0 errors, 0 leaks' || {
+has ', 0 errors, 0 leaks' cc check || {
   cc check >&2
   fail "check not clean after concurrent operations"
 }

@@ -6,6 +6,14 @@
 # (every export's name and bytes), `check` must find no errors (leftovers are leaks by design),
 # `check --repair` must leave it with no leaks either, and the operation must then succeed.
 source "$(dirname "${BASH_SOURCE[0]}")/functions.sh"
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
 requires_plugin
 requires qemu-io
 
@@ -105,7 +113,7 @@ crash_loop() {
       fail "$name: crash after step $n: the pool is neither before nor after"
     fi
     cc check --repair >/dev/null || fail "$name: step $n: check --repair failed"
-    cc check | grep -q ', 0 errors, 0 leaks' || {
+    has ', 0 errors, 0 leaks' cc check || {
       cc check >&2
       fail "$name: step $n: leaks remain after check --repair"
     }

@@ -4,6 +4,14 @@
 # qemu-img compare against raw reference files that got the same writes (an independent
 # oracle).  Operations on a clone a client holds open are refused, naming the holder.
 source "$(dirname "$0")/functions.sh"
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
 requires_plugin
 requires qemu-io
 requires qemu-img
@@ -93,8 +101,8 @@ wait $holder
 settle cc snapshot delete vm1 s1
 same vm1 "$WORK/r4.raw"
 same vm1@s2 "$WORK/r2.raw"
-cc snapshot list vm1 --json | grep -q '"s1"' && fail "s1 still listed"
-cc info vm1 --backing-chain | grep -q '^backing file: ../images/base.raw$' ||
+has '"s1"' cc snapshot list vm1 --json && fail "s1 still listed"
+has '^backing file: ../images/base.raw$' cc info vm1 --backing-chain ||
   fail "vm1's top was not relinked to the template"
 
 # Full clone of a snapshot: same bytes, no parent.

@@ -2,6 +2,14 @@
 # Bad input to the cowchain command: each case exits non-zero, prints exactly one line on
 # stderr, starting "cowchain: " and containing the expected words, and changes nothing.
 source "$(dirname "$0")/functions.sh"
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
 requires_cowchain
 
 # bad EXPECTED-REGEX CMD...: CMD fails with one stderr line matching EXPECTED-REGEX.
@@ -91,4 +99,4 @@ bad "the pool is given with --pool" cc serve pool=/x
 
 # Nothing changed (records, layers, images, no tmp/ leftovers).
 diff -r "$POOL" "$WORK/pool.before" || fail "a failed command changed the pool"
-cc check | grep -q ', 0 errors, 0 leaks' || fail "check not clean"
+has ', 0 errors, 0 leaks' cc check || fail "check not clean"
