@@ -91,9 +91,10 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
   }
   if ((r = pool_lock(p, "clone create")) < 0)
     goto fail;
-  /* Names and the source may have changed while we were not holding the lock. */
+  /* The name may have been taken while we were not holding the lock; a linked clone's source
+   * may have gone (a full copy no longer needs it). */
   if ((r = pool_name_free(p, "clone create", name)) < 0 ||
-      (r = pool_resolve(p, "clone create", from, &t)) < 0)
+      (!full && (r = pool_resolve(p, "clone create", from, &t)) < 0))
     goto fail;
   if (full) {
     if ((r = pool_install_layer(p, tmp, c.top)) < 0)
@@ -132,8 +133,6 @@ cc_clone_delete(struct cc_pool *p, const char *name)
     return r;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
-  if ((r = pool_graph_require_sound(&g, what)) < 0)
-    goto out;
   for (i = 0; i < g.nclones; i++)
     if (strcmp(g.clones[i].name, name) == 0)
       break;
@@ -151,6 +150,9 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   for (i = 0; i < g.n; i++)
     g.nodes[i].mark = g.nodes[i].live;
   pool_graph_mark_live(&g);
+  /* Only layers that stay must be readable: a broken clone can still be deleted. */
+  if ((r = pool_graph_require_sound(&g, what)) < 0)
+    goto out;
   held = calloc(g.n ? g.n : 1, sizeof *held);
   if (held == NULL) {
     r = cc_error_set(ENOMEM, "clone delete: out of memory");
@@ -159,8 +161,8 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   /* Lock every layer we are about to delete: a server on the clone or on one of its
    * snapshots makes us refuse before anything changed. */
   for (i = 0; i < g.n; i++) {
-    if (!g.nodes[i].mark || g.nodes[i].live)
-      continue;
+    if (!g.nodes[i].mark || g.nodes[i].live || g.nodes[i].bad)
+      continue; /* an unreadable layer cannot be served either */
     if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld])) < 0)
       goto out;
     nheld++;

@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -374,4 +375,20 @@ Test(pool, no_deletes_while_a_live_layer_is_unreadable)
   /* vm1@s1's layer is still there. */
   cr_assert_eq(cc_pool_resolve_export(pool, "vm1@s1", path, sizeof path, NULL), 0);
   cr_assert_eq(access(path, F_OK), 0);
+  /* The broken clone itself can be deleted; then everything else can. */
+  cr_assert_eq(cc_clone_delete(pool, "vm2"), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_snapshot_delete(pool, "vm1", "s1", NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_clone_delete(pool, "vm1"), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_template_delete(pool, "t"), 0, "%s", cc_error_get());
+  snprintf(path, sizeof path, "%s/layers", pooldir);
+  {
+    DIR *d = opendir(path);
+    struct dirent *e;
+    int files = 0;
+    cr_assert_not_null(d);
+    while ((e = readdir(d)) != NULL)
+      files += e->d_name[0] != '.';
+    closedir(d);
+    cr_assert_eq(files, 0, "%d layer files left after deleting everything", files);
+  }
 }
