@@ -279,6 +279,12 @@ cc_template_delete(struct cc_pool *p, const char *name)
     goto unlock;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
+  /* Judge the pool without this template's record: its own layer may be broken (that is why
+   * one deletes it), but every layer that stays must be readable to know what depends on it. */
+  for (i = 0; i < g.ntmpls; i++)
+    if (strcmp(g.tmpls[i].name, name) == 0)
+      g.tmpls[i].kind = CC_TEMPLATE_LAYER, g.tmpls[i].layer[0] = '\0';
+  pool_graph_mark_live(&g);
   if ((r = pool_graph_require_sound(&g, "template delete")) < 0)
     goto out;
   target = t.kind == CC_TEMPLATE_LAYER ? t.layer : NULL;
@@ -305,10 +311,6 @@ cc_template_delete(struct cc_pool *p, const char *name)
     goto out;
   /* The record is gone: the template is deleted.  Its image or layer is now garbage; a crash
    * before it is unlinked leaves a leak that check --repair removes. */
-  for (i = 0; i < g.ntmpls; i++)
-    if (strcmp(g.tmpls[i].name, name) == 0)
-      g.tmpls[i].kind = CC_TEMPLATE_LAYER, g.tmpls[i].layer[0] = '\0';
-  pool_graph_mark_live(&g);
   pool_collect_garbage(p, &g);
 out:
   pool_graph_free(&g);

@@ -392,3 +392,20 @@ Test(pool, no_deletes_while_a_live_layer_is_unreadable)
     cr_assert_eq(files, 0, "%d layer files left after deleting everything", files);
   }
 }
+
+Test(pool, a_broken_template_nobody_uses_can_be_deleted)
+{
+  struct cc_template t;
+  char path[4096];
+
+  cr_assert_eq(cc_template_create(pool, "bad", 1 << 20), 0);
+  cr_assert_eq(cc_template_create(pool, "good", 1 << 20), 0);
+  cr_assert_eq(cc_clone_create(pool, "vm", "good", 0, NULL, NULL), 0);
+  cr_assert_eq(cc_pool_get_template(pool, "bad", &t), 0);
+  snprintf(path, sizeof path, "%s/layers/%s.cow", pooldir, t.layer);
+  cr_assert_eq(truncate(path, 0), 0);
+  cr_assert_eq(cc_template_delete(pool, "bad"), 0, "%s", cc_error_get());
+  cr_assert_eq(access(path, F_OK), -1, "the broken layer was left behind");
+  cr_assert_eq(cc_template_delete(pool, "good"), -EBUSY);
+  cr_assert(strstr(cc_error_get(), "in use by vm"), "%s", cc_error_get());
+}
