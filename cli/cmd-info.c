@@ -123,24 +123,33 @@ cmd_info(int argc, char **argv)
   return 0;
 }
 
+static const char *const severity_tag[] = {"ok", "leak", "error"};
+
 static void
 report_line(void *opaque, int severity, const char *msg)
 {
-  static const char *const tag[] = {"ok", "leak", "error"};
+  int *json_count = opaque;
+  const char *tag = severity_tag[severity < 0 ? 0 : severity > 2 ? 2 : severity];
 
-  (void)opaque;
-  printf("%s: %s\n", tag[severity < 0 ? 0 : severity > 2 ? 2 : severity], msg);
+  if (json_count == NULL) {
+    printf("%s: %s\n", tag, msg);
+    return;
+  }
+  printf("%s\n    {\"severity\": \"%s\", \"message\": ", (*json_count)++ ? "," : "", tag);
+  json_string(stdout, msg);
+  printf("}");
 }
 
 int
 cmd_check(int argc, char **argv)
 {
-  int repair = 0, npos, r;
+  int repair = 0, json = 0, count = 0, npos, r;
   const char *pos[1] = {NULL};
-  const struct cli_opt opts[] = {{"--repair", 0, NULL, &repair}, {NULL, 0, NULL, NULL}};
+  const struct cli_opt opts[] = {
+      {"--repair", 0, NULL, &repair}, {"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "check",
-      "[NAME] [--repair]",
+      "[NAME] [--repair] [--json]",
       "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
       "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
       "layers.  --repair removes leftovers and reclaims leaked space; errors are only reported.\n"
@@ -155,11 +164,19 @@ cmd_check(int argc, char **argv)
     return r < 0 ? 0 : r;
   if ((p = cli_pool()) == NULL)
     return 1;
-  r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, NULL, &sum);
+  if (json)
+    printf("{\"findings\": [");
+  memset(&sum, 0, sizeof sum);
+  r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
   cc_pool_close(p);
+  if (json)
+    printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u}\n",
+           count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired);
   fflush(stdout);
   if (r < 0)
     return die_pool();
+  if (json)
+    return 0;
   printf("%u layers checked, %u errors, %u leaks%s", sum.layers_checked, sum.errors, sum.leaks,
          repair ? "" : "\n");
   if (repair)

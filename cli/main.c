@@ -39,7 +39,7 @@ usage(FILE *f)
              "  snapshot list CLONE [--json] | snapshot info CLONE SNAP [--json]\n"
              "  snapshot revert CLONE SNAP | snapshot delete CLONE SNAP\n"
              "  info NAME [--backing-chain] [--json]\n"
-             "  check [NAME] [--repair]\n"
+             "  check [NAME] [--repair] [--json]\n"
              "  export NAME FILE [--format raw|qcow2]\n"
              "  du [--json]\n"
              "  serve [--port N] [nbdkit options...]\n"

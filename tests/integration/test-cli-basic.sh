@@ -167,8 +167,14 @@ cc info vm5 --backing-chain --json | jq -e 'length == 4' >/dev/null ||
 cc check
 cc check vm5
 has ', 0 errors, 0 leaks' cc check || fail "check is not clean"
+cc check --json >"$WORK/check.json"
+jq -e '.errors == 0 and .leaks == 0 and .layers_checked > 0 and .findings == []' \
+  "$WORK/check.json" >/dev/null || fail "check --json"
 # A template image made writable is a leak that --repair fixes.
 chmod 0644 "$POOL/images/base.raw"
+cc check --json >"$WORK/check.json"
+jq -e '.leaks == 1 and .findings[0].severity == "leak"' "$WORK/check.json" >/dev/null ||
+  fail "check --json: the leak"
 cc check >"$WORK/check.out"
 grep -q 'template base: image is writable' "$WORK/check.out" || fail "check misses a writable template"
 cc check --repair >/dev/null
