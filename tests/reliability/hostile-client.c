@@ -451,9 +451,10 @@ cmd_fsyncgate(const char *sock, const char *name, const char *tpath)
     int tries = 0;
     nbd_close(h);
     for (;;) {
+      static uint8_t c[64 * 1024];
       h = connect_export(sock, name);
-      put_pattern(h, 4 * M, 64 * 1024, 0xc);
-      if (nbd_flush(h, 0) == 0)
+      fill(c, sizeof c, 4 * M, 0xc);
+      if (nbd_pwrite(h, c, sizeof c, 4 * M, 0) == 0 && nbd_flush(h, 0) == 0)
         break;
       if (++tries == 50)
         FAIL("new connections after the failed flush cannot flush: %s", nbd_get_error());
