@@ -2,7 +2,8 @@
 #
 #   $CACHE/template-SIZE.raw     pseudo-random template (AES-128-CTR keystream), made once, kept
 #   $RUNDIR/layers/layer-i.cmds  qemu-io write commands of layer i (gen-layers.py, seeded)
-#   $RUNDIR/qcow2/ov{i}.qcow2    qcow2 chain: ov1 on the raw template, ov{i} on ov{i-1}
+#   $CACHE/qcow2-.../ov{i}.qcow2 qcow2 chain: ov1 on the raw template, ov{i} on ov{i-1} (cached;
+#                                symlinked as $RUNDIR/qcow2/ov{i}.qcow2)
 #   $RUNDIR/qcow2/top{D}.qcow2   an empty qcow2 overlay on ov{D} (the "clone" at depth D)
 #   $POOL                        cowchain pool: template `base`, clone `deep` with snapshots
 #                                s1..sMAX (layer i = the writes of layer-i.cmds), and clones
@@ -32,30 +33,49 @@ gen_layers() {
   log "layers: $MAXDEPTH x $PER_LAYER clusters of $((CLUSTER / 1024)) KiB (1%, seed $SEED)"
 }
 
+# The qcow2 chain depends only on the template, the seed and qemu, so it is cached.  Each layer is
+# written as a standalone qcow2 (whole-cluster writes: no copy-on-write is involved, so the
+# allocation is what a write through the chain would make) and then linked to the layer below
+# with `qemu-img rebase -u` (metadata only): opening the whole chain for every layer made
+# building 256 layers quadratic (minutes).
 build_qcow2_chain() {
-  local q=$RUNDIR/qcow2 i t0 d
-  mkdir -p "$q"
+  local q i t0 d key
+  key=qcow2-$TEMPLATE_SIZE-$MAXDEPTH-$PER_LAYER-$SEED
+  q=$CACHE/$key
   t0=$(now_ns)
-  (
-    cd "$q" || exit 1
-    for ((i = 1; i <= MAXDEPTH; i++)); do
-      if ((i == 1)); then
-        qemu-img create -q -f qcow2 -F raw -b "$TEMPLATE" ov1.qcow2 "$TEMPLATE_BYTES"
-      else
-        qemu-img create -q -f qcow2 -F qcow2 -b "ov$((i - 1)).qcow2" "ov$i.qcow2" "$TEMPLATE_BYTES"
-      fi
-      timeout 600 qemu-io -f qcow2 "ov$i.qcow2" <"$RUNDIR/layers/layer-$i.cmds" >/dev/null || exit 1
-    done
-  ) || die "building the qcow2 chain failed"
+  if [[ ! -e $q/complete ]]; then
+    rm -rf "$q"
+    mkdir -p "$q"
+    (
+      cd "$q" || exit 1
+      for ((i = 1; i <= MAXDEPTH; i++)); do
+        qemu-img create -q -f qcow2 "ov$i.qcow2" "$TEMPLATE_BYTES" || exit 1
+        timeout 600 qemu-io -t writeback -f qcow2 "ov$i.qcow2" <"$RUNDIR/layers/layer-$i.cmds" >/dev/null || exit 1
+        if ((i == 1)); then
+          qemu-img rebase -u -F raw -b "$TEMPLATE" ov1.qcow2 || exit 1
+        else
+          qemu-img rebase -u -F qcow2 -b "ov$((i - 1)).qcow2" "ov$i.qcow2" || exit 1
+        fi
+      done
+    ) || die "building the qcow2 chain failed"
+    touch "$q/complete"
+    QCOW2_CACHED=false
+  else
+    QCOW2_CACHED=true
+  fi
   QCOW2_BUILD_S=$(awk -v a="$t0" -v b="$(now_ns)" 'BEGIN { print (b - a) / 1e9 }')
+  ln -sfn "$q" "$RUNDIR/qcow2-chain"
+  mkdir -p "$RUNDIR/qcow2"
+  for i in $(seq 1 "$MAXDEPTH"); do ln -sf "$q/ov$i.qcow2" "$RUNDIR/qcow2/ov$i.qcow2"; done
   for d in 0 "${DEPTHS[@]}"; do
     if ((d == 0)); then
-      qemu-img create -q -f qcow2 -F raw -b "$TEMPLATE" "$q/top0.qcow2" "$TEMPLATE_BYTES"
+      qemu-img create -q -f qcow2 -F raw -b "$TEMPLATE" "$RUNDIR/qcow2/top0.qcow2" "$TEMPLATE_BYTES"
     else
-      qemu-img create -q -f qcow2 -F qcow2 -b "ov$d.qcow2" "$q/top$d.qcow2" "$TEMPLATE_BYTES"
+      qemu-img create -q -f qcow2 -F qcow2 -b "$q/ov$d.qcow2" "$RUNDIR/qcow2/top$d.qcow2" \
+        "$TEMPLATE_BYTES"
     fi
   done
-  log "qcow2 chain of $MAXDEPTH built in ${QCOW2_BUILD_S}s"
+  log "qcow2 chain of $MAXDEPTH: ${QCOW2_BUILD_S}s (cached: $QCOW2_CACHED)"
 }
 
 # need_pool: a fresh pool holding the template as `base` (once per run).
@@ -75,16 +95,26 @@ build_cowchain_pool() {
   need_pool
   ccli clone create deep --from base >/dev/null || die "cowchain clone create failed"
   t0=$(now_ns)
-  for ((i = 1; i <= MAXDEPTH; i++)); do
-    cc_write deep "$RUNDIR/layers/layer-$i.cmds" || die "writing layer $i through nbdkit failed"
-    ccli snapshot create deep "s$i" >/dev/null || die "cowchain snapshot create deep s$i failed"
-  done
+  CC_BUILD_HOW=$CHAIN_BUILDER
+  if [[ $CC_BUILD_HOW == lib ]] && ! build_mkchain; then
+    log "mkchain cannot be built against $BUILD: using the CLI path"
+    CC_BUILD_HOW=cli
+  fi
+  if [[ $CC_BUILD_HOW == lib ]]; then
+    timeout 900 "$RUNDIR/mkchain" "$POOL" deep "$RUNDIR/layers" 1 "$MAXDEPTH" ||
+      die "mkchain failed"
+  else
+    for ((i = 1; i <= MAXDEPTH; i++)); do
+      cc_write deep "$RUNDIR/layers/layer-$i.cmds" || die "writing layer $i through nbdkit failed"
+      ccli snapshot create deep "s$i" >/dev/null || die "cowchain snapshot create deep s$i failed"
+    done
+  fi
   CC_BUILD_S=$(awk -v a="$t0" -v b="$(now_ns)" 'BEGIN { print (b - a) / 1e9 }')
   ccli clone create c0 --from base >/dev/null || die "clone c0"
   for d in "${DEPTHS[@]}"; do
     ccli clone create "c$d" --from "deep@s$d" >/dev/null || die "clone c$d"
   done
-  log "cowchain chain of $MAXDEPTH built in ${CC_BUILD_S}s (CLI + captive nbdkit + qemu-io per layer)"
+  log "cowchain chain of $MAXDEPTH built in ${CC_BUILD_S}s (builder: $CC_BUILD_HOW)"
 }
 
 # The deepest clone must read back exactly like the deepest qcow2 overlay.
@@ -100,10 +130,23 @@ verify_chains() {
   fi
   stop_server vfy
   record '{section:"build", template_bytes:$tb, cluster:$cl, clusters_per_layer:$k, max_depth:$md,
-           qcow2_build_s:$q, cowchain_build_s:$c, chains_identical:$same}' \
+           qcow2_build_s:$q, qcow2_cached:$qc, cowchain_build_s:$c, cowchain_builder:$how,
+           chains_identical:$same}' --argjson qc "$QCOW2_CACHED" --arg how "$CC_BUILD_HOW" \
     --argjson tb "$TEMPLATE_BYTES" --argjson cl "$CLUSTER" --argjson k "$PER_LAYER" \
     --argjson md "$MAXDEPTH" --argjson q "$QCOW2_BUILD_S" --argjson c "$CC_BUILD_S" \
     --argjson same "$CHAINS_IDENTICAL"
+}
+
+# mkchain (scripts/bench/mkchain.c) against the build's static libraries.
+build_mkchain() {
+  [[ -x $RUNDIR/mkchain ]] && return 0
+  local a libs=()
+  for a in chain/libcc_chain.a overlay/libcc_overlay.a libcc_common.a; do
+    [[ -e $BUILD/$a ]] || return 1
+    libs+=("$BUILD/$a")
+  done
+  ${CC:-cc} -O2 -Wall -I"$ROOT" -o "$RUNDIR/mkchain" "$BENCH/mkchain.c" "${libs[@]}" \
+    $(pkg-config --libs liburing) -lpthread 2>"$RUNDIR/mkchain.log"
 }
 
 CHAINS_READY=

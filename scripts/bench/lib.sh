@@ -128,7 +128,7 @@ measure() {
     fio_job /dev/null --name=warm --uri="$u" ${WL[$wl]} --runtime="$WARMUP" --time_based "$@" ||
       die "fio warm-up failed: $section $peer $depth $wl"
   fi
-  out=$RUNDIR/fio-$section-$peer-$depth-$wl.json
+  out=$RUNDIR/fio-$section-$peer-$depth-$wl-r${ROUND:-1}.json
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); t0=$(now_ns)
   # shellcheck disable=SC2086
@@ -143,6 +143,7 @@ measure() {
 record_fio() {
   local section=$1 peer=$2 depth=$3 wl=$4 out=$5 ticks=$6 wall=$7 clients=${8:-1}
   jq -c --arg section "$section" --arg peer "$peer" --argjson depth "$depth" --arg wl "$wl" \
+    --argjson round "${ROUND:-1}" \
     --argjson ticks "$ticks" --argjson hz "$CLK_TCK" --argjson wall "$wall" \
     --argjson clients "$clients" '
     [.jobs[] | (.read.total_ios + .write.total_ios)] as $ios
@@ -150,12 +151,16 @@ record_fio() {
     | ([.jobs[] | .read.bw_bytes + .write.bw_bytes] | add) as $bw
     | ($ios | add) as $n
     | { section: $section, peer: $peer, depth: $depth, workload: $wl, clients: $clients,
+        round: $round,
         iops: $iops, mib_s: ($bw / 1048576), ios: $n,
         lat_mean_us: ([.jobs[] | (if .read.total_ios > 0 then .read.clat_ns.mean
                                    else .write.clat_ns.mean end)] | add / length / 1000),
         server_cpu_s: ($ticks / $hz), wall_s: ($wall / 1e9),
-        cpu_us_per_io: (if $n > 0 then $ticks / $hz * 1e6 / $n else null end) }' \
-    "$out" | tee -a "$RESULTS" | jq -r '"\(.section) \(.peer) d=\(.depth) \(.workload): \(.iops|floor) IOPS \(.mib_s*10|floor/10) MiB/s \(.cpu_us_per_io // 0 | .*100|floor/100) us CPU/IO"' >&2
+        cpu_us_per_io: (if $n > 0 then $ticks / $hz * 1e6 / $n else null end),
+        client_cpu_us_per_io: (if $n > 0 then
+          ([.jobs[] | (.usr_cpu + .sys_cpu) / 100 * .job_runtime * 1000] | add) / $n
+          else null end) }' \
+    "$out" | tee -a "$RESULTS" | jq -r '"\(.section) \(.peer) d=\(.depth) \(.workload) r\(.round): \(.iops|floor) IOPS \(.mib_s*10|floor/10) MiB/s \(.cpu_us_per_io // 0 | .*100|floor/100) us server CPU/IO, \(.client_cpu_us_per_io // 0 | .*100|floor/100) us fio CPU/IO"' >&2
 }
 
 # time_cmd_ms CMD...: run CMD under a timeout (ccli has its own), print its wall time in ms

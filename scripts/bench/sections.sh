@@ -24,17 +24,25 @@ start_read_peer() {
 }
 
 section_depth() {
-  local d peer u wl
+  local d peer round peers
   need_chains
-  log "depth series: ${DEPTHS[*]}; peers ${READ_PEERS[*]} + nbd-file; ${RUNTIME}s per run"
-  start_read_peer f nbd-file 0 || die "nbdkit file did not start"
-  for wl in seqread randread; do measure depth nbd-file 0 "$wl" "${SRV_PID[f]}" "$PEER_URI"; done
-  stop_server f
-  for d in "${DEPTHS[@]}"; do
-    for peer in "${READ_PEERS[@]}"; do
-      start_read_peer p "$peer" "$d" || die "$peer did not start"
-      for wl in seqread randread; do measure depth "$peer" "$d" "$wl" "${SRV_PID[p]}" "$PEER_URI"; done
-      stop_server p
+  log "depth series: ${DEPTHS[*]}; peers ${READ_PEERS[*]} + nbd-file; ${RUNTIME}s per run," \
+    "$ROUNDS round(s), peer order alternating"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    # Each server gets one warm-up (first open, index build), before its first workload.
+    start_read_peer f nbd-file 0 || die "nbdkit file did not start"
+    ROUND=$round measure depth nbd-file 0 seqread "${SRV_PID[f]}" "$PEER_URI"
+    ROUND=$round WARMUP=0 measure depth nbd-file 0 randread "${SRV_PID[f]}" "$PEER_URI"
+    stop_server f
+    for d in "${DEPTHS[@]}"; do
+      peers=("${READ_PEERS[@]}")
+      ((round % 2 == 0)) && peers=($(printf '%s\n' "${READ_PEERS[@]}" | tac))
+      for peer in "${peers[@]}"; do
+        start_read_peer p "$peer" "$d" || die "$peer did not start"
+        ROUND=$round measure depth "$peer" "$d" seqread "${SRV_PID[p]}" "$PEER_URI"
+        ROUND=$round WARMUP=0 measure depth "$peer" "$d" randread "${SRV_PID[p]}" "$PEER_URI"
+        stop_server p
+      done
     done
   done
 }
@@ -51,8 +59,9 @@ section_writes() {
   cp --sparse=never "$TEMPLATE" "$RUNDIR/writes/raw-copy.raw"
   n=0
   for wl in firstwrite randwrite; do
-    for peer in cc-uring cc-sync qemu-nbd qemu-nbd-el2 qemu-nbd-el2-128k nbd-file; do
+    for peer in "${WRITE_PEERS[@]}"; do
       n=$((n + 1)); id=w$n
+      local tcase; tcase=$(now_ns)
       case $peer in
         cc-*)
           ccli clone create "w$n" --from base >/dev/null || die "clone w$n"
@@ -74,10 +83,11 @@ section_writes() {
       esac
       WARMUP=0 measure writes "$peer" 1 "$wl" "${SRV_PID[$id]}" "$u" --end_fsync=1
       stop_server "$id"
-      rm -f "$RUNDIR/writes/w$n.qcow2"
+      # Not deleted here: freeing a 1 GiB file of 4 KiB-in-64 KiB extents took over a minute
+      # on the shared disk.  The run directory goes at the end.
+      log "writes $wl $peer: case took $(( ($(now_ns) - tcase) / 1000000 )) ms"
     done
   done
-  rm -f "$RUNDIR/writes/raw-copy.raw"
 }
 
 # Many clients: NCLIENTS fio jobs at once, each on its own clone of the template (its own NBD
@@ -136,52 +146,56 @@ measure_multi() {
   record_fio "$section" "$peer" 0 randread "$out" $((c1 - c0)) $((t1 - t0)) "$NCLIENTS"
 }
 
-# io_uring ablation: the uring/sync ratios come from the runs above (report.py); here, at depth
-# $ABL_DEPTH, syscalls per I/O (perf stat on raw_syscalls:sys_enter) and a perf profile of each
-# mode under 4 KiB random reads and 1 MiB sequential reads.
+# io_uring ablation: the uring/sync ratios come from the runs above (report.py); here, at each
+# depth in ABL_DEPTHS, syscalls per I/O (perf stat on raw_syscalls:sys_enter) and a perf profile
+# of each mode under 4 KiB random reads and 1 MiB sequential reads.
 section_ablation() {
-  local mode wl u pid out n
+  local mode wl u pid out n d secs
   need_chains
   command -v perf >/dev/null || { log "perf not installed: no profiles"; return 0; }
-  for wl in randread seqread; do
-    for mode in uring sync; do
-      start_read_peer a "cc-$mode" "$ABL_DEPTH" || die "nbdkit"
-      pid=${SRV_PID[a]} u=$PEER_URI
-      # shellcheck disable=SC2086
-      fio_job /dev/null --name=warm --uri="$u" ${WL[$wl]} --runtime=1 --time_based || die "fio"
-      out=$RUNDIR/perf-$wl-$mode
-      # shellcheck disable=SC2086
-      fio_job "$out.fio.json" --name=m --uri="$u" ${WL[$wl]} --runtime="$RUNTIME" --time_based &
-      timeout $((RUNTIME + 30)) perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$out.stat" \
-        -- sleep "$((RUNTIME > 2 ? RUNTIME - 1 : 1))" 2>/dev/null || true
-      wait $! || die "fio (ablation)"
-      # syscalls counted over RUNTIME-1 s against I/Os in RUNTIME s: scale by the rate.
-      n=$(awk -F, '/raw_syscalls/ { print $1 }' "$out.stat" 2>/dev/null)
-      record_fio ablation "cc-$mode" "$ABL_DEPTH" "$wl" "$out.fio.json" 0 0
-      if [[ $n =~ ^[0-9]+$ ]]; then
-        record '{section:"ablation-syscalls", peer:$p, depth:$d, workload:$w, syscalls:$n,
-                 seconds:$s}' --arg p "cc-$mode" --argjson d "$ABL_DEPTH" --arg w "$wl" \
-          --argjson n "$n" --argjson s "$((RUNTIME > 2 ? RUNTIME - 1 : 1))"
-      fi
-      # shellcheck disable=SC2086
-      fio_job /dev/null --name=p --uri="$u" ${WL[$wl]} --runtime="$RUNTIME" --time_based &
-      timeout $((RUNTIME + 30)) perf record -q -g -p "$pid" -o "$out.data" \
-        -- sleep "$((RUNTIME > 2 ? RUNTIME - 1 : 1))" >/dev/null 2>&1 || true
-      wait $! || die "fio (profile)"
-      if [[ -s $out.data ]]; then
-        mkdir -p "$OUTDIR"
-        {
-          echo "# perf record -g -p <nbdkit io=$mode> during fio $wl (${WL[$wl]}), depth $ABL_DEPTH"
-          echo "# flat: perf report --stdio --no-children --sort dso,sym -g none --percent-limit 0.8"
-          timeout 120 perf report -i "$out.data" --stdio --no-children --sort dso,sym -g none \
-            --percent-limit 0.8 2>/dev/null | grep -v '^$' | grep -v '^# *$' | head -60
-          echo
-          echo "# call graphs of the entries >= 4% (perf report --sort sym -g caller)"
-          timeout 120 perf report -i "$out.data" --stdio --no-children --sort sym -g caller \
-            --percent-limit 4 2>/dev/null | grep -v '^$' | grep -v '^#' | head -150
-        } >"$OUTDIR/perf-$wl-$mode.txt"
-      fi
-      stop_server a
+  secs=$((RUNTIME > 2 ? RUNTIME - 1 : 1))
+  for d in "${ABL_DEPTHS[@]}"; do
+    for wl in randread seqread; do
+      for mode in uring sync; do
+        start_read_peer a "cc-$mode" "$d" || die "nbdkit"
+        pid=${SRV_PID[a]} u=$PEER_URI
+        # shellcheck disable=SC2086
+        fio_job /dev/null --name=warm --uri="$u" ${WL[$wl]} --runtime=1 --time_based || die "fio"
+        out=$RUNDIR/perf-$wl-$mode-$d
+        # shellcheck disable=SC2086
+        fio_job "$out.fio.json" --name=m --uri="$u" ${WL[$wl]} --runtime="$RUNTIME" --time_based &
+        timeout $((RUNTIME + 30)) perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$out.stat" \
+          -- sleep "$secs" 2>/dev/null || true
+        wait $! || die "fio (ablation)"
+        n=$(awk -F, '/raw_syscalls/ { print $1 }' "$out.stat" 2>/dev/null)
+        record_fio ablation "cc-$mode" "$d" "$wl" "$out.fio.json" 0 0
+        # syscalls counted over secs, I/Os over RUNTIME: report.py divides rates.
+        if [[ $n =~ ^[0-9]+$ ]]; then
+          record '{section:"ablation-syscalls", peer:$p, depth:$d, workload:$w, syscalls:$n,
+                   seconds:$s}' --arg p "cc-$mode" --argjson d "$d" --arg w "$wl" \
+            --argjson n "$n" --argjson s "$secs"
+        fi
+        if ((!PROFILE)); then stop_server a; continue; fi
+        # shellcheck disable=SC2086
+        fio_job /dev/null --name=p --uri="$u" ${WL[$wl]} --runtime="$RUNTIME" --time_based &
+        timeout $((RUNTIME + 30)) perf record -q -g -p "$pid" -o "$out.data" \
+          -- sleep "$secs" >/dev/null 2>&1 || true
+        wait $! || die "fio (profile)"
+        if [[ -s $out.data ]]; then
+          mkdir -p "$OUTDIR"
+          {
+            echo "# perf record -g -p <nbdkit io=$mode> during fio $wl (${WL[$wl]}), depth $d"
+            echo "# flat: perf report --stdio --no-children --sort dso,sym -g none --percent-limit 0.8"
+            timeout 120 perf report -i "$out.data" --stdio --no-children --sort dso,sym -g none \
+              --percent-limit 0.8 2>/dev/null | grep -v '^$' | grep -v '^# *$' | head -60 || true
+            echo
+            echo "# call graphs of the entries >= 4% (perf report --sort sym -g caller)"
+            timeout 120 perf report -i "$out.data" --stdio --no-children --sort sym -g caller \
+              --percent-limit 4 2>/dev/null | grep -v '^$' | grep -v '^#' | head -150 || true
+          } >"$OUTDIR/perf-$wl-$mode-d$d.txt"
+        fi
+        stop_server a
+      done
     done
   done
 }
