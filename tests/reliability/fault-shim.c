@@ -16,6 +16,13 @@
  * descriptor, the bytes each pwrite replaced since the last sync (it reads them first), and on
  * the failed sync puts them back.  That is the case a writer must not treat as "retry the flush".
  *
+ * FAULT_POWERCUT=FILE (with FAULT_DROP=1): a power cut.  A thread polls for FILE every
+ * millisecond; when it appears, every later write or sync on a matching file blocks forever, the
+ * bytes of every write not yet synced are put back (as the disk would hold them), and the process
+ * exits at once (_exit 137).  A sync that completed before the cut is durable; its caller may
+ * not have been told (the cut can come between the two), which a power cut allows too.  Writes
+ * in flight during the cut may land after it, whole or torn: allowed, they were not synced.
+ *
  * Not covered: io_uring reads (the server must run with io=sync for read faults), mmap.
  * Built without sanitizers: it is loaded before their runtime.
  */
@@ -27,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -98,8 +106,16 @@ struct undo {
   size_t len;
   unsigned char data[];
 };
-static struct undo *undo_list; /* newest first: restoring in list order leaves the oldest bytes */
+static struct undo *undo_list;
+static volatile int frozen; /* the power is cut: no write or sync ever returns again */ /* newest first: restoring in list order leaves the oldest bytes */
 static pthread_mutex_t undo_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+freeze_if_cut(void)
+{
+  while (frozen)
+    pause();
+}
 
 static int
 dropping(void)
@@ -149,6 +165,10 @@ settle(int fd, int ok)
 
   LOAD(pwrite);
   pthread_mutex_lock(&undo_lock);
+  if (frozen) {
+    pthread_mutex_unlock(&undo_lock);
+    freeze_if_cut();
+  }
   p = &undo_list;
   while ((u = *p) != NULL) {
     if (u->fd != fd) {
@@ -216,6 +236,7 @@ ssize_t
 pwrite(int fd, const void *buf, size_t n, off_t off)
 {
   LOAD(pwrite);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   remember(fd, off, n);
   return REAL(pwrite)(fd, buf, n, off);
@@ -225,6 +246,7 @@ ssize_t
 pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
   LOAD(pwrite64);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   remember(fd, off, n);
   return REAL(pwrite64)(fd, buf, n, off);
@@ -234,6 +256,7 @@ ssize_t
 pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
 {
   LOAD(pwritev);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   remember(fd, off, iov_len(iov, cnt));
   return REAL(pwritev)(fd, iov, cnt, off);
@@ -243,6 +266,7 @@ ssize_t
 pwritev64(int fd, const struct iovec *iov, int cnt, off_t off)
 {
   LOAD(pwritev64);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   remember(fd, off, iov_len(iov, cnt));
   return REAL(pwritev64)(fd, iov, cnt, off);
@@ -252,6 +276,7 @@ int
 fallocate(int fd, int mode, off_t off, off_t len)
 {
   LOAD(fallocate);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   return REAL(fallocate)(fd, mode, off, len);
 }
@@ -260,6 +285,7 @@ int
 fallocate64(int fd, int mode, off_t off, off_t len)
 {
   LOAD(fallocate64);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   return REAL(fallocate64)(fd, mode, off, len);
 }
@@ -268,6 +294,7 @@ int
 ftruncate(int fd, off_t len)
 {
   LOAD(ftruncate);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   return REAL(ftruncate)(fd, len);
 }
@@ -276,6 +303,7 @@ int
 ftruncate64(int fd, off_t len)
 {
   LOAD(ftruncate64);
+  freeze_if_cut();
   FAIL_IF(fd, 'w', -1);
   return REAL(ftruncate64)(fd, len);
 }
@@ -284,6 +312,7 @@ int
 fdatasync(int fd)
 {
   LOAD(fdatasync);
+  freeze_if_cut();
   if (faulty(fd, 's')) {
     if (dropping())
       settle(fd, 0);
@@ -300,6 +329,7 @@ int
 fsync(int fd)
 {
   LOAD(fsync);
+  freeze_if_cut();
   if (faulty(fd, 's')) {
     if (dropping())
       settle(fd, 0);
@@ -310,4 +340,38 @@ fsync(int fd)
   if (r == 0)
     settle(fd, 1);
   return r;
+}
+
+/* ---- FAULT_POWERCUT ---- */
+
+static void *
+powercut_thread(void *arg)
+{
+  const char *path = arg;
+  struct timespec ms = { 0, 1000 * 1000 };
+
+  while (access(path, F_OK) != 0)
+    nanosleep(&ms, NULL);
+  frozen = 1;
+  pthread_mutex_lock(&undo_lock); /* no sync can settle (forget its writes) past this point */
+  LOAD(pwrite);
+  for (struct undo *u = undo_list; u; u = u->next)
+    (void)REAL(pwrite)(u->fd, u->data, u->len, u->off);
+  _exit(137);
+  return NULL;
+}
+
+__attribute__((constructor)) static void
+powercut_init(void)
+{
+  const char *path = getenv("FAULT_POWERCUT");
+  pthread_t t;
+  pthread_attr_t a;
+
+  if (path == NULL || !dropping())
+    return;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&t, &a, powercut_thread, (void *)path) != 0)
+    abort();
 }
