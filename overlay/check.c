@@ -27,9 +27,11 @@ ovl_check(const char *path, int repair, struct ovl_check_result *res)
     res->leaked_bytes = l->file_size - l->frontier;
 
   if (repair && (res->dirty || res->leaked_bytes)) {
-    if (res->leaked_bytes &&
-        (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1 || ovl_io->fdatasync(l->fd) == -1)) {
-      r = cc_error_set(errno, "check: %s: truncating leaked space: %s", path, strerror(errno));
+    if (res->leaked_bytes) {
+      if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1)
+        r = cc_error_set(errno, "check: %s: truncating leaked space: %s", path, strerror(errno));
+      else
+        r = ovl_sync(l, "check");
     }
     if (r == 0 && res->dirty) {
       struct ovl_header h = l->hdr;

@@ -170,15 +170,18 @@ ovl_header_write(struct ovl_layer *l, const struct ovl_header *h)
   uint8_t slot[OVL_SLOT_SIZE];
   struct ovl_header nh = *h;
   unsigned target = 1 - l->cur_slot;
-  int r;
+  int r = ovl_check_sync_error(l, "header");
 
+  if (r < 0)
+    return r;
   nh.generation = l->hdr.generation + 1;
   ovl_header_encode(&nh, slot);
   r = ovl_pwrite_full(l, slot, OVL_SLOT_SIZE, (uint64_t)target * OVL_SLOT_SIZE);
   if (r < 0)
     return r;
-  if (ovl_io->fdatasync(l->fd) == -1)
-    return cc_error_set(errno, "fdatasync: %s: %s", l->path, strerror(errno));
+  r = ovl_sync(l, "header");
+  if (r < 0)
+    return r;
   l->hdr = nh;
   l->cur_slot = target;
   return 0;

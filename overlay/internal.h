@@ -71,6 +71,12 @@ struct ovl_layer {
   size_t ndirty_l2, dirty_cap;
 
   uint64_t file_size, file_blocks_bytes; /* at open */
+  /* errno of a failed fdatasync, or 0.  Linux reports a writeback error once and marks the
+   * pages clean, so a later fdatasync "succeeds" although data is gone ("fsyncgate"): after a
+   * failure no flush may succeed again, and the layer refuses writes until it is reopened
+   * (the durable map never referenced the lost data, so a reopen is consistent).  Set under
+   * `lock`, read without it. */
+  _Atomic int sync_error;
   bool map_dropped;                      /* ovl_drop_map: l1 is NULL, counts below are kept */
   uint64_t dropped_alloc, dropped_zero;  /* sub-cluster counts at the drop */
 };
@@ -89,6 +95,10 @@ void ovl_map_free(struct ovl_layer *l);
 struct ovl_l2 *ovl_l2_get_or_create(struct ovl_layer *l, uint64_t cluster);
 int ovl_mark_dirty(struct ovl_layer *l, uint32_t l1_index);
 int ovl_map_flush_locked(struct ovl_layer *l);
+
+/* layer.c: fdatasync with the sticky failure rule above; and the check for it */
+int ovl_sync(struct ovl_layer *l, const char *call);
+int ovl_check_sync_error(struct ovl_layer *l, const char *call);
 
 /* lock.c */
 int ovl_lock_fd(int fd, const char *path, bool exclusive);

@@ -60,6 +60,32 @@ pwrite_all(int fd, const char *path, const void *buf, uint64_t len, uint64_t phy
 }
 
 int
+ovl_check_sync_error(struct ovl_layer *l, const char *call)
+{
+  int err = atomic_load_explicit(&l->sync_error, memory_order_relaxed);
+
+  if (err)
+    return cc_error_set(EIO, "%s: %s: an earlier fdatasync failed (%s); writes since the last good flush may be lost, so the layer refuses writes and flushes until it is reopened",
+                        call, l->path, strerror(err));
+  return 0;
+}
+
+int
+ovl_sync(struct ovl_layer *l, const char *call)
+{
+  int r = ovl_check_sync_error(l, call);
+
+  if (r < 0)
+    return r;
+  if (ovl_io->fdatasync(l->fd) == -1) {
+    int err = errno;
+    atomic_store_explicit(&l->sync_error, err, memory_order_relaxed);
+    return cc_error_set(err, "%s: %s: fdatasync: %s", call, l->path, strerror(err));
+  }
+  return 0;
+}
+
+int
 ovl_pwrite_full(const struct ovl_layer *l, const void *buf, uint64_t len, uint64_t phys)
 {
   return pwrite_all(l->fd, l->path, buf, len, phys);
@@ -303,8 +329,10 @@ ovl_close(struct ovl_layer *l)
        * that durable, and only then say the file is clean. */
       if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size > l->frontier &&
           l->frontier >= l->data_start) {
-        if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1 || ovl_io->fdatasync(l->fd) == -1)
+        if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1)
           r = cc_error_set(errno, "close: %s: trimming leaked space: %s", l->path, strerror(errno));
+        else
+          r = ovl_sync(l, "close");
       }
       if (r == 0) {
         h.incompat &= ~OVL_INCOMPAT_DIRTY;

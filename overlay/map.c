@@ -283,9 +283,7 @@ cmp_u32(const void *a, const void *b)
 static int
 sync_fd(struct ovl_layer *l)
 {
-  if (ovl_io->fdatasync(l->fd) == -1)
-    return cc_error_set(errno, "flush: %s: fdatasync: %s", l->path, strerror(errno));
-  return 0;
+  return ovl_sync(l, "flush");
 }
 
 /* FORMAT.md section 7.2.  Caller holds l->lock, so no map change races with it. */

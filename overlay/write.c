@@ -27,6 +27,8 @@ check_range(struct ovl_layer *l, const char *call, uint64_t length, uint64_t off
 {
   if (!(l->flags & OVL_RDWR))
     return cc_error_set(EPERM, "%s: %s: layer is open read-only", call, l->path);
+  if (atomic_load_explicit(&l->sync_error, memory_order_relaxed))
+    return ovl_check_sync_error(l, call);
   if (offset > l->hdr.virtual_size || length > l->hdr.virtual_size - offset)
     return cc_error_set(EINVAL, "%s: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64, call,
                         l->path, offset, length, l->hdr.virtual_size);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -295,4 +296,72 @@ Test(overlay_faults, short_writes)
   int fc = 0;
   run_one(seed, -1, EIO, 1, &n, &fc);
   cr_assert_eq(fc, 0, "close failed with short writes");
+}
+
+/* ---- fsyncgate: a failed fdatasync is final until the layer is reopened ---- */
+
+static int fail_next_sync;
+
+static int
+gate_fdatasync(int fd)
+{
+  (void)fd;
+  if (fail_next_sync) {
+    fail_next_sync = 0;
+    errno = EIO;
+    return -1;
+  }
+  return 0; /* the kernel reported the error once; from now on it says "fine" */
+}
+
+static const struct ovl_io_ops gate_ops = {
+    .pwrite = f_pwrite,
+    .fdatasync = gate_fdatasync,
+    .fallocate = f_fallocate,
+    .ftruncate = f_ftruncate,
+};
+
+Test(overlay_faults, failed_sync_is_sticky_until_reopen)
+{
+  char dir[] = "/tmp/cc-gate-XXXXXX", path[64];
+  struct ovl_create_opts o = {.virtual_size = VSIZE};
+  struct ovl_layer *l;
+  uint8_t a[8192], b[8192], got[8192];
+
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/g.cow", dir);
+  io_count = 0;
+  io_fail_at = -1;
+  ovl_io = &gate_ops;
+  cr_assert_eq(ovl_create(path, &o, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_open(path, OVL_RDWR, &l), 0, "%s", cc_error_get());
+  memset(a, 0xaa, sizeof a);
+  memset(b, 0xbb, sizeof b);
+  cr_assert_eq(ovl_pwrite(l, a, sizeof a, 0, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_flush(l), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_pwrite(l, b, sizeof b, 65536, 0, NULL, NULL), 0, "%s", cc_error_get());
+
+  fail_next_sync = 1;
+  cr_assert_eq(ovl_flush(l), -EIO);
+  /* the retry must not succeed although fdatasync now would */
+  cr_assert_eq(ovl_flush(l), -EIO);
+  cr_assert(strstr(cc_error_get(), "earlier fdatasync failed"), "%s", cc_error_get());
+  cr_assert(strstr(cc_error_get(), path), "%s", cc_error_get());
+  cr_assert_eq(ovl_pwrite(l, a, 4096, 0, 0, NULL, NULL), -EIO);
+  cr_assert_eq(ovl_zero(l, 4096, 0, 0, NULL, NULL), -EIO);
+  cr_assert_eq(ovl_pwrite(l, a, 4096, 0, OVL_FUA, NULL, NULL), -EIO);
+  cr_assert_neq(ovl_close(l), 0);
+
+  /* reopened: consistent, the flushed write intact, the unflushed one old or new */
+  ovl_io = &ovl_io_default;
+  cr_assert_eq(ovl_open(path, OVL_RDWR, &l), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_pread(l, got, sizeof got, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_arr_eq(got, a, sizeof a);
+  cr_assert_eq(ovl_pread(l, got, sizeof got, 65536, NULL, NULL), 0, "%s", cc_error_get());
+  for (size_t i = 0; i < sizeof got; i++)
+    cr_assert(got[i] == 0 || got[i] == 0xbb, "byte %zu is 0x%02x", i, got[i]);
+  cr_assert_eq(ovl_pwrite(l, b, sizeof b, 65536, OVL_FUA, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+  unlink(path);
+  rmdir(dir);
 }
