@@ -21,10 +21,10 @@ RUNTIME=${COWCHAIN_CONCURRENCY_SECONDS:-20}
 job() {
   local e=$1 half=$2
   shift 2
-  timeout $((RUNTIME + 120)) fio --name="$e-$half" --ioengine=nbd --uri="$(uri "$e")" \
+  (cd "$WORK" && timeout $((RUNTIME + 120)) fio --name="$e-$half" --ioengine=nbd --uri="$(uri "$e")" \
     --offset=$((half * 32))M --size=32M --rw=randwrite --bsrange=4k-256k --iodepth=8 \
     --verify=crc32c --verify_fatal=1 --randseed=$((${e#vm} * 10 + half)) "$@" \
-    --output="$WORK/fio-$e-$half.out"
+    --output="$WORK/fio-$e-$half.out")
 }
 
 start_server
