@@ -3,7 +3,8 @@
  *   crash-writer write  SOCK EXPORT JOURNAL FIRST-GEN SEED
  *       Writes until the server goes away (it is killed with SIGKILL at a random moment): 4 KiB
  *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests in
- *       flight on disjoint blocks, a flush every 1-64 requests.  Every request is recorded in
+ *       flight on disjoint blocks over two connections, a flush every 1-64 requests (on one
+ *       connection when the server offers multi-conn: it must cover both).  Every request is recorded in
  *       JOURNAL *before* it is sent ("W"), an FUA write's completion after it returns ("A"), a
  *       flush after it returns ("F", then fsync of the journal), so the journal always knows
  *       everything the server may have done and everything it promised.
@@ -32,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,11 +87,19 @@ connect_export(const char *sock, const char *name)
 
 /* ---- write ---- */
 
+/* Two connections, as a multi-conn client (nbdcopy, qemu with several queues) uses them: requests
+ * go to either, and a flush is sent on one of them, which must cover the writes completed on
+ * both (the plugin advertises multi-conn: connections share one chain). */
+#define NCONN 2
+
 struct req {
   int64_t cookie; /* 0: slot free */
   uint64_t block, n, gen;
+  int conn;
   bool fua;
 };
+
+static struct nbd_handle *hs[NCONN];
 
 static int jfd = -1;
 
@@ -120,16 +130,36 @@ overlaps(const struct req *q, uint64_t block, uint64_t n)
   return false;
 }
 
-/* Reap completed requests; returns false once the connection is gone. */
+/* Reap completed requests (after waiting for progress on either connection if `wait`); returns
+ * false once a connection is gone. */
 static bool
-reap(struct nbd_handle *h, struct req *q, bool wait)
+reap(struct req *q, bool wait)
 {
-  if (wait && nbd_poll(h, -1) < 0)
-    return false;
+  if (wait) {
+    struct pollfd p[NCONN];
+    for (int c = 0; c < NCONN; c++) {
+      unsigned dir = nbd_aio_get_direction(hs[c]);
+      p[c] = (struct pollfd){ .fd = nbd_aio_get_fd(hs[c]), .events = 0 };
+      if (dir & LIBNBD_AIO_DIRECTION_READ)
+        p[c].events |= POLLIN;
+      if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+        p[c].events |= POLLOUT;
+    }
+    if (poll(p, NCONN, 10000) < 0 && errno != EINTR)
+      return false;
+    for (int c = 0; c < NCONN; c++) {
+      if (p[c].revents & (POLLIN | POLLHUP | POLLERR))
+        if (nbd_aio_notify_read(hs[c]) < 0)
+          return false;
+      if (p[c].revents & POLLOUT)
+        if (nbd_aio_notify_write(hs[c]) < 0)
+          return false;
+    }
+  }
   for (int i = 0; i < QD; i++) {
     if (q[i].cookie == 0)
       continue;
-    int r = nbd_aio_command_completed(h, q[i].cookie);
+    int r = nbd_aio_command_completed(hs[q[i].conn], q[i].cookie);
     if (r == 0)
       continue;
     if (r < 0)
@@ -138,7 +168,10 @@ reap(struct nbd_handle *h, struct req *q, bool wait)
       journal("A %" PRIu64 "\n", q[i].gen);
     q[i].cookie = 0;
   }
-  return !(nbd_aio_is_dead(h) || nbd_aio_is_closed(h));
+  for (int c = 0; c < NCONN; c++)
+    if (nbd_aio_is_dead(hs[c]) || nbd_aio_is_closed(hs[c]))
+      return false;
+  return true;
 }
 
 static int
@@ -153,9 +186,9 @@ in_flight(const struct req *q)
 static int
 cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, uint64_t seed)
 {
-  struct nbd_handle *h = nbd_create();
   struct req q[QD] = { 0 };
   uint64_t nblocks, s = seed, until_flush = 1;
+  bool multi_conn;
   static uint8_t buf[QD][MAXRUN * BLK];
 
   jfd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -163,23 +196,31 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
     die(jpath);
   /* The kill may come before the connection is made (the shortest delays): that is a crash
    * point with nothing written, not a failure. */
-  if (h == NULL || nbd_set_export_name(h, name) < 0)
-    die("nbd_create");
-  if (nbd_connect_unix(h, sock) < 0) {
-    fprintf(stderr, "crash-writer: connect: %s (server already killed)\n", nbd_get_error());
-    goto gone;
+  for (int c = 0; c < NCONN; c++) {
+    hs[c] = nbd_create();
+    if (hs[c] == NULL || nbd_set_export_name(hs[c], name) < 0)
+      die("nbd_create");
+    if (nbd_connect_unix(hs[c], sock) < 0) {
+      fprintf(stderr, "crash-writer: connect: %s (server already killed)\n", nbd_get_error());
+      goto gone;
+    }
   }
-  nblocks = (uint64_t)nbd_get_size(h) / BLK;
+  /* Without multi-conn a flush covers only its own connection's writes: flush both then. */
+  multi_conn = nbd_can_multi_conn(hs[0]) == 1;
+  nblocks = (uint64_t)nbd_get_size(hs[0]) / BLK;
   if (nblocks < 2 * MAXRUN)
     die("export too small");
   for (;;) {
     if (--until_flush == 0) {
       /* Drain, then flush: the flush covers exactly the writes journaled before "F". */
       while (in_flight(q))
-        if (!reap(h, q, true))
+        if (!reap(q, true))
           goto gone;
-      if (nbd_flush(h, 0) < 0)
-        goto gone;
+      /* multi-conn: one flush, on a random connection, must cover both */
+      int first = multi_conn ? (int)(splitmix(&s) % NCONN) : 0;
+      for (int k = 0; k < (multi_conn ? 1 : NCONN); k++)
+        if (nbd_flush(hs[(first + k) % NCONN], 0) < 0)
+          goto gone;
       journal("F\n");
       if (fsync(jfd) < 0)
         die("journal fsync");
@@ -199,14 +240,15 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
     if (overlaps(q, block, n))
       continue;
     while (in_flight(q) == QD)
-      if (!reap(h, q, true))
+      if (!reap(q, true))
         goto gone;
     for (int i = 0; i < QD; i++)
       if (q[i].cookie == 0) {
         slot = i;
         break;
       }
-    q[slot] = (struct req){ .block = block, .n = n, .gen = gen, .fua = false };
+    q[slot] = (struct req){ .block = block, .n = n, .gen = gen, .conn = (int)(r >> 50) % NCONN };
+    struct nbd_handle *h = hs[q[slot].conn];
     int64_t c;
     if (kind < 8) { /* write-zeroes or trim: both read back as zeroes */
       journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " z\n", gen, block, n);
@@ -224,14 +266,15 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
       goto gone;
     q[slot].cookie = c;
     gen++;
-    if (!reap(h, q, false))
+    if (!reap(q, false))
       goto gone;
   }
 gone:
   /* The expected end: the server was killed.  Whatever was in flight stays "sent". */
   fsync(jfd);
   close(jfd);
-  nbd_close(h);
+  for (int c = 0; c < NCONN; c++)
+    nbd_close(hs[c]);
   return 0;
 }
 
