@@ -106,7 +106,7 @@ struct pool_node {
   uint64_t disk_bytes;
   int dirty;
   int bad; /* could not be opened; `error` says why */
-  char error[256];
+  char error[OVL_MAX_PARENT_PATH + 256]; /* room for a whole parent path */
   int referenced; /* named by a record */
   int live;       /* referenced, or a parent of a live layer */
   int mark;       /* scratch for callers */
