@@ -8,6 +8,9 @@
 #                    vs  qemu-img rebase -b (safe mode) of the child onto the template
 #   open-1T          nbdinfo --size on a clone of a 1 TiB-virtual empty template, against a running
 #                    server, and with server start (nbdinfo -- [ server ]), vs qemu-nbd on qcow2
+#   open-deep        the same on the depth-D clone (D = OPS_DEEP and MAXDEPTH): for nbdkit every
+#                    new connection opens the export; qemu-nbd opens its image once at start, so
+#                    its peer number includes the server start
 
 # op_record OP PEER DEPTH MS_LIST [BYTES]
 op_record() {
@@ -113,4 +116,24 @@ section_ops() {
     list+=" $ms"
   done
   op_record open-1T-with-start qemu-nbd 1 "$list"
+
+  # Open time of deep clones (what a new client waits for).
+  local n=$(( OPS_N < 5 ? OPS_N : 5 ))
+  start_nbdkit deep "$PLUGIN" pool="$POOL" || die "nbdkit"
+  for d in $(printf '%s\n' "$OPS_DEEP" "$MAXDEPTH" | sort -nu); do
+    list=
+    for ((i = 1; i <= n; i++)); do
+      ms=$(time_cmd_ms nbdinfo --size "$(uri deep "c$d")") || die "nbdinfo c$d"
+      list+=" $ms"
+    done
+    op_record open-deep cowchain "$d" "$list"
+    list=
+    for ((i = 1; i <= n; i++)); do
+      ms=$(time_cmd_ms nbdinfo --size -- [ qemu-nbd -r -f qcow2 "$q/top$d.qcow2" ]) ||
+        die "nbdinfo [ qemu-nbd top$d ]"
+      list+=" $ms"
+    done
+    op_record open-deep-with-start qemu-nbd "$d" "$list"
+  done
+  stop_server deep
 }

@@ -202,7 +202,9 @@ def main():
                   f"{cfg['ops_n']} snapshots in a row on one clone, so depth D means D+1..D+"
                   f"{cfg['ops_n']}; merge = snapshot delete of a layer of "
                   "template/8 bytes into its child, vs `qemu-img rebase` of the child; open-1T = "
-                  "`nbdinfo --size` on a clone of a 1 TiB empty template)")
+                  "`nbdinfo --size` on a clone of a 1 TiB empty template; open-deep = the same on "
+                  "the depth-D clone, where every new nbdkit connection opens the chain, while "
+                  "qemu-nbd opens it once at start, so its number includes the server start)")
         md.append("")
         md.append(table(["operation", "tool", "depth", "n", "median ms", "min–max ms",
                          "MiB/s"], rows))
