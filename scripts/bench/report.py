@@ -370,6 +370,13 @@ def main():
         f.write(text)
 
 
+def best(recs, section, peer, wl, depth=None):
+    """The best of the rounds (as in the tables)."""
+    ms = [r for r in recs if r.get("section") == section and r["peer"] == peer
+          and r["workload"] == wl and (depth is None or r["depth"] == depth)]
+    return max(ms, key=lambda r: r["iops"] or 0) if ms else None
+
+
 def plot(recs, depths, outdir):
     tmp = tempfile.mkdtemp()
     peers = [("cc-uring", "cowchain io=uring"), ("cc-sync", "cowchain io=sync"),
@@ -380,13 +387,11 @@ def plot(recs, depths, outdir):
             path = os.path.join(tmp, f"{wl}-{p}.dat")
             with open(path, "w") as f:
                 for d in depths:
-                    r = next((r for r in recs if r.get("section") == "depth" and r["peer"] == p
-                              and r["depth"] == d and r["workload"] == wl), None)
+                    r = best(recs, "depth", p, wl, d)
                     if r:
                         f.write(f"{d} {r['iops']} {r['mib_s']} {r['cpu_us_per_io'] or 0}\n")
             files[(wl, p)] = path
-    fileval = {wl: next((r for r in recs if r.get("section") == "depth" and r["peer"] == "nbd-file"
-                         and r["workload"] == wl), None) for wl in ("randread", "seqread")}
+    fileval = {wl: best(recs, "depth", "nbd-file", wl) for wl in ("randread", "seqread")}
     gp = [
         "set terminal pngcairo size 900,540 font ',10'",
         "set logscale x 2", "set xlabel 'chain depth (layers)'", "set grid",
@@ -407,7 +412,9 @@ def plot(recs, depths, outdir):
                          "title 'nbdkit file, raw template'")
         gp.append("plot " + ", ".join(parts))
     gp.append(f"set output '{os.path.join(outdir, 'depth-cpu.png')}'")
-    gp.append("set ylabel 'server CPU µs per I/O'")
+    gp.append("set logscale y 10")
+    gp.append("set yrange [*:*]")
+    gp.append("set ylabel 'server CPU µs per I/O (log scale)'")
     gp.append("set title 'server CPU per I/O (user+system), 4 KiB random read'")
     parts = [f"'{files[('randread', p)]}' using 1:4 with linespoints lw 2 title '{t}'"
              for p, t in peers]
