@@ -34,7 +34,7 @@
 #include "overlay/overlay.h"
 
 static char dir[64];
-static const char *const names[3] = { "a", "b", "c" };
+static const char *const names[3] = {"a", "b", "c"};
 
 static void
 setup_dir(void)
@@ -84,7 +84,7 @@ count_extent(void *opaque, uint64_t offset, uint64_t length, uint32_t type)
   (void)offset;
   (void)type;
   if (length == 0)
-    abort(); /* an empty extent would make an NBD client loop */
+    abort();           /* an empty extent would make an NBD client loop */
   return ++*n >= 4096; /* bounded: stop early */
 }
 
@@ -217,7 +217,7 @@ layer(const char *d, const char *name, uint64_t vsize, enum ovl_parent_kind kind
       const uint8_t *puuid, uint64_t psize, int writes, uint8_t uuid[OVL_UUID_LEN])
 {
   char path[4096];
-  struct ovl_create_opts o = { .virtual_size = vsize, .cluster_size = 16384 };
+  struct ovl_create_opts o = {.virtual_size = vsize, .cluster_size = 16384};
   struct ovl_layer *l;
   uint8_t b[5000];
 

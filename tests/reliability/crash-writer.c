@@ -4,13 +4,12 @@
  *       Writes until the server goes away (it is killed with SIGKILL at a random moment): 4 KiB
  *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests in
  *       flight on disjoint blocks over two connections, a flush every 1-64 requests (on one
- *       connection when the server offers multi-conn: it must cover both).  Every request is recorded in
- *       JOURNAL *before* it is sent ("W"), an FUA write's completion after it returns ("A"), a
- *       flush after it returns ("F", then fsync of the journal), so the journal always knows
- *       everything the server may have done and everything it promised.
- *   crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW
- *       Replays JOURNAL over BASELINE (what each block held when the writer started; all
- *       "template" when BASELINE does not exist yet) and reads every block of the export:
+ *       connection when the server offers multi-conn: it must cover both).  Every request is
+ * recorded in JOURNAL *before* it is sent ("W"), an FUA write's completion after it returns ("A"),
+ * a flush after it returns ("F", then fsync of the journal), so the journal always knows everything
+ * the server may have done and everything it promised. crash-writer verify SOCK EXPORT JOURNAL
+ * BASELINE TEMPLATE-RAW Replays JOURNAL over BASELINE (what each block held when the writer
+ * started; all "template" when BASELINE does not exist yet) and reads every block of the export:
  *         - a block whose last write was flushed (or FUA-acknowledged) holds exactly that write;
  *         - a block with writes sent since then holds the flushed contents or one of those
  *           writes, never anything else (other bytes, another block's data, an older write).
@@ -49,7 +48,8 @@
 static void
 die(const char *what)
 {
-  fprintf(stderr, "crash-writer: %s: %s\n", what, nbd_get_error() ? nbd_get_error() : strerror(errno));
+  fprintf(stderr, "crash-writer: %s: %s\n", what,
+          nbd_get_error() ? nbd_get_error() : strerror(errno));
   exit(2);
 }
 
@@ -103,8 +103,7 @@ static struct nbd_handle *hs[NCONN];
 
 static int jfd = -1;
 
-static void
-journal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void journal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void
 journal(const char *fmt, ...)
 {
@@ -139,7 +138,7 @@ reap(struct req *q, bool wait)
     struct pollfd p[NCONN];
     for (int c = 0; c < NCONN; c++) {
       unsigned dir = nbd_aio_get_direction(hs[c]);
-      p[c] = (struct pollfd){ .fd = nbd_aio_get_fd(hs[c]), .events = 0 };
+      p[c] = (struct pollfd){.fd = nbd_aio_get_fd(hs[c]), .events = 0};
       if (dir & LIBNBD_AIO_DIRECTION_READ)
         p[c].events |= POLLIN;
       if (dir & LIBNBD_AIO_DIRECTION_WRITE)
@@ -186,7 +185,7 @@ in_flight(const struct req *q)
 static int
 cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, uint64_t seed)
 {
-  struct req q[QD] = { 0 };
+  struct req q[QD] = {0};
   uint64_t nblocks, s = seed, until_flush = 1;
   bool multi_conn;
   static uint8_t buf[QD][MAXRUN * BLK];
@@ -247,7 +246,7 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
         slot = i;
         break;
       }
-    q[slot] = (struct req){ .block = block, .n = n, .gen = gen, .conn = (int)(r >> 50) % NCONN };
+    q[slot] = (struct req){.block = block, .n = n, .gen = gen, .conn = (int)(r >> 50) % NCONN};
     struct nbd_handle *h = hs[q[slot].conn];
     int64_t c;
     if (kind < 8) { /* write-zeroes or trim: both read back as zeroes */
@@ -347,7 +346,7 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
         if (w == NULL)
           die("realloc");
       }
-      w[nw++] = (struct wrec){ gen, block, n, kind == 'z' };
+      w[nw++] = (struct wrec){gen, block, n, kind == 'z'};
       for (uint64_t b = block; b < block + n; b++)
         add_pending(&cand[b], kind == 'z' ? GEN_ZERO : gen);
     } else if (sscanf(line, "A %" SCNu64, &gen) == 1) {

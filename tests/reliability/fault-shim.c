@@ -107,7 +107,9 @@ struct undo {
   unsigned char data[];
 };
 static struct undo *undo_list;
-static volatile int frozen; /* the power is cut: no write or sync ever returns again */ /* newest first: restoring in list order leaves the oldest bytes */
+static volatile int frozen;
+    /* the power is cut: no write or sync ever returns again */ /* newest first: restoring in list
+                                                                   order leaves the oldest bytes */
 static pthread_mutex_t undo_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
@@ -348,7 +350,7 @@ static void *
 powercut_thread(void *arg)
 {
   const char *path = arg;
-  struct timespec ms = { 0, 1000 * 1000 };
+  struct timespec ms = {0, 1000 * 1000};
 
   while (access(path, F_OK) != 0)
     nanosleep(&ms, NULL);

@@ -176,7 +176,7 @@ cmd_badreq(const char *sock, const char *name)
   uint64_t s = (uint64_t)size;
   uint8_t *big = calloc(1, 64 * M + 4096), before[4096];
   int tried = 0, dropped = 0;
-  nbd_extent_callback ecb = { .callback = extent_cb };
+  nbd_extent_callback ecb = {.callback = extent_cb};
 
   if (big == NULL)
     FAIL("calloc");
@@ -240,7 +240,7 @@ cmd_badreq(const char *sock, const char *name)
 static void
 raw_garbage(const char *sock, unsigned kind)
 {
-  struct sockaddr_un a = { .sun_family = AF_UNIX };
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   char buf[256];
 
@@ -418,8 +418,7 @@ cmd_eio(const char *sock, const char *name, const char *tpath)
       if (nbd_pwrite(h, c, sizeof c, 4 * M, 0) == 0 && nbd_flush(h, 0) == 0)
         break;
       if (++tries == 50)
-        FAIL("new connections after the failed flush cannot write and flush: %s",
-             nbd_get_error());
+        FAIL("new connections after the failed flush cannot write and flush: %s", nbd_get_error());
       nbd_close(h);
       usleep(100 * 1000);
     }
@@ -475,7 +474,8 @@ cmd_fsyncgate(const char *sock, const char *name, const char *tpath)
   r = nbd_flush(h, 0);
   if (r == 0) {
     /* The server claims B durable now: it must be there, now and after a restart. */
-    expect_pattern(h, 8 * M, 1 * M, 0xb, "B (acknowledged, then a flush failed, a retry succeeded)");
+    expect_pattern(h, 8 * M, 1 * M, 0xb,
+                   "B (acknowledged, then a flush failed, a retry succeeded)");
     printf("rewritten\n");
   } else {
     /* Sticky failure: fine, but the export must work again from a new connection, once the
