@@ -17,8 +17,9 @@
  *   real layers linking a -> b -> c, so the fuzzer starts from chains that open.
  *
  * Parent paths are bytes from the input and may be absolute: the target can be made to open any
- * readable file as a raw parent (read-only, never written).  Run it as an unprivileged user
- * where that matters; scripts/fuzz runs it in a container-like throwaway machine.
+ * readable file as a raw parent (read-only, never written: only the top "a" is ever opened for
+ * writing).  A device that blocks on read would stall an input (libFuzzer's -timeout=10 then
+ * reports it); none was hit in the documented run.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
