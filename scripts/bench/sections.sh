@@ -24,23 +24,27 @@ start_read_peer() {
 }
 
 section_depth() {
-  local d peer round peers
+  local d peer round peers order
   need_chains
   log "depth series: ${DEPTHS[*]}; peers ${READ_PEERS[*]} + nbd-file; ${RUNTIME}s per run," \
-    "$ROUNDS round(s), peer order alternating"
+    "$ROUNDS round(s), depth and peer order alternating"
   for ((round = 1; round <= ROUNDS; round++)); do
-    # Each server gets one warm-up (first open, index build), before its first workload.
-    start_read_peer f nbd-file 0 || die "nbdkit file did not start"
-    ROUND=$round measure depth nbd-file 0 seqread "${SRV_PID[f]}" "$PEER_URI"
-    ROUND=$round WARMUP=0 measure depth nbd-file 0 randread "${SRV_PID[f]}" "$PEER_URI"
-    stop_server f
-    for d in "${DEPTHS[@]}"; do
+    # Odd rounds go up in depth, even rounds down, and the peer order flips too, so no depth
+    # or peer is always measured in the same part of the run.  The file plugin (the ceiling)
+    # is measured next to depth DEPTHS[0], the point it is compared with.
+    order=("${DEPTHS[@]}")
+    ((round % 2 == 0)) && order=($(printf '%s\n' "${DEPTHS[@]}" | tac))
+    for d in "${order[@]}"; do
       peers=("${READ_PEERS[@]}")
-      ((round % 2 == 0)) && peers=($(printf '%s\n' "${READ_PEERS[@]}" | tac))
+      ((d == DEPTHS[0])) && peers+=(nbd-file)
+      ((round % 2 == 0)) && peers=($(printf '%s\n' "${peers[@]}" | tac))
       for peer in "${peers[@]}"; do
+        # Each server gets one warm-up (first open, index build), before its first workload.
         start_read_peer p "$peer" "$d" || die "$peer did not start"
+        [[ $peer == nbd-file ]] && d=0
         ROUND=$round measure depth "$peer" "$d" seqread "${SRV_PID[p]}" "$PEER_URI"
         ROUND=$round WARMUP=0 measure depth "$peer" "$d" randread "${SRV_PID[p]}" "$PEER_URI"
+        [[ $peer == nbd-file ]] && d=${DEPTHS[0]}
         stop_server p
       done
     done
@@ -58,6 +62,8 @@ section_writes() {
   mkdir -p "$RUNDIR/writes"
   cp --sparse=never "$TEMPLATE" "$RUNDIR/writes/raw-copy.raw"
   n=0
+  local round
+  for ((round = 1; round <= WRITE_ROUNDS; round++)); do
   for wl in firstwrite randwrite; do
     for peer in "${WRITE_PEERS[@]}"; do
       n=$((n + 1)); id=w$n
@@ -81,12 +87,13 @@ section_writes() {
           start_nbdkit "$id" file file="$RUNDIR/writes/raw-copy.raw" || die "nbdkit file"
           u=$(uri "$id" "") ;;
       esac
-      WARMUP=0 measure writes "$peer" 1 "$wl" "${SRV_PID[$id]}" "$u" --end_fsync=1
+      ROUND=$round WARMUP=0 measure writes "$peer" 1 "$wl" "${SRV_PID[$id]}" "$u" --end_fsync=1
       stop_server "$id"
       # Not deleted here: freeing a 1 GiB file of 4 KiB-in-64 KiB extents took over a minute
       # on the shared disk.  The run directory goes at the end.
       log "writes $wl $peer: case took $(( ($(now_ns) - tcase) / 1000000 )) ms"
     done
+  done
   done
 }
 
