@@ -61,6 +61,8 @@ section_writes() {
   WL[firstwrite]="--rw=write:$((CLUSTER / 1024 - 4))k --bs=4k --iodepth=32 --io_size=$((fw_ios * 4))k"
   mkdir -p "$RUNDIR/writes"
   cp --sparse=never "$TEMPLATE" "$RUNDIR/writes/raw-copy.raw"
+  # Write the copy back now, or its 1 GiB of dirty pages is flushed during the measurements.
+  sync "$RUNDIR/writes/raw-copy.raw"
   n=0
   local round
   for ((round = 1; round <= WRITE_ROUNDS; round++)); do
