@@ -83,6 +83,15 @@ def main():
         ["fio", v["fio"]], ["liburing", v["liburing"]], ["libnbd", v["libnbd"]],
         ["load average at start / end", f"{meta['loadavg_start']} / {meta.get('loadavg_end', '?')}"],
     ]))
+    try:
+        loads = [float(meta["loadavg_start"].split()[0]), float(meta.get("loadavg_end", "0").split()[0])]
+    except ValueError:
+        loads = [0.0]
+    if max(loads) > 0.5 * m["nproc"]:
+        md.append("")
+        md.append(f"**The machine was shared while measuring** (load average up to {max(loads):.1f} "
+                  f"on {m['nproc']} CPUs from other work): single numbers are noisy; read the "
+                  "ratios and the CPU-per-I/O columns.")
     md.append("")
     b = get("build")
     if b:
