@@ -37,6 +37,16 @@ struct cli_cmd {
 int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos, int *npos);
 
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A command group's subcommands ("clone create", "clone list", ...). */
+struct cli_sub {
+  const char *name;
+  int (*run)(int argc, char **argv); /* argv[0] is the first word after the subcommand */
+};
+
+/* Run the subcommand argv[0] of `group` from `subs` (NULL-name terminated); --help lists them,
+ * anything else is one usage error naming the choices. */
+int cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **argv);
 /* Print cc_error_get() as the one error line; returns 1. */
 int die_pool(void);
 

@@ -123,20 +123,11 @@ clone_list(int argc, char **argv)
 int
 cmd_clone(int argc, char **argv)
 {
-  static const char usage[] = "create | list | delete";
-  const char *sub = argc ? argv[0] : "";
+  static const struct cli_sub subs[] = {
+    { "create", clone_create }, { "list", clone_list }, { "delete", clone_delete }, { NULL, NULL },
+  };
 
-  if (strcmp(sub, "create") == 0)
-    return clone_create(argc - 1, argv + 1);
-  if (strcmp(sub, "list") == 0)
-    return clone_list(argc - 1, argv + 1);
-  if (strcmp(sub, "delete") == 0)
-    return clone_delete(argc - 1, argv + 1);
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    printf("usage: cowchain clone %s ...\n", usage);
-    return 0;
-  }
-  return usage_error("clone", "unknown subcommand '%s' (%s)", sub, usage);
+  return cli_dispatch("clone", subs, argc, argv);
 }
 
 static int
@@ -286,32 +277,44 @@ snapshot_list_or_info(int argc, char **argv, int info)
   return 0;
 }
 
+static int
+snapshot_list(int argc, char **argv)
+{
+  return snapshot_list_or_info(argc, argv, 0);
+}
+
+static int
+snapshot_info(int argc, char **argv)
+{
+  return snapshot_list_or_info(argc, argv, 1);
+}
+
+static int
+snapshot_revert(int argc, char **argv)
+{
+  return snapshot_simple(argc, argv, "snapshot revert",
+                         "Give CLONE a new empty layer on snapshot SNAP: its writes since then "
+                         "are discarded.\nLater snapshots stay (snapshots form a tree).",
+                         cc_snapshot_revert);
+}
+
+static int
+snapshot_delete(int argc, char **argv)
+{
+  return snapshot_simple(argc, argv, "snapshot delete",
+                         "Delete snapshot SNAP of CLONE by merging its layer into the layers "
+                         "above it;\nno other state loses a byte.  Refused, with the reason, "
+                         "when that is unsafe.",
+                         do_delete);
+}
+
 int
 cmd_snapshot(int argc, char **argv)
 {
-  static const char usage[] = "create | list | info | revert | delete";
-  const char *sub = argc ? argv[0] : "";
+  static const struct cli_sub subs[] = {
+    { "create", snapshot_create }, { "list", snapshot_list },     { "info", snapshot_info },
+    { "revert", snapshot_revert }, { "delete", snapshot_delete }, { NULL, NULL },
+  };
 
-  if (strcmp(sub, "create") == 0)
-    return snapshot_create(argc - 1, argv + 1);
-  if (strcmp(sub, "list") == 0)
-    return snapshot_list_or_info(argc - 1, argv + 1, 0);
-  if (strcmp(sub, "info") == 0)
-    return snapshot_list_or_info(argc - 1, argv + 1, 1);
-  if (strcmp(sub, "revert") == 0)
-    return snapshot_simple(argc - 1, argv + 1, "snapshot revert",
-                           "Give CLONE a new empty layer on snapshot SNAP: its writes since then "
-                           "are discarded.\nLater snapshots stay (snapshots form a tree).",
-                           cc_snapshot_revert);
-  if (strcmp(sub, "delete") == 0)
-    return snapshot_simple(argc - 1, argv + 1, "snapshot delete",
-                           "Delete snapshot SNAP of CLONE by merging its layer into the layers "
-                           "above it;\nno other state loses a byte.  Refused, with the reason, "
-                           "when that is unsafe.",
-                           do_delete);
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    printf("usage: cowchain snapshot %s ...\n", usage);
-    return 0;
-  }
-  return usage_error("snapshot", "unknown subcommand '%s' (%s)", sub, usage);
+  return cli_dispatch("snapshot", subs, argc, argv);
 }

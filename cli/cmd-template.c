@@ -33,14 +33,9 @@ pool_init(int argc, char **argv)
 int
 cmd_pool(int argc, char **argv)
 {
-  if (argc >= 1 && strcmp(argv[0], "init") == 0)
-    return pool_init(argc - 1, argv + 1);
-  if (argc >= 1 && (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0)) {
-    printf("usage: cowchain pool init\n");
-    return 0;
-  }
-  return usage_error("pool", "unknown subcommand '%s' (usage: cowchain pool init)",
-                     argc ? argv[0] : "");
+  static const struct cli_sub subs[] = { { "init", pool_init }, { NULL, NULL } };
+
+  return cli_dispatch("pool", subs, argc, argv);
 }
 
 static int
@@ -200,22 +195,10 @@ template_list(int argc, char **argv)
 int
 cmd_template(int argc, char **argv)
 {
-  static const char usage[] = "import | create | promote | list | delete";
-  const char *sub = argc ? argv[0] : "";
+  static const struct cli_sub subs[] = {
+    { "import", template_import }, { "create", template_create }, { "promote", template_promote },
+    { "list", template_list },     { "delete", template_delete }, { NULL, NULL },
+  };
 
-  if (strcmp(sub, "import") == 0)
-    return template_import(argc - 1, argv + 1);
-  if (strcmp(sub, "create") == 0)
-    return template_create(argc - 1, argv + 1);
-  if (strcmp(sub, "promote") == 0)
-    return template_promote(argc - 1, argv + 1);
-  if (strcmp(sub, "list") == 0)
-    return template_list(argc - 1, argv + 1);
-  if (strcmp(sub, "delete") == 0)
-    return template_delete(argc - 1, argv + 1);
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    printf("usage: cowchain template %s ...\n", usage);
-    return 0;
-  }
-  return usage_error("template", "unknown subcommand '%s' (%s)", sub, usage);
+  return cli_dispatch("template", subs, argc, argv);
 }

@@ -234,3 +234,24 @@ cli_progress_done(void)
     progress_shown = 0;
   }
 }
+
+int
+cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **argv)
+{
+  const char *sub = argc ? argv[0] : "";
+  char choices[256] = "";
+  size_t len = 0;
+
+  for (const struct cli_sub *c = subs; c->name; c++) {
+    if (strcmp(sub, c->name) == 0)
+      return c->run(argc - 1, argv + 1);
+    len += (size_t)snprintf(choices + len, sizeof choices - len, "%s%s", c == subs ? "" : " | ", c->name);
+    if (len >= sizeof choices)
+      len = sizeof choices - 1;
+  }
+  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
+    printf("usage: cowchain %s %s ...\n", group, choices);
+    return 0;
+  }
+  return usage_error(group, "unknown subcommand '%s' (%s)", sub, choices);
+}
