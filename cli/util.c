@@ -253,5 +253,7 @@ cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **arg
     printf("usage: cowchain %s %s ...\n", group, choices);
     return 0;
   }
+  if (argc == 0)
+    return usage_error(group, "missing subcommand (%s)", choices);
   return usage_error(group, "unknown subcommand '%s' (%s)", sub, choices);
 }
