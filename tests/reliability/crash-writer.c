@@ -1,20 +1,22 @@
 /* crash-writer: a verified write workload for the crash loop (scripts/crashloop).
  *
  *   crash-writer write  SOCK EXPORT JOURNAL FIRST-GEN SEED
- *       Writes until the server goes away (it is killed with SIGKILL at a random moment): 4 KiB
- *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests in
- *       flight on disjoint blocks over two connections, a flush every 1-64 requests (on one
+ *       Writes until the server goes away (killed, or its power cut, at a random moment): 4 KiB
+ *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests
+ *       in flight on disjoint blocks over two connections, a flush every 1-64 requests (on one
  *       connection when the server offers multi-conn: it must cover both).  Every request is
- * recorded in JOURNAL *before* it is sent ("W"), an FUA write's completion after it returns ("A"),
- * a flush after it returns ("F", then fsync of the journal), so the journal always knows everything
- * the server may have done and everything it promised. crash-writer verify SOCK EXPORT JOURNAL
- * BASELINE TEMPLATE-RAW Replays JOURNAL over BASELINE (what each block held when the writer
- * started; all "template" when BASELINE does not exist yet) and reads every block of the export:
+ *       recorded in JOURNAL *before* it is sent ("W"), an FUA write's completion after it
+ *       returns ("A"), a flush after it returns ("F", then fsync of the journal), so the
+ *       journal always knows everything the server may have done and everything it promised.
+ *   crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW [UNIT]
+ *       Replays JOURNAL over BASELINE (what each block held when the writer started; all
+ *       "template" when BASELINE does not exist yet) and reads every block of the export:
  *         - a block whose last write was flushed (or FUA-acknowledged) holds exactly that write;
  *         - a block with writes sent since then holds the flushed contents or one of those
  *           writes, never anything else (other bytes, another block's data, an older write).
+ *       UNIT (4096, or 512 after torn power cuts) is the granularity of "old or new".
  *       Then flushes and rewrites BASELINE with what it read, for the next round, and prints
- *       "verified BLOCKS blocks, PENDING with unflushed writes (NEW new, OLD old)".
+ *       "verified BLOCKS blocks, PENDING with unflushed writes (NEW new, OLD old), ...".
  *
  * Block contents are a function of (block, generation): 16 header bytes (block, generation) and
  * a hash stream, so a misplaced block (another cluster's data) or a stale one is recognized.
@@ -303,12 +305,18 @@ struct wrec {
   bool zero;
 };
 
+/* The unit of "old or new" in verify: 4096 (a block, as written) by default; 512 (a sector)
+ * after power cuts that tear un-synced writes (crashloop --torn), where each sector of an
+ * un-synced in-place write may hold its old or its new contents (FORMAT.md 7.2). */
+static uint64_t unit = BLK;
+
 static int
 cmd_verify(const char *sock, const char *name, const char *jpath, const char *bpath,
            const char *tpath)
 {
   struct nbd_handle *h = connect_export(sock, name);
-  uint64_t nblocks = (uint64_t)nbd_get_size(h) / BLK;
+  /* "blocks" below are units: nblocks units of `unit` bytes, `per` of them in a 4 KiB block */
+  uint64_t per = BLK / unit, nblocks = (uint64_t)nbd_get_size(h) / unit;
   struct cand *cand = calloc(nblocks, sizeof *cand);
   uint64_t *base = calloc(nblocks, sizeof *base), *seen = calloc(nblocks, sizeof *seen);
   struct wrec *w = NULL;
@@ -338,7 +346,7 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
     char kind;
 
     if (sscanf(line, "W %" SCNu64 " %" SCNu64 " %" SCNu64 " %c", &gen, &block, &n, &kind) == 4) {
-      if (block + n > nblocks)
+      if ((block + n) * per > nblocks)
         die("journal: block out of range");
       if (nw == capw) {
         capw = capw ? 2 * capw : 1024;
@@ -347,7 +355,7 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
           die("realloc");
       }
       w[nw++] = (struct wrec){gen, block, n, kind == 'z'};
-      for (uint64_t b = block; b < block + n; b++)
+      for (uint64_t b = block * per; b < (block + n) * per; b++)
         add_pending(&cand[b], kind == 'z' ? GEN_ZERO : gen);
     } else if (sscanf(line, "A %" SCNu64, &gen) == 1) {
       /* The FUA write is durable.  Writes to its blocks sent after it are still candidates
@@ -355,7 +363,7 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
       for (size_t i = nw; i-- > 0;) {
         if (w[i].gen != gen)
           continue;
-        for (uint64_t b = w[i].block; b < w[i].block + w[i].n; b++) {
+        for (uint64_t b = w[i].block * per; b < (w[i].block + w[i].n) * per; b++) {
           struct cand *c = &cand[b];
           size_t k = 0;
           while (k < c->npending && c->pending[k] != gen)
@@ -385,28 +393,28 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
   tfd = open(tpath, O_RDONLY | O_CLOEXEC);
   if (tfd < 0)
     die(tpath);
-  for (uint64_t b0 = 0; b0 < nblocks; b0 += 256) {
-    uint64_t nb = nblocks - b0 < 256 ? nblocks - b0 : 256;
-    if (nbd_pread(h, chunk, nb * BLK, b0 * BLK, 0) < 0)
+  for (uint64_t b0 = 0; b0 < nblocks; b0 += 256 * per) {
+    uint64_t nb = nblocks - b0 < 256 * per ? nblocks - b0 : 256 * per;
+    if (nbd_pread(h, chunk, nb * unit, b0 * unit, 0) < 0)
       die("pread");
     for (uint64_t b = b0; b < b0 + nb; b++) {
-      const uint8_t *got = chunk + (b - b0) * BLK;
+      const uint8_t *got = chunk + (b - b0) * unit;
       struct cand *c = &cand[b];
       bool ok = false;
 
       for (size_t k = 0; k <= c->npending && !ok; k++) {
         uint64_t g = k == 0 ? c->flushed : c->pending[k - 1];
         if (g == GEN_TEMPLATE) {
-          ssize_t r = pread(tfd, tmpl, BLK, (off_t)(b * BLK));
+          ssize_t r = pread(tfd, tmpl, unit, (off_t)(b * unit));
           if (r < 0)
             die("template read");
-          memset(tmpl + r, 0, BLK - (size_t)r);
-          ok = memcmp(got, tmpl, BLK) == 0;
+          memset(tmpl + r, 0, unit - (size_t)r);
+          ok = memcmp(got, tmpl, unit) == 0;
         } else if (g == GEN_ZERO) {
-          ok = got[0] == 0 && memcmp(got, got + 1, BLK - 1) == 0;
+          ok = got[0] == 0 && memcmp(got, got + 1, unit - 1) == 0;
         } else {
-          fill(expect, b, g);
-          ok = memcmp(got, expect, BLK) == 0;
+          fill(expect, b / per, g);
+          ok = memcmp(got, expect + (b % per) * unit, unit) == 0;
         }
         if (ok) {
           seen[b] = g;
@@ -426,7 +434,7 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
                 "crash-writer: block %" PRIu64 " (offset %" PRIu64 "): holds (block %" PRIu64
                 ", gen %" PRIu64 ") or other bytes; expected flushed gen %" PRIu64
                 " or one of %zu pending:",
-                b, b * BLK, hdr[0], hdr[1], c->flushed, c->npending);
+                b, b * unit, hdr[0], hdr[1], c->flushed, c->npending);
         for (size_t k = 0; k < c->npending; k++)
           fprintf(stderr, " %" PRIu64, c->pending[k]);
         fprintf(stderr, " (0 = template, 1 = zeroes)\n");
@@ -456,8 +464,8 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
   nbd_shutdown(h, 0);
   nbd_close(h);
   printf("verified %" PRIu64 " blocks, %" PRIu64 " with unflushed writes (%" PRIu64 " new, %" PRIu64
-         " old), %zu requests journaled\n",
-         nblocks, pending_blocks, got_new, got_old, nw);
+         " old), %zu requests journaled, unit %" PRIu64 " bytes\n",
+         nblocks, pending_blocks, got_new, got_old, nw, unit);
   for (uint64_t b = 0; b < nblocks; b++)
     free(cand[b].pending);
   free(cand);
@@ -473,9 +481,16 @@ main(int argc, char **argv)
   if (argc == 7 && strcmp(argv[1], "write") == 0)
     return cmd_write(argv[2], argv[3], argv[4], strtoull(argv[5], NULL, 10),
                      strtoull(argv[6], NULL, 10));
-  if (argc == 7 && strcmp(argv[1], "verify") == 0)
+  if ((argc == 7 || argc == 8) && strcmp(argv[1], "verify") == 0) {
+    if (argc == 8)
+      unit = strtoull(argv[7], NULL, 10);
+    if (unit != 512 && unit != BLK) {
+      fprintf(stderr, "crash-writer: UNIT must be 512 or 4096\n");
+      return 2;
+    }
     return cmd_verify(argv[2], argv[3], argv[4], argv[5], argv[6]);
+  }
   fprintf(stderr, "usage: crash-writer write SOCK EXPORT JOURNAL FIRST-GEN SEED\n"
-                  "       crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW\n");
+                  "       crash-writer verify SOCK EXPORT JOURNAL BASELINE TEMPLATE-RAW [UNIT]\n");
   return 2;
 }

@@ -22,6 +22,8 @@
  * exits at once (_exit 137).  A sync that completed before the cut is durable; its caller may
  * not have been told (the cut can come between the two), which a power cut allows too.  Writes
  * in flight during the cut may land after it, whole or torn: allowed, they were not synced.
+ * FAULT_TORN=SEED tears the un-synced writes instead: each of their 512-byte sectors is put
+ * back or left, at random.
  *
  * Not covered: io_uring reads (the server must run with io=sync for read faults), mmap.
  * Built without sanitizers: it is loaded before their runtime.
@@ -31,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,8 +111,8 @@ struct undo {
 };
 static struct undo *undo_list;
 static volatile int frozen;
-    /* the power is cut: no write or sync ever returns again */ /* newest first: restoring in list
-                                                                   order leaves the oldest bytes */
+/* the power is cut: no write or sync ever returns again */ /* newest first: restoring in list
+                                                               order leaves the oldest bytes */
 static pthread_mutex_t undo_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
@@ -357,8 +360,28 @@ powercut_thread(void *arg)
   frozen = 1;
   pthread_mutex_lock(&undo_lock); /* no sync can settle (forget its writes) past this point */
   LOAD(pwrite);
-  for (struct undo *u = undo_list; u; u = u->next)
-    (void)REAL(pwrite)(u->fd, u->data, u->len, u->off);
+  const char *torn = getenv("FAULT_TORN");
+  uint64_t rnd = torn ? strtoull(torn, NULL, 10) * 0x9e3779b97f4a7c15ull + 1 : 0;
+  for (struct undo *u = undo_list; u; u = u->next) {
+    if (!torn) {
+      (void)REAL(pwrite)(u->fd, u->data, u->len, u->off);
+      continue;
+    }
+    /* FAULT_TORN=SEED: each 512-byte sector of the write is put back or not, at random (the
+     * disk wrote some sectors of it, not others).  Newest writes first, so a sector ends as
+     * one of the contents it had since the last sync. */
+    for (size_t k = 0; k < u->len;) {
+      size_t end = ((u->off + k) / 512 + 1) * 512 - u->off;
+      if (end > u->len)
+        end = u->len;
+      rnd ^= rnd << 13;
+      rnd ^= rnd >> 7;
+      rnd ^= rnd << 17;
+      if (rnd & 1)
+        (void)REAL(pwrite)(u->fd, u->data + k, end - k, u->off + (off_t)k);
+      k = end;
+    }
+  }
   _exit(137);
   return NULL;
 }
