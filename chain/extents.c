@@ -67,42 +67,25 @@ seg_extent(void *opaque, const struct cc_seg *s)
   return emit(opaque, s->offset, s->length, type[s->kind]);
 }
 
+struct top_ctx {
+  struct cc_chain *c;
+  struct ext_ctx *x;
+};
+
+/* One extent of the top: its own data and zeroes, the frozen part where it has nothing. */
 static int
-top_extents(struct cc_chain *c, struct ext_ctx *x, uint64_t length, uint64_t offset)
+top_extent(void *opaque, const struct ovl_extent *e)
 {
-  struct ovl_extent ext[MAP_BATCH];
-  uint64_t pos = offset, end = offset + length;
-  int n, r;
+  struct top_ctx *t = opaque;
 
-  while (pos < end) {
-    n = ovl_map(c->top, pos, end - pos, ext, MAP_BATCH);
-    if (n < 0)
-      return n;
-    if (n == 0)
-      return cc_error_set(EIO, "extents: %s: no map extent at offset %llu", c->path,
-                          (unsigned long long)pos);
-    for (int k = 0; k < n; k++) {
-      const struct ovl_extent *e = &ext[k];
-
-      if (e->offset != pos || e->length == 0 || e->length > end - pos)
-        return cc_error_set(EIO, "extents: %s: inconsistent map extent at offset %llu", c->path,
-                            (unsigned long long)pos);
-      switch (e->state) {
-      case OVL_DATA:
-        r = emit(x, e->offset, e->length, 0);
-        break;
-      case OVL_ZERO:
-        r = emit(x, e->offset, e->length, CC_EXTENT_ZERO);
-        break;
-      default:
-        r = cc_index_walk(c->idx, e->offset, e->length, seg_extent, x);
-      }
-      if (r != 0)
-        return r;
-      pos += e->length;
-    }
+  switch (e->state) {
+  case OVL_DATA:
+    return emit(t->x, e->offset, e->length, 0);
+  case OVL_ZERO:
+    return emit(t->x, e->offset, e->length, CC_EXTENT_ZERO);
+  default:
+    return cc_index_walk(t->c->idx, e->offset, e->length, seg_extent, t->x);
   }
-  return 0;
 }
 
 int
@@ -119,7 +102,7 @@ cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent
   if (length == 0)
     return 0;
   if (c->top)
-    r = top_extents(c, &x, length, offset);
+    r = cc_top_walk(c, "extents", offset, length, top_extent, &(struct top_ctx){ .c = c, .x = &x });
   else
     r = cc_index_walk(c->idx, offset, length, seg_extent, &x);
   if (r == 0 && x.have)

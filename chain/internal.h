@@ -94,6 +94,13 @@ void cc_index_free(struct cc_index *idx);
 int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, cc_seg_fn fn,
                   void *opaque);
 
+/* Walk the writable top's map over [offset, offset + length), calling fn for each extent in
+ * order; a map that skips or overlaps is -EIO naming `call` and the layer.  Stops at the first
+ * non-zero return of fn and returns it. */
+typedef int (*cc_top_fn)(void *opaque, const struct ovl_extent *e);
+int cc_top_walk(struct cc_chain *c, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
+                void *opaque);
+
 /* registry.c */
 struct cc_index *cc_registry_get(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN],
                                  uint64_t size);

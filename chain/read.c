@@ -94,6 +94,7 @@ struct plan_ctx {
   struct cc_plan *plan;
   char *buf; /* receives byte `offset` */
   uint64_t offset;
+  struct cc_chain *c; /* planning the writable top: whose layer */
 };
 
 static int
@@ -163,10 +164,9 @@ cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
   return r;
 }
 
-/* Plan the writable top's view of [offset, offset + length): its data and zeroes, and the
- * frozen part where it has nothing. */
-static int
-plan_top(struct cc_chain *c, struct cc_plan *plan, char *buf, uint64_t length, uint64_t offset)
+int
+cc_top_walk(struct cc_chain *c, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
+            void *opaque)
 {
   struct ovl_extent ext[MAP_BATCH];
   uint64_t pos = offset, end = offset + length;
@@ -177,32 +177,37 @@ plan_top(struct cc_chain *c, struct cc_plan *plan, char *buf, uint64_t length, u
     if (n < 0)
       return n;
     if (n == 0)
-      return cc_error_set(EIO, "pread: %s: no map extent at offset %llu", c->path,
+      return cc_error_set(EIO, "%s: %s: no map extent at offset %llu", call, c->path,
                           (unsigned long long)pos);
     for (int k = 0; k < n; k++) {
-      const struct ovl_extent *e = &ext[k];
-      char *b = buf + (pos - offset);
-
-      if (e->offset != pos || e->length == 0 || e->length > end - pos)
-        return cc_error_set(EIO, "pread: %s: inconsistent map extent at offset %llu", c->path,
+      if (ext[k].offset != pos || ext[k].length == 0 || ext[k].length > end - pos)
+        return cc_error_set(EIO, "%s: %s: inconsistent map extent at offset %llu", call, c->path,
                             (unsigned long long)pos);
-      switch (e->state) {
-      case OVL_DATA:
-        r = cc_plan_add(plan, c->top_fd, c->path, e->phys, b, e->length);
-        break;
-      case OVL_ZERO:
-        memset(b, 0, e->length);
-        r = 0;
-        break;
-      default:
-        r = cc_plan_index(plan, c->idx, b, e->length, e->offset);
-      }
-      if (r < 0)
+      r = fn(opaque, &ext[k]);
+      if (r != 0)
         return r;
-      pos += e->length;
+      pos += ext[k].length;
     }
   }
   return 0;
+}
+
+/* One extent of the top: its data, its zeroes, or the frozen part where it has nothing. */
+static int
+plan_top_extent(void *opaque, const struct ovl_extent *e)
+{
+  struct plan_ctx *p = opaque;
+  char *b = p->buf + (e->offset - p->offset);
+
+  switch (e->state) {
+  case OVL_DATA:
+    return cc_plan_add(p->plan, p->c->top_fd, p->c->path, e->phys, b, e->length);
+  case OVL_ZERO:
+    memset(b, 0, e->length);
+    return 0;
+  default:
+    return cc_plan_index(p->plan, p->c->idx, b, e->length, e->offset);
+  }
 }
 
 int
@@ -219,7 +224,8 @@ cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
     return 0;
   cc_plan_init(&plan);
   if (c->top)
-    r = plan_top(c, &plan, buf, length, offset);
+    r = cc_top_walk(c, "pread", offset, length, plan_top_extent,
+                    &(struct plan_ctx){ .c = c, .plan = &plan, .buf = buf, .offset = offset });
   else
     r = cc_plan_index(&plan, c->idx, buf, length, offset);
   if (r == 0 && plan.n > 0) {
