@@ -119,6 +119,22 @@ join_parent(const char *child, const char *rel)
   return out;
 }
 
+/* Fill `lk` with the parent link that `child`'s header records; -ENOMEM if the path cannot be
+ * built. */
+static int
+link_from_header(struct link *lk, const char *child, const struct ovl_info *info)
+{
+  lk->child = child;
+  snprintf(lk->rel, sizeof lk->rel, "%s", info->parent_path);
+  lk->kind = info->parent_kind;
+  lk->checked = 1;
+  memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
+  lk->size = info->parent_size;
+  lk->child_size = info->virtual_size;
+  lk->path = join_parent(child, info->parent_path);
+  return lk->path ? 0 : -ENOMEM;
+}
+
 /* Take a shared OFD lock on a raw image, as ovl_open does for layers, so no writer (a pool
  * tool, another nbdkit) can open it while a chain reads it. */
 static int
@@ -322,15 +338,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
     if (!f->ovl || info->parent_kind == OVL_PARENT_NONE)
       break;
     /* Follow the link this layer records. */
-    lk->child = f->path;
-    snprintf(lk->rel, sizeof lk->rel, "%s", info->parent_path);
-    lk->kind = info->parent_kind;
-    lk->checked = 1;
-    memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
-    lk->size = info->parent_size;
-    lk->child_size = info->virtual_size;
-    lk->path = join_parent(f->path, info->parent_path);
-    if (!lk->path) {
+    if (link_from_header(lk, f->path, info) < 0) {
       r = cc_error_set(ENOMEM, "open: %s: out of memory", f->path);
       goto fail;
     }
@@ -416,15 +424,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
     }
     top = (struct ident){st.st_dev, st.st_ino};
     if (info->parent_kind != OVL_PARENT_NONE) {
-      lk->child = c->path;
-      snprintf(lk->rel, sizeof lk->rel, "%s", info->parent_path);
-      lk->kind = info->parent_kind;
-      lk->checked = 1;
-      memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
-      lk->size = info->parent_size;
-      lk->child_size = info->virtual_size;
-      lk->path = join_parent(c->path, info->parent_path);
-      if (!lk->path)
+      if (link_from_header(lk, c->path, info) < 0)
         r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       else
         r = acquire_index(top_path, lk, &top, 1, &c->idx);
