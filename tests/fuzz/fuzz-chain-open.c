@@ -37,6 +37,16 @@
 static char dir[64];
 static const char *const names[3] = {"a", "b", "c"};
 
+static void remove_files(void);
+
+/* At exit: the private directory goes (libFuzzer ends a run with exit()). */
+static void
+remove_dir(void)
+{
+  remove_files();
+  rmdir(dir);
+}
+
 static void
 setup_dir(void)
 {
@@ -49,6 +59,7 @@ setup_dir(void)
   snprintf(dir, sizeof dir, "%s/fuzz-chain.XXXXXX", base);
   if (mkdtemp(dir) == NULL)
     abort();
+  atexit(remove_dir);
 }
 
 static void
