@@ -481,10 +481,14 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
       unsigned k = (unsigned)((pos >> l->sc_bits) & 31);
       uint64_t cstart = cluster << l->cluster_bits;
 
+      uint32_t same, alloc = ovl_bits_alloc(bits), zero = ovl_bits_zero(bits);
+
       st = sc_state(bits, k);
-      while (k + 1 < 32 && sc_state(bits, k + 1) == st)
-        k++;
-      run_end = cstart + ((uint64_t)(k + 1) << l->sc_bits);
+      /* sub-clusters k.. in state st: count the ones of its mask from k in one step */
+      same = st == OVL_DATA ? alloc : st == OVL_ZERO ? zero : ~(alloc | zero);
+      same >>= k;
+      k += same == UINT32_MAX ? 32 - k : (unsigned)__builtin_ctz(~same);
+      run_end = cstart + ((uint64_t)k << l->sc_bits);
       if (st == OVL_DATA)
         phys = atomic_load_explicit(&e->phys, memory_order_relaxed) + (pos - cstart);
     }
