@@ -50,7 +50,9 @@
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
 static char *pool_dir;       /* pool=, absolute */
-static unsigned io_flags;    /* io=: 0 (uring) or CC_IO_SYNC */
+/* io=: CC_IO_SYNC (default) or 0 (uring).  pread is the default because it measured as fast
+ * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
+static unsigned io_flags = CC_IO_SYNC;
 static char *default_name;   /* default=, or NULL: the empty export name is refused */
 static struct cc_pool *pool; /* opened in .get_ready */
 
@@ -99,7 +101,7 @@ cowchain_config(const char *key, const char *value)
     else if (strcmp(value, "sync") == 0)
       io_flags = CC_IO_SYNC;
     else {
-      nbdkit_error("io=%s: unknown I/O mode; use io=uring (the default) or io=sync", value);
+      nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
       return -1;
     }
   } else if (strcmp(key, "default") == 0) {
@@ -139,7 +141,7 @@ cowchain_config_complete(void)
 
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
-  "io=uring|sync         How reads reach the layers (default: uring).\n"                           \
+  "io=sync|uring         How reads reach the layers (default: sync).\n"                           \
   "default=NAME          Export served to clients that ask for the empty name."
 
 static void
@@ -147,7 +149,7 @@ cowchain_dump_plugin(void)
 {
   printf("cowchain_version=%s\n", COWCHAIN_VERSION);
   printf("cowchain_io=uring,sync\n");
-  printf("cowchain_io_default=uring\n");
+  printf("cowchain_io_default=sync\n");
   printf("cowchain_exports=clone,snapshot,template\n");
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
