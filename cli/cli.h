@@ -36,6 +36,14 @@ struct cli_cmd {
  * the command should exit 0 (--help printed), 0 on success, EXIT_USAGE after one error line. */
 int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos, int *npos);
 
+/* Parse or leave the command: --help (exit 0) or a usage error (its exit code). */
+#define PARSE_OR_RETURN(cmd, argc, argv, pos, npos)                                                \
+  do {                                                                                             \
+    int r_ = cli_parse(cmd, argc, argv, pos, &(npos));                                             \
+    if (r_ != 0)                                                                                   \
+      return r_ < 0 ? 0 : r_;                                                                      \
+  } while (0)
+
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A command group's subcommands ("clone create", "clone list", ...). */

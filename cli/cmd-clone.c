@@ -13,12 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PARSE_OR_RETURN(cmd, argc, argv, pos, npos)                                                \
-  do {                                                                                             \
-    int r_ = cli_parse(cmd, argc, argv, pos, &(npos));                                             \
-    if (r_ != 0)                                                                                   \
-      return r_ < 0 ? 0 : r_;                                                                      \
-  } while (0)
 
 static int
 clone_create(int argc, char **argv)

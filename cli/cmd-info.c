@@ -93,8 +93,7 @@ cmd_info(int argc, char **argv)
   struct cc_pool *p;
   size_t n, i;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_pool_backing_chain(p, pos[0], &l, &n);
@@ -160,8 +159,7 @@ cmd_check(int argc, char **argv)
   struct cc_check_summary sum;
   struct cc_pool *p;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   if (json)
@@ -203,8 +201,7 @@ cmd_du(int argc, char **argv)
   struct cc_du du;
   size_t i;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_pool_du(p, &du);
@@ -257,8 +254,7 @@ cmd_export(int argc, char **argv)
       opts};
   struct cc_pool *p;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (format && strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0)
     return usage_error(cmd.name, "unknown format '%s' (raw or qcow2)", format);
   if ((p = cli_pool()) == NULL)

@@ -19,10 +19,9 @@ pool_init(int argc, char **argv)
       "pool init", "", "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.",
       0,           0,  NULL};
   const char *pos[1];
-  int npos, r;
+  int npos;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (cli_pool_dir == NULL)
     return usage_error("pool init", "no pool: pass --pool DIR or set COWCHAIN_POOL");
   if (cc_pool_init(cli_pool_dir) < 0)
@@ -54,8 +53,7 @@ template_import(int argc, char **argv)
   struct cc_pool *p;
   int npos, r;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_template_import(p, pos[0], pos[1], format, cli_progress_fn(), "import");
@@ -80,8 +78,7 @@ template_create(int argc, char **argv)
   uint64_t size;
   int npos, r;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (size_s == NULL)
     return usage_error(cmd.name, "--size is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
   if (parse_size(size_s, &size) < 0 || size == 0)
@@ -109,8 +106,7 @@ template_promote(int argc, char **argv)
   struct cc_pool *p;
   int npos, r;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_template_promote(p, pos[0], pos[1]);
@@ -132,8 +128,7 @@ template_delete(int argc, char **argv)
   struct cc_pool *p;
   int npos, r;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_template_delete(p, pos[0]);
@@ -154,8 +149,7 @@ template_list(int argc, char **argv)
   size_t n, i;
   int npos, r;
 
-  if ((r = cli_parse(&cmd, argc, argv, pos, &npos)) != 0)
-    return r < 0 ? 0 : r;
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
   r = cc_pool_list_templates(p, &t, &n);
