@@ -55,6 +55,12 @@ struct cli_sub {
 /* Run the subcommand argv[0] of `group` from `subs` (NULL-name terminated); --help lists them,
  * anything else is one usage error naming the choices. */
 int cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **argv);
+/* The shape of most commands: parse `cmd` (at most 4 positionals), open the pool, run fn on the
+ * positionals, and report its error as the one line.  Returns the exit code. */
+struct cc_pool;
+int cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv,
+                   int (*fn)(struct cc_pool *p, const char *const *pos));
+
 /* Print cc_error_get() as the one error line; returns 1. */
 int die_pool(void);
 

@@ -43,10 +43,15 @@ clone_create(int argc, char **argv)
 }
 
 static int
+do_clone_delete(struct cc_pool *p, const char *const *pos)
+{
+  return cc_clone_delete(p, pos[0]);
+}
+
+static int
 clone_delete(int argc, char **argv)
 {
-  const char *pos[1];
-  const struct cli_cmd cmd = {
+  static const struct cli_cmd cmd = {
       "clone delete",
       "NAME",
       "Delete clone NAME and its snapshots.  Layers that other clones were created from stay\n"
@@ -54,15 +59,8 @@ clone_delete(int argc, char **argv)
       1,
       1,
       NULL};
-  struct cc_pool *p;
-  int npos, r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_clone_delete(p, pos[0]);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_clone_delete);
 }
 
 static int
@@ -146,30 +144,6 @@ snapshot_create(int argc, char **argv)
   r = cc_snapshot_create(p, pos[0], pos[1], desc);
   cc_pool_close(p);
   return r < 0 ? die_pool() : 0;
-}
-
-static int
-snapshot_simple(int argc, char **argv, const char *name, const char *help,
-                int (*fn)(struct cc_pool *, const char *, const char *))
-{
-  const char *pos[2];
-  const struct cli_cmd cmd = {name, "CLONE SNAP", help, 2, 2, NULL};
-  struct cc_pool *p;
-  int npos, r;
-
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = fn(p, pos[0], pos[1]);
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
-}
-
-static int
-do_delete(struct cc_pool *p, const char *clone, const char *snap)
-{
-  return cc_snapshot_delete(p, clone, snap, cli_progress_fn(), "merge");
 }
 
 static void
@@ -284,22 +258,39 @@ snapshot_info(int argc, char **argv)
 }
 
 static int
+do_snapshot_revert(struct cc_pool *p, const char *const *pos)
+{
+  return cc_snapshot_revert(p, pos[0], pos[1]);
+}
+
+static int
 snapshot_revert(int argc, char **argv)
 {
-  return snapshot_simple(argc, argv, "snapshot revert",
-                         "Give CLONE a new empty layer on snapshot SNAP: its writes since then "
-                         "are discarded.\nLater snapshots stay (snapshots form a tree).",
-                         cc_snapshot_revert);
+  static const struct cli_cmd cmd = {
+      "snapshot revert", "CLONE SNAP",
+      "Give CLONE a new empty layer on snapshot SNAP: its writes since then are discarded.\n"
+      "Later snapshots stay (snapshots form a tree).",
+      2, 2, NULL};
+
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_revert);
+}
+
+static int
+do_snapshot_delete(struct cc_pool *p, const char *const *pos)
+{
+  return cc_snapshot_delete(p, pos[0], pos[1], cli_progress_fn(), "merge");
 }
 
 static int
 snapshot_delete(int argc, char **argv)
 {
-  return snapshot_simple(argc, argv, "snapshot delete",
-                         "Delete snapshot SNAP of CLONE by merging its layer into the layers "
-                         "above it;\nno other state loses a byte.  Refused, with the reason, "
-                         "when that is unsafe.",
-                         do_delete);
+  static const struct cli_cmd cmd = {
+      "snapshot delete", "CLONE SNAP",
+      "Delete snapshot SNAP of CLONE by merging its layer into the layers above it;\n"
+      "no other state loses a byte.  Refused, with the reason, when that is unsafe.",
+      2, 2, NULL};
+
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_delete);
 }
 
 int

@@ -92,10 +92,15 @@ template_create(int argc, char **argv)
 }
 
 static int
+do_template_promote(struct cc_pool *p, const char *const *pos)
+{
+  return cc_template_promote(p, pos[0], pos[1]);
+}
+
+static int
 template_promote(int argc, char **argv)
 {
-  const char *pos[2];
-  const struct cli_cmd cmd = {
+  static const struct cli_cmd cmd = {
       "template promote",
       "CLONE NAME",
       "Freeze the current state of CLONE as template NAME (like qm template).  The clone keeps\n"
@@ -103,37 +108,28 @@ template_promote(int argc, char **argv)
       2,
       2,
       NULL};
-  struct cc_pool *p;
-  int npos, r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_promote(p, pos[0], pos[1]);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_template_promote);
+}
+
+static int
+do_template_delete(struct cc_pool *p, const char *const *pos)
+{
+  return cc_template_delete(p, pos[0]);
 }
 
 static int
 template_delete(int argc, char **argv)
 {
-  const char *pos[1];
-  const struct cli_cmd cmd = {
+  static const struct cli_cmd cmd = {
       "template delete",
       "NAME",
       "Delete template NAME.  Refused while any clone, snapshot or template depends on it.",
       1,
       1,
       NULL};
-  struct cc_pool *p;
-  int npos, r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_delete(p, pos[0]);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_template_delete);
 }
 
 static int

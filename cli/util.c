@@ -257,3 +257,20 @@ cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **arg
     return usage_error(group, "missing subcommand (%s)", choices);
   return usage_error(group, "unknown subcommand '%s' (%s)", sub, choices);
 }
+
+int
+cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv,
+               int (*fn)(struct cc_pool *p, const char *const *pos))
+{
+  const char *pos[4] = { NULL };
+  struct cc_pool *p;
+  int npos, r;
+
+  PARSE_OR_RETURN(cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = fn(p, pos);
+  cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
