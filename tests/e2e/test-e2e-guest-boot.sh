@@ -30,18 +30,8 @@ export PATH=/usr/sbin:/sbin:/usr/bin:/bin:$PATH
 # shellcheck source=tests/e2e/guest-lib.sh
 source "$HERE/guest-lib.sh"
 
-T0=$(date +%s)
-say() {
-  echo "$TEST_NAME: [$(($(date +%s) - T0))s] $*"
-}
-skip() {
-  echo "$TEST_NAME: SKIP: $*"
-  exit 77
-}
-fail() {
-  echo "$TEST_NAME: FAIL: $*" >&2
-  exit 1
-}
+# shellcheck source=tests/e2e/test-lib.sh
+source "$HERE/test-lib.sh"
 
 # --- requirements (skip, never fail, when the machine cannot run this) ----------------------
 why=$(guest_check_tools) || skip "$why"

@@ -19,18 +19,8 @@ export COWCHAIN PLUGIN
 # shellcheck source=tests/e2e/guest-lib.sh
 source "$HERE/guest-lib.sh"
 
-T0=$(date +%s)
-say() {
-  echo "$TEST_NAME: [$(($(date +%s) - T0))s] $*"
-}
-skip() {
-  echo "$TEST_NAME: SKIP: $*"
-  exit 77
-}
-fail() {
-  echo "$TEST_NAME: FAIL: $*" >&2
-  exit 1
-}
+# shellcheck source=tests/e2e/test-lib.sh
+source "$HERE/test-lib.sh"
 
 why=$(guest_check_tools) || skip "$why"
 command -v nbdkit >/dev/null 2>&1 || skip "nbdkit is not installed"
