@@ -14,8 +14,10 @@
  * before it publishes bits that need it, and never changes a bound offset.  Every operation
  * that changes the map or allocates (first writes, copy-up, zero/trim, flush, header changes)
  * holds the layer's `lock` mutex; writes into already allocated sub-clusters go straight to the
- * file with pwrite and take no lock.  Concurrent overlapping requests land in some order, as
- * with any block device.
+ * file with pwrite and take no lock.  No operation writes a byte of an allocated sub-cluster
+ * that its request does not cover (write.c's design notes, FORMAT.md section 7.5), so
+ * non-overlapping requests in flight at once all take effect; overlapping ones land in some
+ * order, as with any block device.
  *
  * Errors: every function returning int returns 0 (or a count) on success and a negative errno
  * on failure, after recording a "call: file: reason" message with cc_error_set().

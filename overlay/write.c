@@ -7,9 +7,28 @@
  * reader nor a flush can ever see an entry that names unwritten bytes.
  *
  * Copy-up is per sub-cluster: a 4 KiB write into a fresh clone with the default 128 KiB clusters
- * writes exactly 4 KiB and reads nothing from below.  Only a write that covers part of a
- * sub-cluster reads the rest of that sub-cluster (from below, from the zero state, or from this
- * file) so the whole sub-cluster can be written before it is marked allocated.
+ * writes exactly 4 KiB and reads nothing from below.  Only a write that covers part of an
+ * *unallocated* sub-cluster reads the rest of that sub-cluster (from below, or the zero state)
+ * so the whole sub-cluster can be written before it is marked allocated.
+ *
+ * Concurrency on one sub-cluster (FORMAT.md section 7.5 states the same rule):
+ *  - reads and in-place writes take no lock and may run at any time, alongside anything;
+ *  - everything that changes the map (first write, copy-up, zero, trim) and flush hold the
+ *    layer lock, so they are serialized among themselves;
+ *  - nothing ever writes a byte of an *allocated* sub-cluster that its request does not cover:
+ *    a locked write that also covers allocated sub-clusters writes only its own bytes there, in
+ *    place, exactly as the lock-free path would.  Read-modify-write of an allocated sub-cluster
+ *    would write back stale bytes over a lock-free write landing in between (issue 11: lost
+ *    acknowledged writes under 16 small writes in flight);
+ *  - read-modify-write (copy-up) happens only to sub-clusters that are not allocated, which no
+ *    lock-free write can be writing into: that path needs every sub-cluster of its range
+ *    allocated, and the bit is published only after the whole sub-cluster is written;
+ *  - a sub-cluster leaves the allocated state (zero, trim) only when its request covers it
+ *    whole, so a lock-free write still in flight into it overlaps that request, and NBD leaves
+ *    the result of overlapping requests in flight to the server: it is one or the other.  Its
+ *    bytes may still land in the file after the map says zero; they are never referenced until
+ *    the sub-cluster is written whole again, and if they land after that rewrite, they cover
+ *    only bytes the in-flight write owned (the order "zero, that write, the rewrite").
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -92,7 +111,46 @@ fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, 
   return below(opaque, dst, n, vstart);
 }
 
-/* Write [pos, cend) inside one cluster.  Caller holds l->lock. */
+/* Write [r0, r1) of the virtual disk into sub-clusters k..j of the cluster at cstart, none of
+ * which is allocated yet, and which therefore no lock-free writer can be writing into: fill the
+ * uncovered head of k and tail of j with what they read as now (copy-up, or zeroes), and write
+ * the whole sub-clusters at once.  The bits are the caller's to publish.  Caller holds l->lock. */
+static int
+write_new_subclusters(struct ovl_layer *l, const uint8_t *buf, uint64_t r0, uint64_t r1, uint64_t cstart,
+                      unsigned k, unsigned j, uint64_t bits, uint64_t phys, ovl_below_fn below, void *opaque)
+{
+  uint64_t a0 = cstart + ((uint64_t)k << l->sc_bits);
+  uint64_t a1 = cstart + ((uint64_t)(j + 1) << l->sc_bits);
+  int r;
+
+  /* Only a write covering whole sub-clusters skips the scratch copy.  A write ending at a
+   * virtual size that is not sub-cluster aligned still writes the whole last sub-cluster
+   * (padded with zeroes), or the file would end inside allocated data (FORMAT.md 5.3 (2)). */
+  if (r0 == a0 && r1 == a1)
+    return ovl_pwrite_full(l, buf, r1 - r0, phys + (a0 - cstart));
+  if (!l->scratch && !(l->scratch = malloc(l->cluster_size)))
+    return cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
+  if (r0 != a0) {
+    r = fill_subcluster(l, l->scratch, cstart, k, bits, phys, below, opaque);
+    if (r < 0)
+      return r;
+  }
+  if (r1 != a1 && (j != k || r0 == a0)) {
+    r = fill_subcluster(l, l->scratch + (a1 - a0 - l->sc_size), cstart, j, bits, phys, below, opaque);
+    if (r < 0)
+      return r;
+  }
+  memcpy(l->scratch + (r0 - a0), buf, r1 - r0);
+  return ovl_pwrite_full(l, l->scratch, a1 - a0, phys + (a0 - cstart));
+}
+
+/* Write [pos, cend) inside one cluster.  Caller holds l->lock.
+ *
+ * The range is walked in runs of sub-clusters of one kind.  A run already allocated gets
+ * exactly the bytes the request covers, in place, as the lock-free path would write them: its
+ * other bytes may belong to a lock-free write in flight this very moment, so they are never
+ * read and written back (issue 11: that read-modify-write lost acknowledged writes).  A run not
+ * yet allocated is completed and written whole by write_new_subclusters. */
 static int
 write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend, ovl_below_fn below,
                      void *opaque)
@@ -102,11 +160,10 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
   unsigned k0 = (unsigned)((pos - cstart) >> l->sc_bits);
   unsigned k1 = (unsigned)((cend - 1 - cstart) >> l->sc_bits);
   uint32_t mask = ovl_sc_mask(k0, k1);
-  uint64_t a0 = cstart + ((uint64_t)k0 << l->sc_bits);
-  uint64_t a1 = cstart + ((uint64_t)(k1 + 1) << l->sc_bits);
   struct ovl_l2 *t;
   struct ovl_entry *e;
   uint64_t bits, phys;
+  uint32_t alloc;
   int r;
 
   t = ovl_l2_get_or_create(l, cluster);
@@ -115,8 +172,9 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
   e = &t->e[cluster % OVL_L2_ENTRIES];
   bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
   phys = atomic_load_explicit(&e->phys, memory_order_relaxed);
+  alloc = ovl_bits_alloc(bits);
 
-  if ((ovl_bits_alloc(bits) & mask) == mask)
+  if ((alloc & mask) == mask)
     return ovl_pwrite_full(l, buf, cend - pos, phys + (pos - cstart));
 
   if (phys == 0) {
@@ -132,31 +190,30 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
       return r;
   }
 
-  /* Only a write covering whole sub-clusters skips the scratch copy.  A write ending at a
-   * virtual size that is not sub-cluster aligned still writes the whole last sub-cluster
-   * (padded with zeroes), or the file would end inside allocated data (FORMAT.md 5.3 (2)). */
-  if (pos == a0 && cend == a1) {
-    r = ovl_pwrite_full(l, buf, cend - pos, phys + (a0 - cstart));
-  } else {
-    if (!l->scratch && !(l->scratch = malloc(l->cluster_size)))
-      return cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
-    if (pos != a0) {
-      r = fill_subcluster(l, l->scratch, cstart, k0, bits, phys, below, opaque);
-      if (r < 0)
-        return r;
-    }
-    if (cend != a1 && (k1 != k0 || pos == a0)) {
-      r = fill_subcluster(l, l->scratch + (a1 - a0 - l->sc_size), cstart, k1, bits, phys, below, opaque);
-      if (r < 0)
-        return r;
-    }
-    memcpy(l->scratch + (pos - a0), buf, cend - pos);
-    r = ovl_pwrite_full(l, l->scratch, a1 - a0, phys + (a0 - cstart));
-  }
-  if (r < 0)
-    return r;
+  for (unsigned k = k0; k <= k1;) {
+    bool allocated = alloc >> k & 1;
+    unsigned j = k;
+    uint64_t r0, r1;
 
-  bits = ovl_bits_make(ovl_bits_alloc(bits) | mask, ovl_bits_zero(bits) & ~mask);
+    while (j < k1 && (bool)(alloc >> (j + 1) & 1) == allocated)
+      j++;
+    r0 = cstart + ((uint64_t)k << l->sc_bits);
+    r1 = cstart + ((uint64_t)(j + 1) << l->sc_bits);
+    if (r0 < pos)
+      r0 = pos;
+    if (r1 > cend)
+      r1 = cend;
+    if (allocated)
+      r = ovl_pwrite_full(l, buf + (r0 - pos), r1 - r0, phys + (r0 - cstart));
+    else
+      r = write_new_subclusters(l, buf + (r0 - pos), r0, r1, cstart, k, j, bits, phys, below, opaque);
+    if (r < 0)
+      return r;
+    k = j + 1;
+  }
+
+  /* every byte is written: now the new sub-clusters may be read */
+  bits = ovl_bits_make(alloc | mask, ovl_bits_zero(bits) & ~mask);
   atomic_store_explicit(&e->bits, bits, memory_order_release);
   return ovl_mark_dirty(l, i);
 }
