@@ -2,8 +2,10 @@
  *
  *   crash-writer write  SOCK EXPORT JOURNAL FIRST-GEN SEED
  *       Writes until the server goes away (killed, or its power cut, at a random moment): 4 KiB
- *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, up to 8 requests
- *       in flight on disjoint blocks over two connections, a flush every 1-64 requests (on one
+ *       aligned writes of 1-16 blocks, some FUA, some write-zeroes or trims, and one request in
+ *       four a small one of 1-7 sectors of 512 bytes at any sector of the first 256 KiB, so that
+ *       several small requests in flight share a 4 KiB sub-cluster (issue 11); up to 8 requests
+ *       in flight on disjoint sectors over two connections, a flush every 1-64 requests (on one
  *       connection when the server offers multi-conn: it must cover both).  Every request is
  *       recorded in JOURNAL *before* it is sent ("W"), an FUA write's completion after it
  *       returns ("A"), a flush after it returns ("F", then fsync of the journal), so the
@@ -14,12 +16,16 @@
  *         - a block whose last write was flushed (or FUA-acknowledged) holds exactly that write;
  *         - a block with writes sent since then holds the flushed contents or one of those
  *           writes, never anything else (other bytes, another block's data, an older write).
- *       UNIT (4096, or 512 after torn power cuts) is the granularity of "old or new".
+ *       UNIT (4096, or 512 after torn power cuts) is the granularity of "old or new" for blocks
+ *       that only whole-block requests touched; blocks that small requests touched are checked
+ *       per 512-byte sector (each sector holds one of its candidates).
  *       Then flushes and rewrites BASELINE with what it read, for the next round, and prints
  *       "verified BLOCKS blocks, PENDING with unflushed writes (NEW new, OLD old), ...".
  *
  * Block contents are a function of (block, generation): 16 header bytes (block, generation) and
- * a hash stream, so a misplaced block (another cluster's data) or a stale one is recognized.
+ * a hash stream, so a misplaced block (another cluster's data) or a stale one is recognized; a
+ * small request writes the same bytes of the sectors it covers.  The journal counts sectors:
+ * "W GEN FIRST-SECTOR SECTORS KIND".
  * Generation 0 is the template's bytes at that offset, generation 1 is zeroes (zero/trim).
  * Exit: 0 ok, 1 a verification failed (what and where on stderr), 2 usage or setup error.
  * `write` exits 0 once the connection fails: that is how it is meant to end.
@@ -41,6 +47,9 @@
 #include <libnbd.h>
 
 #define BLK 4096u
+#define SECT 512u
+#define SPB (BLK / SECT) /* sectors per block */
+#define SMALL_ZONE 64 /* blocks: where the small requests go */
 #define QD 8
 #define MAXRUN 16
 
@@ -96,7 +105,7 @@ connect_export(const char *sock, const char *name)
 
 struct req {
   int64_t cookie; /* 0: slot free */
-  uint64_t block, n, gen;
+  uint64_t sect, nsect, gen; /* sectors */
   int conn;
   bool fua;
 };
@@ -123,10 +132,10 @@ journal(const char *fmt, ...)
 }
 
 static bool
-overlaps(const struct req *q, uint64_t block, uint64_t n)
+overlaps(const struct req *q, uint64_t sect, uint64_t n)
 {
   for (int i = 0; i < QD; i++)
-    if (q[i].cookie && block < q[i].block + q[i].n && q[i].block < block + n)
+    if (q[i].cookie && sect < q[i].sect + q[i].nsect && q[i].sect < sect + n)
       return true;
   return false;
 }
@@ -190,7 +199,7 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
   struct req q[QD] = {0};
   uint64_t nblocks, s = seed, until_flush = 1;
   bool multi_conn;
-  static uint8_t buf[QD][MAXRUN * BLK];
+  static uint8_t buf[QD][(MAXRUN + 1) * BLK];
 
   jfd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (jfd < 0)
@@ -236,9 +245,18 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
       span = nblocks;
     uint64_t block = (r >> 16) % (span - n + 1);
     unsigned kind = (unsigned)((r >> 40) % 100);
+    uint64_t sect = block * SPB, nsect = n * SPB;
     int slot = -1;
 
-    if (overlaps(q, block, n))
+    if ((r >> 56) % 4 == 0) {
+      /* small: 1-7 sectors anywhere in the first SMALL_ZONE blocks, beside other small ones */
+      uint64_t r2 = splitmix(&s);
+      nsect = 1 + r2 % (SPB - 1);
+      sect = (r2 >> 8) % (SMALL_ZONE * SPB - nsect + 1);
+      block = sect / SPB;
+      n = (sect + nsect + SPB - 1) / SPB - block;
+    }
+    if (overlaps(q, sect, nsect))
       continue;
     while (in_flight(q) == QD)
       if (!reap(q, true))
@@ -248,20 +266,21 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
         slot = i;
         break;
       }
-    q[slot] = (struct req){.block = block, .n = n, .gen = gen, .conn = (int)(r >> 50) % NCONN};
+    q[slot] = (struct req){.sect = sect, .nsect = nsect, .gen = gen, .conn = (int)(r >> 50) % NCONN};
     struct nbd_handle *h = hs[q[slot].conn];
     int64_t c;
     if (kind < 8) { /* write-zeroes or trim: both read back as zeroes */
-      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " z\n", gen, block, n);
-      c = kind < 4 ? nbd_aio_zero(h, n * BLK, block * BLK, NBD_NULL_COMPLETION, 0)
-                   : nbd_aio_trim(h, n * BLK, block * BLK, NBD_NULL_COMPLETION, 0);
+      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " z\n", gen, sect, nsect);
+      c = kind < 4 ? nbd_aio_zero(h, nsect * SECT, sect * SECT, NBD_NULL_COMPLETION, 0)
+                   : nbd_aio_trim(h, nsect * SECT, sect * SECT, NBD_NULL_COMPLETION, 0);
     } else {
       q[slot].fua = kind < 18;
+      /* the whole blocks the request touches; it sends the sectors it covers */
       for (uint64_t b = 0; b < n; b++)
         fill(buf[slot] + b * BLK, block + b, gen);
-      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " %c\n", gen, block, n, q[slot].fua ? 'f' : 'd');
-      c = nbd_aio_pwrite(h, buf[slot], n * BLK, block * BLK, NBD_NULL_COMPLETION,
-                         q[slot].fua ? LIBNBD_CMD_FLAG_FUA : 0);
+      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " %c\n", gen, sect, nsect, q[slot].fua ? 'f' : 'd');
+      c = nbd_aio_pwrite(h, buf[slot] + (sect - block * SPB) * SECT, nsect * SECT, sect * SECT,
+                         NBD_NULL_COMPLETION, q[slot].fua ? LIBNBD_CMD_FLAG_FUA : 0);
     }
     if (c < 0)
       goto gone;
@@ -301,70 +320,100 @@ add_pending(struct cand *c, uint64_t gen)
 
 /* A journaled request, for the "A" records that refer back to one. */
 struct wrec {
-  uint64_t gen, block, n;
+  uint64_t gen, sect, nsect;
   bool zero;
 };
 
-/* The unit of "old or new" in verify: 4096 (a block, as written) by default; 512 (a sector)
- * after power cuts that tear un-synced writes (crashloop --torn), where each sector of an
- * un-synced in-place write may hold its old or its new contents (FORMAT.md 7.2). */
+/* The unit of "old or new" in verify for blocks only whole-block requests touched: 4096 (a
+ * block, as written) by default; 512 (a sector) after power cuts that tear un-synced writes
+ * (crashloop --torn), where each sector of an un-synced in-place write may hold its old or its
+ * new contents (FORMAT.md 7.2).  Blocks that small requests touched are always checked per
+ * sector: two small requests of different generations may share one block. */
 static uint64_t unit = BLK;
+
+/* Does `got` (len bytes at sector `sect`) hold generation g?  `tfd` is the template. */
+static bool
+holds(const uint8_t *got, uint64_t sect, uint64_t len, uint64_t g, int tfd)
+{
+  static uint8_t expect[BLK];
+
+  if (g == GEN_TEMPLATE) {
+    ssize_t r = pread(tfd, expect, len, (off_t)(sect * SECT));
+    if (r < 0)
+      die("template read");
+    memset(expect + r, 0, len - (size_t)r);
+    return memcmp(got, expect, len) == 0;
+  }
+  if (g == GEN_ZERO)
+    return got[0] == 0 && memcmp(got, got + 1, len - 1) == 0;
+  fill(expect, sect / SPB, g);
+  return memcmp(got, expect + (sect % SPB) * SECT, len) == 0;
+}
 
 static int
 cmd_verify(const char *sock, const char *name, const char *jpath, const char *bpath,
            const char *tpath)
 {
   struct nbd_handle *h = connect_export(sock, name);
-  /* "blocks" below are units: nblocks units of `unit` bytes, `per` of them in a 4 KiB block */
-  uint64_t per = BLK / unit, nblocks = (uint64_t)nbd_get_size(h) / unit;
-  struct cand *cand = calloc(nblocks, sizeof *cand);
-  uint64_t *base = calloc(nblocks, sizeof *base), *seen = calloc(nblocks, sizeof *seen);
+  /* candidates per sector; a block is checked as one unit (or `unit` pieces) unless `partial` */
+  uint64_t nsect = (uint64_t)nbd_get_size(h) / SECT, nblocks = nsect / SPB;
+  struct cand *cand = calloc(nsect, sizeof *cand);
+  uint64_t *base = calloc(nsect, sizeof *base), *seen = calloc(nsect, sizeof *seen);
+  bool *partial = calloc(nblocks, sizeof *partial);
   struct wrec *w = NULL;
   size_t nw = 0, capw = 0;
-  uint64_t pending_blocks = 0, got_new = 0, got_old = 0;
-  static uint8_t chunk[256 * BLK], expect[BLK], tmpl[BLK];
+  uint64_t pending_units = 0, got_new = 0, got_old = 0, small_blocks = 0;
+  static uint8_t chunk[256 * BLK];
   FILE *jf;
   int tfd, bfd, bad = 0;
   char line[256];
 
-  if (cand == NULL || base == NULL || seen == NULL)
+  if (cand == NULL || base == NULL || seen == NULL || partial == NULL)
     die("calloc");
   bfd = open(bpath, O_RDONLY | O_CLOEXEC);
   if (bfd >= 0) {
-    if (read(bfd, base, nblocks * sizeof *base) != (ssize_t)(nblocks * sizeof *base))
+    if (read(bfd, base, nsect * sizeof *base) != (ssize_t)(nsect * sizeof *base))
       die("baseline read");
     close(bfd);
   }
-  for (uint64_t b = 0; b < nblocks; b++)
-    cand[b].flushed = base[b];
+  for (uint64_t x = 0; x < nsect; x++) {
+    cand[x].flushed = base[x];
+    /* a block whose sectors held different generations (small writes of an earlier round) */
+    if (base[x] != base[x / SPB * SPB])
+      partial[x / SPB] = true;
+  }
 
   /* Replay the journal: "W" adds a candidate, "A" (FUA done) and "F" (flush done) make the last
-   * write of each block its only possible contents. */
+   * write of each sector its only possible contents. */
   jf = fopen(jpath, "r");
   while (jf && fgets(line, sizeof line, jf)) {
-    uint64_t gen, block, n;
+    uint64_t gen, sect, n;
     char kind;
 
-    if (sscanf(line, "W %" SCNu64 " %" SCNu64 " %" SCNu64 " %c", &gen, &block, &n, &kind) == 4) {
-      if ((block + n) * per > nblocks)
-        die("journal: block out of range");
+    if (sscanf(line, "W %" SCNu64 " %" SCNu64 " %" SCNu64 " %c", &gen, &sect, &n, &kind) == 4) {
+      if (sect + n > nsect || n == 0)
+        die("journal: sector out of range");
       if (nw == capw) {
         capw = capw ? 2 * capw : 1024;
         w = realloc(w, capw * sizeof *w);
         if (w == NULL)
           die("realloc");
       }
-      w[nw++] = (struct wrec){gen, block, n, kind == 'z'};
-      for (uint64_t b = block * per; b < (block + n) * per; b++)
-        add_pending(&cand[b], kind == 'z' ? GEN_ZERO : gen);
+      w[nw++] = (struct wrec){gen, sect, n, kind == 'z'};
+      for (uint64_t x = sect; x < sect + n; x++)
+        add_pending(&cand[x], kind == 'z' ? GEN_ZERO : gen);
+      if (sect % SPB)
+        partial[sect / SPB] = true;
+      if ((sect + n) % SPB)
+        partial[(sect + n) / SPB] = true;
     } else if (sscanf(line, "A %" SCNu64, &gen) == 1) {
-      /* The FUA write is durable.  Writes to its blocks sent after it are still candidates
+      /* The FUA write is durable.  Writes to its sectors sent after it are still candidates
        * (none can have been sent before it completed: in-flight requests are disjoint). */
       for (size_t i = nw; i-- > 0;) {
         if (w[i].gen != gen)
           continue;
-        for (uint64_t b = w[i].block * per; b < (w[i].block + w[i].n) * per; b++) {
-          struct cand *c = &cand[b];
+        for (uint64_t x = w[i].sect; x < w[i].sect + w[i].nsect; x++) {
+          struct cand *c = &cand[x];
           size_t k = 0;
           while (k < c->npending && c->pending[k] != gen)
             k++;
@@ -377,10 +426,10 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
         break;
       }
     } else if (line[0] == 'F') {
-      for (uint64_t b = 0; b < nblocks; b++)
-        if (cand[b].npending) {
-          cand[b].flushed = cand[b].pending[cand[b].npending - 1];
-          cand[b].npending = 0;
+      for (uint64_t x = 0; x < nsect; x++)
+        if (cand[x].npending) {
+          cand[x].flushed = cand[x].pending[cand[x].npending - 1];
+          cand[x].npending = 0;
         }
     } else {
       fprintf(stderr, "crash-writer: journal: bad line: %s", line);
@@ -393,57 +442,50 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
   tfd = open(tpath, O_RDONLY | O_CLOEXEC);
   if (tfd < 0)
     die(tpath);
-  for (uint64_t b0 = 0; b0 < nblocks; b0 += 256 * per) {
-    uint64_t nb = nblocks - b0 < 256 * per ? nblocks - b0 : 256 * per;
-    if (nbd_pread(h, chunk, nb * unit, b0 * unit, 0) < 0)
+  for (uint64_t b0 = 0; b0 < nblocks && bad < 20; b0 += 256) {
+    uint64_t nb = nblocks - b0 < 256 ? nblocks - b0 : 256;
+    if (nbd_pread(h, chunk, nb * BLK, b0 * BLK, 0) < 0)
       die("pread");
-    for (uint64_t b = b0; b < b0 + nb; b++) {
-      const uint8_t *got = chunk + (b - b0) * unit;
-      struct cand *c = &cand[b];
-      bool ok = false;
+    for (uint64_t b = b0; b < b0 + nb && bad < 20; b++) {
+      /* whole-block requests only: every sector has the same candidates, checked per `unit` */
+      uint64_t u = partial[b] ? SECT : unit, per = u / SECT;
+      small_blocks += partial[b];
+      for (uint64_t x = b * SPB; x < (b + 1) * SPB; x += per) {
+        const uint8_t *got = chunk + (x - b0 * SPB) * SECT;
+        struct cand *c = &cand[x];
+        bool ok = false;
 
-      for (size_t k = 0; k <= c->npending && !ok; k++) {
-        uint64_t g = k == 0 ? c->flushed : c->pending[k - 1];
-        if (g == GEN_TEMPLATE) {
-          ssize_t r = pread(tfd, tmpl, unit, (off_t)(b * unit));
-          if (r < 0)
-            die("template read");
-          memset(tmpl + r, 0, unit - (size_t)r);
-          ok = memcmp(got, tmpl, unit) == 0;
-        } else if (g == GEN_ZERO) {
-          ok = got[0] == 0 && memcmp(got, got + 1, unit - 1) == 0;
-        } else {
-          fill(expect, b / per, g);
-          ok = memcmp(got, expect + (b % per) * unit, unit) == 0;
-        }
-        if (ok) {
-          seen[b] = g;
-          if (c->npending) {
-            pending_blocks++;
-            if (k == 0)
-              got_old++;
-            else
-              got_new++;
+        for (size_t k = 0; k <= c->npending && !ok; k++) {
+          uint64_t g = k == 0 ? c->flushed : c->pending[k - 1];
+          ok = holds(got, x, u, g, tfd);
+          if (ok) {
+            for (uint64_t y = x; y < x + per; y++)
+              seen[y] = g;
+            if (c->npending) {
+              pending_units++;
+              if (k == 0)
+                got_old++;
+              else
+                got_new++;
+            }
           }
         }
-      }
-      if (!ok) {
-        uint64_t hdr[2];
-        memcpy(hdr, got, sizeof hdr);
-        fprintf(stderr,
-                "crash-writer: block %" PRIu64 " (offset %" PRIu64 "): holds (block %" PRIu64
-                ", gen %" PRIu64 ") or other bytes; expected flushed gen %" PRIu64
-                " or one of %zu pending:",
-                b, b * unit, hdr[0], hdr[1], c->flushed, c->npending);
-        for (size_t k = 0; k < c->npending; k++)
-          fprintf(stderr, " %" PRIu64, c->pending[k]);
-        fprintf(stderr, " (0 = template, 1 = zeroes)\n");
-        if (++bad >= 20)
+        if (!ok) {
+          uint64_t hdr[2];
+          memcpy(hdr, got - (x % SPB) * SECT, sizeof hdr);
+          fprintf(stderr,
+                  "crash-writer: block %" PRIu64 " (offset %" PRIu64 ", %" PRIu64 " bytes at sector %" PRIu64
+                  "): holds (block %" PRIu64 ", gen %" PRIu64 ") or other bytes; expected flushed gen %" PRIu64
+                  " or one of %zu pending:",
+                  b, x * SECT, u, x, hdr[0], hdr[1], c->flushed, c->npending);
+          for (size_t k = 0; k < c->npending; k++)
+            fprintf(stderr, " %" PRIu64, c->pending[k]);
+          fprintf(stderr, " (0 = template, 1 = zeroes)\n");
+          bad++;
           break;
+        }
       }
     }
-    if (bad >= 20)
-      break;
   }
   close(tfd);
   if (bad) {
@@ -457,20 +499,21 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", bpath);
     bfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (bfd < 0 || write(bfd, seen, nblocks * sizeof *seen) != (ssize_t)(nblocks * sizeof *seen) ||
+    if (bfd < 0 || write(bfd, seen, nsect * sizeof *seen) != (ssize_t)(nsect * sizeof *seen) ||
         fsync(bfd) < 0 || close(bfd) < 0 || rename(tmp, bpath) < 0)
       die("baseline write");
   }
   nbd_shutdown(h, 0);
   nbd_close(h);
-  printf("verified %" PRIu64 " blocks, %" PRIu64 " with unflushed writes (%" PRIu64 " new, %" PRIu64
-         " old), %zu requests journaled, unit %" PRIu64 " bytes\n",
-         nblocks, pending_blocks, got_new, got_old, nw, unit);
-  for (uint64_t b = 0; b < nblocks; b++)
-    free(cand[b].pending);
+  printf("verified %" PRIu64 " blocks, %" PRIu64 " units with unflushed writes (%" PRIu64 " new, %" PRIu64
+         " old), %zu requests journaled, unit %" PRIu64 " bytes, %" PRIu64 " blocks with small writes checked per sector\n",
+         nblocks, pending_units, got_new, got_old, nw, unit, small_blocks);
+  for (uint64_t x = 0; x < nsect; x++)
+    free(cand[x].pending);
   free(cand);
   free(base);
   free(seen);
+  free(partial);
   free(w);
   return 0;
 }
