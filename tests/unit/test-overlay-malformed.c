@@ -358,6 +358,46 @@ Test(overlay_malformed, header_length)
   otu_rmtree(dir);
 }
 
+/* FORMAT.md 4.3: a slot with a correct checksum is valid whatever its fields say, so a newer
+ * slot whose header_length is 260 (not a multiple of 8) is current and the file is refused;
+ * the older, otherwise fine slot must not be served instead.  The same damage in the older
+ * slot is harmless: the newer one is current. */
+Test(overlay_malformed, newer_slot_with_bad_header_length)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_data(dir, "l.cow", DATA_VSIZE);
+  uint8_t s[2][OTU_SLOT_SIZE];
+  int cur = otu_current_slot(p);
+
+  cr_assert_geq(cur, 0);
+  otu_read_slot(p, 1 - cur, s[1 - cur]);
+  cr_assert(otu_slot_valid(s[1 - cur]), "mk_data should leave the older slot valid too");
+  otu_read_slot(p, cur, s[cur]);
+  cr_assert_gt(otu_le64(s[cur] + OTU_H_GENERATION), otu_le64(s[1 - cur] + OTU_H_GENERATION));
+
+  otu_patch_header32(p, OTU_H_HEADER_LENGTH, 260);
+  otu_read_slot(p, cur, s[cur]);
+  cr_assert(otu_slot_valid(s[cur]), "the patched slot must stay valid (checksum fixed)");
+  cr_assert_eq(otu_current_slot(p), cur, "the patched slot must still be the newer one");
+  expect_refused(p, OVL_RDONLY, "newer slot with header_length 260", "header_length", NULL);
+  expect_refused(p, OVL_RDWR, "newer slot with header_length 260 (rdwr)", "header_length", NULL);
+  cr_expect(contains_ci(cc_error_get(), "260"), "the message should give the value: %s",
+            cc_error_get());
+
+  /* Swap the roles: the damaged slot becomes the older one, and the file opens. */
+  otu_put64(s[cur] + OTU_H_GENERATION, otu_le64(s[1 - cur] + OTU_H_GENERATION) - 1);
+  otu_slot_fix_crc(s[cur]);
+  otu_write_slot(p, cur, s[cur]);
+  cr_assert_eq(otu_current_slot(p), 1 - cur);
+  struct ovl_layer *l = NULL;
+  int r = ovl_open(p, OVL_RDONLY, &l);
+  cr_expect_eq(r, 0, "an older slot's bad header_length refused the file: %s", cc_error_get());
+  if (r == 0)
+    ovl_close(l);
+  free(p);
+  otu_rmtree(dir);
+}
+
 Test(overlay_malformed, cluster_bits_out_of_range)
 {
   char *dir = otu_tmpdir();
