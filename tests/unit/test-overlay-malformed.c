@@ -859,6 +859,42 @@ Test(overlay_malformed, fuzz_never_crashes)
   otu_rmtree(dir);
 }
 
+/* FORMAT.md 5.3 (2, 4): a bound cluster may end past EOF as long as its allocated
+ * sub-clusters do not, and a sub-cluster straddling virtual_size lies wholly in the file.
+ * 1 MiB + 512 with 128 KiB clusters: cluster 8's sub-cluster 0 straddles the end. */
+Test(overlay_malformed, straddling_subcluster_and_cluster_past_eof)
+{
+  char *dir = otu_tmpdir();
+  char *p = otu_join(dir, "l.cow");
+  uint8_t buf[512], back[512];
+  struct ovl_layer *l;
+
+  otu_create(p, M + 512, 0);
+  l = otu_open(p, OVL_RDWR);
+  memset(buf, 0xAB, sizeof buf);
+  cr_assert_eq(ovl_pwrite(l, buf, 512, M, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+
+  uint64_t l2 = otu_l1_get(p, 0);
+  struct otu_l2e e = otu_l2_get(p, l2, 8);
+  uint64_t size = otu_file_size(p);
+  cr_assert_eq(e.alloc, 1u, "only the straddling sub-cluster is allocated");
+  cr_assert_geq(size, e.cluster_offset + 4 * K, "the whole straddling sub-cluster is in the file");
+  cr_assert_lt(size, e.cluster_offset + 128 * K, "this case needs a cluster that ends past EOF");
+  l = otu_open(p, OVL_RDONLY); /* accepted as it is */
+  cr_assert_eq(ovl_pread(l, back, 512, M, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(memcmp(buf, back, 512), 0);
+  ovl_close(l);
+  struct ovl_check_result res;
+  cr_assert_eq(ovl_check(p, 0, &res), 0, "%s", cc_error_get());
+
+  /* The file cut inside the straddling sub-cluster (past virtual_size's share of it): refused. */
+  cr_assert_eq(truncate(p, (off_t)(e.cluster_offset + 4 * K - 512)), 0);
+  expect_refused(p, OVL_RDONLY, "straddling sub-cluster cut by EOF", "end of the file", NULL);
+  free(p);
+  otu_rmtree(dir);
+}
+
 /* What the spec tells readers to ignore or to accept must not be refused: reserved bytes,
  * bytes after the parent path, and a longer fixed part (header_length 264, a multiple of 8:
  * the parent path then starts at 264). */
