@@ -12,10 +12,15 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
+#include "common/escape.h"
+
+/* Escaped like every message that is printed (common/error.h): it may quote a path. */
 static void
 log_stderr(const char *msg)
 {
-  fprintf(stderr, "cowchain: %s\n", msg);
+  char buf[CC_ESCAPED_SIZE(512)];
+
+  fprintf(stderr, "cowchain: %s\n", cc_escape(msg, buf, sizeof buf));
 }
 
 static _Atomic(void (*)(const char *)) log_fn = log_stderr;

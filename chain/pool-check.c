@@ -40,6 +40,7 @@ struct checker {
   cc_report_fn report;
   void *opaque;
   struct cc_check_summary *sum;
+  int walk; /* number of the current check_chain walk; node->mark is the walk that reached it */
 };
 
 static void say(struct checker *k, int severity, const char *fmt, ...)
@@ -62,7 +63,7 @@ say(struct checker *k, int severity, const char *fmt, ...)
     k->report(k->opaque, severity, msg);
 }
 
-/* ovl_check one layer (once: node->mark), unless a server holds it. */
+/* ovl_check one layer (check_chain calls it once per layer), unless a server holds it. */
 static void
 check_layer(struct checker *k, struct pool_node *n)
 {
@@ -71,9 +72,6 @@ check_layer(struct checker *k, struct pool_node *n)
   char path[PATH_MAX];
   int r;
 
-  if (n->mark)
-    return;
-  n->mark = 1;
   k->sum->layers_checked++;
   if (pool_layer_path(k->p, n->uuid, path, sizeof path) < 0)
     return;
@@ -121,12 +119,18 @@ check_layer(struct checker *k, struct pool_node *n)
   }
 }
 
-/* Check the chain from layer `uuid` down; `what` names the record for messages. */
+/* Check the chain from layer `uuid` down; `what` names the record for messages.
+ *
+ * Each walk has its own number, and a layer's mark is the walk that first reached it.  Meeting
+ * a layer marked by this walk is a cycle; one marked by an earlier walk was checked with
+ * everything below it (any fault there, a cycle included, already reported once).  The cycle
+ * test must come first: checking "marked at all" alone stops at the first repeated layer of a
+ * cycle and reports nothing. */
 static void
 check_chain(struct checker *k, const char *uuid, const char *what)
 {
   struct pool_node *n = pool_graph_find(&k->g, uuid), *parent;
-  size_t steps = 0;
+  int walk = ++k->walk;
   char path[PATH_MAX];
   struct stat st;
 
@@ -135,12 +139,13 @@ check_chain(struct checker *k, const char *uuid, const char *what)
     return;
   }
   while (n) {
-    if (steps++ > k->g.n) {
+    if (n->mark == walk) {
       say(k, 2, "%s: cycle in the parent links at layer %s", what, n->uuid);
       return;
     }
-    if (n->mark) /* checked already, with everything below it */
+    if (n->mark) /* reached by an earlier walk: checked already, with everything below it */
       return;
+    n->mark = walk;
     check_layer(k, n);
     if (n->bad)
       return;

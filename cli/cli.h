@@ -2,7 +2,8 @@
  *
  * Conventions: a command function gets argv starting at its first argument and returns the
  * process exit status (0 success, 1 failure, 2 bad usage).  Failures print exactly one line,
- * "cowchain: ...", on stderr, through die_pool() (the pool's message) or usage_error().
+ * "cowchain: ...", on stderr, through die_pool() (the pool's message), usage_error() or
+ * cli_error(), which escape it (util.c): never print an error line with fprintf.
  */
 #ifndef COWCHAIN_CLI_H
 #define COWCHAIN_CLI_H
@@ -45,6 +46,8 @@ int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **pos
   } while (0)
 
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print "cowchain: MESSAGE" as the one error line, escaped; returns status. */
+int cli_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A command group's subcommands ("clone create", "clone list", ...). */
 struct cli_sub {

@@ -9,6 +9,8 @@
  */
 #include "cli.h"
 
+#include "common/escape.h"
+
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,14 +206,13 @@ snapshot_list_or_info(int argc, char **argv, int info)
         break;
     if (i == n) {
       free(s);
-      fprintf(stderr, "cowchain: snapshot info: %s@%s: no such snapshot\n", pos[0], pos[1]);
-      return 1;
+      return cli_error(1, "snapshot info: %s@%s: no such snapshot", pos[0], pos[1]);
     }
     if (json) {
       print_snap_json(&s[i], pos[0]);
       printf("\n");
     } else {
-      char when[40], size[32], disk[32];
+      char when[40], size[32], disk[32], desc[CC_ESCAPED_SIZE(CC_DESC_MAX)];
       format_time(s[i].s.created, when, sizeof when);
       human_size(s[i].allocated_bytes, size, sizeof size);
       human_size(s[i].disk_bytes, disk, sizeof disk);
@@ -220,7 +221,7 @@ snapshot_list_or_info(int argc, char **argv, int info)
              "Size:           %s\nDisk size:      %s\nLayer:          %s\nDescription:    %s\n",
              s[i].s.name, pos[0], pos[0], s[i].s.name, when, s[i].parent[0] ? s[i].parent : "-",
              s[i].children, s[i].current ? "yes" : "no", size, disk, s[i].s.layer,
-             s[i].s.description);
+             cc_escape(s[i].s.description, desc, sizeof desc));
     }
   } else if (json) {
     printf("[");

@@ -10,6 +10,8 @@
  */
 #include "cli.h"
 
+#include "common/escape.h"
+
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,7 @@
 static void
 print_layer_text(const struct cc_layer_info *l, const char *name)
 {
-  char vs[32], ds[32], as[32], when[40];
+  char vs[32], ds[32], as[32], when[40], esc[CC_ESCAPED_SIZE(sizeof l->parent)];
 
   human_size(l->virtual_size, vs, sizeof vs);
   human_size(l->disk_bytes, ds, sizeof ds);
@@ -35,7 +37,7 @@ print_layer_text(const struct cc_layer_info *l, const char *name)
     printf("uuid: %s\n", l->uuid);
     printf("created: %s\n", when);
     if (l->parent[0])
-      printf("backing file: %s\n", l->parent);
+      printf("backing file: %s\n", cc_escape(l->parent, esc, sizeof esc)); /* from the header */
     if (l->dirty)
       printf("dirty: yes (not closed cleanly; 'cowchain check --repair' reclaims leaked space)\n");
   }
@@ -131,7 +133,9 @@ report_line(void *opaque, int severity, const char *msg)
   const char *tag = severity_tag[severity < 0 ? 0 : severity > 2 ? 2 : severity];
 
   if (json_count == NULL) {
-    printf("%s: %s\n", tag, msg);
+    char esc[CC_ESCAPED_SIZE(1024)];
+    /* Findings quote file names found in the pool and links read from headers. */
+    printf("%s: %s\n", tag, cc_escape(msg, esc, sizeof esc));
     return;
   }
   printf("%s\n    {\"severity\": \"%s\", \"message\": ", (*json_count)++ ? "," : "", tag);

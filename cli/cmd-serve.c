@@ -196,7 +196,7 @@ cmd_serve(int argc, char **argv, const char *argv0)
   cc_pool_close(p);
   fflush(stdout);
   execvp("nbdkit", av);
-  fprintf(stderr, "cowchain: serve: nbdkit: %s (install nbdkit)\n", strerror(errno));
+  cli_error(1, "serve: nbdkit: %s (install nbdkit)", strerror(errno));
 out:
   free(av);
   free(params);

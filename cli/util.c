@@ -4,10 +4,20 @@
  * ------------
  * Every failure is one line on stderr starting with "cowchain: ": the pool's own message
  * (already "op: object: reason") or a usage error naming the command and what to type.
+ * error_line() prints every one of them and escapes the whole line (common/escape.h): it quotes
+ * what the user typed and what chain/ put in its message (names, paths, descriptions, parent
+ * links read from layer headers), any of which may hold a newline, an ESC sequence or invalid
+ * UTF-8.  Escaping here, where the CLI prints, rather than where chain/pool*.c builds its
+ * messages, is what guarantees nothing raw gets out: it covers every message, including those
+ * of code written later, while chain/ keeps one convention for all its callers (error.h).
+ * Text output that shows such strings on stdout (check findings, descriptions, backing files)
+ * is escaped the same way; --json output goes through json_string.
  * Progress is drawn on stderr only when stderr is a terminal, so scripts and logs never see
  * carriage returns.  JSON is written by hand with fixed key order, so output stays stable.
  */
 #include "cli.h"
+
+#include "common/escape.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -18,19 +28,43 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The one error line: "cowchain: [CMD: ]MESSAGE", escaped as a whole. */
+static int
+error_line(int status, const char *cmd, const char *fmt, va_list ap)
+{
+  char line[CC_ERROR_MAX + 256], out[CC_ESCAPED_SIZE(CC_ERROR_MAX + 256)];
+  int n = 0;
+
+  cli_progress_done();
+  if (cmd)
+    n = snprintf(line, sizeof line, "%s: ", cmd);
+  vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+  fprintf(stderr, "cowchain: %s\n", cc_escape(line, out, sizeof out));
+  return status;
+}
+
+int
+cli_error(int status, const char *fmt, ...)
+{
+  va_list ap;
+  int r;
+
+  va_start(ap, fmt);
+  r = error_line(status, NULL, fmt, ap);
+  va_end(ap);
+  return r;
+}
+
 int
 usage_error(const char *cmd, const char *fmt, ...)
 {
   va_list ap;
+  int r;
 
-  fprintf(stderr, "cowchain: ");
-  if (cmd)
-    fprintf(stderr, "%s: ", cmd);
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  r = error_line(EXIT_USAGE, cmd, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
-  return EXIT_USAGE;
+  return r;
 }
 
 int
@@ -38,9 +72,7 @@ die_pool(void)
 {
   const char *msg = cc_error_get();
 
-  cli_progress_done();
-  fprintf(stderr, "cowchain: %s\n", msg[0] ? msg : "unknown error");
-  return 1;
+  return cli_error(1, "%s", msg[0] ? msg : "unknown error");
 }
 
 struct cc_pool *
@@ -49,7 +81,7 @@ cli_pool(void)
   struct cc_pool *p;
 
   if (cli_pool_dir == NULL) {
-    fprintf(stderr, "cowchain: no pool: pass --pool DIR or set COWCHAIN_POOL\n");
+    cli_error(1, "no pool: pass --pool DIR or set COWCHAIN_POOL");
     return NULL;
   }
   if (cc_pool_open(cli_pool_dir, &p) < 0) {

@@ -4,7 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-static __thread char last_error[1024];
+static __thread char last_error[CC_ERROR_MAX];
 
 int
 cc_error_set(int err, const char *fmt, ...)

@@ -5,11 +5,19 @@
  * "call: object: reason" form with cc_error_set().  The caller (server/, cli/, tests) prints
  * cc_error_get() once.  The message is thread-local, so concurrent nbdkit workers don't clobber
  * each other, and stays valid until the thread's next cc_error_set().
+ *
+ * Messages quote names, paths and descriptions verbatim, whatever bytes they hold: they are
+ * escaped where they are printed (cc_escape(), common/escape.h), not where they are built.
+ * One place at the edge covers every message, including those of code not yet written, and
+ * keeps the message usable by callers that do not print it (tests match on its text).
  */
 #ifndef COWCHAIN_COMMON_ERROR_H
 #define COWCHAIN_COMMON_ERROR_H
 
 #include <errno.h>
+
+/* The longest message, NUL included; longer ones are cut. */
+#define CC_ERROR_MAX 1024
 
 /* Record a message for the calling thread; returns -err so callers can write
  * "return cc_error_set(EIO, "read: %s: short read", path);".  err is a positive errno. */

@@ -2,9 +2,14 @@
  *
  * Two slots; the valid one with the larger generation is current.  A change writes the whole
  * new header into the other slot and syncs it, so a torn header write can only ever leave the
- * previous header current.  Decoding checks magic and checksum (is this slot usable at all);
- * validation checks the fields of the chosen header against the format and our limits, and names
- * the field at fault.
+ * previous header current.  Decoding checks magic and checksum (is this slot valid at all,
+ * FORMAT.md 4.3); validation checks the fields of the chosen header against the format and our
+ * limits, and names the field at fault.  header_length is a field like any other here: a slot
+ * whose checksum is correct but whose header_length is not a multiple of 8 (or < 256) is valid,
+ * so it can be current, and then the file is refused.  Only a length that puts the checksummed
+ * range outside the slot makes the slot invalid, because then there is no checksum to verify.
+ * A torn header write never produces a valid slot with a bad field, so falling back to the older
+ * slot there would mean silently serving older metadata than the file says is current.
  */
 #include "internal.h"
 
@@ -51,8 +56,9 @@ ovl_header_encode(const struct ovl_header *h, uint8_t slot[OVL_SLOT_SIZE])
   put_le32(slot + HO_CHECKSUM, ovl_crc32c(slot, h->header_length + h->parent_path_length));
 }
 
-/* Returns 0 if the slot is usable, -EINVAL (bad magic: unused slot) or -EUCLEAN (bad
- * checksum or a length that makes the checksum range impossible). */
+/* Returns 0 if the slot is valid (FORMAT.md 4.3), -EINVAL (bad magic: unused slot) or -EUCLEAN
+ * (bad checksum, or lengths that put the checksummed range outside the slot).  The fields are
+ * not checked here: ovl_header_validate does that for the current slot. */
 int
 ovl_header_decode(const char *path, const uint8_t slot[OVL_SLOT_SIZE], struct ovl_header *h)
 {
@@ -64,10 +70,10 @@ ovl_header_decode(const char *path, const uint8_t slot[OVL_SLOT_SIZE], struct ov
   h->version = get_le32(slot + HO_VERSION);
   h->header_length = get_le32(slot + HO_HEADER_LENGTH);
   h->parent_path_length = get_le32(slot + HO_PARENT_PATH_LENGTH);
-  if (h->header_length < OVL_HEADER_LENGTH || h->header_length % 8 != 0 ||
-      h->header_length > OVL_SLOT_SIZE || h->parent_path_length > OVL_SLOT_SIZE ||
+  if (h->header_length > OVL_SLOT_SIZE || h->parent_path_length > OVL_SLOT_SIZE ||
       h->header_length + h->parent_path_length > OVL_SLOT_SIZE)
-    return cc_error_set(EUCLEAN, "open: %s: bad header_length %" PRIu32 " or parent_path_length %" PRIu32,
+    return cc_error_set(EUCLEAN, "open: %s: bad header_length %" PRIu32 " or parent_path_length %" PRIu32
+                        " (the checksummed range ends past the 4096-byte slot)",
                         path, h->header_length, h->parent_path_length);
 
   memcpy(tmp, slot, OVL_SLOT_SIZE);
@@ -114,6 +120,12 @@ ovl_header_validate(const char *path, const struct ovl_header *h)
   if (h->version != OVL_VERSION)
     return cc_error_set(ENOTSUP, "open: %s: unsupported format version %" PRIu32 " (this cowchain reads version %u)",
                         path, h->version, OVL_VERSION);
+  /* The current slot's own header_length (decode only made sure its checksum could be checked):
+   * refused, never a reason to fall back to the other slot. */
+  if (h->header_length < OVL_HEADER_LENGTH || h->header_length % 8 != 0)
+    return cc_error_set(EUCLEAN, "open: %s: current header (generation %" PRIu64 ") has bad header_length %" PRIu32
+                        " (must be a multiple of 8, at least %u)",
+                        path, h->generation, h->header_length, OVL_HEADER_LENGTH);
   unknown = h->incompat & ~OVL_INCOMPAT_KNOWN;
   if (unknown)
     return cc_error_set(ENOTSUP, "open: %s: unknown incompatible feature bits 0x%" PRIx64, path, unknown);

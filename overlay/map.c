@@ -72,6 +72,10 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
     if ((alloc | zero) & beyond)
       return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters beyond the virtual size are set", p, cluster);
   }
+  /* FORMAT.md 5.3 (2): every allocated sub-cluster lies wholly inside the file, all sc_size
+   * bytes of it even when it straddles virtual_size; the bound cluster itself may extend past
+   * EOF (a cluster whose first sub-cluster was written), so only up to the last allocated
+   * sub-cluster is checked. */
   if (alloc) {
     unsigned last = 31 - (unsigned)__builtin_clz(alloc);
     if (phys + ((uint64_t)last + 1) * l->sc_size > l->file_size)

@@ -38,6 +38,7 @@
 #include "chain/chain.h"
 #include "chain/pool.h"
 #include "common/error.h"
+#include "common/escape.h"
 #include "exports.h"
 
 #ifndef COWCHAIN_VERSION
@@ -66,7 +67,9 @@ struct handle {
 static void
 log_chain_message(const char *msg)
 {
-  nbdkit_debug("%s", msg);
+  char buf[CC_ESCAPED_SIZE(512)]; /* cc_log's longest message */
+
+  nbdkit_debug("%s", cc_escape(msg, buf, sizeof buf));
 }
 
 static void
@@ -166,8 +169,10 @@ cowchain_get_ready(void)
   r = cc_pool_open(pool_dir, &pool);
   if (r < 0) {
     /* chain/'s message names the directory already. */
+    char msg[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
+
     if (cc_error_get()[0])
-      nbdkit_error("%s", cc_error_get());
+      nbdkit_error("%s", cc_escape(cc_error_get(), msg, sizeof msg));
     else
       nbdkit_error("pool=%s: %s", pool_dir, strerror(-r));
     return -1;
@@ -205,24 +210,6 @@ cowchain_default_export(int readonly, int is_tls)
   return default_name ? default_name : "";
 }
 
-/* Copy `s` into buf with control and non-ASCII bytes as \xNN. */
-static const char *
-escape(const char *s, char *buf, size_t len)
-{
-  size_t i = 0;
-
-  for (; *s && i + 5 < len; s++) {
-    unsigned char c = (unsigned char)*s;
-
-    if (c < 0x20 || c >= 0x7f)
-      i += (size_t)snprintf(buf + i, len - i, "\\x%02x", c);
-    else
-      buf[i++] = (char)c;
-  }
-  buf[i] = '\0';
-  return buf;
-}
-
 static void *
 cowchain_open(int readonly)
 {
@@ -238,10 +225,10 @@ cowchain_open(int readonly)
   /* The name is untrusted client input: refuse it before it can get near a path. */
   cc_error_clear();
   if (cc_export_name_parse(name, base, snap) < 0) {
-    char msg[1024];
+    char msg[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
 
     /* The message quotes the name: escape it so a client cannot forge log lines. */
-    nbdkit_error("open: invalid export name: %s", escape(cc_error_get(), msg, sizeof msg));
+    nbdkit_error("open: invalid export name: %s", cc_escape(cc_error_get(), msg, sizeof msg));
     return NULL;
   }
 
@@ -272,11 +259,11 @@ cowchain_close(void *handle)
 static int
 fail(struct handle *h, const char *call, int r)
 {
-  const char *msg = cc_error_get();
+  char msg[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
   int err = -r;
 
-  if (msg[0])
-    nbdkit_error("%s: %s", h->e->name, msg);
+  if (cc_error_get()[0])
+    nbdkit_error("%s: %s", h->e->name, cc_escape(cc_error_get(), msg, sizeof msg));
   else
     nbdkit_error("%s: %s: %s", call, h->e->name, strerror(err));
   switch (err) {

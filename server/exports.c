@@ -56,6 +56,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/escape.h"
 
 /* -D cowchain.exports=1: log every acquire/release with its reference count. */
 NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
@@ -76,13 +77,14 @@ exports_init(struct cc_pool *p, unsigned io_flags)
   pool_io_flags = io_flags;
 }
 
-/* The last chain/pool error, or a generic one if chain/ left none. */
+/* The last chain/pool error (escaped into buf: it may quote paths and parent links with any
+ * bytes, see common/error.h), or a generic one if chain/ left none. */
 static const char *
-last_error(int r)
+last_error(int r, char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)])
 {
   const char *msg = cc_error_get();
 
-  return msg[0] ? msg : strerror(-r);
+  return msg[0] ? cc_escape(msg, buf, CC_ESCAPED_SIZE(CC_ERROR_MAX)) : strerror(-r);
 }
 
 static struct cc_export *
@@ -112,20 +114,22 @@ unlink_locked(struct cc_export *e)
 static void
 close_chain(struct cc_export *e)
 {
+  char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
   int r;
 
   cc_error_clear();
   r = cc_chain_close(e->chain);
   e->chain = NULL;
   if (r < 0)
-    nbdkit_error("close: %s: %s", e->name, last_error(r));
+    nbdkit_error("close: %s: %s", e->name, last_error(r, buf));
 }
 
 /* Log why `name` cannot be opened, naming it once: pool messages usually name it already. */
 static struct cc_export *
 open_error(const char *name, int r)
 {
-  const char *msg = last_error(r);
+  char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
+  const char *msg = last_error(r, buf);
 
   if (strstr(msg, name))
     nbdkit_error("%s", msg);
@@ -264,6 +268,7 @@ exports_release(struct cc_export *e)
 int
 exports_list(struct cc_export_info **out, size_t *n)
 {
+  char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
   int r;
 
   /* No table_lock: listing reads the records afresh and shares no state (pool.h), so it need
@@ -271,7 +276,7 @@ exports_list(struct cc_export_info **out, size_t *n)
   cc_error_clear();
   r = cc_pool_list_exports(pool, out, n);
   if (r < 0)
-    nbdkit_error("list_exports: %s: %s", cc_pool_dir(pool), last_error(r));
+    nbdkit_error("list_exports: %s: %s", cc_pool_dir(pool), last_error(r, buf));
   return r < 0 ? -1 : 0;
 }
 

@@ -358,6 +358,46 @@ Test(overlay_malformed, header_length)
   otu_rmtree(dir);
 }
 
+/* FORMAT.md 4.3: a slot with a correct checksum is valid whatever its fields say, so a newer
+ * slot whose header_length is 260 (not a multiple of 8) is current and the file is refused;
+ * the older, otherwise fine slot must not be served instead.  The same damage in the older
+ * slot is harmless: the newer one is current. */
+Test(overlay_malformed, newer_slot_with_bad_header_length)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_data(dir, "l.cow", DATA_VSIZE);
+  uint8_t s[2][OTU_SLOT_SIZE];
+  int cur = otu_current_slot(p);
+
+  cr_assert_geq(cur, 0);
+  otu_read_slot(p, 1 - cur, s[1 - cur]);
+  cr_assert(otu_slot_valid(s[1 - cur]), "mk_data should leave the older slot valid too");
+  otu_read_slot(p, cur, s[cur]);
+  cr_assert_gt(otu_le64(s[cur] + OTU_H_GENERATION), otu_le64(s[1 - cur] + OTU_H_GENERATION));
+
+  otu_patch_header32(p, OTU_H_HEADER_LENGTH, 260);
+  otu_read_slot(p, cur, s[cur]);
+  cr_assert(otu_slot_valid(s[cur]), "the patched slot must stay valid (checksum fixed)");
+  cr_assert_eq(otu_current_slot(p), cur, "the patched slot must still be the newer one");
+  expect_refused(p, OVL_RDONLY, "newer slot with header_length 260", "header_length", NULL);
+  expect_refused(p, OVL_RDWR, "newer slot with header_length 260 (rdwr)", "header_length", NULL);
+  cr_expect(contains_ci(cc_error_get(), "260"), "the message should give the value: %s",
+            cc_error_get());
+
+  /* Swap the roles: the damaged slot becomes the older one, and the file opens. */
+  otu_put64(s[cur] + OTU_H_GENERATION, otu_le64(s[1 - cur] + OTU_H_GENERATION) - 1);
+  otu_slot_fix_crc(s[cur]);
+  otu_write_slot(p, cur, s[cur]);
+  cr_assert_eq(otu_current_slot(p), 1 - cur);
+  struct ovl_layer *l = NULL;
+  int r = ovl_open(p, OVL_RDONLY, &l);
+  cr_expect_eq(r, 0, "an older slot's bad header_length refused the file: %s", cc_error_get());
+  if (r == 0)
+    ovl_close(l);
+  free(p);
+  otu_rmtree(dir);
+}
+
 Test(overlay_malformed, cluster_bits_out_of_range)
 {
   char *dir = otu_tmpdir();
@@ -816,6 +856,42 @@ Test(overlay_malformed, fuzz_never_crashes)
   free(orig);
   free(p);
   free(base);
+  otu_rmtree(dir);
+}
+
+/* FORMAT.md 5.3 (2, 4): a bound cluster may end past EOF as long as its allocated
+ * sub-clusters do not, and a sub-cluster straddling virtual_size lies wholly in the file.
+ * 1 MiB + 512 with 128 KiB clusters: cluster 8's sub-cluster 0 straddles the end. */
+Test(overlay_malformed, straddling_subcluster_and_cluster_past_eof)
+{
+  char *dir = otu_tmpdir();
+  char *p = otu_join(dir, "l.cow");
+  uint8_t buf[512], back[512];
+  struct ovl_layer *l;
+
+  otu_create(p, M + 512, 0);
+  l = otu_open(p, OVL_RDWR);
+  memset(buf, 0xAB, sizeof buf);
+  cr_assert_eq(ovl_pwrite(l, buf, 512, M, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+
+  uint64_t l2 = otu_l1_get(p, 0);
+  struct otu_l2e e = otu_l2_get(p, l2, 8);
+  uint64_t size = otu_file_size(p);
+  cr_assert_eq(e.alloc, 1u, "only the straddling sub-cluster is allocated");
+  cr_assert_geq(size, e.cluster_offset + 4 * K, "the whole straddling sub-cluster is in the file");
+  cr_assert_lt(size, e.cluster_offset + 128 * K, "this case needs a cluster that ends past EOF");
+  l = otu_open(p, OVL_RDONLY); /* accepted as it is */
+  cr_assert_eq(ovl_pread(l, back, 512, M, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_eq(memcmp(buf, back, 512), 0);
+  ovl_close(l);
+  struct ovl_check_result res;
+  cr_assert_eq(ovl_check(p, 0, &res), 0, "%s", cc_error_get());
+
+  /* The file cut inside the straddling sub-cluster (past virtual_size's share of it): refused. */
+  cr_assert_eq(truncate(p, (off_t)(e.cluster_offset + 4 * K - 512)), 0);
+  expect_refused(p, OVL_RDONLY, "straddling sub-cluster cut by EOF", "end of the file", NULL);
+  free(p);
   otu_rmtree(dir);
 }
 

@@ -409,3 +409,77 @@ Test(pool, a_broken_template_nobody_uses_can_be_deleted)
   cr_assert_eq(cc_template_delete(pool, "good"), -EBUSY);
   cr_assert(strstr(cc_error_get(), "in use by vm"), "%s", cc_error_get());
 }
+
+/* check's findings, for tests that look at what it said. */
+struct findings {
+  unsigned errors;
+  char text[4096];
+};
+
+static void
+collect(void *opaque, int severity, const char *msg)
+{
+  struct findings *f = opaque;
+  size_t len = strlen(f->text);
+
+  if (severity == 2)
+    f->errors++;
+  snprintf(f->text + len, sizeof f->text - len, "%s\n", msg);
+}
+
+/* POOL.md: a cycle in the parent links is an error.  Two layers linked to each other under a
+ * template record (the template's layer L1 made the child of a layer L2 that sits on L1), so
+ * no clone's "writable top is a parent" check can find it for us. */
+Test(pool, check_finds_a_parent_cycle)
+{
+  struct ovl_create_opts o = {.virtual_size = 1 << 20};
+  struct findings f = {0};
+  struct cc_check_summary sum;
+  struct cc_template t;
+  struct ovl_layer *l;
+  uint8_t u1[OVL_UUID_LEN], u2[OVL_UUID_LEN];
+  char p1[4096], p2[4096], tmp[4096], rel[64], us[37];
+
+  cr_assert_eq(cc_template_create(pool, "t", 1 << 20), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_get_template(pool, "t", &t), 0, "%s", cc_error_get());
+  snprintf(p1, sizeof p1, "%s/layers/%s.cow", pooldir, t.layer);
+  l = otu_open(p1, OVL_RDONLY);
+  {
+    struct ovl_info in;
+    ovl_get_info(l, &in);
+    memcpy(u1, in.uuid, OVL_UUID_LEN);
+  }
+  ovl_close(l);
+
+  /* L2 on L1, named by its uuid like every pool layer. */
+  snprintf(rel, sizeof rel, "%s.cow", t.layer);
+  o.parent = (struct ovl_parent){.kind = OVL_PARENT_LAYER, .path = rel, .size = 1 << 20};
+  memcpy(o.parent.uuid, u1, OVL_UUID_LEN);
+  snprintf(tmp, sizeof tmp, "%s/tmp/l2.cow", pooldir);
+  cr_assert_eq(ovl_create(tmp, &o, u2), 0, "%s", cc_error_get());
+  ovl_uuid_str(u2, us);
+  snprintf(p2, sizeof p2, "%s/layers/%s.cow", pooldir, us);
+  cr_assert_eq(rename(tmp, p2), 0);
+  cr_assert_eq(cc_pool_check(pool, NULL, 0, NULL, NULL, &sum), 0, "%s", cc_error_get());
+  cr_assert_eq(sum.errors, 0, "the pool before the cycle is made");
+
+  /* L1's parent becomes L2: L1 -> L2 -> L1. */
+  snprintf(rel, sizeof rel, "%s.cow", us);
+  l = otu_open(p1, OVL_RDWR);
+  struct ovl_parent par = {.kind = OVL_PARENT_LAYER, .path = rel, .size = 1 << 20};
+  memcpy(par.uuid, u2, OVL_UUID_LEN);
+  cr_assert_eq(ovl_set_parent(l, &par), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+
+  cr_assert_eq(cc_pool_check(pool, NULL, 0, collect, &f, &sum), -EUCLEAN,
+               "check passed a pool with a parent cycle (%u layers checked, %u errors):\n%s",
+               sum.layers_checked, sum.errors, f.text);
+  cr_assert_geq(sum.errors, 1);
+  cr_assert(strstr(f.text, "template t: cycle in the parent links") != NULL, "%s", f.text);
+  /* Checking only the template finds it too. */
+  cr_assert_eq(cc_pool_check(pool, "t", 0, NULL, NULL, &sum), -EUCLEAN);
+  /* And --repair leaves both layers alone (errors are never repaired). */
+  cr_assert_eq(cc_pool_check(pool, NULL, 1, NULL, NULL, &sum), -EUCLEAN);
+  cr_assert_eq(access(p1, F_OK), 0);
+  cr_assert_eq(access(p2, F_OK), 0);
+}
