@@ -298,11 +298,12 @@ pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_
 int
 pool_run(const char *what, char *const argv[])
 {
-  return pool_run_output(what, argv, NULL, 0);
+  return pool_run_output(what, argv, NULL, 0, NULL);
 }
 
 int
-pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t max)
+pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t max,
+                int *exit_status)
 {
   char err[4096], *obuf = NULL;
   size_t len = 0, olen = 0;
@@ -390,7 +391,11 @@ pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t 
   err[len] = '\0';
   while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
     ;
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+  if (WIFEXITED(status) && (WEXITSTATUS(status) == 0 ||
+                            (exit_status && WEXITSTATUS(status) != 124 &&
+                             WEXITSTATUS(status) != 125 && WEXITSTATUS(status) != 127))) {
+    if (exit_status)
+      *exit_status = WEXITSTATUS(status);
     if (too_big) {
       free(obuf);
       return cc_error_set(EFBIG, "%s: %s: output larger than %zu bytes", what, argv[0], max);

@@ -15,7 +15,9 @@
  *      in "backing-filename", a "data-file", any "filename" other than the image's own (VMDK
  *      extents, the children of newer qemu-img), or a VMDK whose file is a text descriptor;
  *   3. a detected format other than --format, or a virtual size beyond OVL_MAX_VIRTUAL_SIZE,
- *      is refused too; then `qemu-img measure` tells how much data the raw copy will hold.
+ *      is refused too; `qemu-img check` (references disabled) refuses a corrupt or truncated
+ *      image (qemu-img would convert one, reading past its end as zeroes); then `qemu-img
+ *      measure` tells how much data the raw copy will hold.
  *
  * The conversion then opens the image with --image-opts "driver=FMT,file.driver=file,
  * file.filename=PATH,backing=" (backing disabled: qemu 7.2 spells null as the empty string),
@@ -35,6 +37,7 @@
 #include <unistd.h>
 
 #define INFO_TIMEOUT "30"            /* seconds for qemu-img info / measure */
+#define CHECK_TIMEOUT "120"          /* seconds for qemu-img check (reads all metadata) */
 #define INFO_MAX_OUTPUT (1u << 20)   /* bytes of JSON we accept */
 #define JSON_MAX_DEPTH 32
 #define JSON_MAX_STRING 8192
@@ -373,6 +376,36 @@ pool_image_opts(const char *abspath, const char *format, char **out)
   return 0;
 }
 
+/* `qemu-img check` of the image itself (references disabled): a truncated or corrupt image
+ * is refused rather than converted (qemu-img reads past the end of a truncated file as
+ * zeroes).  Exit 3 (leaked clusters only) and 63 (the format has no check) are fine. */
+static int
+check_image(const char *shown, const char *abspath, const char *format)
+{
+  char *opts = NULL, *out = NULL;
+  int r, status = 0;
+
+  if ((r = pool_image_opts(abspath, format, &opts)) < 0)
+    return r;
+  char *argv[] = {"timeout", CHECK_TIMEOUT, "qemu-img", "check", "-U", "--output=json",
+                  "--image-opts", opts, NULL};
+  r = pool_run_output("template import: qemu-img check", argv, &out, INFO_MAX_OUTPUT, &status);
+  free(opts);
+  if (r < 0)
+    return r;
+  if (status == 2) {
+    const char *c = strstr(out, "\"corruptions\":");
+    r = cc_error_set(EINVAL, "template import: %s: corrupt or truncated image (qemu-img check: "
+                     "%llu corruptions)", shown,
+                     c ? strtoull(c + 15, NULL, 10) : 0ull);
+  } else if (status != 0 && status != 3 && status != 63) {
+    r = cc_error_set(EINVAL, "template import: %s: qemu-img check could not check the image "
+                     "(exit %d)", shown, status);
+  }
+  free(out);
+  return r;
+}
+
 /* How much data the raw copy will hold, by `qemu-img measure` (allocated clusters, counted in
  * full); 0 if qemu-img cannot tell. */
 static uint64_t
@@ -384,14 +417,14 @@ measure(const char *abspath, const char *format, int allow_refs)
   if (allow_refs) {
     char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "measure", "--output=json", "-O",
                     "qcow2", "-f", (char *)format, (char *)abspath, NULL};
-    if (pool_run_output("template import: qemu-img measure", argv, &out, 4096) < 0)
+    if (pool_run_output("template import: qemu-img measure", argv, &out, 4096, NULL) < 0)
       return 0;
   } else {
     if (pool_image_opts(abspath, format, &opts) < 0)
       return 0;
     char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "measure", "--output=json",
                     "-O", "qcow2", "--image-opts", opts, NULL};
-    int r = pool_run_output("template import: qemu-img measure", argv, &out, 4096);
+    int r = pool_run_output("template import: qemu-img measure", argv, &out, 4096, NULL);
     free(opts);
     if (r < 0)
       return 0;
@@ -424,7 +457,7 @@ pool_inspect_image(const char *shown, const char *abspath, const char *format, i
   if (f == NULL)
     return cc_error_set(ENOMEM, "template import: out of memory");
   memset(out, 0, sizeof *out);
-  if ((r = pool_run_output("template import: qemu-img info", argv, &text, INFO_MAX_OUTPUT)) < 0)
+  if ((r = pool_run_output("template import: qemu-img info", argv, &text, INFO_MAX_OUTPUT, NULL)) < 0)
     goto out;
   j.opaque = f;
   if (json_parse(&j, text) < 0 || f->oom) {
@@ -465,6 +498,8 @@ pool_inspect_image(const char *shown, const char *abspath, const char *format, i
                      "limit of the pool", shown, (unsigned long long)f->virtual_size);
     goto out;
   }
+  if ((r = check_image(shown, abspath, format)) < 0)
+    goto out;
   snprintf(out->format, sizeof out->format, "%s", f->format);
   out->virtual_size = f->virtual_size;
   out->need_bytes = measure(abspath, format, allow_refs);

@@ -161,8 +161,10 @@ int pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progr
 int pool_run(const char *what, char *const argv[]);
 /* The same, keeping at most `max` bytes of its stdout in *out (malloc'd, NUL-terminated; free
  * it); more is -EFBIG.  Run under timeout(1) (argv "timeout", SECONDS, CMD...), running out of
- * time is -ETIMEDOUT naming CMD. */
-int pool_run_output(const char *what, char *const argv[], char **out, size_t max);
+ * time is -ETIMEDOUT naming CMD.  With exit_status, any exit code of CMD is a success stored
+ * there (except timeout's 124, 125 and 127). */
+int pool_run_output(const char *what, char *const argv[], char **out, size_t max,
+                    int *exit_status);
 
 /* pool-inspect.c: what qemu-img says about an image to import (POOL.md section 5.1) */
 struct pool_image_facts {
