@@ -333,6 +333,24 @@ cc_pool_group(const struct cc_pool *p)
 }
 
 int
+cc_pool_secure_socket(struct cc_pool *p)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  int r;
+
+  if ((r = pool_path(p, path, sizeof path, "cowchain.sock")) < 0)
+    return r;
+  if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode))
+    return 0;
+  if (p->gid != (gid_t)-1 && st.st_gid != p->gid && lchown(path, (uid_t)-1, p->gid) == -1)
+    return cc_error_set(errno, "socket: %s: group %s: %s", path, p->group, strerror(errno));
+  if (chmod(path, (mode_t)pool_allowed_mode(p, st.st_mode)) == -1)
+    return cc_error_set(errno, "socket: %s: chmod: %s", path, strerror(errno));
+  return 0;
+}
+
+int
 pool_lock(struct cc_pool *p, const char *what)
 {
   char path[PATH_MAX];

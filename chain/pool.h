@@ -49,6 +49,10 @@ void cc_pool_close(struct cc_pool *p);
 const char *cc_pool_dir(const struct cc_pool *p);
 /* The group recorded by `pool init --group`, or "" for an owner-only pool. */
 const char *cc_pool_group(const struct cc_pool *p);
+/* Give the pool's socket POOL/cowchain.sock, if there is one, the pool's mode: 0600, or 0660
+ * with the pool's group.  nbdkit binds it under its own umask (0022), so the plugin calls this
+ * once the socket exists (.after_fork). */
+int cc_pool_secure_socket(struct cc_pool *p);
 
 enum cc_export_kind { CC_EXPORT_CLONE, CC_EXPORT_SNAPSHOT, CC_EXPORT_TEMPLATE };
 

@@ -195,9 +195,6 @@ cmd_serve(int argc, char **argv, const char *argv0)
   for (i = 0; i < nparams; i++)
     av[n++] = params[i];
   av[n] = NULL;
-  /* nbdkit creates the socket (and pidfile) under our umask: 0600, or 0660 for a pool with a
-   * group, whose setgid directory gives the socket that group (POOL.md section 1.1). */
-  umask(cc_pool_group(p)[0] ? 0117 : 0177);
   cc_pool_close(p);
   fflush(stdout);
   execvp("nbdkit", av);
