@@ -287,8 +287,8 @@ check_mode(struct checker *k, const char *path, const char *shown)
   }
   if (k->p->gid != (gid_t)-1 && st.st_gid != k->p->gid) {
     int fixed = k->repair && lchown(path, (uid_t)-1, k->p->gid) == 0;
-    say(k, 3, "%s: group %u is not the pool's group %s%s", shown, (unsigned)st.st_gid,
-        k->p->group, fixed ? " (repaired)" : "");
+    say(k, 3, "%s: group %u is not the pool's group %s%s", shown, (unsigned)st.st_gid, k->p->group,
+        fixed ? " (repaired)" : "");
     if (fixed)
       k->sum->repaired++;
   }

@@ -391,9 +391,9 @@ pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t 
   err[len] = '\0';
   while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
     ;
-  if (WIFEXITED(status) && (WEXITSTATUS(status) == 0 ||
-                            (exit_status && WEXITSTATUS(status) != 124 &&
-                             WEXITSTATUS(status) != 125 && WEXITSTATUS(status) != 127))) {
+  if (WIFEXITED(status) &&
+      (WEXITSTATUS(status) == 0 || (exit_status && WEXITSTATUS(status) != 124 &&
+                                    WEXITSTATUS(status) != 125 && WEXITSTATUS(status) != 127))) {
     if (exit_status)
       *exit_status = WEXITSTATUS(status);
     if (too_big) {
@@ -416,15 +416,14 @@ pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t 
       return cc_error_set(ENOENT, "%s: %s", what, lastline[0] ? lastline : "command not found");
     /* timeout(1) exits 124 when the time ran out. */
     if (WIFEXITED(status) && WEXITSTATUS(status) == 124 && strcmp(argv[0], "timeout") == 0)
-      return cc_error_set(ETIMEDOUT, "%s: %s took longer than %s seconds", what, argv[2],
-                          argv[1]);
+      return cc_error_set(ETIMEDOUT, "%s: %s took longer than %s seconds", what, argv[2], argv[1]);
     return cc_error_set(EIO, "%s: %s failed: %s", what,
                         strcmp(argv[0], "timeout") == 0 ? argv[2] : argv[0],
                         lastline[0] ? lastline : "no message");
   }
 }
 
-/* Refuse an output file inside the pool: as root, O_TRUNC would happily empty a 0444 template
+/* Refuse an output file inside the pool: as root, O_TRUNC would happily empty a read-only template
  * image or a layer. */
 static int
 outside_pool(struct cc_pool *p, const char *file)

@@ -36,9 +36,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define INFO_TIMEOUT "30"            /* seconds for qemu-img info / measure */
-#define CHECK_TIMEOUT "120"          /* seconds for qemu-img check (reads all metadata) */
-#define INFO_MAX_OUTPUT (1u << 20)   /* bytes of JSON we accept */
+#define INFO_TIMEOUT "30"          /* seconds for qemu-img info / measure */
+#define CHECK_TIMEOUT "120"        /* seconds for qemu-img check (reads all metadata) */
+#define INFO_MAX_OUTPUT (1u << 20) /* bytes of JSON we accept */
 #define JSON_MAX_DEPTH 32
 #define JSON_MAX_STRING 8192
 
@@ -47,8 +47,8 @@
 struct json {
   const char *s; /* next character */
   int depth;
-  const char *err; /* first fault */
-  char path[512];  /* "format-specific.data.extents[].filename" */
+  const char *err;           /* first fault */
+  char path[512];            /* "format-specific.data.extents[].filename" */
   char buf[JSON_MAX_STRING]; /* the string just parsed (a key is copied before recursing) */
   void (*scalar)(void *opaque, const char *path, const char *val, int is_string);
   void *opaque;
@@ -99,12 +99,26 @@ json_string(struct json *j, char *buf, size_t len)
     if (c == '\\') {
       char e = *j->s++;
       switch (e) {
-      case '"': case '\\': case '/': c = (unsigned char)e; break;
-      case 'b': c = '\b'; break;
-      case 'f': c = '\f'; break;
-      case 'n': c = '\n'; break;
-      case 'r': c = '\r'; break;
-      case 't': c = '\t'; break;
+      case '"':
+      case '\\':
+      case '/':
+        c = (unsigned char)e;
+        break;
+      case 'b':
+        c = '\b';
+        break;
+      case 'f':
+        c = '\f';
+        break;
+      case 'n':
+        c = '\n';
+        break;
+      case 'r':
+        c = '\r';
+        break;
+      case 't':
+        c = '\t';
+        break;
       case 'u':
         if (hex4(j->s, &c) < 0)
           return j->err = "bad \\u escape", -1;
@@ -274,9 +288,9 @@ struct facts {
   char filename[PATH_MAX];
   int have_size, bad_size;
   uint64_t virtual_size;
-  char ref_kind[48];       /* the first reference found: what it is ... */
-  char ref[PATH_MAX];      /* ... and what it names */
-  char *filenames;         /* every other "filename" value, each NUL-terminated */
+  char ref_kind[48];  /* the first reference found: what it is ... */
+  char ref[PATH_MAX]; /* ... and what it names */
+  char *filenames;    /* every other "filename" value, each NUL-terminated */
   size_t filenames_len;
   int oom;
 };
@@ -387,20 +401,23 @@ check_image(const char *shown, const char *abspath, const char *format)
 
   if ((r = pool_image_opts(abspath, format, &opts)) < 0)
     return r;
-  char *argv[] = {"timeout", CHECK_TIMEOUT, "qemu-img", "check", "-U", "--output=json",
-                  "--image-opts", opts, NULL};
+  char *argv[] = {"timeout",       CHECK_TIMEOUT,  "qemu-img", "check", "-U",
+                  "--output=json", "--image-opts", opts,       NULL};
   r = pool_run_output("template import: qemu-img check", argv, &out, INFO_MAX_OUTPUT, &status);
   free(opts);
   if (r < 0)
     return r;
   if (status == 2) {
     const char *c = strstr(out, "\"corruptions\":");
-    r = cc_error_set(EINVAL, "template import: %s: corrupt or truncated image (qemu-img check: "
-                     "%llu corruptions)", shown,
-                     c ? strtoull(c + 15, NULL, 10) : 0ull);
+    r = cc_error_set(EINVAL,
+                     "template import: %s: corrupt or truncated image (qemu-img check: "
+                     "%llu corruptions)",
+                     shown, c ? strtoull(c + 15, NULL, 10) : 0ull);
   } else if (status != 0 && status != 3 && status != 63) {
-    r = cc_error_set(EINVAL, "template import: %s: qemu-img check could not check the image "
-                     "(exit %d)", shown, status);
+    r = cc_error_set(EINVAL,
+                     "template import: %s: qemu-img check could not check the image "
+                     "(exit %d)",
+                     shown, status);
   }
   free(out);
   return r;
@@ -415,15 +432,16 @@ measure(const char *abspath, const char *format, int allow_refs)
   uint64_t v = 0;
 
   if (allow_refs) {
-    char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "measure", "--output=json", "-O",
-                    "qcow2", "-f", (char *)format, (char *)abspath, NULL};
+    char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "measure",      "--output=json",
+                    "-O",      "qcow2",      "-f",       (char *)format, (char *)abspath,
+                    NULL};
     if (pool_run_output("template import: qemu-img measure", argv, &out, 4096, NULL) < 0)
       return 0;
   } else {
     if (pool_image_opts(abspath, format, &opts) < 0)
       return 0;
-    char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "measure", "--output=json",
-                    "-O", "qcow2", "--image-opts", opts, NULL};
+    char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img",     "measure", "--output=json",
+                    "-O",      "qcow2",      "--image-opts", opts,      NULL};
     int r = pool_run_output("template import: qemu-img measure", argv, &out, 4096, NULL);
     free(opts);
     if (r < 0)
@@ -445,8 +463,8 @@ int
 pool_inspect_image(const char *shown, const char *abspath, const char *format, int allow_refs,
                    struct pool_image_facts *out)
 {
-  char *argv[] = {"timeout", INFO_TIMEOUT, "qemu-img", "info", "--output=json", "-U",
-                  (char *)abspath, NULL};
+  char *argv[] = {"timeout",       INFO_TIMEOUT, "qemu-img",      "info",
+                  "--output=json", "-U",         (char *)abspath, NULL};
   struct facts *f = calloc(1, sizeof *f);
   struct json j = {.scalar = on_scalar};
   const char *hint = "; add --allow-backing to import a chain you trust (it reads the files "
@@ -457,7 +475,8 @@ pool_inspect_image(const char *shown, const char *abspath, const char *format, i
   if (f == NULL)
     return cc_error_set(ENOMEM, "template import: out of memory");
   memset(out, 0, sizeof *out);
-  if ((r = pool_run_output("template import: qemu-img info", argv, &text, INFO_MAX_OUTPUT, NULL)) < 0)
+  if ((r = pool_run_output("template import: qemu-img info", argv, &text, INFO_MAX_OUTPUT, NULL)) <
+      0)
     goto out;
   j.opaque = f;
   if (json_parse(&j, text) < 0 || f->oom) {
@@ -479,8 +498,7 @@ pool_inspect_image(const char *shown, const char *abspath, const char *format, i
     size_t o;
     for (o = 0; o < f->filenames_len && !f->ref_kind[0]; o += strlen(f->filenames + o) + 1)
       if (strcmp(f->filenames + o, f->filename) != 0)
-        note_ref(f, strcmp(format, "vmdk") == 0 ? "VMDK extent" : "other file",
-                 f->filenames + o);
+        note_ref(f, strcmp(format, "vmdk") == 0 ? "VMDK extent" : "other file", f->filenames + o);
     if (!f->ref_kind[0] && strcmp(format, "vmdk") == 0 && is_vmdk_descriptor(abspath))
       note_ref(f, "VMDK descriptor", "data in other files");
     if (f->ref_kind[0]) {
@@ -494,8 +512,10 @@ pool_inspect_image(const char *shown, const char *abspath, const char *format, i
     goto out;
   }
   if (f->virtual_size > OVL_MAX_VIRTUAL_SIZE - 511) {
-    r = cc_error_set(EFBIG, "template import: %s: virtual size %llu bytes is beyond the 4 EiB "
-                     "limit of the pool", shown, (unsigned long long)f->virtual_size);
+    r = cc_error_set(EFBIG,
+                     "template import: %s: virtual size %llu bytes is beyond the 4 EiB "
+                     "limit of the pool",
+                     shown, (unsigned long long)f->virtual_size);
     goto out;
   }
   if ((r = check_image(shown, abspath, format)) < 0)

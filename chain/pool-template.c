@@ -2,10 +2,10 @@
  *
  * Design notes
  * ------------
- * A template is immutable: a raw image (images/NAME.raw, mode 0444) or a frozen layer.  Each
- * operation's step order is in POOL.md section 5; the rule is always "make the new files
- * durable where no record can see them, then switch records, then remove what is no longer
- * reachable", so a crash leaves the old or the new state plus at most unreferenced files.
+ * A template is immutable: a raw image (images/NAME.raw, read-only: 0400, or 0440 with a group) or
+ * a frozen layer.  Each operation's step order is in POOL.md section 5; the rule is always "make
+ * the new files durable where no record can see them, then switch records, then remove what is no
+ * longer reachable", so a crash leaves the old or the new state plus at most unreferenced files.
  *
  * Import copies the data before taking the pool lock (it can take minutes) and re-checks the
  * name under the lock before installing anything.
@@ -126,8 +126,8 @@ import_data(struct cc_pool *p, const char *file, const char *abspath, const char
     }
     if (allow_refs) {
       /* The user vouches for the chain: let qemu-img follow what the image names. */
-      char *argv[] = {"qemu-img", "convert", "-f", (char *)format, "-O", "raw",
-                      (char *)abspath, tmp, NULL};
+      char *argv[] = {"qemu-img",      "convert", "-f", (char *)format, "-O", "raw",
+                      (char *)abspath, tmp,       NULL};
       r = pool_run("template import: qemu-img convert", argv);
     } else {
       /* References disabled, so a check that missed one still cannot read another file. */

@@ -285,8 +285,8 @@ cc_pool_open(const char *dir, struct cc_pool **out)
   /* Optional second line: "group NAME" (POOL.md section 1.1). */
   if (fgets(line, sizeof line, f) != NULL) {
     size_t l = strlen(line);
-    if (strncmp(line, "group ", 6) != 0 || l < 8 || line[l - 1] != '\n' ||
-        l - 7 > CC_GROUP_MAX || fgetc(f) != EOF) {
+    if (strncmp(line, "group ", 6) != 0 || l < 8 || line[l - 1] != '\n' || l - 7 > CC_GROUP_MAX ||
+        fgetc(f) != EOF) {
       fclose(f);
       return cc_error_set(EINVAL, "pool: %s: unknown line '%.40s'", path, line);
     }

@@ -2,13 +2,16 @@
  *
  * Layout (docs/POOL.md is the full specification):
  *
- *   POOL/cowchain-pool       marker: the line "cowchain-pool 1"
- *   POOL/images/NAME.raw     raw template images, mode 0444, never opened for writing
+ *   POOL/cowchain-pool       marker: the line "cowchain-pool 1" [+ "group NAME"]
+ *   POOL/images/NAME.raw     raw template images, read-only (0400/0440), never opened for writing
  *   POOL/layers/UUID.cow     every layer file, named by its uuid (parent links stay valid
  *                            because all layers share one directory)
  *   POOL/templates/NAME      template record (text, see POOL.md)
  *   POOL/clones/NAME         clone record: top layer, snapshots (name, layer, time, description)
  *   POOL/tmp/                files of operations in progress
+ *
+ * Modes: owner-only (dirs 0700, files 0600) or, with a group, 02750/0640, set explicitly
+ * whatever the umask (POOL.md section 1.1).
  *
  * Records are replaced atomically (write in tmp/, fsync, rename, fsync the directory), so every
  * pool operation is a series of steps that each leave the pool as before or as after.
