@@ -132,6 +132,17 @@ refused "truncated qcow2" "$WORK/truncated.qcow2" qcow2 "qemu-img"
 printf 'QFI\xfbgarbage' >"$WORK/garbage.qcow2"
 refused "malformed qcow2" "$WORK/garbage.qcow2" qcow2 "qemu-img"
 
+# 8b. A virtual size beyond the layer format's 4 EiB limit.  qemu's own formats stop below it
+#     (qcow2 at 2^61), so a qemu-img that reports one stands in for a future format.
+mkdir -p "$WORK/fakebin"
+cat >"$WORK/fakebin/qemu-img" <<'EOF'
+#!/bin/sh
+[ "$1" = info ] || exec /usr/bin/qemu-img "$@"
+printf '{"virtual-size": 9223372036854775296, "filename": "%s", "format": "qcow2"}\n' "$4"
+EOF
+chmod +x "$WORK/fakebin/qemu-img"
+PATH=$WORK/fakebin:$PATH refused "format limit" "$WORK/plain.qcow2" qcow2 "beyond the 4 EiB limit"
+
 # 9. Size bombs: a pool on a 16 MiB file system refuses an image holding 32 MiB of data
 #    before writing, and imports a 1 GiB image holding 1 MiB (the copy is sparse).
 requires mount
