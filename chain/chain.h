@@ -37,6 +37,13 @@ struct cc_chain;
  * frozen layers. */
 int cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out);
 
+/* The same, and every file of the chain (the top too) must resolve (realpath: through "..",
+ * symlinks) to a path inside the directory `root`; one that does not is refused with -EPERM:
+ * "open: CHILD: parent REL: resolves to PATH, outside ROOT".  A pool opens its chains this way,
+ * so a layer cannot make a server read a host file. */
+int cc_chain_open_within(const char *top_path, unsigned flags, const char *root,
+                         struct cc_chain **out);
+
 /* Flush if writable, release the layers and the shared index reference.  NULL is allowed. */
 int cc_chain_close(struct cc_chain *c);
 

@@ -253,6 +253,7 @@ cc_index_free(struct cc_index *idx)
   }
   free(idx->layers);
   free(idx->runs);
+  free(idx->root);
   free(idx);
 }
 

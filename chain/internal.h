@@ -66,6 +66,7 @@ struct cc_index {
   struct cc_frozen *layers; /* [0] is the bottom, [nlayers - 1] the topmost frozen file */
   size_t nruns;
   struct cc_run *runs;
+  char *root; /* every file was checked to resolve inside this directory; NULL if unchecked */
 };
 
 struct cc_chain {

@@ -21,6 +21,12 @@
  * Raw images are never probed for a header: a raw image's first bytes are guest data.  A file
  * is raw only because a parent link says so, or because the caller passed CC_RAW.
  *
+ * Confinement (cc_chain_open_within): each file's realpath must lie under the canonical root,
+ * checked right before the file is opened.  An index remembers the root it was checked
+ * against; a registry hit from an index built without that root is checked layer by layer.
+ * A process that can swap files in the directory between check and open could still win the
+ * race: the root is meant to be writable only by the user opening the chain.
+ *
  * File descriptors: a chain of N layers holds N fds (once per distinct frozen part), so the
  * first open raises RLIMIT_NOFILE's soft limit to the hard limit.
  */
@@ -215,6 +221,45 @@ open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
   return 0;
 }
 
+/* Is `path` (resolved) inside the canonical directory `root`?  0, or a link_error. */
+static int
+check_within(const struct link *lk, const char *path, const char *root)
+{
+  char *real;
+  size_t rl;
+  int inside;
+
+  if (root == NULL)
+    return 0;
+  rl = strlen(root);
+  real = realpath(path, NULL);
+  if (real == NULL)
+    return link_error(lk, errno, "%s", strerror(errno));
+  inside = strncmp(real, root, rl) == 0 && (real[rl] == '/' || (rl == 1 && root[0] == '/'));
+  if (!inside) {
+    int r = link_error(lk, EPERM, "resolves to %s, outside %s", real, root);
+    free(real);
+    return r;
+  }
+  free(real);
+  return 0;
+}
+
+/* A shared index found in the registry: were all its files checked against `root`? */
+static int
+index_within(const struct cc_index *idx, const char *root)
+{
+  if (root == NULL || (idx->root && strcmp(idx->root, root) == 0))
+    return 0;
+  for (size_t i = 0; i < idx->nlayers; i++) {
+    struct link lk = {.child = NULL, .path = idx->layers[i].path};
+    int r = check_within(&lk, idx->layers[i].path, root);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
 static int
 seen_before(const struct ident *above, size_t nabove, const struct cc_frozen *v, size_t n,
             dev_t dev, ino_t ino)
@@ -246,7 +291,7 @@ frozen_release(struct cc_frozen *v, size_t n)
  * is the chain's top path, for the depth message. */
 static int
 acquire_index(const char *top, struct link *lk, const struct ident *above, size_t nabove,
-              struct cc_index **out)
+              const char *root, struct cc_index **out)
 {
   static const uint8_t zero_uuid[OVL_UUID_LEN];
   struct cc_frozen *v = NULL; /* top first, while walking */
@@ -275,6 +320,8 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
       r = link_error(lk, ELOOP, "cycle: %s is already in the chain", lk->path);
       goto fail;
     }
+    if ((r = check_within(lk, lk->path, root)) < 0)
+      goto fail;
     /* The topmost frozen file: is its index already built? */
     if (n == 0 && (lk->checked || lk->kind == OVL_PARENT_RAW)) {
       struct cc_index *hit;
@@ -286,6 +333,10 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
         free(lk->path);
         lk->path = NULL;
         free(info);
+        if ((r = index_within(hit, root)) < 0) {
+          cc_index_put(hit);
+          return r;
+        }
         *out = hit;
         return 0;
       }
@@ -331,6 +382,10 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
       if (hit) {
         frozen_release(v, n);
         free(info);
+        if ((r = index_within(hit, root)) < 0) {
+          cc_index_put(hit);
+          return r;
+        }
         *out = hit;
         return 0;
       }
@@ -365,12 +420,23 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   }
   v = NULL;
   n = 0;
+  if (root && (idx->root = strdup(root)) == NULL) {
+    r = cc_error_set(ENOMEM, "open: %s: out of memory", top);
+    cc_index_free(idx);
+    goto fail;
+  }
   if ((r = cc_index_build(idx)) < 0) {
     cc_index_free(idx);
     goto fail;
   }
   free(info);
   *out = cc_registry_insert(idx);
+  /* Another thread may have published an equal index first, checked against another root. */
+  if (*out != idx && (r = index_within(*out, root)) < 0) {
+    cc_index_put(*out);
+    *out = NULL;
+    return r;
+  }
   return 0;
 
 fail:
@@ -384,12 +450,27 @@ fail:
 int
 cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
 {
-  struct cc_chain *c;
+  return cc_chain_open_within(top_path, flags, NULL, out);
+}
+
+int
+cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
+                     struct cc_chain **out)
+{
+  struct cc_chain *c = NULL;
   struct link *lk = NULL;
+  char *root = NULL;
   int r;
 
   *out = NULL;
   pthread_once(&nofile_once, raise_nofile);
+  if (root_dir && (root = realpath(root_dir, NULL)) == NULL)
+    return cc_error_set(errno, "open: %s: %s", root_dir, strerror(errno));
+  if (root) {
+    struct link top = {.child = NULL, .path = (char *)top_path};
+    if ((r = check_within(&top, top_path, root)) < 0)
+      goto fail;
+  }
   if ((flags & CC_RAW) && (flags & CC_RDWR))
     return cc_error_set(EPERM, "open: %s: a raw image is read-only", top_path);
   c = calloc(1, sizeof *c);
@@ -427,7 +508,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
       if (link_from_header(lk, c->path, info) < 0)
         r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       else
-        r = acquire_index(top_path, lk, &top, 1, &c->idx);
+        r = acquire_index(top_path, lk, &top, 1, root, &c->idx);
     }
     free(info);
     if (r < 0)
@@ -439,7 +520,7 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
       r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       goto fail;
     }
-    if ((r = acquire_index(top_path, lk, NULL, 0, &c->idx)) < 0)
+    if ((r = acquire_index(top_path, lk, NULL, 0, root, &c->idx)) < 0)
       goto fail;
     c->size = c->idx->size;
   }
@@ -449,11 +530,13 @@ cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out)
     goto fail;
   }
   free(lk);
+  free(root);
   *out = c;
   return 0;
 
 fail:
   free(lk);
+  free(root);
   if (c) {
     cc_index_put(c->idx);
     if (c->top)

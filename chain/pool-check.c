@@ -10,7 +10,10 @@
  *     full header and map validation) and its parent link names an existing parent of the
  *     recorded size; a cycle or a missing parent is an error;
  *   - leftovers: layers and images no record reaches, files in tmp/ whose creating process is
- *     gone, and layers with leaked space or a stale dirty bit.
+ *     gone, and layers with leaked space or a stale dirty bit;
+ *   - access (whole-pool checks only): every directory and file of the pool whose mode lets
+ *     more users in than the pool's mode (POOL.md section 1.1), or whose group is not the
+ *     pool's group, is a warning; --repair takes the extra bits away and sets the group.
  *
  * Errors are inconsistencies that lose or misread data; leftovers ("leaks") are what a crash
  * may leave by design (POOL.md section 5) and cost only space.  --repair removes leftovers and
@@ -59,6 +62,8 @@ say(struct checker *k, int severity, const char *fmt, ...)
     k->sum->errors++;
   else if (severity == 1)
     k->sum->leaks++;
+  else if (severity == 3)
+    k->sum->warnings++;
   if (k->report)
     k->report(k->opaque, severity, msg);
 }
@@ -199,7 +204,7 @@ check_template(struct checker *k, const struct cc_template *t)
     say(k, 2, "%s: image size %llu, record says %llu", what, (unsigned long long)st.st_size,
         (unsigned long long)t->size);
   else if (st.st_mode & 0222) {
-    int fixed = k->repair && chmod(path, 0444) == 0;
+    int fixed = k->repair && chmod(path, (mode_t)(k->p->file_mode & ~0222u)) == 0;
     say(k, 1, "%s: image is writable (mode %o); templates must be read-only%s", what,
         st.st_mode & 0777, fixed ? " (repaired)" : "");
     if (fixed)
@@ -266,6 +271,62 @@ check_leftovers(struct checker *k)
   }
 }
 
+/* One file or directory of the pool against the pool's mode (a warning if looser). */
+static void
+check_mode(struct checker *k, const char *path, const char *shown)
+{
+  unsigned allowed, extra;
+  struct stat st;
+
+  if (lstat(path, &st) == -1 || S_ISLNK(st.st_mode))
+    return; /* symlinks have no mode of their own; layers/ ones are errors elsewhere */
+  allowed = pool_allowed_mode(k->p, st.st_mode);
+  extra = (unsigned)st.st_mode & 0777u & ~allowed;
+  if (extra) {
+    int fixed = k->repair && chmod(path, (mode_t)(st.st_mode & 07777u & ~extra)) == 0;
+    say(k, 3, "%s: mode %03o is looser than the pool's %03o (%s)%s", shown,
+        (unsigned)st.st_mode & 0777u, allowed,
+        k->p->gid == (gid_t)-1 ? "owner-only" : "group-readable", fixed ? " (repaired)" : "");
+    if (fixed)
+      k->sum->repaired++;
+  }
+  if (k->p->gid != (gid_t)-1 && st.st_gid != k->p->gid) {
+    int fixed = k->repair && lchown(path, (uid_t)-1, k->p->gid) == 0;
+    say(k, 3, "%s: group %u is not the pool's group %s%s", shown, (unsigned)st.st_gid, k->p->group,
+        fixed ? " (repaired)" : "");
+    if (fixed)
+      k->sum->repaired++;
+  }
+}
+
+/* The pool directory, everything in it and everything in its subdirectories. */
+static void
+check_modes(struct checker *k)
+{
+  static const char *const subs[] = {"", "images", "layers", "templates", "clones", "tmp"};
+  char dirpath[PATH_MAX], path[PATH_MAX], shown[PATH_MAX];
+  struct dirent *d;
+  size_t i;
+  DIR *dir;
+
+  check_mode(k, k->p->dir, k->p->dir);
+  for (i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+    if (pool_path(k->p, dirpath, sizeof dirpath, "%s", subs[i]) < 0 ||
+        (dir = opendir(dirpath)) == NULL)
+      continue;
+    while ((d = readdir(dir)) != NULL) {
+      if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+        continue;
+      /* Top level: the subdirectories get their own pass below (and are checked there). */
+      if (pool_path(k->p, path, sizeof path, "%s%s%s", subs[i], i ? "/" : "", d->d_name) < 0)
+        continue;
+      snprintf(shown, sizeof shown, "%s%s%s", subs[i], i ? "/" : "", d->d_name);
+      check_mode(k, path, shown);
+    }
+    closedir(dir);
+  }
+}
+
 int
 cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report, void *opaque,
               struct cc_check_summary *sum)
@@ -290,6 +351,8 @@ cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn repo
     if (!name || (t.kind != CC_EXPORT_TEMPLATE && strcmp(k.g.clones[i].name, t.name) == 0))
       check_clone(&k, &k.g.clones[i], name && t.kind == CC_EXPORT_SNAPSHOT ? t.snap : NULL);
   check_leftovers(&k);
+  if (!name)
+    check_modes(&k);
   if (repair && sum->errors == 0) {
     int removed = pool_collect_garbage(p, &k.g);
     if (removed > 0)

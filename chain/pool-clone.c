@@ -40,9 +40,10 @@ full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uu
     return r;
   opts.virtual_size = *size = cc_chain_size(src);
   opts.parent.kind = OVL_PARENT_NONE;
+  opts.mode = p->file_mode;
   if ((r = pool_tmp_path(p, "full", ".cow", tmp, tmplen)) < 0)
     goto out;
-  if ((r = ovl_create(tmp, &opts, raw_uuid)) < 0)
+  if ((r = ovl_create(tmp, &opts, raw_uuid)) < 0 || (r = pool_secure_group(p, tmp)) < 0)
     goto out;
   ovl_uuid_str(raw_uuid, uuid);
   if ((r = ovl_open(tmp, OVL_RDWR, &dst)) < 0)

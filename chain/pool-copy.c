@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -297,60 +298,132 @@ pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_
 int
 pool_run(const char *what, char *const argv[])
 {
-  char out[4096];
-  size_t len = 0;
-  int pfd[2], status;
+  return pool_run_output(what, argv, NULL, 0, NULL);
+}
+
+int
+pool_run_output(const char *what, char *const argv[], char **out_stdout, size_t max,
+                int *exit_status)
+{
+  char err[4096], *obuf = NULL;
+  size_t len = 0, olen = 0;
+  int pfd[2], ofd[2] = {-1, -1}, status, too_big = 0;
   pid_t pid;
 
-  if (pipe2(pfd, O_CLOEXEC) == -1)
-    return cc_error_set(errno, "%s: pipe: %s", what, strerror(errno));
+  if (out_stdout) {
+    *out_stdout = NULL;
+    if ((obuf = malloc(max + 1)) == NULL)
+      return cc_error_set(ENOMEM, "%s: out of memory", what);
+    if (pipe2(ofd, O_CLOEXEC) == -1) {
+      free(obuf);
+      return cc_error_set(errno, "%s: pipe: %s", what, strerror(errno));
+    }
+  }
+  if (pipe2(pfd, O_CLOEXEC) == -1) {
+    int e = errno;
+    free(obuf);
+    if (ofd[0] != -1)
+      close(ofd[0]), close(ofd[1]);
+    return cc_error_set(e, "%s: pipe: %s", what, strerror(e));
+  }
   pid = fork();
   if (pid == -1) {
+    int e = errno;
     close(pfd[0]);
     close(pfd[1]);
-    return cc_error_set(errno, "%s: fork: %s", what, strerror(errno));
+    if (ofd[0] != -1)
+      close(ofd[0]), close(ofd[1]);
+    free(obuf);
+    return cc_error_set(e, "%s: fork: %s", what, strerror(e));
   }
   if (pid == 0) {
     int devnull = open("/dev/null", O_RDWR);
     dup2(pfd[1], 2);
     if (devnull >= 0) {
       dup2(devnull, 0);
-      dup2(devnull, 1);
+      dup2(ofd[1] != -1 ? ofd[1] : devnull, 1);
     }
     execvp(argv[0], argv);
     fprintf(stderr, "%s: %s\n", argv[0], strerror(errno));
     _exit(127);
   }
   close(pfd[1]);
+  if (ofd[1] != -1)
+    close(ofd[1]);
+  /* Both pipes until both reach EOF; stdout is kept up to `max` bytes, stderr's tail. */
   for (;;) {
-    ssize_t n = read(pfd[0], out + len, sizeof out - 1 - len);
-    if (n <= 0)
+    struct pollfd pf[2] = {{.fd = pfd[0], .events = POLLIN}, {.fd = ofd[0], .events = POLLIN}};
+    ssize_t n;
+
+    if (pf[0].fd == -1 && pf[1].fd == -1)
       break;
-    len += (size_t)n;
-    if (len == sizeof out - 1) { /* keep the tail: the last line says what failed */
-      memmove(out, out + 2048, len - 2048);
-      len -= 2048;
+    if (poll(pf, 2, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      break;
+    }
+    if (pf[0].revents) {
+      n = read(pfd[0], err + len, sizeof err - 1 - len);
+      if (n <= 0) {
+        close(pfd[0]);
+        pfd[0] = -1;
+      } else {
+        len += (size_t)n;
+        if (len == sizeof err - 1) { /* keep the tail: the last line says what failed */
+          memmove(err, err + 2048, len - 2048);
+          len -= 2048;
+        }
+      }
+    }
+    if (pf[1].revents) {
+      char sink[4096];
+      n = read(ofd[0], olen < max ? obuf + olen : sink, olen < max ? max - olen : sizeof sink);
+      if (n <= 0) {
+        close(ofd[0]);
+        ofd[0] = -1;
+      } else if (olen < max) {
+        olen += (size_t)n;
+      } else {
+        too_big = 1;
+      }
     }
   }
-  close(pfd[0]);
-  out[len] = '\0';
+  err[len] = '\0';
   while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
     ;
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+  if (WIFEXITED(status) &&
+      (WEXITSTATUS(status) == 0 || (exit_status && WEXITSTATUS(status) != 124 &&
+                                    WEXITSTATUS(status) != 125 && WEXITSTATUS(status) != 127))) {
+    if (exit_status)
+      *exit_status = WEXITSTATUS(status);
+    if (too_big) {
+      free(obuf);
+      return cc_error_set(EFBIG, "%s: %s: output larger than %zu bytes", what, argv[0], max);
+    }
+    if (out_stdout) {
+      obuf[olen] = '\0';
+      *out_stdout = obuf;
+    }
     return 0;
-  while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
-    out[--len] = '\0';
+  }
+  free(obuf);
+  while (len > 0 && (err[len - 1] == '\n' || err[len - 1] == '\r'))
+    err[--len] = '\0';
   {
-    char *nl = strrchr(out, '\n');
-    const char *lastline = nl ? nl + 1 : out;
+    char *nl = strrchr(err, '\n');
+    const char *lastline = nl ? nl + 1 : err;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
       return cc_error_set(ENOENT, "%s: %s", what, lastline[0] ? lastline : "command not found");
-    return cc_error_set(EIO, "%s: %s failed: %s", what, argv[0],
+    /* timeout(1) exits 124 when the time ran out. */
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 124 && strcmp(argv[0], "timeout") == 0)
+      return cc_error_set(ETIMEDOUT, "%s: %s took longer than %s seconds", what, argv[2], argv[1]);
+    return cc_error_set(EIO, "%s: %s failed: %s", what,
+                        strcmp(argv[0], "timeout") == 0 ? argv[2] : argv[0],
                         lastline[0] ? lastline : "no message");
   }
 }
 
-/* Refuse an output file inside the pool: as root, O_TRUNC would happily empty a 0444 template
+/* Refuse an output file inside the pool: as root, O_TRUNC would happily empty a read-only template
  * image or a layer. */
 static int
 outside_pool(struct cc_pool *p, const char *file)

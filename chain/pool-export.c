@@ -141,7 +141,8 @@ cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, un
     /* A raw image is never probed for a header: its first bytes are guest data. */
     if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
       flags |= CC_RAW;
-    r = cc_chain_open(path, flags, out);
+    /* Confined to the pool: a layer whose parent link leaves it is refused (POOL.md 2). */
+    r = cc_chain_open_within(path, flags, p->dir, out);
     if (r < 0) {
       char msg[512];
       /* Name the export, not only the file: "open: vm1: ..." is what the user typed. */

@@ -42,8 +42,15 @@ load_node(struct cc_pool *p, struct pool_node *n)
   char path[PATH_MAX];
   struct stat st;
 
-  if (pool_layer_path(p, n->uuid, path, sizeof path) == 0 && stat(path, &st) == 0)
+  if (pool_layer_path(p, n->uuid, path, sizeof path) == 0 && lstat(path, &st) == 0) {
     n->disk_bytes = (uint64_t)st.st_blocks * 512;
+    /* The pool creates only regular files; a symlink could point anywhere on the host. */
+    if (!S_ISREG(st.st_mode)) {
+      n->bad = 1;
+      snprintf(n->error, sizeof n->error, "layer %s: not a regular file (a symlink?)", n->uuid);
+      return;
+    }
+  }
   if (pool_open_layer(p, n->uuid, OVL_RDONLY | OVL_NOLOCK, "layer", &l) < 0) {
     n->bad = 1;
     snprintf(n->error, sizeof n->error, "%s", cc_error_get());
@@ -90,7 +97,10 @@ load_node(struct cc_pool *p, struct pool_node *n)
         len - 14 <= CC_NAME_MAX) {
       memcpy(n->parent_image, s + 10, len - 14);
       n->parent_image[len - 14] = '\0';
-    } else {
+    }
+    /* "../images/../../etc/x.raw" has the right frame: the name inside must be a name. */
+    if (!cc_name_valid(n->parent_image)) {
+      n->parent_image[0] = '\0';
       n->bad = 1;
       snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid, s);
     }

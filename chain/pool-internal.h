@@ -12,6 +12,7 @@
 
 #include <limits.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "common/error.h"
 #include "overlay/overlay.h"
@@ -19,10 +20,16 @@
 
 #define POOL_MARKER "cowchain-pool"
 #define POOL_MARKER_LINE "cowchain-pool 1\n"
+#define POOL_MARKER_MAX (sizeof POOL_MARKER_LINE + CC_GROUP_MAX + 8)
 
 struct cc_pool {
   char *dir;
   int lock_fd; /* the marker, flock'ed LOCK_EX while an operation runs; -1 otherwise */
+  /* Access (POOL.md section 1.1): owner-only unless the marker records a group. */
+  char group[CC_GROUP_MAX + 1]; /* "" for an owner-only pool */
+  gid_t gid;                    /* the group's id; (gid_t)-1 for an owner-only pool */
+  unsigned file_mode;           /* 0600, or 0640 with a group */
+  unsigned dir_mode;            /* 0700, or 02750 with a group (setgid: new files inherit it) */
 };
 
 /* pool.c: paths, locking, durable steps */
@@ -41,6 +48,16 @@ void pool_unlock(struct cc_pool *p);
  * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
  * as before or as after (tests/integration/test-cli-crash.sh). */
 void pool_step(void);
+
+/* Give a file the pool creates its mode and group, whatever the umask: the pool's file mode,
+ * without the write bits if `readonly` (template images).  `path` names it in the error. */
+int pool_secure_fd(const struct cc_pool *p, int fd, const char *path, int readonly);
+/* The same for a file created by path (ovl_create, qemu-img): its group; ovl_create and
+ * pool_secure_fd set the mode. */
+int pool_secure_group(const struct cc_pool *p, const char *path);
+/* Permission bits (and whether the group must match) that check accepts for a file of mode
+ * `st_mode`: directories the pool's dir_mode, sockets rw for the group too, files file_mode. */
+unsigned pool_allowed_mode(const struct cc_pool *p, unsigned st_mode);
 
 int pool_fsync_dir(const struct cc_pool *p, const char *sub);
 /* Write `data` to SUB/NAME atomically: tmp/ file, fsync, rename, fsync SUB. */
@@ -142,5 +159,26 @@ int pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progr
 /* Run a command (argv[0] looked up in PATH) and wait; its stderr's last line goes into the
  * error message. */
 int pool_run(const char *what, char *const argv[]);
+/* The same, keeping at most `max` bytes of its stdout in *out (malloc'd, NUL-terminated; free
+ * it); more is -EFBIG.  Run under timeout(1) (argv "timeout", SECONDS, CMD...), running out of
+ * time is -ETIMEDOUT naming CMD.  With exit_status, any exit code of CMD is a success stored
+ * there (except timeout's 124, 125 and 127). */
+int pool_run_output(const char *what, char *const argv[], char **out, size_t max,
+                    int *exit_status);
+
+/* pool-inspect.c: what qemu-img says about an image to import (POOL.md section 5.1) */
+struct pool_image_facts {
+  char format[16];       /* as qemu-img detected it */
+  uint64_t virtual_size; /* bytes */
+  uint64_t need_bytes;   /* disk space the raw copy needs (qemu-img measure), or virtual size */
+};
+/* Inspect `abspath` (an absolute path) with `qemu-img info`: refuse, with one line naming the
+ * image and the fault, a detected format other than `format`, a virtual size beyond the format
+ * limit and (unless allow_refs) any reference to another file: backing file, data file, VMDK
+ * extents or descriptor, json:/protocol names.  `shown` is the name the user gave. */
+int pool_inspect_image(const char *shown, const char *abspath, const char *format, int allow_refs,
+                       struct pool_image_facts *out);
+/* The --image-opts string that opens `abspath` as `format` with every reference disabled. */
+int pool_image_opts(const char *abspath, const char *format, char **out);
 
 #endif

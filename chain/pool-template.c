@@ -2,15 +2,17 @@
  *
  * Design notes
  * ------------
- * A template is immutable: a raw image (images/NAME.raw, mode 0444) or a frozen layer.  Each
- * operation's step order is in POOL.md section 5; the rule is always "make the new files
- * durable where no record can see them, then switch records, then remove what is no longer
- * reachable", so a crash leaves the old or the new state plus at most unreferenced files.
+ * A template is immutable: a raw image (images/NAME.raw, read-only: 0400, or 0440 with a group) or
+ * a frozen layer.  Each operation's step order is in POOL.md section 5; the rule is always "make
+ * the new files durable where no record can see them, then switch records, then remove what is no
+ * longer reachable", so a crash leaves the old or the new state plus at most unreferenced files.
  *
  * Import copies the data before taking the pool lock (it can take minutes) and re-checks the
  * name under the lock before installing anything.
  */
 #include "pool-internal.h"
+
+#include "overlay/format.h" /* OVL_MAX_VIRTUAL_SIZE */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 static const char *const known_formats[] = {"raw", "qcow2", "vmdk", "vdi", "vhdx"};
@@ -45,25 +48,98 @@ sniff_format(const char *file)
   return NULL;
 }
 
+/* Does `file` read as a json: or protocol name ("nbd:host", "http://...") to qemu-img?  A colon
+ * before the first slash is what qemu-img takes for a protocol prefix. */
+static int
+looks_like_protocol(const char *file)
+{
+  const char *colon = strchr(file, ':'), *slash = strchr(file, '/');
+
+  return colon && (!slash || colon < slash);
+}
+
+/* Refuse, before anything is written, an import the pool's file system cannot hold. */
+static int
+check_space(struct cc_pool *p, const char *file, uint64_t need)
+{
+  char tmpdir[PATH_MAX];
+  struct statvfs sv;
+  uint64_t avail;
+  int r;
+
+  if ((r = pool_path(p, tmpdir, sizeof tmpdir, "tmp")) < 0)
+    return r;
+  if (statvfs(tmpdir, &sv) == -1)
+    return cc_error_set(errno, "template import: %s: statvfs: %s", tmpdir, strerror(errno));
+  avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+  if (need > avail)
+    return cc_error_set(ENOSPC,
+                        "template import: %s: needs %llu bytes of data, the pool has %llu free",
+                        file, (unsigned long long)need, (unsigned long long)avail);
+  return 0;
+}
+
 /* Produce tmp/... holding the raw bytes of `file`; returns its size. */
 static int
-import_data(struct cc_pool *p, const char *file, const char *format, char *tmp, size_t tmplen,
-            uint64_t *size, cc_progress_fn progress, void *opaque)
+import_data(struct cc_pool *p, const char *file, const char *abspath, const char *format,
+            int allow_refs, char *tmp, size_t tmplen, uint64_t *size, cc_progress_fn progress,
+            void *opaque)
 {
   struct stat st;
   int fd, r;
 
-  if ((r = pool_tmp_path(p, "import", ".raw", tmp, tmplen)) < 0)
-    return r;
   if (strcmp(format, "raw") == 0) {
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    /* A raw file names nothing; it costs its data blocks (the copy is sparse). */
+    if (stat(abspath, &st) == -1)
+      return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > OVL_MAX_VIRTUAL_SIZE - 511)
+      return cc_error_set(EFBIG, "template import: %s: larger than the 4 EiB limit of the pool",
+                          file);
+    if (S_ISREG(st.st_mode) && (r = check_space(p, file, (uint64_t)st.st_blocks * 512)) < 0)
+      return r;
+    if ((r = pool_tmp_path(p, "import", ".raw", tmp, tmplen)) < 0)
+      return r;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd == -1)
       return cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
-    r = pool_copy_raw_sparse(file, fd, size, progress, opaque);
+    r = pool_copy_raw_sparse(abspath, fd, size, progress, opaque);
   } else {
-    char *argv[] = {"qemu-img",   "convert", "-f", (char *)format, "-O", "raw",
-                    (char *)file, tmp,       NULL};
-    if ((r = pool_run("template import: qemu-img convert", argv)) < 0) {
+    struct pool_image_facts facts;
+    char *opts = NULL;
+
+    if ((r = pool_inspect_image(file, abspath, format, allow_refs, &facts)) < 0)
+      return r;
+    if ((r = check_space(p, file, facts.need_bytes)) < 0)
+      return r;
+    if ((r = pool_tmp_path(p, "import", ".raw", tmp, tmplen)) < 0)
+      return r;
+    /* Made here with the pool's mode: qemu-img truncates an existing file and keeps its mode,
+     * where a file it created would get the umask's. */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd == -1)
+      return cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+    r = pool_secure_fd(p, fd, tmp, 0);
+    close(fd);
+    if (r < 0) {
+      unlink(tmp);
+      return r;
+    }
+    if (allow_refs) {
+      /* The user vouches for the chain: let qemu-img follow what the image names. */
+      char *argv[] = {"qemu-img",      "convert", "-f", (char *)format, "-O", "raw",
+                      (char *)abspath, tmp,       NULL};
+      r = pool_run("template import: qemu-img convert", argv);
+    } else {
+      /* References disabled, so a check that missed one still cannot read another file. */
+      if ((r = pool_image_opts(abspath, format, &opts)) < 0) {
+        unlink(tmp);
+        return r;
+      }
+      char *argv[] = {"qemu-img", "convert", "--image-opts", opts, "-O", "raw", tmp, NULL};
+      r = pool_run("template import: qemu-img convert", argv);
+      free(opts);
+    }
+    if (r < 0) {
       unlink(tmp);
       return r;
     }
@@ -85,7 +161,10 @@ import_data(struct cc_pool *p, const char *file, const char *format, char *tmp, 
     if (ftruncate(fd, (off_t)*size) == -1)
       r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
   }
-  if (r == 0 && (fchmod(fd, 0444) == -1 || fsync(fd) == -1))
+  /* qemu-img created its output under the umask: the pool's mode, read-only, is set here. */
+  if (r == 0)
+    r = pool_secure_fd(p, fd, tmp, 1);
+  if (r == 0 && fsync(fd) == -1)
     r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
   close(fd);
   if (r < 0)
@@ -95,9 +174,9 @@ import_data(struct cc_pool *p, const char *file, const char *format, char *tmp, 
 
 int
 cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
-                   cc_progress_fn progress, void *opaque)
+                   unsigned flags, cc_progress_fn progress, void *opaque)
 {
-  char tmp[PATH_MAX], final[PATH_MAX];
+  char tmp[PATH_MAX], final[PATH_MAX], *abspath = NULL;
   struct cc_template t;
   uint64_t size = 0;
   size_t i;
@@ -124,13 +203,23 @@ cc_template_import(struct cc_pool *p, const char *name, const char *file, const 
                         "template import: unknown format '%.32s' (raw, qcow2, vmdk, vdi, "
                         "vhdx)",
                         format);
+  if (looks_like_protocol(file))
+    return cc_error_set(EINVAL,
+                        "template import: %.256s: a json: or protocol name, not a local file "
+                        "(write ./%.256s for a file of that name)",
+                        file, file);
   if (access(file, R_OK) == -1)
     return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
+  /* qemu-img gets the absolute path: it never reads one as a protocol or json: name. */
+  if ((abspath = realpath(file, NULL)) == NULL)
+    return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
 
-  if ((r = import_data(p, file, format, tmp, sizeof tmp, &size, progress, opaque)) < 0)
+  r = import_data(p, file, abspath, format, !!(flags & CC_IMPORT_ALLOW_BACKING), tmp, sizeof tmp,
+                  &size, progress, opaque);
+  free(abspath);
+  if (r < 0)
     return r;
   pool_step();
-
   if ((r = pool_lock(p, "template import")) < 0 ||
       (r = pool_name_free(p, "template import", name)) < 0)
     goto fail;

@@ -30,6 +30,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,31 +129,115 @@ pool_image_path(const struct cc_pool *p, const char *name, char *buf, size_t len
   return pool_path(p, buf, len, "images/%s.raw", name);
 }
 
-int
-cc_pool_init(const char *dir)
+/* Fill p's access fields for `group` ("" or NULL: owner-only). */
+static int
+pool_set_access(struct cc_pool *p, const char *what, const char *group)
 {
-  char path[PATH_MAX];
-  size_t i;
-  int fd;
+  struct group *gr;
 
-  if (mkdir(dir, 0755) == -1 && errno != EEXIST)
-    return cc_error_set(errno, "pool init: %s: %s", dir, strerror(errno));
+  p->group[0] = '\0';
+  p->gid = (gid_t)-1;
+  p->file_mode = 0600;
+  p->dir_mode = 0700;
+  if (group == NULL || group[0] == '\0')
+    return 0;
+  if (strlen(group) > CC_GROUP_MAX || strspn(group, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq"
+                                                    "rstuvwxyz0123456789._-") != strlen(group))
+    return cc_error_set(EINVAL, "%s: group '%.40s': not a group name", what, group);
+  errno = 0;
+  gr = getgrnam(group);
+  if (gr == NULL)
+    return cc_error_set(errno ? errno : ENOENT, "%s: group '%s': %s", what, group,
+                        errno ? strerror(errno) : "no such group (see getent group)");
+  snprintf(p->group, sizeof p->group, "%s", group);
+  p->gid = gr->gr_gid;
+  p->file_mode = 0640;
+  p->dir_mode = 02750;
+  return 0;
+}
+
+int
+pool_secure_fd(const struct cc_pool *p, int fd, const char *path, int readonly)
+{
+  mode_t mode = (mode_t)(readonly ? p->file_mode & ~0222u : p->file_mode);
+
+  if (p->gid != (gid_t)-1 && fchown(fd, (uid_t)-1, p->gid) == -1)
+    return cc_error_set(errno, "chown: %s: group %s: %s", path, p->group, strerror(errno));
+  if (fchmod(fd, mode) == -1)
+    return cc_error_set(errno, "chmod: %s: %s", path, strerror(errno));
+  return 0;
+}
+
+int
+pool_secure_group(const struct cc_pool *p, const char *path)
+{
+  struct stat st;
+
+  /* tmp/ is setgid, so this is normally a no-op; it matters if someone cleared the bit. */
+  if (p->gid == (gid_t)-1 || (stat(path, &st) == 0 && st.st_gid == p->gid))
+    return 0;
+  if (chown(path, (uid_t)-1, p->gid) == -1)
+    return cc_error_set(errno, "chown: %s: group %s: %s", path, p->group, strerror(errno));
+  return 0;
+}
+
+unsigned
+pool_allowed_mode(const struct cc_pool *p, unsigned st_mode)
+{
+  if (S_ISDIR(st_mode))
+    return p->dir_mode & 0777;
+  if (S_ISSOCK(st_mode))
+    return p->file_mode | (p->gid != (gid_t)-1 ? 0020u : 0u);
+  return p->file_mode;
+}
+
+/* mkdir (or take the existing) `path` and give it the pool's directory mode and group. */
+static int
+pool_mkdir(const struct cc_pool *p, const char *path)
+{
+  if (mkdir(path, 0700) == -1 && errno != EEXIST)
+    return cc_error_set(errno, "pool init: %s: %s", path, strerror(errno));
+  if (p->gid != (gid_t)-1 && chown(path, (uid_t)-1, p->gid) == -1)
+    return cc_error_set(errno, "pool init: %s: group %s: %s", path, p->group, strerror(errno));
+  if (chmod(path, (mode_t)p->dir_mode) == -1)
+    return cc_error_set(errno, "pool init: %s: chmod: %s", path, strerror(errno));
+  return 0;
+}
+
+int
+cc_pool_init(const char *dir, const char *group)
+{
+  char path[PATH_MAX], marker[POOL_MARKER_MAX];
+  struct cc_pool p = {.dir = (char *)dir, .lock_fd = -1};
+  size_t i, mlen;
+  int fd, r;
+
+  if ((r = pool_set_access(&p, "pool init", group)) < 0)
+    return r;
   snprintf(path, sizeof path, "%s/" POOL_MARKER, dir);
   if (access(path, F_OK) == 0)
     return cc_error_set(EEXIST, "pool init: %s: already a pool", dir);
+  /* Directories first, each made owner-only (or group-only) before anything goes in it. */
+  if ((r = pool_mkdir(&p, dir)) < 0)
+    return r;
   for (i = 0; i < sizeof pool_subdirs / sizeof pool_subdirs[0]; i++) {
     snprintf(path, sizeof path, "%s/%s", dir, pool_subdirs[i]);
-    if (mkdir(path, 0755) == -1 && errno != EEXIST)
-      return cc_error_set(errno, "pool init: %s: %s", path, strerror(errno));
+    if ((r = pool_mkdir(&p, path)) < 0)
+      return r;
   }
   /* The marker goes last: a directory without it is not a pool, so a crash before this point
    * leaves nothing that looks like a half-made pool. */
+  mlen = (size_t)snprintf(marker, sizeof marker, POOL_MARKER_LINE "%s%s%s",
+                          p.group[0] ? "group " : "", p.group, p.group[0] ? "\n" : "");
   snprintf(path, sizeof path, "%s/tmp/marker", dir);
-  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd == -1)
     return cc_error_set(errno, "pool init: %s: %s", path, strerror(errno));
-  if (write(fd, POOL_MARKER_LINE, strlen(POOL_MARKER_LINE)) != (ssize_t)strlen(POOL_MARKER_LINE) ||
-      fsync(fd) == -1) {
+  if ((r = pool_secure_fd(&p, fd, path, 0)) < 0) {
+    close(fd);
+    return r;
+  }
+  if (write(fd, marker, mlen) != (ssize_t)mlen || fsync(fd) == -1) {
     int e = errno ? errno : EIO;
     close(fd);
     return cc_error_set(e, "pool init: %s: %s", path, strerror(e));
@@ -175,10 +260,11 @@ cc_pool_init(const char *dir)
 int
 cc_pool_open(const char *dir, struct cc_pool **out)
 {
-  char path[PATH_MAX], line[64] = "";
+  char path[PATH_MAX], line[64] = "", group[CC_GROUP_MAX + 2] = "";
   struct cc_pool *p;
   FILE *f;
   size_t len = strlen(dir);
+  int r;
 
   while (len > 1 && dir[len - 1] == '/')
     len--;
@@ -196,6 +282,17 @@ cc_pool_open(const char *dir, struct cc_pool **out)
     fclose(f);
     return cc_error_set(EINVAL, "pool: %s: unknown pool version '%.20s'", path, line);
   }
+  /* Optional second line: "group NAME" (POOL.md section 1.1). */
+  if (fgets(line, sizeof line, f) != NULL) {
+    size_t l = strlen(line);
+    if (strncmp(line, "group ", 6) != 0 || l < 8 || line[l - 1] != '\n' || l - 7 > CC_GROUP_MAX ||
+        fgetc(f) != EOF) {
+      fclose(f);
+      return cc_error_set(EINVAL, "pool: %s: unknown line '%.40s'", path, line);
+    }
+    memcpy(group, line + 6, l - 7);
+    group[l - 7] = '\0';
+  }
   fclose(f);
   p = calloc(1, sizeof *p);
   if (p == NULL || (p->dir = strndup(dir, len)) == NULL) {
@@ -203,6 +300,12 @@ cc_pool_open(const char *dir, struct cc_pool **out)
     return cc_error_set(ENOMEM, "pool: %s: out of memory", dir);
   }
   p->lock_fd = -1;
+  if ((r = pool_set_access(p, "pool", group)) < 0) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    cc_pool_close(p);
+    return cc_error_set(-r, "%s (recorded in %s)", msg, path);
+  }
   *out = p;
   return 0;
 }
@@ -221,6 +324,30 @@ const char *
 cc_pool_dir(const struct cc_pool *p)
 {
   return p->dir;
+}
+
+const char *
+cc_pool_group(const struct cc_pool *p)
+{
+  return p->group;
+}
+
+int
+cc_pool_secure_socket(struct cc_pool *p)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  int r;
+
+  if ((r = pool_path(p, path, sizeof path, "cowchain.sock")) < 0)
+    return r;
+  if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode))
+    return 0;
+  if (p->gid != (gid_t)-1 && st.st_gid != p->gid && lchown(path, (uid_t)-1, p->gid) == -1)
+    return cc_error_set(errno, "socket: %s: group %s: %s", path, p->group, strerror(errno));
+  if (chmod(path, (mode_t)pool_allowed_mode(p, st.st_mode)) == -1)
+    return cc_error_set(errno, "socket: %s: chmod: %s", path, strerror(errno));
+  return 0;
 }
 
 int
@@ -309,9 +436,11 @@ pool_write_record(struct cc_pool *p, const char *sub, const char *name, const ch
   if ((r = pool_tmp_path(p, "rec", "", tmp, sizeof tmp)) < 0 ||
       (r = pool_path(p, final, sizeof final, "%s/%s", sub, name)) < 0)
     return r;
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd == -1)
     return cc_error_set(errno, "write record: %s: %s", tmp, strerror(errno));
+  if ((r = pool_secure_fd(p, fd, tmp, 0)) < 0)
+    goto fail;
   while (done < len) {
     ssize_t w = write(fd, data + done, len - done);
     if (w < 0) {
@@ -402,7 +531,7 @@ int
 pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
                char uuid_out[CC_UUID_STR])
 {
-  struct ovl_create_opts opts = {.virtual_size = size, .cluster_size = 0};
+  struct ovl_create_opts opts = {.virtual_size = size, .cluster_size = 0, .mode = p->file_mode};
   uint8_t uuid[OVL_UUID_LEN];
   char tmp[PATH_MAX];
   int r;
@@ -415,6 +544,10 @@ pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent
    * and tmp/ and layers/ are siblings, so "../images/X.raw" means the same in both and a
    * "UUID.cow" link is only followed once the file is in layers/. */
   if ((r = ovl_create(tmp, &opts, uuid)) < 0) {
+    unlink(tmp);
+    return r;
+  }
+  if ((r = pool_secure_group(p, tmp)) < 0) {
     unlink(tmp);
     return r;
   }

@@ -2,13 +2,16 @@
  *
  * Layout (docs/POOL.md is the full specification):
  *
- *   POOL/cowchain-pool       marker: the line "cowchain-pool 1"
- *   POOL/images/NAME.raw     raw template images, mode 0444, never opened for writing
+ *   POOL/cowchain-pool       marker: the line "cowchain-pool 1" [+ "group NAME"]
+ *   POOL/images/NAME.raw     raw template images, read-only (0400/0440), never opened for writing
  *   POOL/layers/UUID.cow     every layer file, named by its uuid (parent links stay valid
  *                            because all layers share one directory)
  *   POOL/templates/NAME      template record (text, see POOL.md)
  *   POOL/clones/NAME         clone record: top layer, snapshots (name, layer, time, description)
  *   POOL/tmp/                files of operations in progress
+ *
+ * Modes: owner-only (dirs 0700, files 0600) or, with a group, 02750/0640, set explicitly
+ * whatever the umask (POOL.md section 1.1).
  *
  * Records are replaced atomically (write in tmp/, fsync, rename, fsync the directory), so every
  * pool operation is a series of steps that each leave the pool as before or as after.
@@ -39,10 +42,20 @@ int cc_name_valid(const char *name);
 int cc_export_name_parse(const char *export_name, char name[CC_NAME_MAX + 1],
                          char snap[CC_NAME_MAX + 1]);
 
-int cc_pool_init(const char *dir);
+/* Create a pool.  group NULL: owner-only (directories 0700, files 0600); otherwise the name of
+ * a group that may read the pool (directories 02750 with that group, files 0640), recorded in
+ * the marker so every file created later follows it. */
+#define CC_GROUP_MAX 32
+int cc_pool_init(const char *dir, const char *group);
 int cc_pool_open(const char *dir, struct cc_pool **out);
 void cc_pool_close(struct cc_pool *p);
 const char *cc_pool_dir(const struct cc_pool *p);
+/* The group recorded by `pool init --group`, or "" for an owner-only pool. */
+const char *cc_pool_group(const struct cc_pool *p);
+/* Give the pool's socket POOL/cowchain.sock, if there is one, the pool's mode: 0600, or 0660
+ * with the pool's group.  nbdkit binds it under its own umask (0022), so the plugin calls this
+ * once the socket exists (.after_fork). */
+int cc_pool_secure_socket(struct cc_pool *p);
 
 enum cc_export_kind { CC_EXPORT_CLONE, CC_EXPORT_SNAPSHOT, CC_EXPORT_TEMPLATE };
 
@@ -118,9 +131,14 @@ void cc_clone_list_free(struct cc_clone *list, size_t n);
  */
 typedef void (*cc_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
-/* format: NULL or "raw" copies sparsely; qcow2, vmdk, vdi, vhdx convert with qemu-img. */
+/* format: NULL or "raw" copies sparsely; qcow2, vmdk, vdi, vhdx convert with qemu-img after an
+ * inspection that refuses images naming other files (backing files, data files, VMDK extents,
+ * json:/protocol names), a format other than `format`, and images bigger than the pool's free
+ * space or the format limit (POOL.md section 5.1).  CC_IMPORT_ALLOW_BACKING skips the
+ * reference refusal and lets qemu-img read what the image names (a chain the user trusts). */
+#define CC_IMPORT_ALLOW_BACKING 1u
 int cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
-                       cc_progress_fn progress, void *opaque);
+                       unsigned flags, cc_progress_fn progress, void *opaque);
 /* A blank template: a parentless empty layer of `size` bytes (rounded up to 512). */
 int cc_template_create(struct cc_pool *p, const char *name, uint64_t size);
 /* Freeze clone's current state as template `name`; the clone gets a new empty top. */
@@ -179,11 +197,12 @@ int cc_pool_snapshot_list(struct cc_pool *p, const char *clone, struct cc_snapsh
 int cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info **out,
                           size_t *n);
 
-/* check: every finding goes through `report` (severity 0 note, 1 leak, 2 error).  name NULL
- * checks every record.  Returns 0 if no errors were found (leaks are not errors), -EUCLEAN (with
+/* check: every finding goes through `report` (severity 0 note, 1 leak, 2 error, 3 warning: a
+ * file or directory more open than the pool's mode).  name NULL checks every record and the
+ * modes.  Returns 0 if no errors were found (leaks and warnings are not errors), -EUCLEAN (with
  * a message) if there were, or another -errno if the check itself could not run. */
 struct cc_check_summary {
-  unsigned layers_checked, errors, leaks, repaired;
+  unsigned layers_checked, errors, leaks, repaired, warnings;
 };
 typedef void (*cc_report_fn)(void *opaque, int severity, const char *msg);
 int cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report,

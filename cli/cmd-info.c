@@ -124,13 +124,13 @@ cmd_info(int argc, char **argv)
   return 0;
 }
 
-static const char *const severity_tag[] = {"ok", "leak", "error"};
+static const char *const severity_tag[] = {"ok", "leak", "error", "warning"};
 
 static void
 report_line(void *opaque, int severity, const char *msg)
 {
   int *json_count = opaque;
-  const char *tag = severity_tag[severity < 0 ? 0 : severity > 2 ? 2 : severity];
+  const char *tag = severity_tag[severity < 0 ? 0 : severity > 3 ? 2 : severity];
 
   if (json_count == NULL) {
     char esc[CC_ESCAPED_SIZE(1024)];
@@ -155,8 +155,10 @@ cmd_check(int argc, char **argv)
       "[NAME] [--repair] [--json]",
       "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
       "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
-      "layers.  --repair removes leftovers and reclaims leaked space; errors are only reported.\n"
-      "Exit status: 0 clean (leaks are reported but are not errors), 1 errors found.",
+      "layers.  Without NAME, also files and directories whose mode is looser than the pool's\n"
+      "(warnings: owner-only, or the group of `pool init --group`).  --repair removes\n"
+      "leftovers, reclaims leaked space and tightens modes; errors are only reported.\n"
+      "Exit status: 0 clean (leaks and warnings are reported but are not errors), 1 errors.",
       0,
       1,
       opts};
@@ -172,15 +174,17 @@ cmd_check(int argc, char **argv)
   r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
   cc_pool_close(p);
   if (json)
-    printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u}\n",
-           count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired);
+    printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u, "
+           "\"warnings\": %u}\n",
+           count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired,
+           sum.warnings);
   fflush(stdout);
   if (r < 0)
     return die_pool();
   if (json)
     return 0;
-  printf("%u layers checked, %u errors, %u leaks%s", sum.layers_checked, sum.errors, sum.leaks,
-         repair ? "" : "\n");
+  printf("%u layers checked, %u errors, %u leaks, %u warnings%s", sum.layers_checked, sum.errors,
+         sum.leaks, sum.warnings, repair ? "" : "\n");
   if (repair)
     printf(", %u repaired\n", sum.repaired);
   return 0;

@@ -122,7 +122,9 @@ cmd_serve(int argc, char **argv, const char *argv0)
           "usage: cowchain serve [--port N] [--background] [nbdkit options...] [io=sync]\n\n"
           "Run nbdkit with the cowchain plugin on this pool, in the foreground.  Every clone,\n"
           "CLONE@SNAP and template is an export.  Listens on the Unix socket POOL/cowchain.sock,\n"
-          "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n");
+          "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n"
+          "The socket is 0600 (only the pool's owner may connect), or 0660 with the pool's\n"
+          "group for a pool made with `pool init --group NAME`.\n");
       rc = 0;
       goto out;
     }

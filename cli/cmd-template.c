@@ -15,16 +15,24 @@
 static int
 pool_init(int argc, char **argv)
 {
-  static const struct cli_cmd cmd = {
-      "pool init", "", "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.",
-      0,           0,  NULL};
-  const char *pos[1];
+  const char *group = NULL, *pos[1];
+  const struct cli_opt opts[] = {{"--group", 1, &group, NULL}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "pool init",
+      "[--group NAME]",
+      "Create the pool directory (--pool DIR or $COWCHAIN_POOL) and its layout.  The pool is\n"
+      "owner-only: directories 0700, files 0600, whatever the umask (every VM's disk is in it).\n"
+      "--group NAME lets that group read it: directories 2750 and files 0640 with group NAME,\n"
+      "and the NBD socket of `cowchain serve` 0660, so members can connect.",
+      0,
+      0,
+      opts};
   int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (cli_pool_dir == NULL)
     return usage_error("pool init", "no pool: pass --pool DIR or set COWCHAIN_POOL");
-  if (cc_pool_init(cli_pool_dir) < 0)
+  if (cc_pool_init(cli_pool_dir, group) < 0)
     return die_pool();
   return 0;
 }
@@ -41,12 +49,20 @@ static int
 template_import(int argc, char **argv)
 {
   const char *format = NULL, *pos[2];
-  const struct cli_opt opts[] = {{"--format", 1, &format, NULL}, {NULL, 0, NULL, NULL}};
+  int allow_backing = 0;
+  const struct cli_opt opts[] = {{"--format", 1, &format, NULL},
+                                 {"--allow-backing", 0, NULL, &allow_backing},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "template import",
-      "NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]",
+      "NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx] [--allow-backing]",
       "Copy FILE into the pool as read-only template NAME.  Raw files are copied sparsely;\n"
-      "other formats are converted with qemu-img.  The size is padded to a multiple of 512.",
+      "other formats are converted with qemu-img.  The size is padded to a multiple of 512.\n"
+      "A non-raw FILE is inspected first: an image that names another file (a backing file,\n"
+      "a qcow2 data file, VMDK extents or descriptor, a json: or protocol name), whose format\n"
+      "is not --format, or that is bigger than the pool's free space is refused.\n"
+      "--allow-backing imports an image chain you trust, flattened: it READS THE FILES THE\n"
+      "IMAGE NAMES (as the user running this command), so never use it on images from others.",
       2,
       2,
       opts};
@@ -56,7 +72,8 @@ template_import(int argc, char **argv)
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
-  r = cc_template_import(p, pos[0], pos[1], format, cli_progress_fn(), "import");
+  r = cc_template_import(p, pos[0], pos[1], format, allow_backing ? CC_IMPORT_ALLOW_BACKING : 0,
+                         cli_progress_fn(), "import");
   cli_progress_done();
   cc_pool_close(p);
   return r < 0 ? die_pool() : 0;

@@ -165,9 +165,17 @@ ovl_create(const char *path, const struct ovl_create_opts *o, uint8_t uuid_out[O
   if (r < 0)
     return r;
 
-  fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  /* Created 0600, then given its mode before any byte is written: the caller's mode holds
+   * whatever the umask, and a tighter mode never has a looser moment. */
+  fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd == -1)
     return cc_error_set(errno, "create: %s: %s", path, strerror(errno));
+  if (fchmod(fd, o->mode ? (mode_t)(o->mode & 07777) : 0644) == -1) {
+    r = cc_error_set(errno, "create: %s: fchmod: %s", path, strerror(errno));
+    close(fd);
+    unlink(path);
+    return r;
+  }
   ovl_header_encode(&h, slot);
   r = pwrite_all(fd, path, slot, OVL_SLOT_SIZE, 0);
   if (r == 0 && ovl_io->ftruncate(fd, (off_t)(OVL_L1_OFFSET + ovl_l1_region(h.l1_entries))) == -1)

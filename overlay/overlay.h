@@ -60,6 +60,8 @@ struct ovl_create_opts {
   uint64_t virtual_size;  /* multiple of 512 */
   uint32_t cluster_size;  /* 0 = OVL_DEFAULT_CLUSTER_SIZE */
   struct ovl_parent parent;
+  unsigned mode; /* permission bits of the new file, set with fchmod (umask does not apply);
+                  * 0 = 0644 */
 };
 
 /* Create a new layer file at `path` (O_EXCL: fails with -EEXIST if it exists) and make it

@@ -181,6 +181,18 @@ cowchain_get_ready(void)
   return 0;
 }
 
+/* nbdkit has bound its sockets (under its umask 0022): the pool's socket gets the pool's
+ * mode, 0600 or 0660 with the pool's group (POOL.md 1.1). */
+static int
+cowchain_after_fork(void)
+{
+  if (cc_pool_secure_socket(pool) < 0) {
+    nbdkit_error("%s", cc_error_get());
+    return -1;
+  }
+  return 0;
+}
+
 static int
 cowchain_list_exports(int readonly, int is_tls, struct nbdkit_exports *exports)
 {
@@ -528,6 +540,7 @@ static struct nbdkit_plugin plugin = {
     .magic_config_key = "pool",
     .dump_plugin = cowchain_dump_plugin,
     .get_ready = cowchain_get_ready,
+    .after_fork = cowchain_after_fork,
     .list_exports = cowchain_list_exports,
     .default_export = cowchain_default_export,
     .open = cowchain_open,

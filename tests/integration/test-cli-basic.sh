@@ -29,7 +29,7 @@ COWCHAIN_POOL=$POOL "$COWCHAIN" template list >/dev/null || fail "\$COWCHAIN_POO
 
 # Templates.
 cc template import base "$WORK/base.raw"
-[ "$(stat -c %a "$POOL/images/base.raw")" = 444 ] || fail "template image is not 0444"
+[ "$(stat -c %a "$POOL/images/base.raw")" = 400 ] || fail "template image is not 0400 (read-only, owner-only)"
 [ "$(stat -c %s "$POOL/images/base.raw")" = $((64 << 20)) ] || fail "template image size"
 # Sparse: the 3 MiB of data, not 64 MiB.
 [ "$(allocated_bytes "$POOL/images/base.raw")" -lt $((8 << 20)) ] || fail "import is not sparse"
@@ -178,7 +178,7 @@ jq -e '.leaks == 1 and .findings[0].severity == "leak"' "$WORK/check.json" >/dev
 cc check >"$WORK/check.out"
 grep -q 'template base: image is writable' "$WORK/check.out" || fail "check misses a writable template"
 cc check --repair >/dev/null
-[ "$(stat -c %a "$POOL/images/base.raw")" = 444 ] || fail "check --repair left the image writable"
+[ "$(stat -c %a "$POOL/images/base.raw")" = 400 ] || fail "check --repair left the image writable"
 check_template_unchanged
 
 # --help on every command exits 0 and prints usage on stdout.

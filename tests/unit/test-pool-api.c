@@ -30,7 +30,7 @@ setup(void)
 {
   dir = otu_tmpdir();
   pooldir = otu_join(dir, "pool");
-  cr_assert_eq(cc_pool_init(pooldir), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_init(pooldir, NULL), 0, "%s", cc_error_get());
   cr_assert_eq(cc_pool_open(pooldir, &pool), 0, "%s", cc_error_get());
 }
 
