@@ -4,6 +4,7 @@
 # mounts, no /dev/nbd, no mknod):
 #
 #   guest_check_tools         say what is missing (non-zero) or nothing (zero)
+#   guest_requires            the tests' check: fail if a tool is missing (see below)
 #   guest_find_kernel         set GUEST_KERNEL, GUEST_KVER, GUEST_MODDIR (a Debian kernel)
 #   guest_make_initramfs OUT  busybox + the virtio modules; mounts root= and switch_root's
 #   guest_make_rootfs OUT [SIZE]
@@ -83,6 +84,21 @@ guest_check_tools() {
     echo "missing: ${missing[*]}"
     return 1
   fi
+}
+
+# guest_requires: for the e2e tests (needs tests/lib/functions.sh): fail unless every tool
+# above is there (scripts/setup installs them all) and set GUEST_KERNEL; skip, naming the
+# limit, only when KVM was asked for (GUEST_ACCEL=kvm) and this machine has no usable /dev/kvm.
+guest_requires() {
+  local why
+  why=$(guest_check_tools) || fail "$why (scripts/setup installs them)"
+  guest_find_kernel
+  case "${GUEST_ACCEL:-tcg}" in
+    *kvm*)
+      [ -r /dev/kvm ] && [ -w /dev/kvm ] ||
+        machine_limit "no usable /dev/kvm" "GUEST_ACCEL=$GUEST_ACCEL asks for KVM; unset it for TCG"
+      ;;
+  esac
 }
 
 # guest_module_order: print the module files (relative to GUEST_MODDIR) to load, in load
