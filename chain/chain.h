@@ -71,17 +71,4 @@ int cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_ex
  * routes them to nbdkit_debug. */
 void cc_set_log(void (*fn)(const char *msg));
 
-/* Test hooks.  The identity of the shared resolution index a chain uses (NULL if the chain has
- * no frozen part): two chains on the same frozen layer return the same pointer. */
-const void *cc_chain_index_id(const struct cc_chain *c);
-/* How many resolution indexes are alive in this process. */
-size_t cc_chain_index_count(void);
-/* How many runs the chain's index holds (0 without a frozen part): memory is ~24 bytes each. */
-size_t cc_chain_index_runs(const struct cc_chain *c);
-/* 1 if reads of this chain currently go through io_uring, 0 if through pread. */
-int cc_chain_uses_uring(const struct cc_chain *c);
-/* A smaller depth limit than CC_MAX_DEPTH (0 restores it), so the "too deep" error can be
- * tested without creating 4097 files.  Not thread-safe: call it before opening chains. */
-void cc_chain_set_max_depth(size_t n);
-
 #endif

@@ -26,6 +26,7 @@
 #include <sys/types.h>
 
 #include "chain/chain.h"
+#include "chain/testing.h"
 #include "overlay/overlay.h"
 
 /* One frozen file of a chain. */

@@ -4,38 +4,26 @@
 # --down stops every guest and the server by PID and deletes the clones.
 #
 # Environment: COWCHAIN, PLUGIN (set by CTest; default: ./build), GUEST_TIMEOUT (default 120).
-# Exits 77 (skip) when qemu, a kernel, busybox-static, the plugin or the CLI is missing.
-set -euo pipefail
-
+# Fails when qemu, a kernel, busybox-static (all installed by scripts/setup), the plugin or the
+# CLI is missing.
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SRCDIR=${SRCDIR:-$(cd "$HERE/../.." && pwd)}
-BUILDDIR=${BUILDDIR:-$SRCDIR/build}
-COWCHAIN=${COWCHAIN:-$BUILDDIR/cli/cowchain}
-PLUGIN=${PLUGIN:-$BUILDDIR/server/nbdkit-cowchain-plugin.so}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-120}
-TEST_NAME=e2e-lab
-export PATH=/usr/sbin:/sbin:/usr/bin:/bin:$PATH
-export COWCHAIN PLUGIN
+# shellcheck source=tests/lib/functions.sh
+source "$HERE/../lib/functions.sh"
 # shellcheck source=tests/e2e/guest-lib.sh
 source "$HERE/guest-lib.sh"
+export COWCHAIN PLUGIN
 
-# shellcheck source=tests/e2e/test-lib.sh
-source "$HERE/test-lib.sh"
+guest_requires
+requires_plugin
+requires_cowchain
 
-why=$(guest_check_tools) || skip "$why"
-command -v nbdkit >/dev/null 2>&1 || skip "nbdkit is not installed"
-[ -f "$PLUGIN" ] || skip "plugin not built: $PLUGIN"
-[ -n "$COWCHAIN" ] && [ -x "$COWCHAIN" ] || skip "cowchain CLI not built: ${COWCHAIN:-unset}"
-
-WORK=$(mktemp -d /tmp/cowchain-e2e-lab.XXXXXX)
-POOL=$WORK/pool
 LAB=$POOL/lab
 
-# The lab's processes are daemons, not our children: stop what its pidfiles name, if --down
-# did not (each checked to be qemu or nbdkit first, so a recycled PID is left alone).
-cleanup() {
-  local rc=$? f pid _
-  set +e
+# The lab's processes are daemons, not our children: at exit, stop what its pidfiles name, if
+# --down did not (each checked to be qemu or nbdkit first, so a recycled PID is left alone).
+stop_lab() {
+  local f pid _
   for f in "$LAB"/*.pid; do
     [ -s "$f" ] || continue
     pid=$(cat "$f")
@@ -47,23 +35,15 @@ cleanup() {
     done
     kill -9 "$pid" 2>/dev/null
   done
-  if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
+  if [ "$TEST_RC" -ne 0 ] && [ "$TEST_RC" -ne 77 ]; then
     for f in "$LAB"/*.console "$WORK"/*.out; do
       [ -s "$f" ] || continue
       echo "--- $f"
       tail -n 30 "$f"
     done
   fi
-  rm -rf "$WORK"
-  if [ $rc -eq 0 ]; then
-    echo "$TEST_NAME: PASS ($(($(date +%s) - T0)) s)"
-  elif [ $rc -ne 77 ]; then
-    echo "$TEST_NAME: FAIL (exit $rc)"
-  fi
-  exit $rc
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_stop stop_lab
 
 lab() {
   timeout 300 bash "$SRCDIR/scripts/lab" --pool "$POOL" "$@"

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "chain/chain.h"
+#include "chain/testing.h"
 #include "common/error.h"
 #include "overlay/overlay.h"
 

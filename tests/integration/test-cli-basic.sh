@@ -2,15 +2,7 @@
 # The cowchain command without a server: every metadata command, its output formats (tables and
 # --json parsed with jq), --help, and the pool layout it leaves behind.  Data is checked through
 # `cowchain export` against the imported file with qemu-img compare.
-source "$(dirname "$0")/functions.sh"
-# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
-# can kill CMD with SIGPIPE, which pipefail turns into a failure).
-has() {
-  local re=$1
-  shift
-  "$@" >"$WORK/has.out" || fail "failed: $*"
-  grep -Eq -- "$re" "$WORK/has.out"
-}
+source "$(dirname "$0")/../lib/functions.sh"
 requires_cowchain
 requires qemu-io
 requires qemu-img

@@ -2,15 +2,7 @@
 # Many cowchain commands at once on one pool: the pool lock serializes their steps, so every
 # operation that should succeed does, exactly one of two racing creators of a name wins, and
 # the pool checks clean afterwards with no leftovers.
-source "$(dirname "$0")/functions.sh"
-# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
-# can kill CMD with SIGPIPE, which pipefail turns into a failure).
-has() {
-  local re=$1
-  shift
-  "$@" >"$WORK/has.out" || fail "failed: $*"
-  grep -Eq -- "$re" "$WORK/has.out"
-}
+source "$(dirname "$0")/../lib/functions.sh"
 requires_cowchain
 
 cc pool init

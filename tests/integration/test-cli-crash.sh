@@ -5,15 +5,7 @@
 # fresh copy of the same pool: the pool must then be exactly "before" or exactly "after"
 # (every export's name and bytes), `check` must find no errors (leftovers are leaks by design),
 # `check --repair` must leave it with no leaks either, and the operation must then succeed.
-source "$(dirname "${BASH_SOURCE[0]}")/functions.sh"
-# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
-# can kill CMD with SIGPIPE, which pipefail turns into a failure).
-has() {
-  local re=$1
-  shift
-  "$@" >"$WORK/has.out" || fail "failed: $*"
-  grep -Eq -- "$re" "$WORK/has.out"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
 

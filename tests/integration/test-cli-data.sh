@@ -3,15 +3,7 @@
 # delete (merge), full clone and template promote keep every state's bytes, checked with
 # qemu-img compare against raw reference files that got the same writes (an independent
 # oracle).  Operations on a clone a client holds open are refused, naming the holder.
-source "$(dirname "$0")/functions.sh"
-# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
-# can kill CMD with SIGPIPE, which pipefail turns into a failure).
-has() {
-  local re=$1
-  shift
-  "$@" >"$WORK/has.out" || fail "failed: $*"
-  grep -Eq -- "$re" "$WORK/has.out"
-}
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
 requires qemu-img

@@ -1,15 +1,7 @@
 #!/usr/bin/env bash
 # Bad input to the cowchain command: each case exits non-zero, prints exactly one line on
 # stderr, starting "cowchain: " and containing the expected words, and changes nothing.
-source "$(dirname "$0")/functions.sh"
-# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
-# can kill CMD with SIGPIPE, which pipefail turns into a failure).
-has() {
-  local re=$1
-  shift
-  "$@" >"$WORK/has.out" || fail "failed: $*"
-  grep -Eq -- "$re" "$WORK/has.out"
-}
+source "$(dirname "$0")/../lib/functions.sh"
 requires_cowchain
 
 # bad EXPECTED-REGEX CMD...: CMD fails with one stderr line matching EXPECTED-REGEX.

@@ -3,7 +3,7 @@
 # newlines, ESC sequences, other control bytes and invalid UTF-8.  Every refusal that echoes one
 # is still exactly one stderr line with no control byte in it (the CLI escapes what it prints:
 # cli/util.c), nothing raw reaches stdout either, and the refused command changes nothing.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_cowchain
 
 # Control bytes a terminal would act on (tab and newline are judged separately: the line count).

@@ -3,7 +3,7 @@
 # refused with one line, the pool is unchanged and no byte of the named file reaches it;
 # format mismatches, truncated images and size bombs are refused before anything is written;
 # --allow-backing flattens a real two-layer qcow2 chain; a path with commas imports.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires qemu-img
 requires qemu-io
 requires_cowchain

@@ -3,7 +3,7 @@
 # create are owner-only whatever the umask; a second local user can neither read a layer nor
 # connect to the socket of `cowchain serve`; with `pool init --group` a member of the group can
 # do both and an outsider still cannot.  check warns about a loosened file; --repair fixes it.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires nbdinfo
 requires qemu-img

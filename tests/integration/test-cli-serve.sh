@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `cowchain serve`: runs nbdkit with the plugin found next to the CLI in the build tree, on
 # POOL/cowchain.sock by default or TCP 127.0.0.1 with --port; plugin parameters pass through.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires nbdinfo
 requires qemu-img

@@ -2,7 +2,7 @@
 # A clone's top layer is locked while a server has it open for writing: another server's
 # .open fails with a message naming the holder, and succeeds once it lets go.  Connections
 # to one export within one server share the chain and do not lock each other out.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 setup_pool

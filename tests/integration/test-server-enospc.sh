@@ -2,22 +2,32 @@
 # ENOSPC reaches the client as ENOSPC, nothing already written is lost, and the export works
 # again once space is back.  The pool lives on a small tmpfs mounted in a private mount
 # namespace (so the mount vanishes with the test, whatever happens); needs root.
+# (Before tests/lib/functions.sh, which would make a work directory the exec leaves behind; its
+# machine_limit says the same.  unshare is util-linux, in every Debian.)
 if [ -z "${COWCHAIN_IN_NAMESPACE:-}" ]; then
-  [ "$(id -u)" -eq 0 ] && command -v unshare >/dev/null &&
-    unshare -m --propagation private true 2>/dev/null || {
-    echo "test-server-enospc: SKIP: needs root and unshare -m"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test-server-enospc: SKIP: machine limit: not root (mounting a tmpfs needs root)"
     exit 77
+  fi
+  command -v unshare >/dev/null || {
+    echo "test-server-enospc: FAIL: unshare is not installed (util-linux)" >&2
+    exit 1
   }
+  if ! unshare -m --propagation private true 2>/dev/null; then
+    echo "test-server-enospc: SKIP: machine limit: no mount namespaces (unshare -m refused)"
+    exit 77
+  fi
   COWCHAIN_IN_NAMESPACE=1 exec unshare -m --propagation private bash "$0" "$@"
 fi
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 requires qemu-io
 requires_cowchain
 
 mkdir "$WORK/fs"
-mount -t tmpfs -o size=40M tmpfs "$WORK/fs" || skip "cannot mount a tmpfs"
+mount -t tmpfs -o size=40M tmpfs "$WORK/fs" ||
+  machine_limit "cannot mount a tmpfs" "root in a private mount namespace, and still refused"
 on_exit umount "$WORK/fs"
 POOL=$WORK/fs/pool
 make_template_file "$WORK/base.raw" # 64 MiB virtual, 3 MiB of data

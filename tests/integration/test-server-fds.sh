@@ -2,7 +2,7 @@
 # Connections come and go without leaking: after many connections (each with nbdkit's worker
 # threads, each thread with its own io_uring ring) the server holds no more io_uring or layer
 # file descriptors than before the first one.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 requires qemu-io
@@ -28,7 +28,7 @@ settle() { # let nbdkit finish closing the last connections
 
 for io in uring sync; do
   start_server -- io=$io
-  [ -d /proc/"$SERVER_PID"/fd ] || skip "no /proc/PID/fd"
+  [ -d /proc/"$SERVER_PID"/fd ] || machine_limit "no /proc/PID/fd" "procfs is not mounted"
   rings0=$(count_fds 'anon_inode:\[io_uring\]')
   files0=$(count_fds "*$POOL/*")
   # While a connection is open, for the record (chain/ may fall back to pread).

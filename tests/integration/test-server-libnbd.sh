@@ -2,7 +2,7 @@
 # libnbd through every request type on a clone: read, write (+FUA), zero (plain, may-trim,
 # fast), trim, block status, cache, flush; then multi-conn: a write flushed on one connection
 # is read on another.  Both I/O modes.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 setup_pool

@@ -2,7 +2,7 @@
 # nbdinfo --list lists every export, sorted, with a description, and succeeds on a pool with
 # many clones (it opens every one).  Clones and snapshots the CLI creates or deletes while the
 # server runs appear and disappear without a restart.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires nbdinfo
 requires jq

@@ -2,7 +2,7 @@
 # Connections to one export share one open chain (that is what makes multi-conn safe), and
 # the chain is closed, its layer lock released, when the last connection goes: the CLI can
 # then snapshot the clone while the server keeps running.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 requires nbdcopy

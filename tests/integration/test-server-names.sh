@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Export names are untrusted client input: unknown names are refused with a message naming
 # them, malformed ones never become paths, and the empty name needs default=NAME.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 setup_pool

@@ -2,7 +2,7 @@
 # A hand-made layer whose parent link leaves the pool (POOL.md 1, FORMAT.md 4.1): its header
 # names ../../outside/secret.raw.  The server refuses the export, the CLI refuses to export it,
 # check reports it, and no byte of the outside file is ever read into an answer.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires nbdinfo
 requires qemu-img

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The plugin loads by path, documents its parameters (--help, --dump-plugin) and refuses a
 # bad configuration with a message that says what to type instead.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 
 "${SERVER_ENV[@]}" nbdkit "$PLUGIN" --help >"$WORK/help"

@@ -3,7 +3,7 @@
 # boundaries, checked twice: by read -P, and by qemu-img compare against a raw copy of the
 # template that got the same commands (an independent oracle).  A fresh clone compares equal
 # to its template.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
 requires qemu-img

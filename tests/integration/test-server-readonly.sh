@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Snapshots and templates are read-only exports: writes, zeroes and trims fail with EPERM and
 # change nothing.  nbdkit -r makes clones read-only too.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 requires qemu-io

@@ -3,7 +3,7 @@
 # applied to a qcow2 backing chain built with qemu-img.  Snapshots taken while the server
 # runs appear as read-only exports, each equal to its qcow2 layer; revert and a clone from a
 # snapshot read as the right state.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-img
 requires qemu-io

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Extents report holes and zeroes across the whole chain, so qemu-img convert and nbdcopy
 # copy an export out sparsely (allocated size stays near the data size) and exactly.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-img
 requires qemu-io

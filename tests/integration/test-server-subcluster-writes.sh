@@ -12,7 +12,7 @@
 #     the first run.
 # Before the fix (overlay/write.c read-modify-wrote allocated sub-clusters) both parts failed
 # within one or two rounds.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
 requires qemu-img

@@ -5,10 +5,11 @@
 # snapshot export with their sources (the frozen layers the clones share).  Then a restart and a
 # verify-only pass of every region.  Multi-conn visibility (write on one connection, flush, read
 # on another) is tests/integration/test-server-multiconn.sh; not repeated here.
-source "$(dirname "$0")/../integration/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires fio
-fio --enghelp=nbd >/dev/null 2>&1 || skip "fio lacks the nbd engine"
+# Debian's fio (scripts/setup) has the libnbd engine.
+requires fio --enghelp=nbd
 setup_pool
 for i in 2 3 4; do
   cc clone create "vm$i" --from base

@@ -5,25 +5,14 @@
 # that (it puts back the bytes the writes since the last good sync replaced).  A later flush may
 # then only succeed if every acknowledged write is really there; the client checks it, and
 # after a restart it is checked again.
-source "$(dirname "$0")/../integration/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
-FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
-[ -x "$HOSTILE_CLIENT" ] || skip "hostile-client not built: $HOSTILE_CLIENT"
-[ -f "$FAULT_SHIM" ] || skip "fault-shim not built: $FAULT_SHIM"
+requires_built hostile-client "$HOSTILE_CLIENT"
+requires_built fault-shim "$FAULT_SHIM"
 setup_pool
 
 plain_env=("${SERVER_ENV[@]}")
-e=()
-found=0
-for v in "${SERVER_ENV[@]}"; do
-  case "$v" in
-    LD_PRELOAD=*) e+=("$v:$FAULT_SHIM"); found=1 ;;
-    *) e+=("$v") ;;
-  esac
-done
-[ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
-SERVER_ENV=("${e[@]}" "FAULT_TRIGGER=$WORK/fault" "FAULT_MATCH=$POOL/layers/" FAULT_DROP=1)
+with_shim "FAULT_TRIGGER=$WORK/fault" FAULT_DROP=1
 start_server -- io=sync
 timeout 120 "$HOSTILE_CLIENT" fsyncgate "$SOCK" vm1 "$WORK/fault" >"$WORK/path.out" ||
   fail "a flush succeeded after a failed one while acknowledged data was lost (fsyncgate)"

@@ -4,28 +4,14 @@
 # fault-shim.so, preloaded into nbdkit, fails reads, writes or syncs of the pool's layer files
 # with EIO while a trigger file says so (no root, no device-mapper); io=sync because io_uring
 # reads do not go through libc.  ENOSPC has its own test (tests/integration/test-server-enospc.sh).
-source "$(dirname "$0")/../integration/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
-FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
-[ -x "$HOSTILE_CLIENT" ] || skip "hostile-client not built: $HOSTILE_CLIENT"
-[ -f "$FAULT_SHIM" ] || skip "fault-shim not built: $FAULT_SHIM"
+requires_built hostile-client "$HOSTILE_CLIENT"
+requires_built fault-shim "$FAULT_SHIM"
 setup_pool
 
-# The shim goes after the ASan runtime when the plugin is sanitized (it must come first).
-with_shim() {
-  local e=() v found=0
-  for v in "${SERVER_ENV[@]}"; do
-    case "$v" in
-      LD_PRELOAD=*) e+=("$v:$FAULT_SHIM"); found=1 ;;
-      *) e+=("$v") ;;
-    esac
-  done
-  [ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
-  SERVER_ENV=("${e[@]}" "FAULT_TRIGGER=$WORK/fault" "FAULT_MATCH=$POOL/layers/" "$@")
-}
 plain_env=("${SERVER_ENV[@]}")
-with_shim
+with_shim "FAULT_TRIGGER=$WORK/fault"
 start_server -- io=sync
 timeout 120 "$HOSTILE_CLIENT" eio "$SOCK" vm1 "$WORK/fault" >"$WORK/path.out" || fail "EIO handling"
 # "retried": the flush retried after the failed one succeeded (B is durable); "sticky": the layer

@@ -5,10 +5,9 @@
 # dropped in the middle of requests or of the handshake.  Finally: a verified read of data
 # written before the storm, the template unchanged, and `check` clean after a normal stop.
 # (Plain malformed names are in tests/integration/test-server-names.sh; not repeated here.)
-source "$(dirname "$0")/../integration/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
-[ -x "$HOSTILE_CLIENT" ] || skip "hostile-client not built: $HOSTILE_CLIENT"
+requires_built hostile-client "$HOSTILE_CLIENT"
 setup_pool
 cc snapshot create vm1 s1
 H() { timeout 120 "$HOSTILE_CLIENT" "$@"; }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "chain/chain.h"
+#include "chain/testing.h"
 #include "overlay/overlay.h"
 
 enum ctu_state { CTU_HOLE = 0, CTU_DATA = 1, CTU_ZERO = 2, CTU_ANYZERO = 3 };

@@ -1,21 +1,31 @@
-# Shared helpers for tests/integration/test-*.sh.  Source it first thing:
+# The one shared library of the shell tests: tests/integration, tests/reliability, tests/e2e
+# and scripts/crashloop.  Source it first thing:
 #
-#   source "$(dirname "$0")/functions.sh"
+#   source "$(dirname "$0")/../lib/functions.sh"
 #
-# Environment (set by CTest, see CMakeLists.txt; defaults suit a build in $SRCDIR/build):
+# Environment (set by CTest, see cowchain_add_script_tests in the top CMakeLists.txt; defaults
+# suit a build in $SRCDIR/build):
 #   PLUGIN    path of nbdkit-cowchain-plugin.so
-#   COWCHAIN  path of the cowchain CLI (tests that build pools skip without it)
+#   COWCHAIN  path of the cowchain CLI
 #   CLIENT    path of the nbd-client-check helper
+#   HOSTILE_CLIENT, CRASH_WRITER, FAULT_SHIM   the reliability helpers
 #   SRCDIR, BUILDDIR
 #   COWCHAIN_VALGRIND=1  run every server under valgrind (slow; reports fail the test)
+#   KEEP=1    keep the work directory
 #
 # A plugin built with -DCOWCHAIN_SANITIZE=ON is detected and run with the ASan runtime
 # preloaded into nbdkit.
 #
-# Conventions: a missing tool exits 77 (CTest SKIP_RETURN_CODE); every test works in its own
-# mktemp -d directory, removed on exit; servers listen on a unix socket in that directory,
-# are started with a pidfile, killed by PID on exit and bounded by `timeout`.  The server's
-# stderr is printed on exit so CTest can grep it for sanitizer reports.
+# A test that cannot run fails.  Everything the tests need is either built by us or installed
+# by scripts/setup, so a missing tool, helper or working `pool init` is a failure (`requires*`,
+# `fail`).  Only a limit of the machine itself (not root, no mount namespace, no /dev/kvm, ptrace
+# refused, ...) may skip, through `machine_limit LIMIT DETAIL`, which names the limit and exits
+# 77 (CTest SKIP_RETURN_CODE).  In CI (CI=true) scripts/test fails the run on any skip.
+#
+# Conventions: every test works in its own mktemp -d directory, removed on exit; servers
+# listen on a unix socket in that directory, are started with a pidfile, killed by PID on exit
+# and bounded by `timeout`.  The server's stderr is printed on exit so CTest can grep it for
+# sanitizer reports.
 
 set -euo pipefail
 
@@ -24,16 +34,21 @@ BUILDDIR=${BUILDDIR:-$SRCDIR/build}
 PLUGIN=${PLUGIN:-$BUILDDIR/server/nbdkit-cowchain-plugin.so}
 COWCHAIN=${COWCHAIN:-$BUILDDIR/cli/cowchain}
 CLIENT=${CLIENT:-$BUILDDIR/tests/integration/nbd-client-check}
+HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
+CRASH_WRITER=${CRASH_WRITER:-$BUILDDIR/tests/reliability/crash-writer}
+FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
 # nbdsh runs `python3` from PATH; only the system one has the nbd module (NBDKIT-NOTES §0.12).
-export PATH=/usr/bin:$PATH
+# mke2fs, debugfs and e2fsck live in /usr/sbin, which a user's PATH may lack.
+export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH
 
 TEST_NAME=$(basename "$0" .sh)
+T0=$(date +%s)
 # Upper bound on anything we start; CTest's own TIMEOUT (300 s) is the outer bound.
 SERVER_TIMEOUT=${SERVER_TIMEOUT:-240}
 
-skip() {
-  echo "$TEST_NAME: SKIP: $*"
-  exit 77
+# say MSG: a progress line with the seconds since the test started.
+say() {
+  echo "$TEST_NAME: [$(($(date +%s) - T0))s] $*"
 }
 
 fail() {
@@ -41,32 +56,58 @@ fail() {
   exit 1
 }
 
-# requires CMD [ARGS...]: skip unless CMD exists (and, with ARGS, runs successfully).
+# machine_limit LIMIT DETAIL: skip (exit 77) because this machine cannot run the test, naming
+# the limit ("not root", "no /dev/kvm", ...).  Never for something we build or scripts/setup
+# installs: that is a failure.
+machine_limit() {
+  local limit=$1
+  shift
+  echo "$TEST_NAME: SKIP: machine limit: $limit${*:+ ($*)}"
+  exit 77
+}
+
+# skip LIMIT: kept for tests written before machine_limit; the same, one argument.
+skip() {
+  machine_limit "$*"
+}
+
+# requires CMD [ARGS...]: fail unless CMD exists (and, with ARGS, runs successfully).  Every
+# tool a test uses is installed by scripts/setup, so its absence is a broken setup, not a skip.
 requires() {
   if [ $# -eq 1 ]; then
-    command -v "$1" >/dev/null 2>&1 || skip "$1 is not installed"
+    command -v "$1" >/dev/null 2>&1 || fail "$1 is not installed (scripts/setup installs it)"
   else
-    "$@" >/dev/null 2>&1 || skip "'$*' failed"
+    "$@" >"$WORK/requires.out" 2>&1 || {
+      cat "$WORK/requires.out" >&2
+      fail "'$*' failed (scripts/setup installs what it needs)"
+    }
   fi
+}
+
+# requires_built WHAT PATH: fail unless the helper we build is there.
+requires_built() {
+  [ -n "$2" ] && [ -e "$2" ] || fail "$1 not built: ${2:-unset} (build the tree first)"
 }
 
 requires_plugin() {
   requires nbdkit
-  [ -f "$PLUGIN" ] || skip "plugin not built: $PLUGIN"
+  requires_built plugin "$PLUGIN"
 }
 
 requires_client() {
-  [ -x "$CLIENT" ] || skip "nbd-client-check not built: $CLIENT"
+  requires_built nbd-client-check "$CLIENT"
 }
 
-# The pool-building tests need the cowchain CLI, and one whose pool init works.
+# The pool-building tests need the cowchain CLI, and one whose pool init works: a broken
+# pool init is our bug, so it fails every such test with the CLI's own message.
 requires_cowchain() {
-  [ -n "$COWCHAIN" ] && [ -x "$COWCHAIN" ] || skip "cowchain CLI not built: ${COWCHAIN:-unset}"
+  [ -n "$COWCHAIN" ] && [ -x "$COWCHAIN" ] || fail "cowchain CLI not built: ${COWCHAIN:-unset}"
   local probe
   probe=$(mktemp -d /tmp/cowchain-probe.XXXXXX)
-  if ! "$COWCHAIN" --pool "$probe/pool" pool init >/dev/null 2>&1; then
+  if ! "$COWCHAIN" --pool "$probe/pool" pool init >"$probe/out" 2>&1; then
+    cat "$probe/out" >&2
     rm -rf "$probe"
-    skip "cowchain pool init does not work yet"
+    fail "cowchain pool init does not work"
   fi
   rm -rf "$probe"
 }
@@ -75,7 +116,13 @@ WORK=$(mktemp -d /tmp/cowchain-$TEST_NAME.XXXXXX)
 SERVER_PIDS=()
 SERVER_LOGS=()
 
-# on_exit CMD...: run CMD at exit, after the servers are stopped, before $WORK is removed.
+# on_stop CMD...: run CMD first at exit, before the servers are stopped (to stop their
+# clients, e.g. guests).  on_exit CMD...: run CMD at exit, after the servers are stopped,
+# before $WORK is removed.  Both see the test's exit status in $TEST_RC.
+STOP_HOOKS=()
+on_stop() {
+  STOP_HOOKS+=("$*")
+}
 EXIT_HOOKS=()
 on_exit() {
   EXIT_HOOKS+=("$*")
@@ -84,6 +131,10 @@ on_exit() {
 cleanup() {
   local rc=$? pid log i hook
   set +e
+  TEST_RC=$rc
+  for hook in "${STOP_HOOKS[@]}"; do
+    eval "$hook"
+  done
   for pid in "${SERVER_PIDS[@]}"; do
     kill "$pid" 2>/dev/null
   done
@@ -104,11 +155,15 @@ cleanup() {
   for hook in "${EXIT_HOOKS[@]}"; do
     eval "$hook"
   done
-  rm -rf "$WORK"
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "$TEST_NAME: work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
   if [ $rc -eq 0 ]; then
-    echo "$TEST_NAME: PASS"
+    echo "$TEST_NAME: PASS ($(($(date +%s) - T0)) s)"
   elif [ $rc -ne 77 ]; then
-    echo "$TEST_NAME: FAIL (exit $rc)"
+    echo "$TEST_NAME: FAIL (exit $rc, $(($(date +%s) - T0)) s)"
   fi
   exit $rc
 }
@@ -235,12 +290,24 @@ start_server() {
   SERVER_LOG=$log
 }
 
+# forget_server PID: PID is gone; cleanup must not signal it again (it may be reused).
+forget_server() {
+  local keep=() p
+  for p in "${SERVER_PIDS[@]}"; do
+    [ "$p" = "$1" ] || keep+=("$p")
+  done
+  SERVER_PIDS=("${keep[@]}")
+}
+
 # stop_server: stop the last server started (by PID) and wait for it.
 stop_server() {
   local i
   kill "$SERVER_PID" 2>/dev/null || true
   for i in $(seq 100); do
-    kill -0 "$SERVER_PID" 2>/dev/null || return 0
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      forget_server "$SERVER_PID"
+      return 0
+    fi
     sleep 0.1
   done
   if [ "${#SERVER_ENV[@]}" -gt 1 ] && [ "${COWCHAIN_VALGRIND:-0}" != 1 ]; then
@@ -292,6 +359,30 @@ log_has() {
     cat "$SERVER_LOG" >&2
     fail "server log lacks /$1/"
   }
+}
+
+# has REGEX CMD...: CMD succeeds and its stdout matches REGEX (captured first: `CMD | grep -q`
+# can kill CMD with SIGPIPE, which pipefail turns into a failure).
+has() {
+  local re=$1
+  shift
+  "$@" >"$WORK/has.out" || fail "failed: $*"
+  grep -Eq -- "$re" "$WORK/has.out"
+}
+
+# with_shim [VAR=VALUE...]: the next servers run with $FAULT_SHIM preloaded, matching the
+# pool's layer files, with the shim's variables VAR=VALUE (FAULT_TRIGGER, FAULT_DROP, ...).
+# The shim goes after the ASan runtime when the plugin is sanitized (that must come first).
+with_shim() {
+  local e=() v found=0
+  for v in "${SERVER_ENV[@]}"; do
+    case "$v" in
+      LD_PRELOAD=*) e+=("$v:$FAULT_SHIM"); found=1 ;;
+      *) e+=("$v") ;;
+    esac
+  done
+  [ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
+  SERVER_ENV=("${e[@]}" "FAULT_MATCH=$POOL/layers/" "$@")
 }
 
 # allocated_bytes FILE: bytes the file occupies on disk.
