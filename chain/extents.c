@@ -16,7 +16,6 @@
  * copy sparse.  Adjacent extents of one type are merged before they reach the callback, so
  * the caller sees ascending, contiguous, maximal extents starting at `offset`.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

@@ -19,7 +19,6 @@
  *
  * Lookups never lock: the array is immutable after cc_index_build returns.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

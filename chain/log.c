@@ -5,7 +5,6 @@
  * pointer, stderr by default; the plugin points it at nbdkit_debug.  Errors are not logged:
  * they are returned with cc_error_set() and reported once by the caller.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <stdarg.h>

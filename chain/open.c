@@ -30,7 +30,6 @@
  * File descriptors: a chain of N layers holds N fds (once per distinct frozen part), so the
  * first open raises RLIMIT_NOFILE's soft limit to the hard limit.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

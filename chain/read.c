@@ -20,7 +20,6 @@
  * never rebinds a physical cluster, so a stale map entry can only show that cluster's old or
  * new bytes, or zeroes after a hole punch).  The index is immutable.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

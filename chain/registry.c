@@ -16,7 +16,6 @@
  * dropped under the lock (the index leaves the list), and the index is freed after the lock is
  * released: it is unreachable by then, so it is freed exactly once.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <pthread.h>

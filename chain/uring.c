@@ -24,7 +24,6 @@
  * not: nothing can write into the buffer after we return.  Pieces are advanced in place as
  * they complete, so the caller can then finish the very same request with pread.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

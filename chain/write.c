@@ -16,7 +16,6 @@
  * Writes to a read-only chain (snapshot, template, or a clone opened read-only) fail with
  * -EPERM and say which chain.
  */
-#define _GNU_SOURCE
 #include "chain/internal.h"
 
 #include <errno.h>

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "chain/pool.h"
+#include "pool/pool.h"
 #include "common/error.h"
 
 #define EXIT_USAGE 2

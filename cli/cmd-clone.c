@@ -7,7 +7,7 @@
  * is marked with '*' in the table and "current": true in JSON.  JSON keys and their order are
  * fixed: scripts and tests parse them.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include "common/escape.h"
 

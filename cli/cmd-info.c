@@ -8,7 +8,7 @@
  * "uuid", "role", "created", "dirty"), so people and scripts used to qemu-img feel at home.
  * With --backing-chain the text is one block per layer and the JSON an array, top first.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include "common/escape.h"
 

@@ -12,7 +12,7 @@
  * option).  Foreground (-f) unless --background, like qemu-nbd.  Other arguments are passed to
  * nbdkit: options before the plugin, KEY=VALUE plugin parameters after it.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -2,11 +2,11 @@
  *
  * Design notes
  * ------------
- * Parsing and printing only; each command is one call into chain/pool.h.  `template list
+ * Parsing and printing only; each command is one call into pool/pool.h.  `template list
  * --json` prints an array of objects with fixed keys (name, kind, size, created, layer) so
  * scripts can rely on it.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <inttypes.h>
 #include <stdlib.h>

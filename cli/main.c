@@ -5,10 +5,10 @@
  * `cowchain [--pool DIR] COMMAND [SUBCOMMAND] ARGS`.  The pool comes from --pool, else
  * $COWCHAIN_POOL; a command that needs it and has neither fails with one line saying what to
  * type.  Every command family lives in its own file (cmd-*.c) and does nothing but parse,
- * call chain/pool.h and print, so the CLI, the plugin and the tests share one implementation
+ * call pool/pool.h and print, so the CLI, the plugin and the tests share one implementation
  * of every operation.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * error_line() prints every one of them and escapes the whole line (common/escape.h): it quotes
  * what the user typed and what chain/ put in its message (names, paths, descriptions, parent
  * links read from layer headers), any of which may hold a newline, an ESC sequence or invalid
- * UTF-8.  Escaping here, where the CLI prints, rather than where chain/pool*.c builds its
+ * UTF-8.  Escaping here, where the CLI prints, rather than where pool/ builds its
  * messages, is what guarantees nothing raw gets out: it covers every message, including those
  * of code written later, while chain/ keeps one convention for all its callers (error.h).
  * Text output that shows such strings on stdout (check findings, descriptions, backing files)
@@ -15,7 +15,7 @@
  * Progress is drawn on stderr only when stderr is a terminal, so scripts and logs never see
  * carriage returns.  JSON is written by hand with fixed key order, so output stays stable.
  */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include "common/escape.h"
 

@@ -1,5 +1,5 @@
 /* Thread-local last-error message; see error.h for the convention. */
-#include "error.h"
+#include "common/error.h"
 
 #include <stdarg.h>
 #include <stdio.h>

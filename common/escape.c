@@ -1,5 +1,5 @@
 /* Escaping untrusted strings for one-line messages; see escape.h. */
-#include "escape.h"
+#include "common/escape.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -5,8 +5,7 @@
  * only such space a crash can leave is past the allocation frontier, and dropping it is always
  * safe, because nothing references it.
  */
-#define _GNU_SOURCE
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <inttypes.h>
 #include <sys/stat.h>

@@ -1,6 +1,6 @@
 /* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table driven.  Used only for header
  * checksums, so speed does not matter; correctness is pinned by the check value in the tests. */
-#include "format.h"
+#include "overlay/format.h"
 
 #include <pthread.h>
 

@@ -11,7 +11,7 @@
  * A torn header write never produces a valid slot with a bad field, so falling back to the older
  * slot there would mean silently serving older metadata than the file says is current.
  */
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <inttypes.h>
 #include <unistd.h>

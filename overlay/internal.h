@@ -8,9 +8,9 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "format.h"
-#include "io.h"
-#include "overlay.h"
+#include "overlay/format.h"
+#include "overlay/io.h"
+#include "overlay/overlay.h"
 
 /* The decoded header (host byte order). */
 struct ovl_header {

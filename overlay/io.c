@@ -1,6 +1,5 @@
 /* cowchain overlay: the real system calls behind struct ovl_io_ops (see io.h). */
-#define _GNU_SOURCE
-#include "io.h"
+#include "overlay/io.h"
 
 #include <fcntl.h>
 #include <unistd.h>

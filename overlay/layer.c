@@ -6,8 +6,7 @@
  * offsets it finds.  A layer opened for writing sets the dirty bit only when it first allocates,
  * so opening a clone just to look at it (nbdinfo --list opens every export) writes nothing.
  */
-#define _GNU_SOURCE
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <fcntl.h>
 #include <inttypes.h>

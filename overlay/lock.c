@@ -6,8 +6,7 @@
  * releases nothing.  When a lock is refused we look the holder up in /proc/locks so the user is
  * told what to stop.
  */
-#define _GNU_SOURCE
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <fcntl.h>
 #include <dirent.h>

@@ -12,7 +12,7 @@
  * L1 blocks that gained tables, sync.  Changes stay marked until their write succeeded, so a
  * failed flush (ENOSPC, EIO) is retried whole by the next one.
  */
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>

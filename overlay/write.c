@@ -30,8 +30,7 @@
  *    the sub-cluster is written whole again, and if they land after that rewrite, they cover
  *    only bytes the in-flight write owned (the order "zero, that write, the rewrite").
  */
-#define _GNU_SOURCE
-#include "internal.h"
+#include "overlay/internal.h"
 
 #include <fcntl.h>
 #include <inttypes.h>

@@ -2,7 +2,7 @@
  *
  * Design notes
  *
- * Thin by design: names are parsed and resolved by chain/pool.c, reads and writes are done by
+ * Thin by design: names are parsed and resolved by pool/, reads and writes are done by
  * chain/, and the table that lets several connections share one open chain is in exports.c.
  * This file maps nbdkit's callbacks onto those and chain/'s -errno results onto the errnos
  * that survive the NBD wire.
@@ -36,10 +36,10 @@
 #include <string.h>
 
 #include "chain/chain.h"
-#include "chain/pool.h"
+#include "pool/pool.h"
 #include "common/error.h"
 #include "common/escape.h"
-#include "exports.h"
+#include "server/exports.h"
 
 #ifndef COWCHAIN_VERSION
 #define COWCHAIN_VERSION "unknown"

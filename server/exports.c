@@ -46,7 +46,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "exports.h"
+#include "server/exports.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -77,7 +77,7 @@ exports_init(struct cc_pool *p, unsigned io_flags)
   pool_io_flags = io_flags;
 }
 
-/* The last chain/pool error (escaped into buf: it may quote paths and parent links with any
+/* The last chain/ or pool/ error (escaped into buf: it may quote paths and parent links with any
  * bytes, see common/error.h), or a generic one if chain/ left none. */
 static const char *
 last_error(int r, char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)])

@@ -2,7 +2,7 @@
 #ifndef COWCHAIN_SERVER_EXPORTS_H
 #define COWCHAIN_SERVER_EXPORTS_H
 
-#include "chain/pool.h"
+#include "pool/pool.h"
 
 /* One open export, shared by every connection to it.  Only exports.c touches the fields
  * other than `name` and `chain`; both are constant while a reference is held. */

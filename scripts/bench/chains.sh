@@ -141,11 +141,11 @@ verify_chains() {
 build_mkchain() {
   [[ -x $RUNDIR/mkchain ]] && return 0
   local a libs=()
-  for a in chain/libcc_chain.a overlay/libcc_overlay.a libcc_common.a; do
+  for a in pool/libcc_pool.a chain/libcc_chain.a overlay/libcc_overlay.a libcc_common.a; do
     [[ -e $BUILD/$a ]] || return 1
     libs+=("$BUILD/$a")
   done
-  ${CC:-cc} -O2 -Wall -I"$ROOT" -o "$RUNDIR/mkchain" "$BENCH/mkchain.c" "${libs[@]}" \
+  ${CC:-cc} -O2 -Wall -D_GNU_SOURCE -I"$ROOT" -o "$RUNDIR/mkchain" "$BENCH/mkchain.c" "${libs[@]}" \
     $(pkg-config --libs liburing) -lpthread 2>"$RUNDIR/mkchain.log"
 }
 

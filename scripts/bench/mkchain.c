@@ -9,17 +9,16 @@
  *   start-up is what made the CLI path take minutes at depth 256.
  *
  * Built by scripts/bench against the static libraries of the cowchain build directory:
- *   cc -O2 -I ROOT -o mkchain mkchain.c BUILD/chain/libcc_chain.a BUILD/overlay/libcc_overlay.a \
- *      BUILD/libcc_common.a -luring -lpthread
+ *   cc -O2 -D_GNU_SOURCE -I ROOT -o mkchain mkchain.c BUILD/pool/libcc_pool.a BUILD/chain/libcc_chain.a \
+ *      BUILD/overlay/libcc_overlay.a BUILD/libcc_common.a -luring -lpthread
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "chain/pool.h"
+#include "pool/pool.h"
 #include "common/error.h"
 
 static int

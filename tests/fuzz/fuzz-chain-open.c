@@ -21,7 +21,6 @@
  * writing).  A device that blocks on read would stall an input (libFuzzer's -timeout=10 then
  * reports it); none was hit in the documented run.
  */
-#define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>

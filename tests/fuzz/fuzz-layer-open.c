@@ -5,7 +5,6 @@
  * validation but still points somewhere wrong shows up as an ASan report.  The promise under
  * test: malformed input is a clear error, never a crash or an out-of-bounds access.
  */
-#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -30,7 +30,6 @@
  * Exit: 0 ok, 1 a verification failed (what and where on stderr), 2 usage or setup error.
  * `write` exits 0 once the connection fails: that is how it is meant to end.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

@@ -28,7 +28,6 @@
  * Not covered: io_uring reads (the server must run with io=sync for read faults), mmap.
  * Built without sanitizers: it is loaded before their runtime.
  */
-#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -23,7 +23,6 @@
  *                                        write (and flush) or check a pattern
  * Exit 0 ok, 1 a failed check (what on stderr), 2 usage/setup error.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

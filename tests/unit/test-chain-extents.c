@@ -4,7 +4,6 @@
  *   data in a lower layer or the raw image -> 0, zero in a lower layer -> ZERO,
  *   raw hole / beyond the parent's size / no parent -> HOLE|ZERO.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,8 +14,8 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "util-chain.h"
-#include "util-overlay.h"
+#include "tests/unit/util-chain.h"
+#include "tests/unit/util-overlay.h"
 
 #define KiB 1024u
 #define H (CC_EXTENT_HOLE | CC_EXTENT_ZERO)

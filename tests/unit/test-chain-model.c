@@ -5,7 +5,6 @@
  * are checked against the model after each layer.  Each test runs with io_uring and with
  * pread; the seed is printed and $COWCHAIN_SEED replays it.
  */
-#define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +15,8 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "util-chain.h"
-#include "util-overlay.h"
+#include "tests/unit/util-chain.h"
+#include "tests/unit/util-overlay.h"
 
 #define MAX_IO (96u * 1024u)
 

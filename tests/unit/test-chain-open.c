@@ -1,6 +1,5 @@
 /* chain/: opening a chain, and every way a chain can be broken.  Each fault must be a clear
  * error naming the layer and the fault ("open: CHILD: parent REL: ..."), never a crash. */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -14,8 +13,8 @@
 #include <criterion/logging.h>
 
 #include "common/error.h"
-#include "util-chain.h"
-#include "util-overlay.h"
+#include "tests/unit/util-chain.h"
+#include "tests/unit/util-overlay.h"
 
 #define MiB (1024u * 1024u)
 

@@ -7,7 +7,6 @@
  *   not written after the call returns, checked by reading it again later).
  * - Many threads reading and writing one chain at once (multi-conn) on disjoint ranges.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -25,8 +24,8 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "util-chain.h"
-#include "util-overlay.h"
+#include "tests/unit/util-chain.h"
+#include "tests/unit/util-overlay.h"
 
 #define KiB 1024u
 #define MiB (1024u * 1024u)

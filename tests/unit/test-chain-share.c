@@ -8,7 +8,6 @@
  *   destructor): no ring fd leaks however many threads come and go.
  * - Reads made of more pieces than the ring has entries, and reads that hit a truncated file.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,8 +18,8 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "util-chain.h"
-#include "util-overlay.h"
+#include "tests/unit/util-chain.h"
+#include "tests/unit/util-overlay.h"
 
 #define SIZE (1024u * 1024u)
 #define NSNAP 20

@@ -1,7 +1,6 @@
 /* overlay/: ovl_check, the offline validator and repairer (FORMAT.md 4.2 dirty bit, 6 frontier).
  * Malformed files are test-overlay-malformed.c's; this is about leaked space and repair.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -12,7 +11,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_check, .timeout = 60);
 

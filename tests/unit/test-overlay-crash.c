@@ -18,7 +18,6 @@
  * guarantee is per sub-cluster only for the map, which this checks by the opens succeeding and
  * unallocated sub-clusters reading the image below.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -33,7 +32,7 @@
 #include "common/error.h"
 #include "overlay/io.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_crash, .timeout = 240);
 

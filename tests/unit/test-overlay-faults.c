@@ -7,7 +7,6 @@
  * succeeded; else as of the last successful flush or any later write (as after a crash).
  * Short writes are legal for pwrite(2); a separate test makes every one short.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -20,7 +19,7 @@
 #include "common/error.h"
 #include "overlay/io.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_faults, .timeout = 120);
 

@@ -3,7 +3,6 @@
  * Round-trips through the API, and the header bytes on disk checked against the spec with an
  * independent decoder (util-overlay.c), so that writer and reader cannot agree on a mistake.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,7 +16,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_format, .timeout = 60);
 

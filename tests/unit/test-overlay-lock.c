@@ -2,7 +2,6 @@
  * read-only opens share.  The child process holds the layer while the parent probes, and the
  * two talk over pipes so that no step relies on timing.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +14,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_lock, .timeout = 30);
 

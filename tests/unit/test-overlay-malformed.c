@@ -6,7 +6,6 @@
  * header patches recompute the checksum (util-overlay.c) so that the check under test, not the
  * checksum, is what refuses the file.
  */
-#define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -20,7 +19,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_malformed, .timeout = 60);
 

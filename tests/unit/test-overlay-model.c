@@ -7,7 +7,6 @@
  * Every read is compared with the byte array, every ovl_map answer with the sub-cluster states,
  * and the bytes of every DATA extent with the file at the extent's phys.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -21,7 +20,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_model, .timeout = 120);
 

@@ -4,7 +4,6 @@
  * The image below is otu_below_pattern: every byte is a known function of its offset, so a read
  * that returns parent bytes where it should return zeroes (or the reverse) is caught.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,7 +16,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_states, .timeout = 60);
 

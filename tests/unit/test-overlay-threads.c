@@ -8,7 +8,6 @@
  * sub-cluster through the layer, copy the model, and compare only if the counter did not move:
  * a seqlock, so every comparison is against the exact state the read must show.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -22,7 +21,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 TestSuite(overlay_threads, .timeout = 120);
 

@@ -1,4 +1,4 @@
-/* Unit tests of the pool API (chain/pool.h): names, records, exports, and the data guarantees
+/* Unit tests of the pool API (pool/pool.h): names, records, exports, and the data guarantees
  * of snapshot create / revert / delete (merge) and full clone against a byte model.
  *
  * The model is the simplest possible oracle: one malloc'd byte array per state (the clone's
@@ -16,9 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "chain/pool.h"
+#include "pool/pool.h"
 #include "common/error.h"
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 #define DISK (4u << 20)
 

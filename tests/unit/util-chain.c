@@ -1,6 +1,5 @@
 /* Shared helpers of the chain/ unit tests; see util-chain.h for the model's rules. */
-#define _GNU_SOURCE
-#include "util-chain.h"
+#include "tests/unit/util-chain.h"
 
 #include <dirent.h>
 #include <errno.h>

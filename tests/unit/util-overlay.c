@@ -1,7 +1,6 @@
 /* Shared helpers of the overlay/ unit tests; see util-overlay.h for why they re-derive the
  * format from docs/FORMAT.md instead of using overlay/format.h. */
-#define _GNU_SOURCE
-#include "util-overlay.h"
+#include "tests/unit/util-overlay.h"
 
 #include <dirent.h>
 #include <errno.h>

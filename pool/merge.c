@@ -27,7 +27,7 @@
  * sub-cluster of Ci (no copy-up from below is ever needed); every layer the pool creates
  * does, and a pool layer that doesn't is refused with that reason.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <errno.h>
 #include <stdio.h>

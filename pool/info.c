@@ -9,7 +9,7 @@
  * `role` names the record that refers to the layer, which is how a user recognises an
  * otherwise anonymous uuid.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

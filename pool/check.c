@@ -24,7 +24,7 @@
  * du charges each layer's and image's disk space to every template and clone that reaches it:
  * to its "own" bytes if only one does, to "shared" otherwise.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <dirent.h>
 #include <errno.h>

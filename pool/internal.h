@@ -1,14 +1,9 @@
-/* cowchain pool: helpers shared by the chain/pool*.c files.  Private to the pool code.
+/* cowchain pool: helpers shared by the pool/ files.  Private to the pool code.
  *
  * Every function returns 0 or a negative errno after cc_error_set(), like the public API.
  */
 #ifndef COWCHAIN_POOL_INTERNAL_H
 #define COWCHAIN_POOL_INTERNAL_H
-
-/* copy_file_range, SEEK_DATA, strptime, timegm: included first by every pool*.c file */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 
 #include <limits.h>
 #include <stdint.h>
@@ -16,7 +11,7 @@
 
 #include "common/error.h"
 #include "overlay/overlay.h"
-#include "pool.h"
+#include "pool/pool.h"
 
 #define POOL_MARKER "cowchain-pool"
 #define POOL_MARKER_LINE "cowchain-pool 1\n"
@@ -92,7 +87,7 @@ int64_t pool_now(void);
 void pool_format_time(int64_t t, char *buf, size_t len); /* 2026-01-31T12:00:00Z */
 int pool_parse_time(const char *s, int64_t *out);
 
-/* pool-records.c; `op` starts every error message ("clone delete: vm1: no such clone"). */
+/* records.c; `op` starts every error message ("clone delete: vm1: no such clone"). */
 int pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_clone *c);
 int pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc_template *t);
 int pool_format_clone(const struct cc_clone *c, char **out);
@@ -112,7 +107,7 @@ struct pool_target {
 int pool_resolve(struct cc_pool *p, const char *what, const char *export_name,
                  struct pool_target *t);
 
-/* pool-graph.c: every layer file and who references it */
+/* graph.c: every layer file and who references it */
 struct pool_node {
   char uuid[CC_UUID_STR];
   enum ovl_parent_kind parent_kind;
@@ -148,7 +143,7 @@ void pool_graph_mark_live(struct pool_graph *g);
  * layers someone holds open (reported as leaks by check).  Returns the number removed. */
 int pool_collect_garbage(struct cc_pool *p, struct pool_graph *g);
 
-/* pool-copy.c */
+/* copy.c */
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
                          void *opaque);
 /* Copy the chain `c` into a layer / file, data extents only, skipping zero blocks. */
@@ -166,7 +161,7 @@ int pool_run(const char *what, char *const argv[]);
 int pool_run_output(const char *what, char *const argv[], char **out, size_t max,
                     int *exit_status);
 
-/* pool-inspect.c: what qemu-img says about an image to import (POOL.md section 5.1) */
+/* inspect.c: what qemu-img says about an image to import (POOL.md section 5.1) */
 struct pool_image_facts {
   char format[16];       /* as qemu-img detected it */
   uint64_t virtual_size; /* bytes */

@@ -16,7 +16,7 @@
  * being written.  cc_pool_open_export re-reads the record after it opened the top, so a server
  * can never end up writing a layer that step 3 has just frozen.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

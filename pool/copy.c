@@ -10,7 +10,7 @@
  * user's output file), made durable by the caller, so a copy that dies half-way leaves only
  * a file that no record names.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -13,7 +13,7 @@
  * Snapshot descriptions are percent-encoded (bytes outside '!'..'~', and '%') so a description
  * is one field of one line whatever it contains.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <dirent.h>
 #include <errno.h>

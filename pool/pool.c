@@ -24,7 +24,7 @@
  * operation that has installed a layer but not yet written the record naming it.  Readers take
  * no pool lock.  Layers in use by a server are protected by the overlay's OFD locks instead.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <ctype.h>
 #include <dirent.h>

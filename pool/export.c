@@ -11,7 +11,7 @@
  * opened for writing by anyone; a snapshot's layer only by `snapshot delete` (merge), which
  * refuses while a server holds it.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <errno.h>
 #include <inttypes.h>

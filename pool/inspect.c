@@ -25,7 +25,7 @@
  * no option that disables a qcow2 data file or VMDK extents (it refuses data-file options for
  * an image without one); for those, step 2 is the guard.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include "overlay/format.h" /* OVL_MAX_VIRTUAL_SIZE */
 

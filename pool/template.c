@@ -10,7 +10,7 @@
  * Import copies the data before taking the pool lock (it can take minutes) and re-checks the
  * name under the lock before installing anything.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include "overlay/format.h" /* OVL_MAX_VIRTUAL_SIZE */
 

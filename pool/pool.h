@@ -21,7 +21,10 @@
  * run, so two `cowchain` commands never interleave their steps.  Readers (the plugin listing and
  * opening exports) take no pool lock: every record they read is either the old or the new file.
  *
- * Errors: as in chain.h (negative errno + cc_error_set message).
+ * Layering: pool/ sits above chain/ (a stack of layers as one disk) and overlay/ (one layer
+ * file) and calls only them and common/; server/ and cli/ call pool/ (and chain/ for I/O).
+ *
+ * Errors: as in chain/chain.h (negative errno + cc_error_set message).
  */
 #ifndef COWCHAIN_POOL_H
 #define COWCHAIN_POOL_H
@@ -29,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "chain.h"
+#include "chain/chain.h"
 
 struct cc_pool;
 

@@ -17,7 +17,7 @@
  * Garbage is collected only under the pool lock (pool_lock), so an operation that has
  * installed a new layer but not yet written the record naming it never loses that layer.
  */
-#include "pool-internal.h"
+#include "pool/internal.h"
 
 #include <dirent.h>
 #include <errno.h>
