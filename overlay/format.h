@@ -52,6 +52,20 @@ enum {
   HO_CHECKSUM = 252,
 };
 
+/* The layout the spec fixes, checked at compile time (FORMAT.md sections 3-5). */
+_Static_assert(sizeof OVL_MAGIC - 1 == 8, "magic is 8 bytes");
+_Static_assert(HO_CHECKSUM + 4 == OVL_HEADER_LENGTH, "the checksum ends the fixed header");
+_Static_assert(HO_PARENT_SIZE + 8 <= HO_CHECKSUM, "header fields fit before the checksum");
+_Static_assert(HO_PARENT_UUID + 16 == HO_PARENT_SIZE, "parent uuid is 16 bytes");
+_Static_assert(HO_UUID + 16 == HO_VIRTUAL_SIZE, "uuid is 16 bytes");
+_Static_assert(OVL_HEADER_LENGTH % 8 == 0, "header_length is a multiple of 8");
+_Static_assert(2 * OVL_SLOT_SIZE == OVL_L1_OFFSET, "two header slots precede the L1 table");
+_Static_assert(OVL_L2_ENTRIES * OVL_L2_ENTRY_SIZE == OVL_BLOCK, "an L2 table is one 4 KiB block");
+_Static_assert(OVL_L1_OFFSET % OVL_BLOCK == 0, "the L1 table is block aligned");
+_Static_assert(OVL_SUBCLUSTERS == 32, "the alloc and zero bitmaps are 32 bits each");
+_Static_assert((1u << OVL_MIN_CLUSTER_BITS) / OVL_SUBCLUSTERS >= 512, "a sub-cluster is at least a sector");
+_Static_assert((UINT64_C(1) << OVL_MAX_CLUSTER_BITS) <= OVL_MAX_FILE_OFFSET, "a cluster fits any file");
+
 static inline uint32_t
 get_le32(const uint8_t *p)
 {

@@ -1,7 +1,7 @@
 /* cowchain overlay: creating, opening, closing and reading one layer file.
  *
  * Design notes: the layout, states and write ordering are in docs/FORMAT.md; the in-memory map
- * and its lock-free readers are described in overlay.h and map.c.  Opening validates the whole
+ * and its lock-free readers (ovl_map, ovl_pread) are in overlay.h and map.c.  Opening validates the whole
  * header and map before anything else may touch the layer, so every later lookup can trust the
  * offsets it finds.  A layer opened for writing sets the dirty bit only when it first allocates,
  * so opening a clone just to look at it (nbdinfo --list opens every export) writes nothing.
@@ -447,110 +447,6 @@ int
 ovl_writable(const struct ovl_layer *l)
 {
   return (l->flags & OVL_RDWR) != 0;
-}
-
-/* State of sub-cluster k given an entry's bits. */
-static enum ovl_state
-sc_state(uint64_t bits, unsigned k)
-{
-  if (ovl_bits_alloc(bits) >> k & 1)
-    return OVL_DATA;
-  if (ovl_bits_zero(bits) >> k & 1)
-    return OVL_ZERO;
-  return OVL_UNALLOCATED;
-}
-
-int
-ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent *ext, size_t max)
-{
-  uint64_t end, pos;
-  size_t n = 0;
-
-  if (l->map_dropped)
-    return cc_error_set(EINVAL, "map: %s: the map was dropped (the layer is read through an index)", l->path);
-  if (offset > l->hdr.virtual_size)
-    return cc_error_set(EINVAL, "map: %s: offset %" PRIu64 " beyond the virtual size", l->path, offset);
-  end = length > l->hdr.virtual_size - offset ? l->hdr.virtual_size : offset + length;
-  pos = offset;
-  while (pos < end && max > 0) {
-    uint64_t cluster = pos >> l->cluster_bits;
-    uint32_t i = (uint32_t)(cluster / OVL_L2_ENTRIES);
-    struct ovl_l2 *t = atomic_load_explicit(&l->l1[i], memory_order_acquire);
-    enum ovl_state st;
-    uint64_t run_end, phys = 0;
-
-    if (!t) {
-      st = OVL_UNALLOCATED;
-      run_end = ((uint64_t)(i + 1) * OVL_L2_ENTRIES) << l->cluster_bits;
-    } else {
-      struct ovl_entry *e = &t->e[cluster % OVL_L2_ENTRIES];
-      uint64_t bits = atomic_load_explicit(&e->bits, memory_order_acquire);
-      unsigned k = (unsigned)((pos >> l->sc_bits) & 31);
-      uint64_t cstart = cluster << l->cluster_bits;
-
-      uint32_t same, alloc = ovl_bits_alloc(bits), zero = ovl_bits_zero(bits);
-
-      st = sc_state(bits, k);
-      /* sub-clusters k.. in state st: count the ones of its mask from k in one step */
-      same = st == OVL_DATA ? alloc : st == OVL_ZERO ? zero : ~(alloc | zero);
-      same >>= k;
-      k += same == UINT32_MAX ? 32 - k : (unsigned)__builtin_ctz(~same);
-      run_end = cstart + ((uint64_t)k << l->sc_bits);
-      if (st == OVL_DATA)
-        phys = atomic_load_explicit(&e->phys, memory_order_relaxed) + (pos - cstart);
-    }
-    if (run_end > end)
-      run_end = end;
-    if (n > 0 && ext[n - 1].state == st &&
-        (st != OVL_DATA || ext[n - 1].phys + ext[n - 1].length == phys)) {
-      ext[n - 1].length += run_end - pos;
-    } else {
-      if (n == max)
-        break;
-      ext[n++] = (struct ovl_extent){ pos, run_end - pos, phys, st };
-    }
-    pos = run_end;
-  }
-  return (int)n;
-}
-
-int
-ovl_pread(struct ovl_layer *l, void *buf, uint64_t length, uint64_t offset, ovl_below_fn below, void *opaque)
-{
-  struct ovl_extent ext[32];
-  uint8_t *p = buf;
-
-  if (offset > l->hdr.virtual_size || length > l->hdr.virtual_size - offset)
-    return cc_error_set(EINVAL, "read: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64, l->path,
-                        offset, length, l->hdr.virtual_size);
-  while (length > 0) {
-    int n = ovl_map(l, offset, length, ext, 32);
-    if (n < 0)
-      return n;
-    for (int k = 0; k < n; k++) {
-      int r = 0;
-      switch (ext[k].state) {
-      case OVL_DATA:
-        r = ovl_pread_full(l, p, ext[k].length, ext[k].phys);
-        break;
-      case OVL_ZERO:
-        memset(p, 0, ext[k].length);
-        break;
-      case OVL_UNALLOCATED:
-        if (below)
-          r = below(opaque, p, ext[k].length, ext[k].offset);
-        else
-          memset(p, 0, ext[k].length);
-        break;
-      }
-      if (r < 0)
-        return r;
-      p += ext[k].length;
-      offset += ext[k].length;
-      length -= ext[k].length;
-    }
-  }
-  return 0;
 }
 
 int
