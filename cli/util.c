@@ -232,8 +232,19 @@ json_string(FILE *f, const char *s)
       fputs("\\t", f);
     else if (ch < 0x20 || ch == 0x7f)
       fprintf(f, "\\u%04x", ch);
-    else
-      fputc(ch, f); /* UTF-8 passes through; invalid bytes are the user's own */
+    else if (ch < 0x80)
+      fputc(ch, f);
+    else {
+      /* valid UTF-8 passes through; any other byte would make the output invalid JSON, so it
+       * becomes U+FFFD (the text output shows the bytes themselves, escaped) */
+      size_t n = cc_utf8_seq(s);
+      if (n == 0) {
+        fputs("\\ufffd", f);
+      } else {
+        fwrite(s, 1, n, f);
+        s += n - 1;
+      }
+    }
   }
   fputc('"', f);
 }

@@ -42,3 +42,34 @@ cc_escape(const char *s, char *buf, size_t len)
   buf[i] = '\0';
   return buf;
 }
+
+size_t
+cc_utf8_seq(const char *s)
+{
+  const unsigned char *p = (const unsigned char *)s;
+  size_t n;
+  unsigned lo = 0x80, hi = 0xbf;
+
+  if (p[0] >= 0xc2 && p[0] <= 0xdf)
+    n = 2;
+  else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+    n = 3;
+    if (p[0] == 0xe0)
+      lo = 0xa0; /* overlong */
+    else if (p[0] == 0xed)
+      hi = 0x9f; /* surrogates */
+  } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+    n = 4;
+    if (p[0] == 0xf0)
+      lo = 0x90; /* overlong */
+    else if (p[0] == 0xf4)
+      hi = 0x8f; /* above U+10FFFF */
+  } else
+    return 0;
+  if (p[1] < lo || p[1] > hi)
+    return 0;
+  for (size_t i = 2; i < n; i++)
+    if (p[i] < 0x80 || p[i] > 0xbf)
+      return 0;
+  return n;
+}

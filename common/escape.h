@@ -21,4 +21,9 @@
  * If it does not fit, it is cut at a whole escape and ends with "...".  Returns buf. */
 const char *cc_escape(const char *s, char *buf, size_t len);
 
+/* Length (2-4) of the well-formed multi-byte UTF-8 sequence at `s` (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 if the bytes there are not one.  JSON
+ * output uses it to pass valid UTF-8 through and replace anything else. */
+size_t cc_utf8_seq(const char *s);
+
 #endif

@@ -105,10 +105,16 @@ cc snapshot info vm1 s2 >"$WORK/info.txt"
 [ "$(wc -l <"$WORK/info.txt")" -eq 11 ] || { cat -v "$WORK/info.txt" >&2; fail "the description broke the layout"; }
 grep -qF 'Description:    evil\x1b[2J\x0asecond line\x07\xff' "$WORK/info.txt" ||
   { cat -v "$WORK/info.txt" >&2; fail "the description is not shown escaped"; }
-# (JSON escapes control bytes as \u00NN; bytes >= 0x80 pass through as they were given.)
+# (JSON escapes control bytes as \u00NN, passes valid UTF-8 through and turns any other byte
+# into U+FFFD, so the output is valid JSON that jq reads back.)
 cc snapshot info vm1 s2 --json >"$WORK/info.json"
 ! LC_ALL=C grep -qaP '[\x00-\x08\x0b-\x1f\x7f]' "$WORK/info.json" ||
   fail "snapshot info --json printed a control byte"
+jq -e . "$WORK/info.json" >/dev/null || { cat -v "$WORK/info.json" >&2; fail "snapshot info --json is not valid JSON"; }
+cc snapshot create vm1 s3 --description $'caf\xc3\xa9 \xe2\x82\xac \xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80\xe2\x82'
+cc snapshot info vm1 s3 --json >"$WORK/info3.json"
+[ "$(jq -r .description "$WORK/info3.json")" = $'caf\xc3\xa9 \xe2\x82\xac \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd' ] ||
+  { cat -v "$WORK/info3.json" >&2; fail "valid UTF-8 not kept or invalid bytes not replaced in --json"; }
 # ...and a finding of check naming a stray file whose name holds them.
 touch "$POOL/tmp/"$'stray\e[31m\nfile'
 cc check >"$WORK/check.txt"

@@ -53,3 +53,19 @@ Test(common_escape, cut_at_a_whole_escape)
   cr_assert_str_eq(cc_escape("\n\n\n", buf, 4), "...");
   cr_assert_str_eq(cc_escape("ab", buf, 4), "ab");
 }
+
+Test(common_escape, utf8_sequences)
+{
+  cr_assert_eq(cc_utf8_seq("\xc3\xa4"), 2);
+  cr_assert_eq(cc_utf8_seq("\xe2\x82\xac"), 3);
+  cr_assert_eq(cc_utf8_seq("\xf0\x9f\x98\x80"), 4);
+  cr_assert_eq(cc_utf8_seq("\xf4\x8f\xbf\xbf"), 4);     /* U+10FFFF */
+  cr_assert_eq(cc_utf8_seq("\xc0\xaf"), 0);             /* overlong '/' */
+  cr_assert_eq(cc_utf8_seq("\xe0\x80\xaf"), 0);         /* overlong */
+  cr_assert_eq(cc_utf8_seq("\xed\xa0\x80"), 0);         /* a surrogate */
+  cr_assert_eq(cc_utf8_seq("\xf4\x90\x80\x80"), 0);     /* above U+10FFFF */
+  cr_assert_eq(cc_utf8_seq("\xe2\x82"), 0);             /* cut short by the end */
+  cr_assert_eq(cc_utf8_seq("\xe2\x82x"), 0);            /* cut short */
+  cr_assert_eq(cc_utf8_seq("\x80"), 0);                 /* a lone continuation byte */
+  cr_assert_eq(cc_utf8_seq("a"), 0);                    /* ASCII is not a multi-byte sequence */
+}
