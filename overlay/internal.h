@@ -12,6 +12,13 @@
 #include "overlay/io.h"
 #include "overlay/overlay.h"
 
+/* Sub-clusters `mask` of `cluster` being written for the first time (write.c). */
+struct ovl_reservation {
+  uint64_t cluster;
+  uint32_t mask;
+  struct ovl_reservation *next;
+};
+
 /* The decoded header (host byte order). */
 struct ovl_header {
   uint32_t version;
@@ -66,7 +73,11 @@ struct ovl_layer {
   pthread_mutex_t lock;
   uint64_t frontier;
   bool dirty_on_disk;  /* the durable header has the dirty bit */
-  uint8_t *scratch;    /* cluster_size bytes for read-modify-write of partial sub-clusters */
+  /* First writes in progress (write.c): sub-clusters reserved under `lock`, written without
+   * it, published under it again.  A request that would change the bits of a reserved
+   * sub-cluster waits on `reserved_done`.  Nodes live on the writers' stacks. */
+  struct ovl_reservation *reserved;
+  pthread_cond_t reserved_done;
   uint32_t *dirty_l2;  /* indexes of L2 tables with dirty or l1_dirty set */
   size_t ndirty_l2, dirty_cap;
 

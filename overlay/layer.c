@@ -241,6 +241,7 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   }
   l->flags = flags;
   pthread_mutex_init(&l->lock, NULL);
+  pthread_cond_init(&l->reserved_done, NULL);
   l->fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   if (l->fd == -1) {
     r = cc_error_set(errno, "open: %s: %s", path, strerror(errno));
@@ -297,6 +298,7 @@ fail:
   if (l->fd >= 0)
     close(l->fd);
   pthread_mutex_destroy(&l->lock);
+  pthread_cond_destroy(&l->reserved_done);
   free(l->path);
   free(l);
   return r;
@@ -351,6 +353,7 @@ ovl_close(struct ovl_layer *l)
   ovl_map_free(l);
   close(l->fd);
   pthread_mutex_destroy(&l->lock);
+  pthread_cond_destroy(&l->reserved_done);
   free(l->path);
   free(l);
   return r;

@@ -196,8 +196,6 @@ ovl_map_free(struct ovl_layer *l)
   }
   free(l->dirty_l2);
   l->dirty_l2 = NULL;
-  free(l->scratch);
-  l->scratch = NULL;
 }
 
 /* Remember that L2 table i (or its L1 entry) must be written by the next flush. */

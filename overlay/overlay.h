@@ -12,9 +12,10 @@
  * Concurrency: map lookups (ovl_map, ovl_pread) take no lock.  Each L2 entry is two atomic
  * 64-bit words (physical offset, then the alloc|zero bitmaps); a writer stores the offset
  * before it publishes bits that need it, and never changes a bound offset.  Every operation
- * that changes the map or allocates (first writes, copy-up, zero/trim, flush, header changes)
- * holds the layer's `lock` mutex; writes into already allocated sub-clusters go straight to the
- * file with pwrite and take no lock.  No operation writes a byte of an allocated sub-cluster
+ * that changes the map or allocates (binding a cluster, publishing a first write, zero/trim,
+ * flush, header changes) holds the layer's `lock` mutex; a first write writes its data between
+ * two holds of it, with its sub-clusters reserved; writes into already allocated sub-clusters go
+ * straight to the file with pwrite and take no lock.  No operation writes a byte of an allocated sub-cluster
  * that its request does not cover (write.c's design notes, FORMAT.md section 7.5), so
  * non-overlapping requests in flight at once all take effect; overlapping ones land in some
  * order, as with any block device.

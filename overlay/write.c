@@ -2,9 +2,11 @@
  *
  * Two paths.  A write whose sub-clusters are all allocated already goes straight to the file
  * with no lock: the map does not change and the physical cluster can never move.  Anything
- * else (first writes, copy-up, writes into zero sub-clusters, zeroing) runs under the layer
- * lock: the data is written first and the map entry changed after, so neither a concurrent
- * reader nor a flush can ever see an entry that names unwritten bytes.
+ * else (first writes, copy-up, writes into zero sub-clusters) reserves the sub-clusters it will
+ * allocate under the layer lock, writes the data without it, and publishes the map bits under
+ * it again, so first writes into different sub-clusters run in parallel, and neither a
+ * concurrent reader nor a flush can ever see an entry that names unwritten bytes.  Zeroing
+ * changes bits only, under the lock.
  *
  * Copy-up is per sub-cluster: a 4 KiB write into a fresh clone with the default 128 KiB clusters
  * writes exactly 4 KiB and reads nothing from below.  Only a write that covers part of an
@@ -13,16 +15,20 @@
  *
  * Concurrency on one sub-cluster (FORMAT.md section 7.5 states the same rule):
  *  - reads and in-place writes take no lock and may run at any time, alongside anything;
- *  - everything that changes the map (first write, copy-up, zero, trim) and flush hold the
- *    layer lock, so they are serialized among themselves;
+ *  - every change of the map (binding a cluster, publishing a first write's bits, zero, trim)
+ *    and flush hold the layer lock, so they are serialized among themselves;
+ *  - a first write reserves the unallocated sub-clusters it covers (under the lock) for the
+ *    time it writes their data; another request that would write them or change their bits
+ *    waits for the reservation to end, so a reserved sub-cluster has one writer;
  *  - nothing ever writes a byte of an *allocated* sub-cluster that its request does not cover:
  *    a locked write that also covers allocated sub-clusters writes only its own bytes there, in
  *    place, exactly as the lock-free path would.  Read-modify-write of an allocated sub-cluster
  *    would write back stale bytes over a lock-free write landing in between (issue 11: lost
  *    acknowledged writes under 16 small writes in flight);
- *  - read-modify-write (copy-up) happens only to sub-clusters that are not allocated, which no
- *    lock-free write can be writing into: that path needs every sub-cluster of its range
- *    allocated, and the bit is published only after the whole sub-cluster is written;
+ *  - read-modify-write (copy-up) happens only to sub-clusters that are not allocated and that
+ *    the writer has reserved: no lock-free write can be writing into them (that path needs
+ *    every sub-cluster of its range allocated, and the bit is published only after the whole
+ *    sub-cluster is written), and no other locked one (it waits for the reservation);
  *  - a sub-cluster leaves the allocated state (zero, trim) only when its request covers it
  *    whole, so a lock-free write still in flight into it overlaps that request, and NBD leaves
  *    the result of overlapping requests in flight to the server: it is one or the other.  Its
@@ -88,21 +94,20 @@ try_write_in_place(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uin
   return 1;
 }
 
-/* Fill scratch for sub-cluster k of the cluster at cstart with what it reads as now. */
+/* Fill dst with what unallocated sub-cluster k of the cluster at cstart reads as: zeroes for a
+ * zero sub-cluster (or with no image below), else the image below.  The tail of a sub-cluster
+ * that straddles the virtual size is kept zero (it is never read). */
 static int
-fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, uint64_t bits, uint64_t phys,
-                ovl_below_fn below, void *opaque)
+fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, uint64_t bits, ovl_below_fn below,
+                void *opaque)
 {
   uint64_t vstart = cstart + ((uint64_t)k << l->sc_bits);
   uint64_t n = l->sc_size;
 
   if (vstart + n > l->hdr.virtual_size) {
-    /* the tail of the last sub-cluster lies beyond the disk: never read, keep it zero */
     memset(dst, 0, n);
     n = l->hdr.virtual_size - vstart;
   }
-  if (ovl_bits_alloc(bits) >> k & 1)
-    return ovl_pread_full(l, dst, n, phys + ((uint64_t)k << l->sc_bits));
   if ((ovl_bits_zero(bits) >> k & 1) || !below) {
     memset(dst, 0, n);
     return 0;
@@ -111,70 +116,117 @@ fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, 
 }
 
 /* Write [r0, r1) of the virtual disk into sub-clusters k..j of the cluster at cstart, none of
- * which is allocated yet, and which therefore no lock-free writer can be writing into: fill the
- * uncovered head of k and tail of j with what they read as now (copy-up, or zeroes), and write
- * the whole sub-clusters at once.  The bits are the caller's to publish.  Caller holds l->lock. */
+ * which is allocated and all of which the caller has reserved, so no other request writes them
+ * or changes their bits: complete the uncovered head of k and tail of j (copy-up, or zeroes) and
+ * write the whole sub-clusters at once.  Runs without the layer lock. */
 static int
 write_new_subclusters(struct ovl_layer *l, const uint8_t *buf, uint64_t r0, uint64_t r1, uint64_t cstart,
                       unsigned k, unsigned j, uint64_t bits, uint64_t phys, ovl_below_fn below, void *opaque)
 {
   uint64_t a0 = cstart + ((uint64_t)k << l->sc_bits);
   uint64_t a1 = cstart + ((uint64_t)(j + 1) << l->sc_bits);
-  int r;
+  uint8_t *scratch;
+  int r = 0;
 
   /* Only a write covering whole sub-clusters skips the scratch copy.  A write ending at a
    * virtual size that is not sub-cluster aligned still writes the whole last sub-cluster
    * (padded with zeroes), or the file would end inside allocated data (FORMAT.md 5.3 (2)). */
   if (r0 == a0 && r1 == a1)
     return ovl_pwrite_full(l, buf, r1 - r0, phys + (a0 - cstart));
-  if (!l->scratch && !(l->scratch = malloc(l->cluster_size)))
+  scratch = malloc(a1 - a0);
+  if (!scratch)
     return cc_error_set(ENOMEM, "write: %s: out of memory", l->path);
-  if (r0 != a0) {
-    r = fill_subcluster(l, l->scratch, cstart, k, bits, phys, below, opaque);
-    if (r < 0)
-      return r;
+  if (r0 != a0)
+    r = fill_subcluster(l, scratch, cstart, k, bits, below, opaque);
+  if (r == 0 && r1 != a1 && (j != k || r0 == a0))
+    r = fill_subcluster(l, scratch + (a1 - a0 - l->sc_size), cstart, j, bits, below, opaque);
+  if (r == 0) {
+    memcpy(scratch + (r0 - a0), buf, r1 - r0);
+    r = ovl_pwrite_full(l, scratch, a1 - a0, phys + (a0 - cstart));
   }
-  if (r1 != a1 && (j != k || r0 == a0)) {
-    r = fill_subcluster(l, l->scratch + (a1 - a0 - l->sc_size), cstart, j, bits, phys, below, opaque);
-    if (r < 0)
-      return r;
-  }
-  memcpy(l->scratch + (r0 - a0), buf, r1 - r0);
-  return ovl_pwrite_full(l, l->scratch, a1 - a0, phys + (a0 - cstart));
+  free(scratch);
+  return r;
 }
 
-/* Write [pos, cend) inside one cluster.  Caller holds l->lock.
+/* Does any first write in progress hold a sub-cluster of `mask` in `cluster`?  Caller holds
+ * l->lock. */
+static bool
+reserved(const struct ovl_layer *l, uint64_t cluster, uint32_t mask)
+{
+  for (const struct ovl_reservation *v = l->reserved; v; v = v->next)
+    if (v->cluster == cluster && (v->mask & mask))
+      return true;
+  return false;
+}
+
+/* Wait until no first write in progress holds a sub-cluster of `mask` in `cluster`.  Caller
+ * holds l->lock; it is released while waiting, so the caller re-reads the map after. */
+static void
+wait_unreserved(struct ovl_layer *l, uint64_t cluster, uint32_t mask)
+{
+  while (reserved(l, cluster, mask))
+    pthread_cond_wait(&l->reserved_done, &l->lock);
+}
+
+static void
+unreserve(struct ovl_layer *l, struct ovl_reservation *v)
+{
+  struct ovl_reservation **pp = &l->reserved;
+
+  while (*pp != v)
+    pp = &(*pp)->next;
+  *pp = v->next;
+  pthread_cond_broadcast(&l->reserved_done);
+}
+
+/* Write [pos, cend) inside one cluster.  Called with l->lock held, returns with it held, and
+ * releases it while the data is written: first writes of different sub-clusters proceed in
+ * parallel (issue 16, finding C of BENCHMARKS.md).
  *
- * The range is walked in runs of sub-clusters of one kind.  A run already allocated gets
- * exactly the bytes the request covers, in place, as the lock-free path would write them: its
- * other bytes may belong to a lock-free write in flight this very moment, so they are never
- * read and written back (issue 11: that read-modify-write lost acknowledged writes).  A run not
- * yet allocated is completed and written whole by write_new_subclusters. */
+ * Under the lock: bind the physical cluster if it has none, and reserve the sub-clusters that
+ * are not allocated yet (waiting for any other first write that holds one of them).  Without
+ * it: write the range in runs of sub-clusters of one kind.  A run already allocated gets exactly
+ * the bytes the request covers, in place, as the lock-free path would write them: its other
+ * bytes may belong to a lock-free write in flight this very moment, so they are never read and
+ * written back (issue 11: that read-modify-write lost acknowledged writes).  A reserved run is
+ * completed and written whole by write_new_subclusters.  Under the lock again: publish the
+ * reserved sub-clusters as allocated (data before map) and release them. */
 static int
-write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend, ovl_below_fn below,
-                     void *opaque)
+write_cluster(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend, ovl_below_fn below,
+              void *opaque)
 {
   uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
   uint32_t i = (uint32_t)(cluster / OVL_L2_ENTRIES);
   unsigned k0 = (unsigned)((pos - cstart) >> l->sc_bits);
   unsigned k1 = (unsigned)((cend - 1 - cstart) >> l->sc_bits);
   uint32_t mask = ovl_sc_mask(k0, k1);
+  struct ovl_reservation v;
   struct ovl_l2 *t;
   struct ovl_entry *e;
   uint64_t bits, phys;
   uint32_t alloc;
-  int r;
+  int r = 0;
 
   t = ovl_l2_get_or_create(l, cluster);
   if (!t)
     return -errno;
   e = &t->e[cluster % OVL_L2_ENTRIES];
-  bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
+  for (;;) {
+    bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
+    alloc = ovl_bits_alloc(bits);
+    if ((alloc & mask) == mask || !reserved(l, cluster, mask & ~alloc))
+      break;
+    wait_unreserved(l, cluster, mask & ~alloc);
+  }
   phys = atomic_load_explicit(&e->phys, memory_order_relaxed);
-  alloc = ovl_bits_alloc(bits);
 
-  if ((alloc & mask) == mask)
-    return ovl_pwrite_full(l, buf, cend - pos, phys + (pos - cstart));
+  if ((alloc & mask) == mask) {
+    /* allocated meanwhile (or by the time we got the lock): an in-place write */
+    pthread_mutex_unlock(&l->lock);
+    r = ovl_pwrite_full(l, buf, cend - pos, phys + (pos - cstart));
+    pthread_mutex_lock(&l->lock);
+    return r;
+  }
 
   if (phys == 0) {
     r = ovl_set_dirty_locked(l);
@@ -188,8 +240,11 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
     if (r < 0)
       return r;
   }
+  v = (struct ovl_reservation){cluster, mask & ~alloc, l->reserved};
+  l->reserved = &v;
+  pthread_mutex_unlock(&l->lock);
 
-  for (unsigned k = k0; k <= k1;) {
+  for (unsigned k = k0; k <= k1 && r == 0;) {
     bool allocated = alloc >> k & 1;
     unsigned j = k;
     uint64_t r0, r1;
@@ -206,17 +261,24 @@ write_cluster_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint
       r = ovl_pwrite_full(l, buf + (r0 - pos), r1 - r0, phys + (r0 - cstart));
     else
       r = write_new_subclusters(l, buf + (r0 - pos), r0, r1, cstart, k, j, bits, phys, below, opaque);
-    if (r < 0)
-      return r;
     k = j + 1;
   }
 
-  /* every byte is written: now the new sub-clusters may be read */
-  bits = ovl_bits_make(alloc | mask, ovl_bits_zero(bits) & ~mask);
-  atomic_store_explicit(&e->bits, bits, memory_order_release);
-  return ovl_mark_dirty(l, i);
+  pthread_mutex_lock(&l->lock);
+  if (r == 0) {
+    /* every byte is written: now the reserved sub-clusters may be read.  Other sub-clusters'
+     * bits may have changed meanwhile (under this lock), so change only ours. */
+    bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
+    bits = ovl_bits_make(ovl_bits_alloc(bits) | v.mask, ovl_bits_zero(bits) & ~v.mask);
+    atomic_store_explicit(&e->bits, bits, memory_order_release);
+    r = ovl_mark_dirty(l, i);
+  }
+  unreserve(l, &v);
+  return r;
 }
 
+/* Write [offset, offset + length) cluster by cluster.  Called with l->lock held; write_cluster
+ * releases it while data is written, so the map may change between clusters. */
 static int
 write_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uint64_t offset, bool zeroes,
              ovl_below_fn below, void *opaque)
@@ -226,7 +288,7 @@ write_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uint64_t 
   while (pos < end) {
     uint64_t cstart = pos >> l->cluster_bits << l->cluster_bits;
     uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
-    int r = write_cluster_locked(l, zeroes ? zero_buf : buf + (pos - offset), pos, cend, below, opaque);
+    int r = write_cluster(l, zeroes ? zero_buf : buf + (pos - offset), pos, cend, below, opaque);
 
     if (r < 0)
       return r;
@@ -300,6 +362,9 @@ zero_subclusters_locked(struct ovl_layer *l, uint64_t cluster, uint32_t mask, un
   if (!t && !(t = ovl_l2_get_or_create(l, cluster)))
     return -errno;
   e = &t->e[cluster % OVL_L2_ENTRIES];
+  /* a first write in progress on one of them completes first (it overlaps this request, so
+   * either order is allowed); changing its bits under it would mix the two */
+  wait_unreserved(l, cluster, mask);
   bits = atomic_load_explicit(&e->bits, memory_order_relaxed);
   nbits = ovl_bits_make(ovl_bits_alloc(bits) & ~mask, ovl_bits_zero(bits) | mask);
   if (nbits == bits)
