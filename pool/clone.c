@@ -36,7 +36,7 @@ full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uu
   uint8_t raw_uuid[OVL_UUID_LEN];
   int r, r2;
 
-  if ((r = cc_pool_open_export(p, from, 1, 0, &src)) < 0)
+  if ((r = cc_pool_open_export(p, from, 1, 0, &src, NULL)) < 0)
     return r;
   opts.virtual_size = *size = cc_chain_size(src);
   opts.parent.kind = OVL_PARENT_NONE;
