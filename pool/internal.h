@@ -87,6 +87,17 @@ int64_t pool_now(void);
 void pool_format_time(int64_t t, char *buf, size_t len); /* 2026-01-31T12:00:00Z */
 int pool_parse_time(const char *s, int64_t *out);
 
+/* records.c: a uuid as records and layer file names spell it (36 lowercase hex digits and
+ * dashes). */
+int pool_uuid_valid(const char *s);
+/* A layer's parent link as the pool writes them (POOL.md 2), the one parser of them: kind
+ * OVL_PARENT_LAYER "UUID.cow" (a sibling in layers/) fills uuid, OVL_PARENT_RAW
+ * "../images/NAME.raw" fills image; the other is "".  OVL_PARENT_NONE is 0 with both "".
+ * -EINVAL, no message, both "", for any other link: it is not ours to follow (it may leave the
+ * pool), and a caller must never build a path from it. */
+int pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_STR],
+                           char image[CC_NAME_MAX + 1]);
+
 /* records.c; `op` starts every error message ("clone delete: vm1: no such clone"). */
 int pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_clone *c);
 int pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc_template *t);

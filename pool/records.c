@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int
-uuid_valid(const char *s)
+int
+pool_uuid_valid(const char *s)
 {
   size_t i;
 
@@ -38,6 +38,45 @@ uuid_valid(const char *s)
     }
   }
   return 1;
+}
+
+int
+pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_STR],
+                       char image[CC_NAME_MAX + 1])
+{
+  size_t len = strlen(link);
+
+  uuid[0] = '\0';
+  image[0] = '\0';
+  if (parent_kind == OVL_PARENT_NONE)
+    return 0;
+  if (parent_kind == OVL_PARENT_LAYER) {
+    /* "UUID.cow": a sibling in layers/, named by a real uuid (not any 36 bytes). */
+    if (len != 36 + 4 || strcmp(link + 36, ".cow") != 0)
+      return -EINVAL;
+    memcpy(uuid, link, 36);
+    uuid[36] = '\0';
+    if (!pool_uuid_valid(uuid)) {
+      uuid[0] = '\0';
+      return -EINVAL;
+    }
+    return 0;
+  }
+  if (parent_kind == OVL_PARENT_RAW) {
+    /* "../images/NAME.raw"; "../images/../../etc/x.raw" has the right frame, so the name inside
+     * must be a name. */
+    if (strncmp(link, "../images/", 10) != 0 || len <= 14 || strcmp(link + len - 4, ".raw") != 0 ||
+        len - 14 > CC_NAME_MAX)
+      return -EINVAL;
+    memcpy(image, link + 10, len - 14);
+    image[len - 14] = '\0';
+    if (!cc_name_valid(image)) {
+      image[0] = '\0';
+      return -EINVAL;
+    }
+    return 0;
+  }
+  return -EINVAL;
 }
 
 static void
@@ -169,7 +208,7 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
         goto bad;
       have_kind = 1;
     } else if (strcmp(key, "layer") == 0) {
-      if (!uuid_valid(val))
+      if (!pool_uuid_valid(val))
         goto bad;
       strcpy(t->layer, val);
     } else if (strcmp(key, "image") == 0) {
@@ -259,7 +298,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
     if (n < 2)
       goto bad;
     if (strcmp(key, "top") == 0 && n == 2) {
-      if (!uuid_valid(a))
+      if (!pool_uuid_valid(a))
         goto bad;
       strcpy(c->top, a);
     } else if (strcmp(key, "created") == 0 && n == 2) {
@@ -279,7 +318,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
       have_size = 1;
     } else if (strcmp(key, "snapshot") == 0 && n >= 4) {
       struct cc_snapshot *s, *ns;
-      if (!cc_name_valid(a) || !uuid_valid(b))
+      if (!cc_name_valid(a) || !pool_uuid_valid(b))
         goto bad;
       ns = realloc(c->snaps, (c->nsnaps + 1) * sizeof *ns);
       if (ns == NULL) {
