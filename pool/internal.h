@@ -73,6 +73,16 @@ int pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *pa
 /* Move a finished file from tmp/ into layers/UUID.cow (rename + fsync layers/). */
 int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid);
 
+/* clone.c: the first steps of every operation that gives clone `c` a new top (snapshot create,
+ * snapshot revert, template promote).  Take the current top's exclusive lock (a server holding
+ * the clone makes us refuse here, before anything changed, naming "OP: CLONE" and the holder),
+ * then create a new empty layer on layer `base` (the top itself, or a snapshot's layer) and
+ * make it durable.  The caller writes its records, then closes *held: until then no server can
+ * open the old top, so cc_pool_open_export's re-read of the record sees the switch (export.c).
+ * On failure nothing is held and only an unnamed layer may be left (POOL.md 2). */
+int pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
+                    struct ovl_layer **held, char newtop[CC_UUID_STR]);
+
 /* The parent link for a new layer on top of template / layer `uuid`. */
 int pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
                             char *pathbuf, size_t pathlen);
