@@ -51,7 +51,7 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
   }
   for (i = 0; i < nt; i++, k++) {
     char when[32];
-    pool_format_time(tmpls[i].created, when, sizeof when);
+    cc_time_format(tmpls[i].created, CC_TIME_ISO, when, sizeof when);
     snprintf(list[k].name, sizeof list[k].name, "%s", tmpls[i].name);
     list[k].kind = CC_EXPORT_TEMPLATE;
     list[k].size = tmpls[i].size;
@@ -72,7 +72,7 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
     for (j = 0; j < c->nsnaps; j++, k++) {
       const struct cc_snapshot *s = &c->snaps[j];
       char when[32];
-      pool_format_time(s->created, when, sizeof when);
+      cc_time_format(s->created, CC_TIME_ISO, when, sizeof when);
       snprintf(list[k].name, sizeof list[k].name, "%s@%s", c->name, s->name);
       list[k].kind = CC_EXPORT_SNAPSHOT;
       list[k].size = c->size;

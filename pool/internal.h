@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
+#include "common/time.h"
 #include "overlay/overlay.h"
 #include "pool/pool.h"
 
@@ -94,8 +95,6 @@ int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const c
                     struct ovl_layer **out);
 
 int64_t pool_now(void);
-void pool_format_time(int64_t t, char *buf, size_t len); /* 2026-01-31T12:00:00Z */
-int pool_parse_time(const char *s, int64_t *out);
 
 /* records.c: a uuid as records and layer file names spell it (36 lowercase hex digits and
  * dashes). */
