@@ -72,8 +72,7 @@ load_node(struct cc_pool *p, struct pool_node *n)
       return;
     }
   }
-  if (pool_parse_parent_link(info.parent_kind, info.parent_path, n->parent, n->parent_image) <
-      0) {
+  if (pool_parse_parent_link(info.parent_kind, info.parent_path, n->parent, n->parent_image) < 0) {
     n->bad = 1;
     snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid,
              info.parent_path);

@@ -537,8 +537,8 @@ drop_clones(void *list, size_t got)
 int
 cc_pool_list_templates(struct cc_pool *p, struct cc_template **out, size_t *n)
 {
-  static const struct record_kind k = { "templates", "template list", sizeof **out, get_template,
-                                        drop_templates };
+  static const struct record_kind k = {"templates", "template list", sizeof **out, get_template,
+                                       drop_templates};
   void *list;
   int r;
 
@@ -560,8 +560,8 @@ cc_clone_list_free(struct cc_clone *list, size_t n)
 int
 cc_pool_list_clones(struct cc_pool *p, struct cc_clone **out, size_t *n)
 {
-  static const struct record_kind k = { "clones", "clone list", sizeof **out, get_clone,
-                                        drop_clones };
+  static const struct record_kind k = {"clones", "clone list", sizeof **out, get_clone,
+                                       drop_clones};
   void *list;
   int r;
 

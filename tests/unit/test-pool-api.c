@@ -177,7 +177,8 @@ Test(pool, exports)
   cr_assert_eq(cc_pool_resolve_export(pool, "../x", path, sizeof path, &kind), -EINVAL);
 
   /* A snapshot and a template are read-only whatever is asked; a clone is writable. */
-  cr_assert_eq(cc_pool_open_export(pool, "vm1@s1", 0, CC_IO_SYNC, &c, &desc), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, "vm1@s1", 0, CC_IO_SYNC, &c, &desc), 0, "%s",
+               cc_error_get());
   cr_assert(!cc_chain_writable(c));
   cr_assert_eq(desc.kind, CC_EXPORT_SNAPSHOT);
   cr_assert_eq(desc.readonly, 1);
@@ -252,8 +253,8 @@ expect(const char *export_name, const uint8_t *m)
   uint8_t *buf = malloc(DISK);
 
   cr_assert_not_null(buf);
-  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c, NULL), 0, "%s: %s", export_name,
-               cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c, NULL), 0, "%s: %s",
+               export_name, cc_error_get());
   cr_assert_eq(cc_chain_size(c), DISK);
   cr_assert_eq(cc_chain_pread(c, buf, DISK, 0), 0, "%s", cc_error_get());
   cc_chain_close(c);
