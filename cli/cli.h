@@ -13,6 +13,7 @@
 
 #include "pool/pool.h"
 #include "common/error.h"
+#include "common/time.h"
 
 #define EXIT_USAGE 2
 
@@ -73,8 +74,6 @@ extern const char *cli_pool_dir;
 
 int parse_size(const char *s, uint64_t *out);
 void human_size(uint64_t n, char *buf, size_t len); /* "1.5 GiB" */
-void format_time(int64_t t, char *buf, size_t len); /* "2026-01-31 12:00:00 +0000" */
-void iso_time(int64_t t, char *buf, size_t len);    /* "2026-01-31T12:00:00Z" */
 void json_string(FILE *f, const char *s);
 
 /* Progress on stderr, only when it is a terminal; cli_progress_done ends the line. */

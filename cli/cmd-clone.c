@@ -87,7 +87,7 @@ clone_list(int argc, char **argv)
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
-      iso_time(c[i].created, when, sizeof when);
+      cc_time_format(c[i].created, CC_TIME_ISO, when, sizeof when);
       printf("%s\n  {\"name\": ", i ? "," : "");
       json_string(stdout, c[i].name);
       printf(", \"size\": %" PRIu64 ", \"created\": \"%s\", \"snapshots\": %zu, \"top\": \"%s\""
@@ -105,7 +105,7 @@ clone_list(int argc, char **argv)
     for (i = 0; i < n; i++) {
       char size[32], when[40];
       human_size(c[i].size, size, sizeof size);
-      format_time(c[i].created, when, sizeof when);
+      cc_time_format(c[i].created, CC_TIME_TABLE, when, sizeof when);
       printf("%-24s %12s %9zu  %-25s  %s%s\n", c[i].name, size, c[i].nsnaps, when,
              c[i].origin[0] ? c[i].origin : "-", c[i].full ? " (full copy)" : "");
     }
@@ -153,7 +153,7 @@ print_snap_json(const struct cc_snapshot_info *s, const char *clone)
 {
   char when[32];
 
-  iso_time(s->s.created, when, sizeof when);
+  cc_time_format(s->s.created, CC_TIME_ISO, when, sizeof when);
   printf("{\"name\": ");
   json_string(stdout, s->s.name);
   printf(", \"clone\": ");
@@ -213,7 +213,7 @@ snapshot_list_or_info(int argc, char **argv, int info)
       printf("\n");
     } else {
       char when[40], size[32], disk[32], desc[CC_ESCAPED_SIZE(CC_DESC_MAX)];
-      format_time(s[i].s.created, when, sizeof when);
+      cc_time_format(s[i].s.created, CC_TIME_TABLE, when, sizeof when);
       human_size(s[i].allocated_bytes, size, sizeof size);
       human_size(s[i].disk_bytes, disk, sizeof disk);
       printf("Name:           %s\nClone:          %s\nExport:         %s@%s\n"
@@ -236,7 +236,7 @@ snapshot_list_or_info(int argc, char **argv, int info)
            "---\n");
     for (i = 0; i < n; i++) {
       char when[40], size[32], name[CC_NAME_MAX + 3];
-      format_time(s[i].s.created, when, sizeof when);
+      cc_time_format(s[i].s.created, CC_TIME_TABLE, when, sizeof when);
       human_size(s[i].allocated_bytes, size, sizeof size);
       snprintf(name, sizeof name, "%s%s", s[i].s.name, s[i].current ? " *" : "");
       printf(" %-22s %-27s %-22s %s\n", name, when, s[i].parent[0] ? s[i].parent : "-", size);

@@ -24,7 +24,7 @@ print_layer_text(const struct cc_layer_info *l, const char *name)
   human_size(l->virtual_size, vs, sizeof vs);
   human_size(l->disk_bytes, ds, sizeof ds);
   human_size(l->allocated_bytes, as, sizeof as);
-  format_time(l->created, when, sizeof when);
+  cc_time_format(l->created, CC_TIME_TABLE, when, sizeof when);
   printf("image: %s\n", name);
   printf("file: %s\n", l->file);
   printf("file format: %s\n", l->raw ? "raw" : "cowchain");
@@ -50,7 +50,7 @@ print_layer_json(const struct cc_layer_info *l, const char *name, const char *in
 {
   char when[32];
 
-  iso_time(l->created, when, sizeof when);
+  cc_time_format(l->created, CC_TIME_ISO, when, sizeof when);
   printf("%s{\"image\": ", indent);
   json_string(stdout, name);
   printf(", \"filename\": ");

@@ -173,7 +173,7 @@ template_list(int argc, char **argv)
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
-      iso_time(t[i].created, when, sizeof when);
+      cc_time_format(t[i].created, CC_TIME_ISO, when, sizeof when);
       printf("%s\n  {\"name\": ", i ? "," : "");
       json_string(stdout, t[i].name);
       printf(", \"kind\": \"%s\", \"size\": %" PRIu64 ", \"created\": \"%s\", \"layer\": ",
@@ -190,7 +190,7 @@ template_list(int argc, char **argv)
     for (i = 0; i < n; i++) {
       char size[32], when[40];
       human_size(t[i].size, size, sizeof size);
-      format_time(t[i].created, when, sizeof when);
+      cc_time_format(t[i].created, CC_TIME_TABLE, when, sizeof when);
       printf("%-24s %-6s %12s  %s\n", t[i].name, t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer",
              size, when);
     }

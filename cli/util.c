@@ -25,7 +25,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 /* The one error line: "cowchain: [CMD: ]MESSAGE", escaped as a whole. */
@@ -196,26 +195,6 @@ human_size(uint64_t n, char *buf, size_t len)
     snprintf(buf, len, "%" PRIu64 " B", n);
   else
     snprintf(buf, len, "%.1f %s", v, unit[u]);
-}
-
-void
-format_time(int64_t t, char *buf, size_t len)
-{
-  time_t tt = (time_t)t;
-  struct tm tm;
-
-  gmtime_r(&tt, &tm);
-  strftime(buf, len, "%Y-%m-%d %H:%M:%S +0000", &tm);
-}
-
-void
-iso_time(int64_t t, char *buf, size_t len)
-{
-  time_t tt = (time_t)t;
-  struct tm tm;
-
-  gmtime_r(&tt, &tm);
-  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 void

@@ -36,7 +36,7 @@ full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uu
   uint8_t raw_uuid[OVL_UUID_LEN];
   int r, r2;
 
-  if ((r = cc_pool_open_export(p, from, 1, 0, &src)) < 0)
+  if ((r = cc_pool_open_export(p, from, 1, 0, &src, NULL)) < 0)
     return r;
   opts.virtual_size = *size = cc_chain_size(src);
   opts.parent.kind = OVL_PARENT_NONE;
@@ -189,11 +189,30 @@ unlock:
 }
 
 int
+pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
+                struct ovl_layer **held, char newtop[CC_UUID_STR])
+{
+  char ppath[64], what[CC_NAME_MAX + 32];
+  struct ovl_parent par;
+  int r;
+
+  *held = NULL;
+  snprintf(what, sizeof what, "%s: %s", op, c->name);
+  if ((r = pool_open_layer(p, c->top, OVL_RDWR, what, held)) < 0 ||
+      (r = pool_parent_of_layer(p, base, &par, ppath, sizeof ppath)) < 0 ||
+      (r = pool_new_layer(p, c->size, &par, newtop)) < 0) {
+    ovl_close(*held);
+    *held = NULL;
+    return r;
+  }
+  return 0;
+}
+
+int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
-  char ppath[64], newtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
+  char newtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
-  struct ovl_parent par;
   struct cc_snapshot *ns;
   struct cc_clone c;
   int r;
@@ -214,10 +233,7 @@ cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const
     r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
     goto out;
   }
-  snprintf(what, sizeof what, "snapshot create: %s", clone);
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0 ||
-      (r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0 ||
-      (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+  if ((r = pool_freeze_top(p, "snapshot create", &c, c.top, &top, newtop)) < 0)
     goto out;
   ns = realloc(c.snaps, (c.nsnaps + 1) * sizeof *ns);
   if (ns == NULL) {
@@ -245,9 +261,8 @@ unlock:
 int
 cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
 {
-  char ppath[64], newtop[CC_UUID_STR], oldtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
+  char newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
-  struct ovl_parent par;
   struct pool_graph g;
   struct cc_clone c;
   int r, i;
@@ -260,10 +275,7 @@ cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
     r = cc_error_set(ENOENT, "snapshot revert: %s@%s: no such snapshot", clone, snap);
     goto out;
   }
-  snprintf(what, sizeof what, "snapshot revert: %s", clone);
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0 ||
-      (r = pool_parent_of_layer(p, c.snaps[i].layer, &par, ppath, sizeof ppath)) < 0 ||
-      (r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+  if ((r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop)) < 0)
     goto out;
   strcpy(oldtop, c.top);
   strcpy(c.top, newtop);

@@ -470,7 +470,7 @@ cc_pool_export_file(struct cc_pool *p, const char *name, const char *file, const
     return r;
   /* Read-only: a clone a server is writing is refused by its lock rather than copied in the
    * middle of the guest's writes. */
-  if ((r = cc_pool_open_export(p, name, 1, 0, &c)) < 0)
+  if ((r = cc_pool_open_export(p, name, 1, 0, &c, NULL)) < 0)
     return r;
   if (qcow2) {
     /* qemu-img converts from a sparse raw file next to the output, then it goes. */

@@ -51,7 +51,7 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
   }
   for (i = 0; i < nt; i++, k++) {
     char when[32];
-    pool_format_time(tmpls[i].created, when, sizeof when);
+    cc_time_format(tmpls[i].created, CC_TIME_ISO, when, sizeof when);
     snprintf(list[k].name, sizeof list[k].name, "%s", tmpls[i].name);
     list[k].kind = CC_EXPORT_TEMPLATE;
     list[k].size = tmpls[i].size;
@@ -72,7 +72,7 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
     for (j = 0; j < c->nsnaps; j++, k++) {
       const struct cc_snapshot *s = &c->snaps[j];
       char when[32];
-      pool_format_time(s->created, when, sizeof when);
+      cc_time_format(s->created, CC_TIME_ISO, when, sizeof when);
       snprintf(list[k].name, sizeof list[k].name, "%s@%s", c->name, s->name);
       list[k].kind = CC_EXPORT_SNAPSHOT;
       list[k].size = c->size;
@@ -121,50 +121,71 @@ cc_pool_resolve_export(struct cc_pool *p, const char *export_name, char *path, s
   return 0;
 }
 
+/* Open the chain `t` resolved to, with the export's access rules; the error names the export. */
+static int
+open_target(struct cc_pool *p, const char *export_name, const struct pool_target *t, int readonly,
+            unsigned io_flags, char *path, size_t pathlen, struct cc_chain **out)
+{
+  char msg[CC_ERROR_MAX];
+  unsigned flags = io_flags & CC_IO_SYNC;
+  int r;
+
+  if ((r = target_path(p, t, path, pathlen)) < 0)
+    return r;
+  if (t->kind == CC_EXPORT_CLONE && !readonly)
+    flags |= CC_RDWR;
+  /* A raw image is never probed for a header: its first bytes are guest data. */
+  if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_RAW)
+    flags |= CC_RAW;
+  /* Confined to the pool: a layer whose parent link leaves it is refused (POOL.md 2). */
+  cc_error_clear();
+  r = cc_chain_open_within(path, flags, p->dir, out);
+  if (r < 0) {
+    /* chain/ names the file; the user typed the export name, so it comes first, always. */
+    snprintf(msg, sizeof msg, "%s", cc_error_get()[0] ? cc_error_get() : strerror(-r));
+    return cc_error_set(-r, "open: %s: %s", export_name, msg);
+  }
+  return 0;
+}
+
+/* The open race: a snapshot, revert or promote may switch a clone's top between our reading of
+ * the record and our open.  Each such operation holds the top's exclusive lock from before it
+ * reads the record until the new record is durable.  Opening a clone for writing takes that
+ * lock, so once we hold it and the record still names the same layer, no operation can freeze
+ * the layer under us.  If the record changed, the layer we hold is frozen (or about to go): let
+ * it go and follow the new record, once; a clone whose top changes again in that window is
+ * -EAGAIN ("try again"), which takes a snapshot per open to happen.  A read-only open needs no
+ * check: whatever layer it opened is a consistent disk, and desc->top says which one it was. */
 int
 cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
-                    struct cc_chain **out)
+                    struct cc_chain **out, struct cc_export_desc *desc)
 {
   char path[PATH_MAX];
   struct pool_target t, again;
-  unsigned flags;
   int r, tries;
 
   for (tries = 0;; tries++) {
-    flags = io_flags & CC_IO_SYNC;
     if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
       return r;
-    if ((r = target_path(p, &t, path, sizeof path)) < 0)
+    if ((r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out)) < 0)
       return r;
-    if (t.kind == CC_EXPORT_CLONE && !readonly)
-      flags |= CC_RDWR;
-    /* A raw image is never probed for a header: its first bytes are guest data. */
-    if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
-      flags |= CC_RAW;
-    /* Confined to the pool: a layer whose parent link leaves it is refused (POOL.md 2). */
-    r = cc_chain_open_within(path, flags, p->dir, out);
-    if (r < 0) {
-      char msg[512];
-      /* Name the export, not only the file: "open: vm1: ..." is what the user typed. */
-      snprintf(msg, sizeof msg, "%s", cc_error_get());
-      if (strstr(msg, export_name) == NULL)
-        return cc_error_set(-r, "open: %s: %s", export_name, msg);
-      return r;
-    }
-    if (!(flags & CC_RDWR))
-      return 0;
-    /* A snapshot or promote holds the top's exclusive lock from before it reads the record
-     * until the new record is durable.  We hold that lock now, so if the record still names
-     * this layer, no operation can freeze it under us; if it changed between our read and our
-     * open, the layer we got is frozen: let it go and follow the new record. */
+    if (t.kind != CC_EXPORT_CLONE || readonly)
+      break;
     r = pool_resolve(p, "open", export_name, &again);
     if (r == 0 && again.kind == t.kind && strcmp(again.layer, t.layer) == 0)
-      return 0;
+      break;
     cc_chain_close(*out);
     *out = NULL;
     if (r < 0)
       return r;
-    if (tries == 5)
+    if (tries == 1)
       return cc_error_set(EAGAIN, "open: %s: the clone keeps changing; try again", export_name);
   }
+  if (desc) {
+    snprintf(desc->name, sizeof desc->name, "%s", export_name);
+    desc->kind = t.kind;
+    snprintf(desc->top, sizeof desc->top, "%s", path);
+    desc->readonly = !cc_chain_writable(*out);
+  }
+  return 0;
 }

@@ -72,37 +72,19 @@ load_node(struct cc_pool *p, struct pool_node *n)
       return;
     }
   }
-  if (info.parent_kind == OVL_PARENT_LAYER) {
-    size_t len = strlen(info.parent_path);
+  if (pool_parse_parent_link(info.parent_kind, info.parent_path, n->parent, n->parent_image) < 0) {
+    n->bad = 1;
+    snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid,
+             info.parent_path);
+  } else if (info.parent_kind == OVL_PARENT_LAYER) {
     char pu[37];
     ovl_uuid_str(info.parent_uuid, pu);
-    /* Pool layers link to siblings by "UUID.cow"; anything else is not ours to follow. */
-    if (len == 36 + 4 && strcmp(info.parent_path + 36, ".cow") == 0 &&
-        strncmp(info.parent_path, pu, 36) == 0) {
-      memcpy(n->parent, info.parent_path, 36);
-      n->parent[36] = '\0';
-    } else if (len == 36 + 4 && strcmp(info.parent_path + 36, ".cow") == 0) {
+    /* The link's file name and the header's parent uuid must agree. */
+    if (strcmp(n->parent, pu) != 0) {
       n->bad = 1;
       snprintf(n->error, sizeof n->error, "layer %s: parent link %s names uuid %s", n->uuid,
                info.parent_path, pu);
-    } else {
-      n->bad = 1;
-      snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid,
-               info.parent_path);
-    }
-  } else if (info.parent_kind == OVL_PARENT_RAW) {
-    const char *s = info.parent_path;
-    size_t len = strlen(s);
-    if (strncmp(s, "../images/", 10) == 0 && len > 14 && strcmp(s + len - 4, ".raw") == 0 &&
-        len - 14 <= CC_NAME_MAX) {
-      memcpy(n->parent_image, s + 10, len - 14);
-      n->parent_image[len - 14] = '\0';
-    }
-    /* "../images/../../etc/x.raw" has the right frame: the name inside must be a name. */
-    if (!cc_name_valid(n->parent_image)) {
-      n->parent_image[0] = '\0';
-      n->bad = 1;
-      snprintf(n->error, sizeof n->error, "layer %s: parent link '%s' leaves the pool", n->uuid, s);
+      n->parent[0] = '\0';
     }
   }
 }

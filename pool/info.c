@@ -153,18 +153,9 @@ cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info 
       li->dirty = info.dirty;
       snprintf(li->parent, sizeof li->parent, "%s", info.parent_path);
       find_role(tm, nt, cl, nc, uuid, li->role, sizeof li->role);
-      uuid[0] = '\0';
-      if (info.parent_kind == OVL_PARENT_LAYER && strlen(info.parent_path) == 40) {
-        memcpy(uuid, info.parent_path, 36);
-        uuid[36] = '\0';
-      } else if (info.parent_kind == OVL_PARENT_RAW &&
-                 strncmp(info.parent_path, "../images/", 10) == 0) {
-        size_t len = strlen(info.parent_path);
-        if (len > 14 && len - 14 <= CC_NAME_MAX) {
-          memcpy(image, info.parent_path + 10, len - 14);
-          image[len - 14] = '\0';
-        }
-      }
+      /* The walk follows only links the pool could have written; any other one ends it here
+       * (li->parent shows it as stored, and check reports it). */
+      (void)pool_parse_parent_link(info.parent_kind, info.parent_path, uuid, image);
     }
   }
   *out = list;
@@ -190,10 +181,11 @@ layer_parent(struct cc_pool *p, const char *uuid, char parent[CC_UUID_STR], uint
     return r;
   ovl_get_info(l, &info);
   ovl_close(l);
-  parent[0] = '\0';
-  if (info.parent_kind == OVL_PARENT_LAYER && strlen(info.parent_path) == 40) {
-    memcpy(parent, info.parent_path, 36);
-    parent[36] = '\0';
+  {
+    char image[CC_NAME_MAX + 1];
+    /* A raw image or a link the pool could not have written: no parent snapshot. */
+    if (pool_parse_parent_link(info.parent_kind, info.parent_path, parent, image) < 0)
+      parent[0] = '\0';
   }
   if (alloc)
     *alloc = info.allocated_bytes;

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
+#include "common/time.h"
 #include "overlay/overlay.h"
 #include "pool/pool.h"
 
@@ -73,6 +74,16 @@ int pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *pa
 /* Move a finished file from tmp/ into layers/UUID.cow (rename + fsync layers/). */
 int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid);
 
+/* clone.c: the first steps of every operation that gives clone `c` a new top (snapshot create,
+ * snapshot revert, template promote).  Take the current top's exclusive lock (a server holding
+ * the clone makes us refuse here, before anything changed, naming "OP: CLONE" and the holder),
+ * then create a new empty layer on layer `base` (the top itself, or a snapshot's layer) and
+ * make it durable.  The caller writes its records, then closes *held: until then no server can
+ * open the old top, so cc_pool_open_export's re-read of the record sees the switch (export.c).
+ * On failure nothing is held and only an unnamed layer may be left (POOL.md 2). */
+int pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
+                    struct ovl_layer **held, char newtop[CC_UUID_STR]);
+
 /* The parent link for a new layer on top of template / layer `uuid`. */
 int pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
                             char *pathbuf, size_t pathlen);
@@ -84,8 +95,17 @@ int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const c
                     struct ovl_layer **out);
 
 int64_t pool_now(void);
-void pool_format_time(int64_t t, char *buf, size_t len); /* 2026-01-31T12:00:00Z */
-int pool_parse_time(const char *s, int64_t *out);
+
+/* records.c: a uuid as records and layer file names spell it (36 lowercase hex digits and
+ * dashes). */
+int pool_uuid_valid(const char *s);
+/* A layer's parent link as the pool writes them (POOL.md 2), the one parser of them: kind
+ * OVL_PARENT_LAYER "UUID.cow" (a sibling in layers/) fills uuid, OVL_PARENT_RAW
+ * "../images/NAME.raw" fills image; the other is "".  OVL_PARENT_NONE is 0 with both "".
+ * -EINVAL, no message, both "", for any other link: it is not ours to follow (it may leave the
+ * pool), and a caller must never build a path from it. */
+int pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_STR],
+                           char image[CC_NAME_MAX + 1]);
 
 /* records.c; `op` starts every error message ("clone delete: vm1: no such clone"). */
 int pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_clone *c);

@@ -634,27 +634,3 @@ pool_now(void)
 {
   return (int64_t)time(NULL);
 }
-
-void
-pool_format_time(int64_t t, char *buf, size_t len)
-{
-  time_t tt = (time_t)t;
-  struct tm tm;
-
-  gmtime_r(&tt, &tm);
-  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-int
-pool_parse_time(const char *s, int64_t *out)
-{
-  struct tm tm;
-  const char *end;
-
-  memset(&tm, 0, sizeof tm);
-  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (end == NULL || *end != '\0')
-    return -EINVAL;
-  *out = (int64_t)timegm(&tm);
-  return 0;
-}

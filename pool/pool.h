@@ -29,6 +29,7 @@
 #ifndef COWCHAIN_POOL_H
 #define COWCHAIN_POOL_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -73,14 +74,26 @@ struct cc_export_info {
  * *out is malloc'd; free() it. */
 int cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n);
 
-/* Resolve an export name to the path of its top file and whether it is writable. */
+/* Resolve an export name to the path of its top file and whether it is writable.  Only a hint
+ * for a later open: the CLI may switch a clone's top at any moment (cc_pool_open_export says
+ * what it really opened). */
 int cc_pool_resolve_export(struct cc_pool *p, const char *export_name, char *path, size_t pathlen,
                            enum cc_export_kind *kind);
 
+/* What cc_pool_open_export opened. */
+struct cc_export_desc {
+  char name[2 * CC_NAME_MAX + 2]; /* the export name asked for: NAME or NAME@SNAP */
+  enum cc_export_kind kind;
+  char top[PATH_MAX]; /* the file the chain was opened on (its top layer, or the raw image) */
+  int readonly;       /* opened read-only: a snapshot, a template, or `readonly` was asked */
+};
+
 /* Open an export: a clone read-write (read-only if `readonly`), a snapshot or a template
- * read-only.  io_flags: CC_IO_SYNC or 0. */
+ * read-only.  io_flags: CC_IO_SYNC or 0.  desc (may be NULL) gets what was opened: a clone's
+ * top is followed if the CLI switches it while we open (export.c says how).  Every error
+ * message names the export ("open: vm1: ..."). */
 int cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
-                        struct cc_chain **out);
+                        struct cc_chain **out, struct cc_export_desc *desc);
 
 /* ------------------------------------------------------------------------------------------
  * Records (docs/POOL.md section 3).  Layers are named by their uuid, as 36 characters.

@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int
-uuid_valid(const char *s)
+int
+pool_uuid_valid(const char *s)
 {
   size_t i;
 
@@ -38,6 +38,45 @@ uuid_valid(const char *s)
     }
   }
   return 1;
+}
+
+int
+pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_STR],
+                       char image[CC_NAME_MAX + 1])
+{
+  size_t len = strlen(link);
+
+  uuid[0] = '\0';
+  image[0] = '\0';
+  if (parent_kind == OVL_PARENT_NONE)
+    return 0;
+  if (parent_kind == OVL_PARENT_LAYER) {
+    /* "UUID.cow": a sibling in layers/, named by a real uuid (not any 36 bytes). */
+    if (len != 36 + 4 || strcmp(link + 36, ".cow") != 0)
+      return -EINVAL;
+    memcpy(uuid, link, 36);
+    uuid[36] = '\0';
+    if (!pool_uuid_valid(uuid)) {
+      uuid[0] = '\0';
+      return -EINVAL;
+    }
+    return 0;
+  }
+  if (parent_kind == OVL_PARENT_RAW) {
+    /* "../images/NAME.raw"; "../images/../../etc/x.raw" has the right frame, so the name inside
+     * must be a name. */
+    if (strncmp(link, "../images/", 10) != 0 || len <= 14 || strcmp(link + len - 4, ".raw") != 0 ||
+        len - 14 > CC_NAME_MAX)
+      return -EINVAL;
+    memcpy(image, link + 10, len - 14);
+    image[len - 14] = '\0';
+    if (!cc_name_valid(image)) {
+      image[0] = '\0';
+      return -EINVAL;
+    }
+    return 0;
+  }
+  return -EINVAL;
 }
 
 static void
@@ -169,13 +208,13 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
         goto bad;
       have_kind = 1;
     } else if (strcmp(key, "layer") == 0) {
-      if (!uuid_valid(val))
+      if (!pool_uuid_valid(val))
         goto bad;
       strcpy(t->layer, val);
     } else if (strcmp(key, "image") == 0) {
       /* informational: the image of a raw template is always images/NAME.raw */
     } else if (strcmp(key, "created") == 0) {
-      if (pool_parse_time(val, &t->created) < 0)
+      if (cc_time_parse(val, &t->created) < 0)
         goto bad;
     } else if (strcmp(key, "size") == 0) {
       char *end;
@@ -211,7 +250,7 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
 {
   char buf[512], when[32];
 
-  pool_format_time(t->created, when, sizeof when);
+  cc_time_format(t->created, CC_TIME_ISO, when, sizeof when);
   if (t->kind == CC_TEMPLATE_RAW)
     snprintf(buf, sizeof buf,
              "cowchain-template 1\nkind raw\nimage images/%s.raw\n"
@@ -259,11 +298,11 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
     if (n < 2)
       goto bad;
     if (strcmp(key, "top") == 0 && n == 2) {
-      if (!uuid_valid(a))
+      if (!pool_uuid_valid(a))
         goto bad;
       strcpy(c->top, a);
     } else if (strcmp(key, "created") == 0 && n == 2) {
-      if (pool_parse_time(a, &c->created) < 0)
+      if (cc_time_parse(a, &c->created) < 0)
         goto bad;
     } else if (strcmp(key, "origin") == 0 && (n == 2 || (n == 3 && strcmp(b, "full") == 0))) {
       char on[CC_NAME_MAX + 1], os[CC_NAME_MAX + 1];
@@ -279,7 +318,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
       have_size = 1;
     } else if (strcmp(key, "snapshot") == 0 && n >= 4) {
       struct cc_snapshot *s, *ns;
-      if (!cc_name_valid(a) || !uuid_valid(b))
+      if (!cc_name_valid(a) || !pool_uuid_valid(b))
         goto bad;
       ns = realloc(c->snaps, (c->nsnaps + 1) * sizeof *ns);
       if (ns == NULL) {
@@ -292,7 +331,7 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
       memset(s, 0, sizeof *s);
       strcpy(s->name, a);
       strcpy(s->layer, b);
-      if (pool_parse_time(d, &s->created) < 0 ||
+      if (cc_time_parse(d, &s->created) < 0 ||
           pct_decode(e, s->description, sizeof s->description) < 0)
         goto bad;
     } else {
@@ -328,7 +367,7 @@ pool_format_clone(const struct cc_clone *c, char **out)
 
   if (buf == NULL)
     return cc_error_set(ENOMEM, "clone: %s: out of memory", c->name);
-  pool_format_time(c->created, when, sizeof when);
+  cc_time_format(c->created, CC_TIME_ISO, when, sizeof when);
   o = (size_t)snprintf(buf, cap, "cowchain-clone 1\ntop %s\ncreated %s\nsize %" PRIu64 "\n", c->top,
                        when, c->size);
   if (c->origin[0])
@@ -337,7 +376,7 @@ pool_format_clone(const struct cc_clone *c, char **out)
     const struct cc_snapshot *s = &c->snaps[i];
     char desc[3 * CC_DESC_MAX + 1];
     pct_encode(s->description, desc, sizeof desc);
-    pool_format_time(s->created, when, sizeof when);
+    cc_time_format(s->created, CC_TIME_ISO, when, sizeof when);
     o += (size_t)snprintf(buf + o, cap - o, "snapshot %s %s %s%s%s\n", s->name, s->layer, when,
                           desc[0] ? " " : "", desc);
   }
@@ -427,27 +466,38 @@ free_names(char **names, size_t n)
   free(names);
 }
 
-int
-cc_pool_list_templates(struct cc_pool *p, struct cc_template **out, size_t *n)
+/* One lister for both kinds of record: every SUB/NAME, sorted by name, read with `get` into an
+ * array of `size`-byte elements; a record deleted while we list is skipped; on failure `drop`
+ * frees the `got` elements read so far (and the array). */
+struct record_kind {
+  const char *sub;  /* "templates" or "clones" */
+  const char *what; /* names the listing in errors */
+  size_t size;
+  int (*get)(struct cc_pool *p, const char *name, void *elem);
+  void (*drop)(void *list, size_t got);
+};
+
+static int
+list_records(struct cc_pool *p, const struct record_kind *k, void **out, size_t *n)
 {
-  struct cc_template *list;
+  char *list;
   char **names;
   size_t cnt, i, got = 0;
   int r;
 
-  if ((r = list_names(p, "templates", &names, &cnt)) < 0)
+  if ((r = list_names(p, k->sub, &names, &cnt)) < 0)
     return r;
-  list = calloc(cnt ? cnt : 1, sizeof *list);
+  list = calloc(cnt ? cnt : 1, k->size);
   if (list == NULL) {
     free_names(names, cnt);
-    return cc_error_set(ENOMEM, "template list: out of memory");
+    return cc_error_set(ENOMEM, "%s: out of memory", k->what);
   }
   for (i = 0; i < cnt; i++) {
-    r = cc_pool_get_template(p, names[i], &list[got]);
+    r = k->get(p, names[i], list + got * k->size);
     if (r == -ENOENT)
       continue; /* deleted while we listed */
     if (r < 0) {
-      free(list);
+      k->drop(list, got);
       free_names(names, cnt);
       return r;
     }
@@ -457,6 +507,44 @@ cc_pool_list_templates(struct cc_pool *p, struct cc_template **out, size_t *n)
   *out = list;
   *n = got;
   return 0;
+}
+
+static int
+get_template(struct cc_pool *p, const char *name, void *elem)
+{
+  return cc_pool_get_template(p, name, elem);
+}
+
+static void
+drop_templates(void *list, size_t got)
+{
+  (void)got;
+  free(list);
+}
+
+static int
+get_clone(struct cc_pool *p, const char *name, void *elem)
+{
+  return cc_pool_get_clone(p, name, elem);
+}
+
+static void
+drop_clones(void *list, size_t got)
+{
+  cc_clone_list_free(list, got);
+}
+
+int
+cc_pool_list_templates(struct cc_pool *p, struct cc_template **out, size_t *n)
+{
+  static const struct record_kind k = {"templates", "template list", sizeof **out, get_template,
+                                       drop_templates};
+  void *list;
+  int r;
+
+  if ((r = list_records(p, &k, &list, n)) == 0)
+    *out = list;
+  return r;
 }
 
 void
@@ -472,33 +560,14 @@ cc_clone_list_free(struct cc_clone *list, size_t n)
 int
 cc_pool_list_clones(struct cc_pool *p, struct cc_clone **out, size_t *n)
 {
-  struct cc_clone *list;
-  char **names;
-  size_t cnt, i, got = 0;
+  static const struct record_kind k = {"clones", "clone list", sizeof **out, get_clone,
+                                       drop_clones};
+  void *list;
   int r;
 
-  if ((r = list_names(p, "clones", &names, &cnt)) < 0)
-    return r;
-  list = calloc(cnt ? cnt : 1, sizeof *list);
-  if (list == NULL) {
-    free_names(names, cnt);
-    return cc_error_set(ENOMEM, "clone list: out of memory");
-  }
-  for (i = 0; i < cnt; i++) {
-    r = cc_pool_get_clone(p, names[i], &list[got]);
-    if (r == -ENOENT)
-      continue;
-    if (r < 0) {
-      cc_clone_list_free(list, got);
-      free_names(names, cnt);
-      return r;
-    }
-    got++;
-  }
-  free_names(names, cnt);
-  *out = list;
-  *n = got;
-  return 0;
+  if ((r = list_records(p, &k, &list, n)) == 0)
+    *out = list;
+  return r;
 }
 
 int

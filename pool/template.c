@@ -281,8 +281,7 @@ out:
 int
 cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
 {
-  char ppath[64], newtop[CC_UUID_STR], what[CC_NAME_MAX + 32];
-  struct ovl_parent par;
+  char newtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
   struct cc_template t;
   struct cc_clone c;
@@ -294,13 +293,7 @@ cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
     goto unlock;
   if ((r = pool_get_clone(p, "template promote", clone, &c)) < 0)
     goto unlock;
-  /* The exclusive lock on the top keeps servers off it until the records say it is frozen. */
-  snprintf(what, sizeof what, "template promote: %s", clone);
-  if ((r = pool_open_layer(p, c.top, OVL_RDWR, what, &top)) < 0)
-    goto out;
-  if ((r = pool_parent_of_layer(p, c.top, &par, ppath, sizeof ppath)) < 0)
-    goto out;
-  if ((r = pool_new_layer(p, c.size, &par, newtop)) < 0)
+  if ((r = pool_freeze_top(p, "template promote", &c, c.top, &top, newtop)) < 0)
     goto out;
   memset(&t, 0, sizeof t);
   snprintf(t.name, sizeof t.name, "%s", name);

@@ -55,7 +55,7 @@ static char *pool_dir;       /* pool=, absolute */
  * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
 static unsigned io_flags = CC_IO_SYNC;
 static char *default_name;   /* default=, or NULL: the empty export name is refused */
-static struct cc_pool *pool; /* opened in .get_ready */
+/* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export. */
 struct handle {
@@ -81,10 +81,7 @@ cowchain_load(void)
 static void
 cowchain_unload(void)
 {
-  exports_shutdown();
-  if (pool)
-    cc_pool_close(pool);
-  pool = NULL;
+  exports_shutdown(); /* closes the pool too */
   free(pool_dir);
   free(default_name);
 }
@@ -163,22 +160,7 @@ cowchain_dump_plugin(void)
 static int
 cowchain_get_ready(void)
 {
-  int r;
-
-  cc_error_clear();
-  r = cc_pool_open(pool_dir, &pool);
-  if (r < 0) {
-    /* chain/'s message names the directory already. */
-    char msg[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
-
-    if (cc_error_get()[0])
-      nbdkit_error("%s", cc_escape(cc_error_get(), msg, sizeof msg));
-    else
-      nbdkit_error("pool=%s: %s", pool_dir, strerror(-r));
-    return -1;
-  }
-  exports_init(pool, io_flags);
-  return 0;
+  return exports_init(pool_dir, io_flags);
 }
 
 /* nbdkit has bound its sockets (under its umask 0022): the pool's socket gets the pool's
@@ -186,7 +168,7 @@ cowchain_get_ready(void)
 static int
 cowchain_after_fork(void)
 {
-  if (cc_pool_secure_socket(pool) < 0) {
+  if (cc_pool_secure_socket(exports_pool()) < 0) {
     nbdkit_error("%s", cc_error_get());
     return -1;
   }

@@ -36,9 +36,15 @@
  * close has released the layer lock.  I/O never takes table_lock: the data callbacks use
  * e->chain directly (chain/ is thread-safe), and e->chain is constant while refs > 0.
  *
- * Race tolerated: between cc_pool_resolve_export and cc_pool_open_export the CLI may switch the
- * clone's top.  We resolve again after opening and retry if the answer changed, so an entry's
- * path always names the layer its chain was opened on.
+ * Race tolerated: between the lookup's cc_pool_resolve_export and the open the CLI may switch
+ * the clone's top.  cc_pool_open_export handles that itself (pool/export.c: it follows the new
+ * record) and says which top it opened; the entry is keyed by that top, so an entry's path
+ * always names the layer its chain was opened on.  If the top moved on, the placeholder's key
+ * changes when the open completes; connections waiting on it wake and look again.  (A read-only
+ * server may then hold two chains on one top for a moment, harmless: nothing writes them.)
+ *
+ * The pool handle and the I/O flags live here, and only here: exports_init opens the pool in
+ * .get_ready, exports_shutdown closes it, and the rest of the plugin asks exports_pool().
  *
  * Read-only: nbdkit's -r is process-wide, so every connection of one server asks with the same
  * `readonly`; an entry is shared regardless and can_write asks the handle and the chain.
@@ -64,18 +70,8 @@ NBDKIT_DLL_PUBLIC int cowchain_debug_exports = 0;
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER; /* an entry left OPENING/CLOSING */
 static struct cc_export *table;                              /* under table_lock */
-static struct cc_pool *pool;   /* set before any connection, then only read */
-static unsigned pool_io_flags; /* CC_IO_SYNC or 0 */
-
-/* How many times .open re-resolves when the CLI keeps moving a clone's top under us. */
-#define RESOLVE_TRIES 3
-
-void
-exports_init(struct cc_pool *p, unsigned io_flags)
-{
-  pool = p;
-  pool_io_flags = io_flags;
-}
+static struct cc_pool *pool;   /* opened by exports_init before any connection, then only read */
+static unsigned pool_io_flags; /* CC_IO_SYNC or 0, likewise */
 
 /* The last chain/ or pool/ error (escaped into buf: it may quote paths and parent links with any
  * bytes, see common/error.h), or a generic one if chain/ left none. */
@@ -85,6 +81,32 @@ last_error(int r, char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)])
   const char *msg = cc_error_get();
 
   return msg[0] ? cc_escape(msg, buf, CC_ESCAPED_SIZE(CC_ERROR_MAX)) : strerror(-r);
+}
+
+int
+exports_init(const char *pool_dir, unsigned io_flags)
+{
+  char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
+  int r;
+
+  cc_error_clear();
+  r = cc_pool_open(pool_dir, &pool);
+  if (r < 0) {
+    /* pool/'s message names the directory already. */
+    if (cc_error_get()[0])
+      nbdkit_error("%s", last_error(r, buf));
+    else
+      nbdkit_error("pool=%s: %s", pool_dir, strerror(-r));
+    return -1;
+  }
+  pool_io_flags = io_flags;
+  return 0;
+}
+
+struct cc_pool *
+exports_pool(void)
+{
+  return pool;
 }
 
 static struct cc_export *
@@ -124,45 +146,14 @@ close_chain(struct cc_export *e)
     nbdkit_error("close: %s: %s", e->name, last_error(r, buf));
 }
 
-/* Log why `name` cannot be opened, naming it once: pool messages usually name it already. */
+/* Log why `name` cannot be opened: pool/ names the export in every message (pool.h). */
 static struct cc_export *
-open_error(const char *name, int r)
+open_error(int r)
 {
   char buf[CC_ESCAPED_SIZE(CC_ERROR_MAX)];
-  const char *msg = last_error(r, buf);
 
-  if (strstr(msg, name))
-    nbdkit_error("%s", msg);
-  else
-    nbdkit_error("open: %s: %s", name, msg);
+  nbdkit_error("%s", last_error(r, buf));
   return NULL;
-}
-
-/* Open the chain for `name`, whose top the caller resolved to `path` (table_lock NOT held).
- * Returns 0, -EAGAIN if the name changed meaning meanwhile (the caller looks again), or -1
- * after nbdkit_error. */
-static int
-open_chain(const char *name, const char *path, enum cc_export_kind kind, int readonly,
-           struct cc_chain **chain)
-{
-  char again[PATH_MAX];
-  enum cc_export_kind kind2;
-  int r;
-
-  cc_error_clear();
-  r = cc_pool_open_export(pool, name, readonly, pool_io_flags, chain);
-  if (r < 0) {
-    open_error(name, r); /* EBUSY: the message names the lock's holder */
-    return -1;
-  }
-  cc_error_clear();
-  r = cc_pool_resolve_export(pool, name, again, sizeof again, &kind2);
-  if (r == 0 && strcmp(path, again) == 0 && kind == kind2)
-    return 0;
-  /* The name changed meaning while we opened it: drop what we got and look again. */
-  cc_chain_close(*chain);
-  *chain = NULL;
-  return -EAGAIN;
 }
 
 struct cc_export *
@@ -170,9 +161,11 @@ exports_acquire(const char *name, int readonly)
 {
   char path[PATH_MAX];
   enum cc_export_kind kind;
+  struct cc_export_desc desc;
   struct cc_chain *chain = NULL;
   struct cc_export *e;
-  int r, tries = 0;
+  char *top = NULL;
+  int r;
 
   pthread_mutex_lock(&table_lock);
 again:
@@ -180,7 +173,7 @@ again:
   r = cc_pool_resolve_export(pool, name, path, sizeof path, &kind);
   if (r < 0) {
     pthread_mutex_unlock(&table_lock);
-    return open_error(name, r);
+    return open_error(r);
   }
   e = lookup_locked(name, path);
   if (e && e->state != EXPORT_OPEN) {
@@ -214,26 +207,33 @@ again:
   table = e;
   pthread_mutex_unlock(&table_lock);
 
-  r = open_chain(name, path, kind, readonly, &chain);
+  cc_error_clear();
+  r = cc_pool_open_export(pool, name, readonly, pool_io_flags, &chain, &desc);
+  if (r == 0 && strcmp(desc.top, path) != 0 && (top = strdup(desc.top)) == NULL) {
+    cc_chain_close(chain);
+    r = cc_error_set(ENOMEM, "open: %s: out of memory", name);
+  }
 
   pthread_mutex_lock(&table_lock);
   pthread_cond_broadcast(&table_cond);
   if (r < 0) {
     unlink_locked(e);
+    pthread_mutex_unlock(&table_lock);
     free(e->path);
     free(e);
-    if (r == -EAGAIN && ++tries < RESOLVE_TRIES)
-      goto again;
-    pthread_mutex_unlock(&table_lock);
-    if (r == -EAGAIN)
-      nbdkit_error("open: %s: export keeps changing while being opened; try again", name);
-    return NULL;
+    return open_error(r); /* EBUSY: the message names the lock's holder */
   }
+  if (top) {
+    /* The CLI switched the top after our lookup: key the entry by what was opened. */
+    free(e->path);
+    e->path = top;
+  }
+  e->kind = desc.kind;
   e->chain = chain;
   e->state = EXPORT_OPEN;
   pthread_mutex_unlock(&table_lock);
   if (cowchain_debug_exports)
-    nbdkit_debug("exports: %s: opened %s (%s, %zu layers)", name, path,
+    nbdkit_debug("exports: %s: opened %s (%s, %zu layers)", name, desc.top,
                  cc_chain_writable(chain) ? "read-write" : "read-only", cc_chain_depth(chain));
   return e;
 }
@@ -295,4 +295,7 @@ exports_shutdown(void)
     free(e);
   }
   pthread_mutex_unlock(&table_lock);
+  if (pool)
+    cc_pool_close(pool);
+  pool = NULL;
 }

@@ -22,8 +22,11 @@ struct cc_export {
   struct cc_chain *chain;         /* constant while OPEN; the chain does its own locking */
 };
 
-/* Set once before any connection (get_ready); exports_acquire opens chains from it. */
-void exports_init(struct cc_pool *pool, unsigned io_flags);
+/* Open the pool once before any connection (.get_ready); exports_acquire opens chains from it
+ * with io_flags (CC_IO_SYNC or 0).  -1 after nbdkit_error. */
+int exports_init(const char *pool_dir, unsigned io_flags);
+/* The pool opened by exports_init (NULL before it): the plugin's one handle on it. */
+struct cc_pool *exports_pool(void);
 
 /* Take a reference to export `name`, opening its chain if no connection has it open.
  * Returns NULL after nbdkit_error() (unknown or malformed name, locked layer, I/O error). */
@@ -37,7 +40,7 @@ int exports_list(struct cc_export_info **out, size_t *n);
 
 extern int cowchain_debug_exports; /* -D cowchain.exports=1 */
 
-/* Close whatever is still open (at unload, after every connection has gone). */
+/* Close whatever is still open, then the pool (at unload, after every connection has gone). */
 void exports_shutdown(void);
 
 #endif

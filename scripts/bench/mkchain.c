@@ -57,7 +57,7 @@ main(int argc, char **argv)
       perror(path);
       return 1;
     }
-    if ((r = cc_pool_open_export(p, argv[2], 0, 0, &c)) < 0)
+    if ((r = cc_pool_open_export(p, argv[2], 0, 0, &c, NULL)) < 0)
       return fail(argv[2], r);
     while (fgets(line, sizeof line, f)) {
       unsigned pat;

@@ -104,4 +104,23 @@ cc check >"$WORK/check.out" 2>&1 && fail "check passed a symlinked layer"
 grep -q "not a regular file" "$WORK/check.out" || fail "check symlink: $(cat "$WORK/check.out")"
 rm "$layer"
 mv "$WORK/outside/real.cow" "$layer"
+# A layer-kind link of exactly the length of "UUID.cow" whose "uuid" is a path: info must not
+# build a path from it (it once took any 36 bytes for a uuid) and check calls it an escape.
+fake=../../outside/cowchain-escape-012345 # 36 bytes, so the link is 40 like UUID.cow
+[ ${#fake} -eq 36 ] || fail "setup: fake uuid is ${#fake} bytes"
+cc snapshot create vm1 s1 >/dev/null # vm1's new top links to a layer: "UUID.cow"
+top2=$(sed -n 's/^top //p' "$POOL/clones/vm1")
+cp "$layer" "$WORK/outside/${fake#../../outside/}.cow"
+set_parent "$POOL/layers/$top2.cow" "$fake.cow"
+cc info vm1 --backing-chain --json >"$WORK/info.json" 2>&1 || true
+if grep -q '"filename": "[^"]*outside' "$WORK/info.json"; then
+  cat "$WORK/info.json"
+  fail "info --backing-chain followed a 40-byte link out of the pool"
+fi
+if cc check >"$WORK/check.out" 2>&1; then
+  fail "check passed a 40-byte link that leaves the pool"
+fi
+grep -q "^error: .*leaves the pool" "$WORK/check.out" || fail "check (40 bytes): $(cat "$WORK/check.out")"
+set_parent "$POOL/layers/$top2.cow" "$top.cow" # repaired
+cc check >/dev/null || fail "check after repairing the 40-byte link"
 check_template_unchanged

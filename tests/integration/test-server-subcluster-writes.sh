@@ -28,7 +28,8 @@ template_sum
 
 start_server
 for seed in 3 17 101; do
-  cc clone delete vm >/dev/null 2>&1 || true
+  # The server releases the clone a moment after the last client has gone: wait for it.
+  [ ! -e "$POOL/clones/vm" ] || retry cc clone delete vm
   retry cc clone create vm --from ff
   awk -v seed=$seed -v w="$WORK/w.txt" -v r="$WORK/r.txt" 'BEGIN { srand(seed); pat = 0
     printf "" > w; printf "" > r
@@ -49,7 +50,8 @@ for seed in 3 17 101; do
 done
 
 for seed in 5 23 41 59; do
-  cc clone delete vm2 >/dev/null 2>&1 || true
+  # The server releases the clone a moment after the last client has gone: wait for it.
+  [ ! -e "$POOL/clones/vm2" ] || retry cc clone delete vm2
   retry cc clone create vm2 --from ff
   "$STRESS" "$SOCK" vm2 $seed 2 4 || fail "nbd-stress-writes seed $seed"
 done

@@ -149,6 +149,7 @@ Test(pool, exports)
   struct cc_export_info *e;
   enum cc_export_kind kind;
   struct cc_chain *c;
+  struct cc_export_desc desc;
   char path[4096];
   size_t n;
 
@@ -176,20 +177,35 @@ Test(pool, exports)
   cr_assert_eq(cc_pool_resolve_export(pool, "../x", path, sizeof path, &kind), -EINVAL);
 
   /* A snapshot and a template are read-only whatever is asked; a clone is writable. */
-  cr_assert_eq(cc_pool_open_export(pool, "vm1@s1", 0, CC_IO_SYNC, &c), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, "vm1@s1", 0, CC_IO_SYNC, &c, &desc), 0, "%s",
+               cc_error_get());
+  cr_assert(!cc_chain_writable(c));
+  cr_assert_eq(desc.kind, CC_EXPORT_SNAPSHOT);
+  cr_assert_eq(desc.readonly, 1);
+  cr_assert_eq(cc_pool_resolve_export(pool, "vm1@s1", path, sizeof path, &kind), 0);
+  cr_assert_str_eq(desc.top, path);
+  cc_chain_close(c);
+  cr_assert_eq(cc_pool_open_export(pool, "tb", 0, CC_IO_SYNC, &c, NULL), 0, "%s", cc_error_get());
   cr_assert(!cc_chain_writable(c));
   cc_chain_close(c);
-  cr_assert_eq(cc_pool_open_export(pool, "tb", 0, CC_IO_SYNC, &c), 0, "%s", cc_error_get());
-  cr_assert(!cc_chain_writable(c));
-  cc_chain_close(c);
-  cr_assert_eq(cc_pool_open_export(pool, "vm1", 0, CC_IO_SYNC, &c), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, "vm1", 0, CC_IO_SYNC, &c, &desc), 0, "%s", cc_error_get());
   cr_assert(cc_chain_writable(c));
+  /* ... and says what it opened: the clone's current top, read-write. */
+  cr_assert_eq(cc_pool_resolve_export(pool, "vm1", path, sizeof path, &kind), 0);
+  cr_assert_str_eq(desc.top, path);
+  cr_assert_str_eq(desc.name, "vm1");
+  cr_assert_eq(desc.kind, CC_EXPORT_CLONE);
+  cr_assert_eq(desc.readonly, 0);
   /* ... and while it is open, snapshotting it is refused with the reason. */
   cr_assert_eq(cc_snapshot_create(pool, "vm1", "s2", NULL), -EBUSY);
   cr_assert(strstr(cc_error_get(), "in use"), "%s", cc_error_get());
   cc_chain_close(c);
-  cr_assert_eq(cc_pool_open_export(pool, "vm1", 1, CC_IO_SYNC, &c), 0);
+  cr_assert_eq(cc_pool_open_export(pool, "vm1", 1, CC_IO_SYNC, &c, &desc), 0);
   cr_assert(!cc_chain_writable(c));
+  cr_assert_eq(desc.readonly, 1);
+  /* A failed open names the export first, whatever chain/ said about the file. */
+  cr_assert_eq(cc_pool_open_export(pool, "vm1@nope", 0, CC_IO_SYNC, &c, &desc), -ENOENT);
+  cr_assert(strstr(cc_error_get(), "open: vm1@nope: "), "%s", cc_error_get());
   cc_chain_close(c);
 }
 
@@ -213,7 +229,7 @@ scribble(const char *name, uint8_t *m, unsigned seed)
   int i;
 
   srand(seed);
-  cr_assert_eq(cc_pool_open_export(pool, name, 0, CC_IO_SYNC, &c), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, name, 0, CC_IO_SYNC, &c, NULL), 0, "%s", cc_error_get());
   for (i = 0; i < 40; i++) {
     uint64_t len = 1 + (uint64_t)rand() % sizeof buf;
     uint64_t off = (uint64_t)rand() % (DISK - len);
@@ -237,8 +253,8 @@ expect(const char *export_name, const uint8_t *m)
   uint8_t *buf = malloc(DISK);
 
   cr_assert_not_null(buf);
-  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c), 0, "%s: %s", export_name,
-               cc_error_get());
+  cr_assert_eq(cc_pool_open_export(pool, export_name, 1, CC_IO_SYNC, &c, NULL), 0, "%s: %s",
+               export_name, cc_error_get());
   cr_assert_eq(cc_chain_size(c), DISK);
   cr_assert_eq(cc_chain_pread(c, buf, DISK, 0), 0, "%s", cc_error_get());
   cc_chain_close(c);
