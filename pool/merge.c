@@ -256,7 +256,8 @@ merge_reverse(struct cc_pool *p, struct pool_graph *g, const struct cc_clone *c,
       r = cc_error_set(ENOMEM, "%s: out of memory", what);
       goto out;
     }
-    memcpy(copy.snaps, rec->snaps, copy.nsnaps * sizeof *copy.snaps);
+    if (copy.nsnaps)
+      memcpy(copy.snaps, rec->snaps, copy.nsnaps * sizeof *copy.snaps);
     if (strcmp(copy.top, cuuid) == 0)
       snprintf(copy.top, sizeof copy.top, "%s", suuid);
     for (j = 0; j < copy.nsnaps; j++)
