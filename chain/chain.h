@@ -66,6 +66,21 @@ typedef int (*cc_extent_fn)(void *opaque, uint64_t offset, uint64_t length, uint
 int cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent_fn fn,
                      void *opaque);
 
+/* Like cc_chain_extents, and a data run also says where its bytes are: `length` bytes at `phys`
+ * in the open file `fd` (a layer of the chain or the raw image; valid while the chain is open).
+ * Runs are ascending and contiguous; adjacent data runs merge only within one file at
+ * contiguous offsets.  For copies that move data file to file (copy_file_range): the bytes of
+ * a writable top may change under the caller, so copy from a read-only chain. */
+struct cc_chain_run {
+  uint64_t offset, length;
+  uint32_t type;    /* 0 data, CC_EXTENT_ZERO, CC_EXTENT_HOLE | CC_EXTENT_ZERO */
+  int fd;           /* data: the file holding the bytes; -1 otherwise */
+  uint64_t phys;    /* data: offset in fd of byte `offset` */
+  const char *path; /* data: that file, for messages */
+};
+typedef int (*cc_run_fn)(void *opaque, const struct cc_chain_run *run);
+int cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque);
+
 /* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
  * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin
  * routes them to nbdkit_debug. */

@@ -279,17 +279,49 @@ snapshot_revert(int argc, char **argv)
 static int
 do_snapshot_delete(struct cc_pool *p, const char *const *pos)
 {
-  return cc_snapshot_delete(p, pos[0], pos[1], cli_progress_fn(), "merge");
+  struct cc_merge_info m;
+  char a[32], b[32];
+  int r = cc_snapshot_delete_info(p, pos[0], pos[1], cli_progress_fn(), "merge", &m);
+
+  if (r < 0)
+    return r;
+  human_size(m.written_bytes, a, sizeof a);
+  switch (m.direction) {
+  case CC_MERGE_INTO_CHILDREN:
+    human_size(m.into_snapshot_bytes, b, sizeof b);
+    if (m.into_snapshot_bytes)
+      printf("%s@%s: merged into the layer above it (%s copied; the other direction: %s)\n", pos[0],
+             pos[1], a, b);
+    else
+      printf("%s@%s: merged into the layer(s) above it (%s copied)\n", pos[0], pos[1], a);
+    break;
+  case CC_MERGE_INTO_SNAPSHOT:
+    human_size(m.into_children_bytes, b, sizeof b);
+    printf("%s@%s: the layer above it merged into the snapshot's layer, which takes its place "
+           "(%s copied; the other direction: %s)\n",
+           pos[0], pos[1], a, b);
+    break;
+  default:
+    printf("%s@%s: name removed (another record still uses the layer)\n", pos[0], pos[1]);
+  }
+  return 0;
 }
 
 static int
 snapshot_delete(int argc, char **argv)
 {
   static const struct cli_cmd cmd = {
-      "snapshot delete", "CLONE SNAP",
-      "Delete snapshot SNAP of CLONE by merging its layer into the layers above it;\n"
-      "no other state loses a byte.  Refused, with the reason, when that is unsafe.",
-      2, 2, NULL};
+      "snapshot delete",
+      "CLONE SNAP",
+      "Delete snapshot SNAP of CLONE by merging its layer with the layers above it;\n"
+      "no other state loses a byte.  Refused, with the reason, when that is unsafe.\n"
+      "The merge copies whichever side is smaller: the snapshot's blocks that the layers\n"
+      "above lack, into them; or, when one layer sits on the snapshot (and it is the same\n"
+      "size), that layer's blocks into the snapshot's file, which then takes its place.\n"
+      "The output says which direction was taken and how much was copied.",
+      2,
+      2,
+      NULL};
 
   return cli_run_simple(&cmd, argc, argv, do_snapshot_delete);
 }

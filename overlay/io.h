@@ -11,6 +11,10 @@ struct ovl_io_ops {
   int (*fdatasync)(int fd);
   int (*fallocate)(int fd, int mode, off_t offset, off_t len);
   int (*ftruncate)(int fd, off_t length);
+  /* Bulk fills (bulk.c).  NULL in a test's table: bulk.c copies with pread + pwrite instead, so
+   * a table written before this member existed records every byte of a bulk fill too. */
+  ssize_t (*copy_file_range)(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
+                             unsigned flags);
 };
 
 /* The table in use; points at the real system calls unless a test replaced it. */

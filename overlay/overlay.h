@@ -140,6 +140,18 @@ int ovl_pwrite(struct ovl_layer *l, const void *buf, uint64_t length, uint64_t o
 int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below,
              void *opaque);
 
+/* Bulk fill (bulk.c, FORMAT.md 7.6), for a pool operation that holds the layer exclusively:
+ * copy `length` bytes of the file `src_fd` from `src_offset` into [offset, offset + length) of
+ * the virtual disk, with copy_file_range where the kernel can (extents are shared on XFS with
+ * reflink and on btrfs), else pread + pwrite.  `offset` is a multiple of the sub-cluster size,
+ * and so is the end unless it is the virtual size.  Sub-clusters not yet allocated get physical
+ * clusters reserved at the frontier (the L2 table first, so the run stays contiguous), the data
+ * is written, and only then are their alloc bits published ("data before map"); allocated ones
+ * are written in place.  The map reaches the disk at the next ovl_flush, which makes the data
+ * durable before it writes each changed L2 table once.  `src_name` names the source in errors. */
+int ovl_copy_in(struct ovl_layer *l, uint64_t offset, uint64_t length, int src_fd,
+                uint64_t src_offset, const char *src_name);
+
 /* Make every completed write durable, in the order of docs/FORMAT.md section 7.2. */
 int ovl_flush(struct ovl_layer *l);
 

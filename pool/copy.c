@@ -24,8 +24,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define COPY_CHUNK (1u << 20) /* bytes read per request */
-#define ZERO_BLOCK 4096u      /* granularity of skipped zero blocks */
+#define COPY_CHUNK (1u << 20)   /* bytes read per request (pread + pwrite fallback) */
+#define COPY_STEP (64ull << 20) /* bytes per copy call between two progress reports */
 #define PROGRESS_STEP (8ull << 20)
 
 static int
@@ -43,8 +43,10 @@ report(cc_progress_fn progress, void *opaque, uint64_t done, uint64_t total, uin
   }
 }
 
+/* Copy with pread + pwrite where copy_file_range cannot (another file system, a kernel without
+ * it); zero blocks are skipped, the destination is a fresh sparse file. */
 static int
-copy_range_rw(int in, int out, uint64_t off, uint64_t len, const char *src)
+copy_range_rw(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t len, const char *src)
 {
   char *buf = malloc(COPY_CHUNK);
   int r = 0;
@@ -53,21 +55,50 @@ copy_range_rw(int in, int out, uint64_t off, uint64_t len, const char *src)
     return cc_error_set(ENOMEM, "copy: %s: out of memory", src);
   while (len > 0) {
     size_t n = len < COPY_CHUNK ? (size_t)len : COPY_CHUNK;
-    ssize_t got = pread(in, buf, n, (off_t)off);
+    ssize_t got = pread(in, buf, n, (off_t)ioff);
     if (got <= 0) {
       r = cc_error_set(got < 0 ? errno : EIO, "copy: %s: read: %s", src,
                        got < 0 ? strerror(errno) : "unexpected end of file");
       break;
     }
-    if (!is_zero(buf, (size_t)got) && pwrite(out, buf, (size_t)got, (off_t)off) != got) {
+    if (!is_zero(buf, (size_t)got) && pwrite(out, buf, (size_t)got, (off_t)ooff) != got) {
       r = cc_error_set(errno ? errno : EIO, "copy: write: %s", strerror(errno ? errno : EIO));
       break;
     }
-    off += (uint64_t)got;
+    ioff += (uint64_t)got;
+    ooff += (uint64_t)got;
     len -= (uint64_t)got;
   }
   free(buf);
   return r;
+}
+
+/* Copy len bytes from in at ioff to out at ooff: copy_file_range (in the kernel; extents shared
+ * on XFS with reflink and btrfs), or copy_range_rw where the kernel says it cannot (*use_cfr
+ * is then cleared for the rest of the copy). */
+static int
+copy_range(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t len, const char *src,
+           int *use_cfr)
+{
+  while (len > 0 && *use_cfr) {
+    loff_t io = (loff_t)ioff, oo = (loff_t)ooff;
+    size_t n = len < (1ull << 30) ? (size_t)len : (size_t)1 << 30;
+    ssize_t c = copy_file_range(in, &io, out, &oo, n, 0);
+    if (c > 0) {
+      ioff += (uint64_t)c;
+      ooff += (uint64_t)c;
+      len -= (uint64_t)c;
+      continue;
+    }
+    if (c == 0)
+      return cc_error_set(EIO, "copy: %s: file shrank while copying", src);
+    if (errno == EINTR)
+      continue;
+    if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
+      return cc_error_set(errno, "copy: %s: %s", src, strerror(errno));
+    *use_cfr = 0;
+  }
+  return len > 0 ? copy_range_rw(in, ioff, out, ooff, len, src) : 0;
 }
 
 int
@@ -113,25 +144,7 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
       uint64_t n = (uint64_t)hole - off;
       if (n > 64 * COPY_CHUNK)
         n = 64 * COPY_CHUNK;
-      if (use_cfr) {
-        loff_t io = (loff_t)off, oo = (loff_t)off;
-        ssize_t c = copy_file_range(in, &io, dst_fd, &oo, (size_t)n, 0);
-        if (c > 0) {
-          off += (uint64_t)c;
-          report(progress, opaque, off, size, &last);
-          continue;
-        }
-        if (c == 0) {
-          r = cc_error_set(EIO, "template import: %s: file shrank while copying", src);
-          goto out;
-        }
-        if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) {
-          r = cc_error_set(errno, "template import: %s: copy: %s", src, strerror(errno));
-          goto out;
-        }
-        use_cfr = 0;
-      }
-      if ((r = copy_range_rw(in, dst_fd, off, n, src)) < 0)
+      if ((r = copy_range(in, off, dst_fd, off, n, src, &use_cfr)) < 0)
         goto out;
       off += n;
       report(progress, opaque, off, size, &last);
@@ -144,77 +157,79 @@ out:
   return r;
 }
 
-struct ext_list {
-  struct {
-    uint64_t off, len;
-    uint32_t type;
-  } e[64];
-  size_t n;
-};
-
-static int
-collect_extent(void *opaque, uint64_t offset, uint64_t length, uint32_t type)
-{
-  struct ext_list *l = opaque;
-
-  l->e[l->n].off = offset;
-  l->e[l->n].len = length;
-  l->e[l->n].type = type;
-  return ++l->n == sizeof l->e / sizeof l->e[0];
-}
-
-/* Output for a chain copy: a layer or a file descriptor. */
+/* Output of a chain copy: a fresh layer (full clone) or a fresh file (export). */
 struct sink {
+  struct cc_chain *c;
   struct ovl_layer *layer;
   int fd;
   const char *name;
+  uint64_t size, done_to; /* layer: sub-clusters before done_to are written */
+  uint64_t last;
+  int use_cfr;
+  char *buf; /* one sub-cluster, for the partial ones at a run's ends */
+  cc_progress_fn progress;
+  void *opaque;
 };
 
+/* Write the sub-cluster of the layer that holds byte `off` whole, read through the chain: the
+ * end of a run that does not fall on a sub-cluster boundary (a raw image's last sector, a
+ * source layer with smaller sub-clusters).  Returns the end of that sub-cluster. */
 static int
-sink_write(struct sink *s, const char *buf, uint64_t len, uint64_t off)
+sink_partial(struct sink *s, uint64_t off, uint64_t *end)
 {
-  if (s->layer)
-    return ovl_pwrite(s->layer, buf, len, off, 0, NULL, NULL);
-  while (len > 0) {
-    ssize_t w = pwrite(s->fd, buf, (size_t)len, (off_t)off);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return cc_error_set(errno, "write: %s: %s", s->name, strerror(errno));
-    }
-    buf += w;
-    off += (uint64_t)w;
-    len -= (uint64_t)w;
-  }
+  uint64_t sc = ovl_sc_size(s->layer), a = off / sc * sc, z = a + sc < s->size ? a + sc : s->size;
+  int r;
+
+  if (s->buf == NULL && (s->buf = malloc(sc)) == NULL)
+    return cc_error_set(ENOMEM, "copy: out of memory");
+  if ((r = cc_chain_pread(s->c, s->buf, z - a, a)) < 0 ||
+      (r = ovl_pwrite(s->layer, s->buf, z - a, a, 0, NULL, NULL)) < 0)
+    return r;
+  *end = z;
   return 0;
 }
 
-/* Write the non-zero blocks of buf (virtual offset off). */
+/* One run of the source: data goes file to file, zeroes and holes stay unallocated (a layer
+ * without parent, or a sparse file, reads them as zero). */
 static int
-write_nonzero(struct sink *s, const char *buf, uint64_t len, uint64_t off)
+sink_run(void *opaque, const struct cc_chain_run *run)
 {
-  uint64_t i = 0;
+  struct sink *s = opaque;
+  uint64_t a = run->offset, z = run->offset + run->length;
+  int r;
 
-  while (i < len) {
-    uint64_t start, blk;
-    while (i < len) {
-      blk = len - i < ZERO_BLOCK ? len - i : ZERO_BLOCK;
-      if (!is_zero(buf + i, (size_t)blk))
-        break;
-      i += blk;
-    }
-    start = i;
-    while (i < len) {
-      blk = len - i < ZERO_BLOCK ? len - i : ZERO_BLOCK;
-      if (is_zero(buf + i, (size_t)blk))
-        break;
-      i += blk;
-    }
-    if (i > start) {
-      int r = sink_write(s, buf + start, i - start, off + start);
-      if (r < 0)
+  if (run->type & CC_EXTENT_ZERO)
+    return 0;
+  if (s->layer == NULL) {
+    while (a < z) {
+      uint64_t n = z - a < COPY_STEP ? z - a : COPY_STEP;
+      if ((r = copy_range(run->fd, run->phys + (a - run->offset), s->fd, a, n, run->path,
+                          &s->use_cfr)) < 0)
         return r;
+      a += n;
+      report(s->progress, s->opaque, a, s->size, &s->last);
     }
+    return 0;
+  }
+  {
+    uint64_t sc = ovl_sc_size(s->layer), zdown = z == s->size ? z : z / sc * sc;
+    if (a < s->done_to)
+      a = s->done_to;
+    if (a < z && a % sc != 0) {
+      if ((r = sink_partial(s, a, &s->done_to)) < 0)
+        return r;
+      a = s->done_to;
+    }
+    while (a < zdown) {
+      uint64_t n = zdown - a < COPY_STEP ? zdown - a : COPY_STEP;
+      if ((r = ovl_copy_in(s->layer, a, n, run->fd, run->phys + (a - run->offset), run->path)) < 0)
+        return r;
+      a += n;
+      s->done_to = a;
+      report(s->progress, s->opaque, a, s->size, &s->last);
+    }
+    if (a < z && (r = sink_partial(s, a, &s->done_to)) < 0)
+      return r;
   }
   return 0;
 }
@@ -222,50 +237,17 @@ write_nonzero(struct sink *s, const char *buf, uint64_t len, uint64_t off)
 static int
 copy_chain(struct cc_chain *c, struct sink *s, cc_progress_fn progress, void *opaque)
 {
-  uint64_t size = cc_chain_size(c), off = 0, last = 0;
-  struct ext_list *el = malloc(sizeof *el);
-  char *buf = malloc(COPY_CHUNK);
-  int r = 0;
+  int r;
 
-  if (buf == NULL || el == NULL) {
-    r = cc_error_set(ENOMEM, "copy: out of memory");
-    goto out;
-  }
-  while (off < size) {
-    size_t i;
-    el->n = 0;
-    r = cc_chain_extents(c, size - off, off, collect_extent, el);
-    if (r < 0)
-      goto out;
-    r = 0;
-    if (el->n == 0) {
-      r = cc_error_set(EIO, "copy: no extents reported at offset %llu", (unsigned long long)off);
-      goto out;
-    }
-    for (i = 0; i < el->n; i++) {
-      uint64_t eo = el->e[i].off, end = eo + el->e[i].len;
-      if (end > size)
-        end = size;
-      if (el->e[i].type & CC_EXTENT_ZERO) {
-        off = end;
-        continue;
-      }
-      while (eo < end) {
-        uint64_t n = end - eo < COPY_CHUNK ? end - eo : COPY_CHUNK;
-        if ((r = cc_chain_pread(c, buf, n, eo)) < 0)
-          goto out;
-        if ((r = write_nonzero(s, buf, n, eo)) < 0)
-          goto out;
-        eo += n;
-        report(progress, opaque, eo, size, &last);
-      }
-      off = end;
-    }
-    report(progress, opaque, off, size, &last);
-  }
-out:
-  free(buf);
-  free(el);
+  s->c = c;
+  s->size = cc_chain_size(c);
+  s->use_cfr = 1;
+  s->progress = progress;
+  s->opaque = opaque;
+  r = cc_chain_runs(c, s->size, 0, sink_run, s);
+  free(s->buf);
+  if (r == 0)
+    report(progress, opaque, s->size, s->size, &s->last);
   return r;
 }
 
@@ -276,6 +258,7 @@ pool_copy_chain_to_layer(struct cc_chain *c, struct ovl_layer *dst, cc_progress_
   struct sink s = {.layer = dst, .fd = -1, .name = ovl_path(dst)};
   int r = copy_chain(c, &s, progress, opaque);
 
+  /* The map is written once, here, after the data is durable (FORMAT.md 7.2, 7.6). */
   return r < 0 ? r : ovl_flush(dst);
 }
 

@@ -23,6 +23,16 @@
  * of S).  Step 4 is the atomic switch to "after"; a crash before step 5 leaves S as a layer no
  * record reaches, which check reports as a leak and --repair removes.
  *
+ * The other direction (POOL.md 5.6, "into the snapshot"), taken when it copies less: S has one
+ * child C of S's size; the record drops the snapshot first (R1, the commit point: before it S
+ * is an export and must not change), then C's allocated and zero sub-clusters are copied into
+ * S (R2: only sub-clusters C hides, so nothing any export reads changes), C's children are
+ * relinked onto S (R3), every record naming C names S (R4), and C goes (R5).  A crash between
+ * R1 and R4 leaves an extra unnamed layer S under the clone, which reads the same.
+ *
+ * Data moves file to file with ovl_copy_in (FORMAT.md 7.6); each changed L2 table is written
+ * once, at the flush that ends the copy.
+ *
  * Both layers must use the same sub-cluster size so that every copied unit is a whole
  * sub-cluster of Ci (no copy-up from below is ever needed); every layer the pool creates
  * does, and a pool layer that doesn't is refused with that reason.
@@ -35,26 +45,73 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MERGE_CHUNK (1u << 20)
+#define MERGE_STEP (64ull << 20) /* bytes per ovl_copy_in call between progress reports */
 #define MAX_EXT 64
 
 struct merge {
-  struct ovl_layer *s;
+  struct ovl_layer *from, *into; /* copy `from`'s blocks into `into` */
   uint64_t done, total;
+  int count_only; /* only add up the data bytes a copy would write, into `done` */
   cc_progress_fn progress;
   void *opaque;
-  char *buf;
 };
 
-/* Copy S's allocated/zero state into child over [off, off + len), a run unallocated in child. */
+static void
+merge_report(struct merge *m)
+{
+  if (m->progress && m->total)
+    m->progress(m->opaque, m->done < m->total ? m->done : m->total, m->total);
+}
+
+/* Copy `from`'s data extent [eo, ee) into `into`: whole sub-clusters file to file
+ * (ovl_copy_in), and a last partial sub-cluster (`from` ends inside it, at its virtual size
+ * while `into` is larger) written whole through a buffer, with zeroes past `from`'s end, which
+ * is what `into` read there through `from`. */
 static int
-merge_run(struct merge *m, struct ovl_layer *child, uint64_t off, uint64_t len)
+merge_data(struct merge *m, uint64_t eo, uint64_t ee, uint64_t phys)
+{
+  uint64_t sc = ovl_sc_size(m->into), isize = ovl_virtual_size(m->into);
+  uint64_t whole = ee == isize ? ee : ee / sc * sc, pos = eo;
+  int r;
+
+  if (m->count_only) {
+    m->done += ee - eo;
+    return 0;
+  }
+  while (pos < whole) {
+    uint64_t k = whole - pos < MERGE_STEP ? whole - pos : MERGE_STEP;
+    if ((r = ovl_copy_in(m->into, pos, k, ovl_fd(m->from), phys + (pos - eo), ovl_path(m->from))) <
+        0)
+      return r;
+    pos += k;
+    m->done += k;
+    merge_report(m);
+  }
+  if (whole < ee) {
+    uint64_t n = whole + sc < isize ? sc : isize - whole;
+    char *buf = calloc(1, (size_t)sc);
+    if (buf == NULL)
+      return cc_error_set(ENOMEM, "merge: out of memory");
+    r = ovl_pread(m->from, buf, ee - whole, whole, NULL, NULL);
+    if (r == 0)
+      r = ovl_pwrite(m->into, buf, n, whole, 0, NULL, NULL);
+    free(buf);
+    if (r < 0)
+      return r;
+    m->done += ee - whole;
+  }
+  return 0;
+}
+
+/* Copy `from`'s allocated/zero state into `into` over [off, off + len). */
+static int
+merge_run(struct merge *m, uint64_t off, uint64_t len)
 {
   struct ovl_extent ext[MAX_EXT];
   uint64_t end = off + len;
 
   while (off < end) {
-    int n = ovl_map(m->s, off, end - off, ext, MAX_EXT), i;
+    int n = ovl_map(m->from, off, end - off, ext, MAX_EXT), i;
     if (n < 0)
       return n;
     if (n == 0)
@@ -62,49 +119,45 @@ merge_run(struct merge *m, struct ovl_layer *child, uint64_t off, uint64_t len)
     for (i = 0; i < n; i++) {
       uint64_t eo = ext[i].offset, ee = ext[i].offset + ext[i].length;
       int r = 0;
-      if (ext[i].state == OVL_ZERO) {
-        r = ovl_zero(child, ee - eo, eo, 0, NULL, NULL);
-      } else if (ext[i].state == OVL_DATA) {
-        while (eo < ee && r == 0) {
-          uint64_t k = ee - eo < MERGE_CHUNK ? ee - eo : MERGE_CHUNK;
-          r = ovl_pread(m->s, m->buf, k, eo, NULL, NULL);
-          if (r == 0)
-            r = ovl_pwrite(child, m->buf, k, eo, 0, NULL, NULL);
-          eo += k;
-          m->done += k;
-          if (m->progress && m->total)
-            m->progress(m->opaque, m->done < m->total ? m->done : m->total, m->total);
-        }
-      }
+      if (ext[i].state == OVL_ZERO && !m->count_only)
+        r = ovl_zero(m->into, ee - eo, eo, 0, NULL, NULL);
+      else if (ext[i].state == OVL_DATA)
+        r = merge_data(m, eo, ee, ext[i].phys);
       if (r < 0)
         return r;
-      off = ext[i].offset + ext[i].length;
+      off = ee;
     }
   }
   return 0;
 }
 
+/* Copy into `into` what `from` holds over the runs where `where` is in state `state`:
+ * forward (from S, into Ci, where Ci is unallocated) or the other way (from C, into S, where C
+ * is allocated or zero: `where` == `from`, state < 0 for "not unallocated").  Then flush `into`,
+ * unless only counting. */
 static int
-merge_into(struct merge *m, struct ovl_layer *child)
+merge_walk(struct merge *m, struct ovl_layer *where, int unallocated)
 {
   struct ovl_extent ext[MAX_EXT];
-  uint64_t size = ovl_virtual_size(child), off = 0;
+  uint64_t size = ovl_virtual_size(m->from), off = 0;
   int r;
 
+  if (ovl_virtual_size(where) < size)
+    size = ovl_virtual_size(where);
   while (off < size) {
-    int n = ovl_map(child, off, size - off, ext, MAX_EXT), i;
+    int n = ovl_map(where, off, size - off, ext, MAX_EXT), i;
     if (n < 0)
       return n;
     if (n == 0)
       break;
     for (i = 0; i < n; i++) {
-      if (ext[i].state == OVL_UNALLOCATED &&
-          (r = merge_run(m, child, ext[i].offset, ext[i].length)) < 0)
+      if ((ext[i].state == OVL_UNALLOCATED) == unallocated &&
+          (r = merge_run(m, ext[i].offset, ext[i].length)) < 0)
         return r;
       off = ext[i].offset + ext[i].length;
     }
   }
-  return ovl_flush(child);
+  return m->count_only ? 0 : ovl_flush(m->into);
 }
 
 /* Is `uuid` named by any record other than snapshot `skip` of clone `clone`? */
@@ -138,19 +191,119 @@ template_of(const struct pool_graph *g, const char *uuid)
   return NULL;
 }
 
+/* The uuids of the live layers whose parent is `uuid`; marks them in g (n->mark). */
+static size_t
+mark_children(struct pool_graph *g, const char *uuid)
+{
+  size_t i, k = 0;
+
+  for (i = 0; i < g->n; i++) {
+    struct pool_node *n = &g->nodes[i];
+    n->mark = n->parent_kind == OVL_PARENT_LAYER && strcmp(n->parent, uuid) == 0 && n->live;
+    k += (size_t)n->mark;
+  }
+  return k;
+}
+
+/* Reverse direction (POOL.md 5.6, "child into snapshot"): S's only child C goes into S's file,
+ * S takes C's place in every record and as parent of C's children, C goes.  The snapshot's
+ * line is already gone (the commit point); from here on S is an unnamed layer under C, and
+ * every step leaves each export reading what it read. */
+static int
+merge_reverse(struct cc_pool *p, struct pool_graph *g, const struct cc_clone *c, struct merge *m,
+              const char *suuid, const char *cuuid, const char *what)
+{
+  struct ovl_layer **gkids = NULL;
+  struct ovl_parent par;
+  char ppath[64], path[PATH_MAX];
+  size_t i, ngk = 0, nopen = 0;
+  int r;
+
+  /* Step R2: C's blocks into S, where C hides S (so nothing any export reads changes). */
+  if ((r = merge_walk(m, m->from, 0)) < 0)
+    return r;
+  pool_step();
+  /* Step R3: C's children sit on S now (S reads as C did). */
+  ngk = mark_children(g, cuuid);
+  if (ngk > 0) {
+    if ((gkids = calloc(ngk, sizeof *gkids)) == NULL)
+      return cc_error_set(ENOMEM, "%s: out of memory", what);
+    if ((r = pool_parent_of_layer(p, suuid, &par, ppath, sizeof ppath)) < 0)
+      goto out;
+    for (i = 0; i < g->n && r == 0; i++)
+      if (g->nodes[i].mark &&
+          (r = pool_open_layer(p, g->nodes[i].uuid, OVL_RDWR, what, &gkids[nopen])) == 0)
+        nopen++;
+    for (i = 0; i < nopen && r == 0; i++)
+      if ((r = ovl_set_parent(gkids[i], &par)) == 0)
+        pool_step();
+    if (r < 0)
+      goto out;
+  }
+  /* Step R4: every record that names C names S instead. */
+  for (i = 0; i < g->nclones; i++) {
+    const struct cc_clone *rec = strcmp(g->clones[i].name, c->name) == 0 ? c : &g->clones[i];
+    struct cc_clone copy = *rec;
+    size_t j;
+    int hit = strcmp(copy.top, cuuid) == 0;
+
+    for (j = 0; j < copy.nsnaps; j++)
+      hit |= strcmp(copy.snaps[j].layer, cuuid) == 0;
+    if (!hit)
+      continue;
+    copy.snaps = calloc(copy.nsnaps ? copy.nsnaps : 1, sizeof *copy.snaps);
+    if (copy.snaps == NULL) {
+      r = cc_error_set(ENOMEM, "%s: out of memory", what);
+      goto out;
+    }
+    if (copy.nsnaps)
+      memcpy(copy.snaps, rec->snaps, copy.nsnaps * sizeof *copy.snaps);
+    if (strcmp(copy.top, cuuid) == 0)
+      snprintf(copy.top, sizeof copy.top, "%s", suuid);
+    for (j = 0; j < copy.nsnaps; j++)
+      if (strcmp(copy.snaps[j].layer, cuuid) == 0)
+        snprintf(copy.snaps[j].layer, sizeof copy.snaps[j].layer, "%s", suuid);
+    r = pool_write_clone(p, &copy);
+    free(copy.snaps);
+    if (r < 0)
+      goto out;
+  }
+  /* Step R5: C is unreachable (a failure here only leaks the file). */
+  if (pool_layer_path(p, cuuid, path, sizeof path) == 0 && unlink(path) == 0) {
+    pool_fsync_dir(p, "layers");
+    pool_step();
+  }
+out:
+  while (nopen) {
+    int rc = ovl_close(gkids[--nopen]);
+    if (r == 0 && rc < 0)
+      r = rc;
+  }
+  free(gkids);
+  return r;
+}
+
 int
 cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_progress_fn progress,
                    void *opaque)
 {
+  return cc_snapshot_delete_info(p, clone, snap, progress, opaque, NULL);
+}
+
+int
+cc_snapshot_delete_info(struct cc_pool *p, const char *clone, const char *snap,
+                        cc_progress_fn progress, void *opaque, struct cc_merge_info *info)
+{
   struct merge m = {.progress = progress, .opaque = opaque};
-  struct ovl_layer **kids = NULL;
-  struct ovl_info sinfo;
+  struct ovl_layer **kids = NULL, *s = NULL;
+  struct ovl_info sinfo, cinfo;
   struct ovl_parent par;
   struct pool_graph g;
   struct cc_clone c;
-  char what[2 * CC_NAME_MAX + 32], suuid[CC_UUID_STR];
-  size_t i, nkids = 0, nopen = 0;
-  int r, si;
+  struct cc_merge_info res = {.direction = CC_MERGE_NAME_ONLY};
+  char what[2 * CC_NAME_MAX + 32], suuid[CC_UUID_STR], cuuid[CC_UUID_STR] = "";
+  size_t i, nopen = 0;
+  int r, si, reverse_ok;
 
   memset(&g, 0, sizeof g);
   if ((r = pool_lock(p, "snapshot delete")) < 0)
@@ -165,7 +318,7 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_pr
   strcpy(suuid, c.snaps[si].layer);
   if ((r = pool_graph_load(p, &g)) < 0 || (r = pool_graph_require_sound(&g, what)) < 0)
     goto out;
-  /* Drop the entry from our copy of the record now; it is written in step 4. */
+  /* Drop the entry from our copy of the record now; it is written in step 4 (R1). */
   memmove(&c.snaps[si], &c.snaps[si + 1], (c.nsnaps - (size_t)si - 1) * sizeof *c.snaps);
   c.nsnaps--;
   if (other_reference(&g, suuid, clone, snap)) {
@@ -180,30 +333,26 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_pr
     r = cc_error_set(ENOMEM, "%s: out of memory", what);
     goto out;
   }
+  mark_children(&g, suuid);
   for (i = 0; i < g.n; i++) {
-    struct pool_node *n = &g.nodes[i];
     const char *t;
-    if (n->parent_kind != OVL_PARENT_LAYER || strcmp(n->parent, suuid) != 0 || !n->live)
-      continue;
-    if ((t = template_of(&g, n->uuid)) != NULL) {
+    if (g.nodes[i].mark && (t = template_of(&g, g.nodes[i].uuid)) != NULL) {
       r = cc_error_set(EBUSY,
                        "%s: template %s sits directly on this snapshot and templates are "
                        "immutable; delete template %s first or keep the snapshot",
                        what, t, t);
       goto out;
     }
-    n->mark = 1;
-    nkids++;
   }
-  if ((r = pool_open_layer(p, suuid, OVL_RDWR, what, &m.s)) < 0)
+  if ((r = pool_open_layer(p, suuid, OVL_RDWR, what, &s)) < 0)
     goto out;
-  ovl_get_info(m.s, &sinfo);
+  ovl_get_info(s, &sinfo);
   for (i = 0; i < g.n; i++) {
     if (!g.nodes[i].mark)
       continue;
     if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &kids[nopen])) < 0)
       goto out;
-    if (ovl_sc_size(kids[nopen]) != ovl_sc_size(m.s) ||
+    if (ovl_sc_size(kids[nopen]) != ovl_sc_size(s) ||
         ovl_virtual_size(kids[nopen]) < sinfo.virtual_size) {
       nopen++;
       r = cc_error_set(EINVAL,
@@ -212,18 +361,54 @@ cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_pr
                        what, g.nodes[i].uuid);
       goto out;
     }
+    snprintf(cuuid, sizeof cuuid, "%s", g.nodes[i].uuid);
     nopen++;
   }
 
-  /* Step 2: fill each child's holes from S. */
-  m.total = sinfo.allocated_bytes * nkids;
-  m.buf = malloc(MERGE_CHUNK);
-  if (m.buf == NULL) {
-    r = cc_error_set(ENOMEM, "%s: out of memory", what);
+  /* Which direction writes less (POOL.md 5.6): S's blocks that the children lack, into the
+   * children; or, with one child C of S's size none of whose children is a template layer,
+   * C's blocks into S. */
+  m.count_only = 1;
+  m.from = s;
+  for (i = 0; i < nopen; i++) {
+    m.into = kids[i];
+    if ((r = merge_walk(&m, kids[i], 1)) < 0)
+      goto out;
+  }
+  res.into_children_bytes = m.done;
+  reverse_ok = nopen == 1 && ovl_virtual_size(kids[0]) == sinfo.virtual_size;
+  if (reverse_ok) {
+    ovl_get_info(kids[0], &cinfo);
+    res.into_snapshot_bytes = cinfo.allocated_bytes;
+    mark_children(&g, cuuid);
+    for (i = 0; i < g.n; i++)
+      if (g.nodes[i].mark && template_of(&g, g.nodes[i].uuid))
+        reverse_ok = 0;
+  }
+  m.count_only = 0;
+  m.done = 0;
+
+  if (reverse_ok && res.into_snapshot_bytes < res.into_children_bytes) {
+    res.direction = CC_MERGE_INTO_SNAPSHOT;
+    res.written_bytes = res.into_snapshot_bytes;
+    m.from = kids[0];
+    m.into = s;
+    m.total = res.into_snapshot_bytes;
+    /* Step R1: the snapshot is gone (commit point); S stays, unnamed, under C. */
+    if ((r = pool_write_clone(p, &c)) < 0)
+      goto out;
+    r = merge_reverse(p, &g, &c, &m, suuid, cuuid, what);
     goto out;
   }
+
+  /* Step 2: fill each child's holes from S. */
+  res.direction = CC_MERGE_INTO_CHILDREN;
+  res.written_bytes = res.into_children_bytes;
+  m.total = res.into_children_bytes;
+  m.from = s;
   for (i = 0; i < nopen; i++) {
-    if ((r = merge_into(&m, kids[i])) < 0)
+    m.into = kids[i];
+    if ((r = merge_walk(&m, kids[i], 1)) < 0)
       goto out;
     pool_step();
   }
@@ -262,10 +447,15 @@ out:
     }
     free(kids);
   }
-  ovl_close(m.s);
-  free(m.buf);
+  {
+    int rc = ovl_close(s);
+    if (r == 0 && rc < 0)
+      r = rc;
+  }
   pool_graph_free(&g);
   cc_clone_free(&c);
+  if (r == 0 && info)
+    *info = res;
 unlock:
   pool_unlock(p);
   return r;

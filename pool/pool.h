@@ -170,9 +170,27 @@ int cc_clone_delete(struct cc_pool *p, const char *name);
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                        const char *description);
 int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
-/* Merge the snapshot's layer into its children and drop it. */
+/* Merge the snapshot's layer into its children and drop it, in the direction that writes less
+ * (POOL.md 5.6). */
 int cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
                        cc_progress_fn progress, void *opaque);
+
+enum cc_merge_direction {
+  CC_MERGE_NAME_ONLY = 0,     /* another record names the layer: only the name went */
+  CC_MERGE_INTO_CHILDREN = 1, /* the snapshot's blocks its children lacked went into them */
+  CC_MERGE_INTO_SNAPSHOT = 2, /* the one child's blocks went into the snapshot's file */
+};
+
+struct cc_merge_info {
+  enum cc_merge_direction direction;
+  uint64_t written_bytes;       /* data bytes the merge copied */
+  uint64_t into_children_bytes; /* what each direction would have copied */
+  uint64_t into_snapshot_bytes; /* (0 when it was not possible) */
+};
+
+/* cc_snapshot_delete, saying which direction it took (info may be NULL). */
+int cc_snapshot_delete_info(struct cc_pool *p, const char *clone, const char *snap,
+                            cc_progress_fn progress, void *opaque, struct cc_merge_info *info);
 
 /* Write export `name` (NAME, NAME@SNAP, TEMPLATE) to `file`: format NULL/"raw" (sparse) or
  * "qcow2" (through qemu-img). */

@@ -4,6 +4,7 @@
 #   snapshot-create  cowchain snapshot create on a clone of deep@s{D} (N in a row, so the depth
 #                    grows from D+1 to D+N)   vs  qemu-img create -b (an external qcow2 snapshot)
 #   full-clone       cowchain clone create --full  vs  qemu-img convert -O qcow2  vs  cp --sparse=always
+#   export           cowchain export deep@s{D} FILE (raw)  vs  qemu-img convert -O raw of the chain
 #   merge            cowchain snapshot delete of a snapshot holding MERGE bytes, into its child
 #                    vs  qemu-img rebase -b (safe mode) of the child onto the template
 #   open-1T          nbdinfo --size on a clone of a 1 TiB-virtual empty template, against a running
@@ -64,6 +65,15 @@ section_ops() {
   op_record full-clone cp-sparse 0 "$ms" "$TEMPLATE_BYTES"
   rm -f "$o/full.raw"
   ccli clone delete "full$d" >/dev/null 2>&1 || true
+
+  # Export of the same chain to a raw file (sparse) vs qemu-img convert of the qcow2 chain.
+  ms=$(time_cmd_ms ccli export "deep@s$d" "$o/export.raw") || die "export"
+  op_record export cowchain "$d" "$ms" "$TEMPLATE_BYTES"
+  rm -f "$o/export.raw"
+  ms=$(time_cmd_ms qemu-img convert -f qcow2 -O raw "$q/top$d.qcow2" "$o/export.raw") ||
+    die "convert -O raw"
+  op_record export qemu-img-convert "$d" "$ms" "$TEMPLATE_BYTES"
+  rm -f "$o/export.raw"
 
   # Merge: a snapshot holding MERGE bytes deleted into its child.
   local merge=$((TEMPLATE_BYTES / 8))

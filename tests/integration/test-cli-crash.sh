@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
 
-# A pool with history: vm1 has snapshots s1 <- s2 and sits (after a revert) on s1 with its own
+# A pool with history (and vm3, below): vm1 has snapshots s1 <- s2 and sits (after a revert) on s1 with its own
 # writes; vm2 is a linked clone of vm1@s2; tdel is a template nothing uses.
 truncate -s 4M "$WORK/base.raw"
 qemu-io -f raw -c 'write -P 0x11 0 512k' -c 'write -P 0x22 2M 512k' "$WORK/base.raw" >/dev/null
@@ -28,6 +28,14 @@ settle() {
   done
   "$@"
 }
+# vm3: r1 large <- r2 smaller <- a top with one small write: deleting r1 or r2 merges the child
+# into the snapshot's layer (POOL.md 5.6), relinking the layer above for r1.
+cc clone create vm3 --from base
+w 'write -P 0xe1 0 2M' vm3
+settle cc snapshot create vm3 r1
+w 'write -P 0xe2 2M 512k' vm3
+settle cc snapshot create vm3 r2
+w 'write -P 0xe3 128k 4k' vm3
 w 'write -P 0xa1 256k 512k' vm1
 settle cc snapshot create vm1 s1
 w 'write -P 0xb1 1M 1M' vm1
@@ -132,6 +140,8 @@ if [ "${CRASH_GROUP:-clones}" = clones ]; then
   timed "snapshot create" snapshot create vm1 s3 --description "crash test"
   timed "snapshot revert" snapshot revert vm1 s2
   timed "snapshot delete (merge)" snapshot delete vm1 s1
+  timed "snapshot delete (child into snapshot)" snapshot delete vm3 r2
+  timed "snapshot delete (child into snapshot, relink)" snapshot delete vm3 r1
 else
   timed "template promote" template promote vm1 gold
   timed "template import" template import t2 "$WORK/new.raw"

@@ -24,6 +24,14 @@ cc template import base "$WORK/base.raw"
 cc clone create vm1 --from base
 start_server
 w() { qemu-io -f raw -c "$1" -c flush "$(uri "$2")" >/dev/null || fail "write $1"; }
+# vm3: r1 large <- r2 smaller <- a top with one small write: deleting r1 or r2 merges the child
+# into the snapshot's layer (POOL.md 5.6), relinking the layer above for r1.
+cc clone create vm3 --from base
+w 'write -P 0xe1 0 2M' vm3
+retry cc snapshot create vm3 r1
+w 'write -P 0xe2 2M 512k' vm3
+retry cc snapshot create vm3 r2
+w 'write -P 0xe3 128k 4k' vm3
 w 'write -P 0xa1 256k 512k' vm1
 retry cc snapshot create vm1 s1
 w 'write -P 0xb1 1M 1M' vm1
@@ -88,9 +96,11 @@ powerloss clone create c4 --from vm1@s1 --full
 powerloss snapshot create vm1 s3
 powerloss snapshot revert vm1 s2
 powerloss snapshot delete vm1 s1
+powerloss snapshot delete vm3 r2
+powerloss snapshot delete vm3 r1
 powerloss template promote vm1 gold
 powerloss template import t2 "$WORK/new.raw"
 powerloss template create t3 --size 1M
 powerloss template delete tdel
 powerloss clone delete vm2
-echo "powerloss: RESULT operations=11 cut_points=$total_cuts states=$total_states"
+echo "powerloss: RESULT operations=13 cut_points=$total_cuts states=$total_states"

@@ -1,12 +1,13 @@
 /* overlay/: crash ordering (FORMAT.md section 7), checked exhaustively over one workload.
  *
  * A recording struct ovl_io_ops (overlay/io.h) forwards every pwrite, fallocate, ftruncate and
- * fdatasync of a workload to the real calls and logs it.  Then, for every prefix of the log
- * (every cut point), the file is rebuilt as a crash at that point could leave it: every
- * operation up to the last fdatasync before the cut is on disk; of the operations after it,
- * none, all, or a random write-back: each 512-byte sector they changed holds its contents as
- * of a random moment (the page cache writes back in any order, a write tears between
- * sectors, and a sector is the unit a disk writes atomically).  Each such file must
+ * fdatasync of a workload (writes, zeroes, bulk fills with ovl_copy_in, which copies with pread +
+ * pwrite when the table has no copy_file_range, flushes, parent changes) to the real calls and logs
+ * it.  Then, for every prefix of the log (every cut point), the file is rebuilt as a crash at that
+ * point could leave it: every operation up to the last fdatasync before the cut is on disk; of the
+ * operations after it, none, all, or a random write-back: each 512-byte sector they changed holds
+ * its contents as of a random moment (the page cache writes back in any order, a write tears
+ * between sectors, and a sector is the unit a disk writes atomically).  Each such file must
  *   - open (ovl_open) and so satisfy every invariant of FORMAT.md 5.3;
  *   - read, for every 512-byte sector, its contents as of the last flush that completed before
  *     the cut, or the contents some later write (issued before the cut) gave it: never other
@@ -285,6 +286,8 @@ struct crash {
   uint64_t reg[2][2]; /* the two hot regions [start, end), in two different L2 tables */
   char *dir, *path, *cpath;
   uint8_t *init; /* the image below: whole virtual disk */
+  uint8_t *src;  /* the source file of bulk fills (ovl_copy_in), whole virtual disk */
+  int srcfd;
   uint8_t *cur;  /* the model: the virtual disk as of now */
   struct sect *sect;
   uint8_t *arena;
@@ -415,7 +418,20 @@ workload_phase(struct crash *c, struct ovl_layer *l, int n)
       memset(c->cur + off, 0, len);
       w->flush = (fl & OVL_FUA) != 0;
       wop_end(c, w, off, len);
-    } else if (dice < 84) {
+    } else if (dice < 86) {
+      /* bulk fill (FORMAT.md 7.6) of whole sub-clusters from another file */
+      uint64_t sc = c->cs / 32, end;
+      off = off / sc * sc;
+      end = (off + len + sc - 1) / sc * sc;
+      if (end > c->vsize)
+        end = c->vsize;
+      len = end - off;
+      struct wop *w = wop_begin(c, "copy_in [%" PRIu64 ", +%" PRIu64 ")", off, len);
+      int e = ovl_copy_in(l, off, len, c->srcfd, off, "src");
+      cr_assert_eq(e, 0, "%s: %d %s", w->what, e, cc_error_get());
+      memcpy(c->cur + off, c->src + off, len);
+      wop_end(c, w, off, len);
+    } else if (dice < 89) {
       char pp[32];
       snprintf(pp, sizeof pp, "p%d.raw", c->nops);
       struct wop *w = wop_begin(c, "set_parent %s", pp);
@@ -579,6 +595,16 @@ run_crash(const char *name, uint32_t cs, uint64_t vsize, uint64_t reg2, int nops
   cr_assert(c.init && c.cur && c.sect && c.rd && c.rd2);
   otu_pattern(c.seed ^ 0xBE10, c.init, vsize, 0);
   memcpy(c.cur, c.init, vsize);
+  c.src = malloc(vsize);
+  cr_assert(c.src);
+  otu_pattern(c.seed ^ 0x5EC, c.src, vsize, 0);
+  {
+    char *sp = otu_join(c.dir, "src.bin");
+    c.srcfd = open(sp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert(c.srcfd >= 0);
+    cr_assert_eq(pwrite(c.srcfd, c.src, vsize, 0), (ssize_t)vsize);
+    free(sp);
+  }
 
   otu_create(c.path, vsize, cs);
   struct image base = {0};
@@ -676,6 +702,8 @@ run_crash(const char *name, uint32_t cs, uint64_t vsize, uint64_t reg2, int nops
   free(st.b);
   free(pc.b);
   free(c.init);
+  free(c.src);
+  close(c.srcfd);
   free(c.cur);
   free(c.rd);
   free(c.rd2);

@@ -1,0 +1,105 @@
+/* cowchain chain: where the bytes of a chain live (cc_chain_runs), for copies that move whole
+ * runs file to file (full clone, export) instead of reading them through a buffer.
+ *
+ * Design notes
+ * ------------
+ * The same resolution as extents.c (the writable top's own states where it has any, the frozen
+ * part's index elsewhere), but a data run also says which file holds it and where: the top's
+ * fd, a frozen layer's fd or the raw image's.  Adjacent runs are merged when they have the
+ * same type and, for data, the same file at contiguous offsets, so a flat run of a template
+ * reaches the caller as one run however many layers sit on it.
+ */
+#include "chain/internal.h"
+
+#include <errno.h>
+
+#include "common/error.h"
+
+struct runs_ctx {
+  struct cc_chain *c;
+  cc_run_fn fn;
+  void *opaque;
+  int have;
+  struct cc_chain_run cur;
+};
+
+static int
+add(struct runs_ctx *x, const struct cc_chain_run *r)
+{
+  int rc;
+
+  if (r->length == 0)
+    return 0;
+  if (x->have && x->cur.type == r->type && x->cur.offset + x->cur.length == r->offset &&
+      (r->type != 0 || (x->cur.fd == r->fd && x->cur.phys + x->cur.length == r->phys))) {
+    x->cur.length += r->length;
+    return 0;
+  }
+  if (x->have && (rc = x->fn(x->opaque, &x->cur)) != 0)
+    return rc;
+  x->have = 1;
+  x->cur = *r;
+  return 0;
+}
+
+static int
+seg_run(void *opaque, const struct cc_seg *s)
+{
+  struct cc_chain_run r = {.offset = s->offset, .length = s->length, .fd = -1};
+
+  switch (s->kind) {
+  case CC_RUN_DATA:
+    r.type = 0;
+    r.fd = s->file->fd;
+    r.phys = s->phys;
+    r.path = s->file->path;
+    break;
+  case CC_RUN_ZERO:
+    r.type = CC_EXTENT_ZERO;
+    break;
+  default:
+    r.type = CC_EXTENT_HOLE | CC_EXTENT_ZERO;
+  }
+  return add(opaque, &r);
+}
+
+static int
+top_run(void *opaque, const struct ovl_extent *e)
+{
+  struct runs_ctx *x = opaque;
+  struct cc_chain_run r = {.offset = e->offset, .length = e->length, .fd = -1};
+
+  switch (e->state) {
+  case OVL_DATA:
+    r.fd = x->c->top_fd;
+    r.phys = e->phys;
+    r.path = x->c->path;
+    return add(x, &r);
+  case OVL_ZERO:
+    r.type = CC_EXTENT_ZERO;
+    return add(x, &r);
+  default:
+    return cc_index_walk(x->c->idx, e->offset, e->length, seg_run, x);
+  }
+}
+
+int
+cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque)
+{
+  struct runs_ctx x = {.c = c, .fn = fn, .opaque = opaque};
+  int r;
+
+  if (offset > c->size || length > c->size - offset)
+    return cc_error_set(EINVAL, "runs: %s: range %llu+%llu beyond the end of the disk (%llu)",
+                        c->path, (unsigned long long)offset, (unsigned long long)length,
+                        (unsigned long long)c->size);
+  if (length == 0)
+    return 0;
+  if (c->top)
+    r = cc_top_walk(c, "runs", offset, length, top_run, &x);
+  else
+    r = cc_index_walk(c->idx, offset, length, seg_run, &x);
+  if (r == 0 && x.have)
+    r = fn(opaque, &x.cur);
+  return r;
+}
