@@ -291,3 +291,16 @@ exports_shutdown(void)
   }
   pthread_mutex_unlock(&table_lock);
 }
+
+int
+exports_holds(const char *path)
+{
+  struct cc_export *e;
+  int found = 0;
+
+  pthread_mutex_lock(&table_lock);
+  for (e = table; e && !found; e = e->next)
+    found = strcmp(e->path, path) == 0;
+  pthread_mutex_unlock(&table_lock);
+  return found;
+}

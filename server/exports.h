@@ -3,6 +3,7 @@
 #define COWCHAIN_SERVER_EXPORTS_H
 
 #include "chain/pool.h"
+#include "gate.h"
 
 /* One open export, shared by every connection to it.  Only exports.c touches the fields
  * other than `name` and `chain`; both are constant while a reference is held. */
@@ -20,6 +21,7 @@ struct cc_export {
   char name[2 * CC_NAME_MAX + 2]; /* NAME or NAME@SNAP, constant */
   char *path;                     /* top file the chain was opened on, constant */
   struct cc_chain *chain;         /* constant while OPEN; the chain does its own locking */
+  struct gate gate;               /* write/zero/trim/flush of every connection (gate.c) */
 };
 
 /* Set once before any connection (get_ready); exports_acquire opens chains from it. */
@@ -34,6 +36,9 @@ void exports_release(struct cc_export *e);
 
 /* Every export of the pool, sorted (cc_pool_list_exports); -1 after nbdkit_error. */
 int exports_list(struct cc_export_info **out, size_t *n);
+
+/* 1 if an open export of this process has its chain on top file `path` (any state). */
+int exports_holds(const char *path);
 
 extern int cowchain_debug_exports; /* -D cowchain.exports=1 */
 
