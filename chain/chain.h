@@ -59,6 +59,10 @@ int cc_chain_flush(struct cc_chain *c);
  * throughout and see the chain before or after, never a mix (view.c).  On failure the chain
  * is unchanged.  Returns 0 or -errno. */
 int cc_chain_push_top(struct cc_chain *c, const char *new_top_path);
+/* The checks cc_chain_push_top makes before it changes anything (the new top can be opened for
+ * writing and names the current top as parent), without changing anything: a caller switching
+ * several chains at once checks them all first. */
+int cc_chain_push_check(struct cc_chain *c, const char *new_top_path);
 
 /* Live merge: replace the frozen part under the writable top with the one whose topmost file is
  * `frozen_top_path` (opened read-only, shared through the registry).  The top's parent link must

@@ -156,6 +156,47 @@ check_link(const char *npath, const struct ovl_info *ni, const struct ovl_info *
   return 0;
 }
 
+/* Open the new top exclusively (into *n) and check it may stack on view old's top. */
+static int
+open_new_top(const struct cc_view *old, uint64_t size, const char *path, struct ovl_layer **n,
+             struct ovl_info *ni, struct ovl_info *ti, struct stat *tst)
+{
+  int r;
+
+  if ((r = ovl_open(path, OVL_RDWR, n)) < 0)
+    return r;
+  ovl_get_info(*n, ni);
+  ovl_get_info(old->top, ti);
+  if (fstat(old->top_fd, tst) < 0)
+    return cc_error_set(errno, "push: %s: fstat: %s", old->path, strerror(errno));
+  return check_link(path, ni, ti, tst, size);
+}
+
+int
+cc_chain_push_check(struct cc_chain *c, const char *new_top_path)
+{
+  struct ovl_info *ni = malloc(sizeof *ni), *ti = malloc(sizeof *ti);
+  struct ovl_layer *n = NULL;
+  struct cc_view *v;
+  struct stat tst;
+  int r;
+
+  pthread_mutex_lock(&c->switch_lock);
+  v = atomic_load(&c->view);
+  if (!ni || !ti)
+    r = cc_error_set(ENOMEM, "push: %s: out of memory", new_top_path);
+  else if (!v->top)
+    r = cc_error_set(EPERM, "push: %s: chain is read-only", v->path);
+  else
+    r = open_new_top(v, c->size, new_top_path, &n, ni, ti, &tst);
+  if (n)
+    ovl_close(n);
+  pthread_mutex_unlock(&c->switch_lock);
+  free(ni);
+  free(ti);
+  return r;
+}
+
 int
 cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
 {
@@ -182,15 +223,7 @@ cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
     goto out;
   }
   /* 1. The new top, and its link to the current one. */
-  if ((r = ovl_open(new_top_path, OVL_RDWR, &n)) < 0)
-    goto out;
-  ovl_get_info(n, ni);
-  ovl_get_info(old->top, ti);
-  if (fstat(old->top_fd, &tst) < 0) {
-    r = cc_error_set(errno, "push: %s: fstat: %s", old->path, strerror(errno));
-    goto out;
-  }
-  if ((r = check_link(new_top_path, ni, ti, &tst, c->size)) < 0)
+  if ((r = open_new_top(old, c->size, new_top_path, &n, ni, ti, &tst)) < 0)
     goto out;
   /* 2. The new frozen part's index, from T's map while T is still the (quiet) top. */
   f.ovl = old->top;

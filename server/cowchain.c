@@ -42,6 +42,7 @@
 #include "chain/chain.h"
 #include "chain/pool.h"
 #include "common/error.h"
+#include "control.h"
 #include "exports.h"
 #include "overlay/overlay.h"
 
@@ -91,6 +92,7 @@ cowchain_load(void)
 static void
 cowchain_unload(void)
 {
+  control_stop();
   exports_shutdown();
   if (pool)
     cc_pool_close(pool);
@@ -117,6 +119,9 @@ cowchain_config(const char *key, const char *value)
       nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
       return -1;
     }
+  } else if (strcmp(key, "control") == 0) {
+    if (control_config(value) < 0)
+      return -1;
   } else if (strcmp(key, "default") == 0) {
     char name[CC_NAME_MAX + 1], snap[CC_NAME_MAX + 1];
 
@@ -133,8 +138,8 @@ cowchain_config(const char *key, const char *value)
       return -1;
     }
   } else {
-    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync and "
-                 "default=NAME",
+    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
+                 "default=NAME and control=on|off",
                  key);
     return -1;
   }
@@ -155,7 +160,8 @@ cowchain_config_complete(void)
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
   "io=sync|uring         How reads reach the layers (default: sync).\n"                           \
-  "default=NAME          Export served to clients that ask for the empty name."
+  "default=NAME          Export served to clients that ask for the empty name.\n"            \
+  "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
 
 static void
 cowchain_dump_plugin(void)
@@ -167,6 +173,7 @@ cowchain_dump_plugin(void)
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
   printf("cowchain_max_depth=%d\n", CC_MAX_DEPTH);
+  printf("cowchain_control=%d\n", 1); /* protocol version of the control socket */
 }
 
 /* Before the fork, while errors still reach the user; no threads or rings here. */
@@ -186,7 +193,26 @@ cowchain_get_ready(void)
     return -1;
   }
   exports_init(pool, io_flags);
+  control_init(pool_dir, pool);
   return 0;
+}
+
+/* After nbdkit's fork (and setuid, chdir): the control socket carries this process's pid. */
+static int
+cowchain_after_fork(void)
+{
+  /* Not fatal: the exports are served either way; only live operations need the socket. */
+  if (control_start() < 0)
+    nbdkit_error("control: no control socket: live snapshots of this server's clones are "
+                 "unavailable (control=off silences this)");
+  return 0;
+}
+
+/* After the last connection: no control command may run on a closing server. */
+static void
+cowchain_cleanup(void)
+{
+  control_stop();
 }
 
 /* If another process holds export `info`'s top file so that we could not open it, append why to
@@ -653,6 +679,8 @@ static struct nbdkit_plugin plugin = {
     .magic_config_key = "pool",
     .dump_plugin = cowchain_dump_plugin,
     .get_ready = cowchain_get_ready,
+    .after_fork = cowchain_after_fork,
+    .cleanup = cowchain_cleanup,
     .list_exports = cowchain_list_exports,
     .default_export = cowchain_default_export,
     .open = cowchain_open,
