@@ -53,8 +53,8 @@ int ccp_append(char *buf, size_t len, const char *word);
 
 /* Client side: connect to the control socket at path and read the greeting.  Returns the
  * descriptor, or -errno: -ECONNREFUSED for a socket nobody listens on (a dead server's:
- * the caller may unlink it), -EACCES (or another -errno) when the server refuses us with an
- * "err" line instead of the greeting, -EPROTO for anything else. */
+ * the caller may unlink it), -EPERM (or another -errno) when the server refuses us with an
+ * "err" line instead of the greeting (EPERM: its peer check), -EPROTO for anything else. */
 int ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms);
 
 #endif

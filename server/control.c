@@ -15,7 +15,7 @@
  *    (control-proto.h).  The socket is removed at .cleanup/.unload.  A kill -9 leaves it behind,
  *    harmlessly: the next server has another pid.
  *  - Every client's peer credentials (SO_PEERCRED) are checked: the server's own uid or root,
- *    anyone else gets "err 13 ..." and is disconnected.
+ *    anyone else gets "err 1 ..." (EPERM) instead of the greeting and is disconnected.
  *  - The protocol (common/control-proto.h, the man page's CONTROL SOCKET) is line-framed and
  *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume.
  *
@@ -537,7 +537,7 @@ peer_allowed(int fd)
   if (cred.uid == geteuid() || cred.uid == 0)
     return 1;
   snprintf(msg, sizeof msg, "err %d permission denied: uid %u is neither root nor the server's uid %u",
-           EACCES, (unsigned)cred.uid, (unsigned)geteuid());
+           EPERM, (unsigned)cred.uid, (unsigned)geteuid());
   ccp_write_line(fd, msg);
   nbdkit_debug("control: refused a client with uid %u (pid %ld)", (unsigned)cred.uid,
                (long)cred.pid);

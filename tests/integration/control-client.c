@@ -12,7 +12,8 @@
  *                                       POOL/tmp, make it durable, rename it to
  *                                       POOL/layers/UUID.cow and print that path
  *
- * Exit: 0 all ok, 1 an "err" reply (or a step failed), 2 cannot connect, 3 refused (EACCES).
+ * Exit: 0 all ok, 1 an "err" reply (or a step failed), 2 cannot connect, 3 refused by the
+ * server's peer check (EPERM).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -39,7 +40,7 @@ run_steps(const char *path, int argc, char **argv)
   fd = ccp_connect(path, c, 10000);
   if (fd < 0) {
     fprintf(stderr, "control-client: %s: %s\n", path, strerror(-fd));
-    return fd == -EACCES ? 3 : 2;
+    return fd == -EPERM ? 3 : 2; /* EPERM: the server's peer check refused us */
   }
   for (int i = 0; i + 1 < argc && rc == 0; i += 2) {
     if (strcmp(argv[i], "-x") == 0) {
