@@ -17,6 +17,13 @@
  * Locking: the registry mutex protects the registry list and every index's `refs`.  Everything
  * else in an index is immutable after it is built, so readers take no lock.  The writable top
  * does its own locking (overlay.h).
+ *
+ * Views (view.c): a chain's top, index and top path form one immutable `struct cc_view`,
+ * published as one pointer.  Every request enters the view (cc_view_enter: two atomic
+ * increments on a per-chain counter, no lock), uses only that view, and leaves.  A live top
+ * switch (cc_chain_push_top) or frozen-part replacement (cc_chain_replace_frozen) publishes a
+ * new view and frees what only the old one used after an SRCU-like two-epoch grace period.
+ * `switch_lock` serializes switches; readers never take it.
  */
 #ifndef COWCHAIN_CHAIN_INTERNAL_H
 #define COWCHAIN_CHAIN_INTERNAL_H
