@@ -16,7 +16,10 @@
  *
  * verify: read every block of EXPORT; it must be an untorn tag of that block with
  * lo <= seq <= hi (frozen: the state at the switch, every write completed before the command in
- * it, none issued after its reply) or seq == final (final).
+ * it, none issued after its reply) or seq == final (final).  frozen also checks that one
+ * instant explains every block: some t after every block's write was issued and before the
+ * block's next write completed (a switch applied at different times to different connections
+ * or blocks would fail this).  JOURNAL holds the window, the per-block summary and every write.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -227,7 +230,6 @@ do_write(const char *sock, const char *name, int secs, int push_at_ms, const cha
           base_max = l;
       }
     }
-    free(w[i].log);
   }
   qsort(lat, nlat, sizeof *lat, cmp_i64);
   printf("writes %zu (%zu overlapping the push command), push command %.3f ms\n", total,
@@ -242,12 +244,26 @@ do_write(const char *sock, const char *name, int secs, int push_at_ms, const cha
     perror(journal);
     return 1;
   }
+  /* The window, the per-block summary, then every write (for the instant check). */
+  fprintf(f, "window %" PRId64 " %" PRId64 "\n", sent, replied);
   for (uint32_t b = 0; b < NBLK; b++)
-    fprintf(f, "%u %u %u %u\n", b, lo[b], hi[b], fin[b]);
+    fprintf(f, "block %u %u %u %u\n", b, lo[b], hi[b], fin[b]);
+  for (int i = 0; i < NTHREADS; i++)
+    for (size_t k = 0; k < w[i].n; k++)
+      fprintf(f, "write %u %u %" PRId64 " %" PRId64 "\n", w[i].log[k].block, w[i].log[k].seq,
+              w[i].log[k].issue_us, w[i].log[k].done_us);
   fclose(f);
+  for (int i = 0; i < NTHREADS; i++)
+    free(w[i].log);
   free(buf);
   return rc;
 }
+
+/* Per block, the times a write of each seq was issued and completed (seq 0: the prefill). */
+struct times {
+  int64_t *issue, *done;
+  uint32_t n;
+};
 
 static int
 do_verify(const char *sock, const char *name, const char *journal, const char *mode)
@@ -255,34 +271,81 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
   struct nbd_handle *h = connect_to(sock, name);
   uint8_t *buf = malloc(BLK);
   FILE *f = fopen(journal, "r");
-  unsigned b, lo, hi, fin, bad = 0, n = 0;
+  static unsigned lo[NBLK], hi[NBLK], fin[NBLK];
+  static struct times tm[NBLK];
+  static int64_t got[NBLK];
+  unsigned b, seq, bad = 0, n = 0;
   int frozen = strcmp(mode, "frozen") == 0;
+  int64_t sent, replied, is, dn, from = INT64_MIN, to = INT64_MAX;
+  char kind[16];
 
-  if (!f) {
+  if (!f || fscanf(f, "window %" SCNd64 " %" SCNd64, &sent, &replied) != 2) {
     perror(journal);
     return 1;
   }
-  while (fscanf(f, "%u %u %u %u", &b, &lo, &hi, &fin) == 4) {
-    int64_t seq;
+  while (fscanf(f, "%15s", kind) == 1) {
+    unsigned x, y, z;
 
+    if (strcmp(kind, "block") == 0 && fscanf(f, "%u %u %u %u", &b, &x, &y, &z) == 4 && b < NBLK) {
+      lo[b] = x;
+      hi[b] = y;
+      fin[b] = z;
+      tm[b].n = fin[b] + 1;
+      tm[b].issue = calloc(tm[b].n, sizeof(int64_t));
+      tm[b].done = calloc(tm[b].n, sizeof(int64_t));
+      tm[b].issue[0] = tm[b].done[0] = INT64_MIN;
+    } else if (strcmp(kind, "write") == 0 &&
+               fscanf(f, "%u %u %" SCNd64 " %" SCNd64, &b, &seq, &is, &dn) == 4 && b < NBLK &&
+               seq < tm[b].n) {
+      tm[b].issue[seq] = is;
+      tm[b].done[seq] = dn;
+    } else {
+      fprintf(stderr, "nbd-journal-writer: %s: malformed\n", journal);
+      return 1;
+    }
+  }
+  fclose(f);
+  for (b = 0; b < NBLK; b++) {
     if (nbd_pread(h, buf, BLK, (uint64_t)b * BLK, 0) < 0) {
       fprintf(stderr, "nbd-journal-writer: %s: read block %u: %s\n", name, b, nbd_get_error());
       return 1;
     }
-    seq = untag(buf, b);
+    got[b] = untag(buf, b);
     n++;
-    if (frozen ? (seq < lo || seq > hi) : seq != fin) {
+    if (frozen ? (got[b] < lo[b] || got[b] > hi[b]) : got[b] != fin[b]) {
       if (bad++ < 10)
         fprintf(stderr, "nbd-journal-writer: %s: block %u has seq %" PRId64 ", expected %s %u..%u\n",
-                name, b, seq, frozen ? "within" : "exactly", frozen ? lo : fin,
-                frozen ? hi : fin);
+                name, b, got[b], frozen ? "within" : "exactly", frozen ? lo[b] : fin[b],
+                frozen ? hi[b] : fin[b]);
+      continue;
+    }
+    if (frozen) {
+      /* The block is consistent with an instant t iff its write was issued before t and the next
+       * write of the block had not completed by t.  All blocks: one common instant. */
+      uint32_t s0 = (uint32_t)got[b];
+      int64_t a = tm[b].issue[s0], z = s0 + 1 < tm[b].n ? tm[b].done[s0 + 1] : INT64_MAX;
+
+      if (a > from)
+        from = a;
+      if (z < to)
+        to = z;
     }
   }
-  fclose(f);
   nbd_shutdown(h, 0);
   nbd_close(h);
   free(buf);
-  printf("%s: %u blocks verified (%s), %u wrong\n", name, n, mode, bad);
+  if (frozen && !bad && from >= to) {
+    fprintf(stderr, "nbd-journal-writer: %s: no single instant explains every block (latest issue "
+                    "%+.3f ms after the command, earliest next completion %+.3f ms)\n",
+            name, (double)(from - sent) / 1000.0, (double)(to - sent) / 1000.0);
+    bad++;
+  }
+  printf("%s: %u blocks verified (%s%s), %u wrong\n", name, n, mode,
+         frozen && !bad ? ", one instant" : "", bad);
+  for (b = 0; b < NBLK; b++) {
+    free(tm[b].issue);
+    free(tm[b].done);
+  }
   return bad || n != NBLK ? 1 : 0;
 }
 
