@@ -40,6 +40,9 @@ run_steps(const char *path, int argc, char **argv)
   fd = ccp_connect(path, c, 10000);
   if (fd < 0) {
     fprintf(stderr, "control-client: %s: %s\n", path, strerror(-fd));
+    free(c);
+    free(line);
+    free(req);
     return fd == -EPERM ? 3 : 2; /* EPERM: the server's peer check refused us */
   }
   for (int i = 0; i + 1 < argc && rc == 0; i += 2) {

@@ -46,7 +46,7 @@ cleanup(void)
   live_dir = NULL;
 }
 
-TestSuite(chain_push, .fini = cleanup, .timeout = 120);
+TestSuite(chain_push, .fini = cleanup, .timeout = 300);
 
 static char *
 lpath(const char *dir, int i)
@@ -405,7 +405,7 @@ Test(chain_push, refusals_leave_the_chain_unchanged)
   cleanup();
 }
 
-Test(chain_push, hundred_pushes_under_readers_and_writers, .timeout = 300)
+Test(chain_push, hundred_pushes_under_readers_and_writers)
 {
   char *dir = otu_tmpdir();
   uint8_t(*uuids)[OVL_UUID_LEN] = calloc(NPUSH + 2, OVL_UUID_LEN);

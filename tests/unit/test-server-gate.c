@@ -19,6 +19,8 @@
 
 #include "server/gate.h"
 
+TestSuite(server_gate, .timeout = 60);
+
 struct ctx {
   struct gate g;
   atomic_int inside, stop, entered;
@@ -42,7 +44,7 @@ hammer(void *opaque)
   return NULL;
 }
 
-Test(server_gate, closed_means_nobody_inside, .timeout = 60)
+Test(server_gate, closed_means_nobody_inside)
 {
   static struct ctx c; /* zeroed: an open gate */
   pthread_t t[4];
