@@ -59,6 +59,24 @@ int cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64
 int cc_chain_zero(struct cc_chain *c, uint64_t length, uint64_t offset, unsigned flags);
 int cc_chain_flush(struct cc_chain *c);
 
+/* Live snapshot: make the empty, durable layer `new_top_path`, whose parent is the current top
+ * T, the chain's writable top, and T part of the frozen part (flushed, clean, locked shared,
+ * resolved through a new shared index that other chains on T find in the registry).  The
+ * caller guarantees that no write, zero or flush is in flight on this chain; reads may run
+ * throughout and see the chain before or after, never a mix (view.c).  On failure the chain
+ * is unchanged.  Returns 0 or -errno. */
+int cc_chain_push_top(struct cc_chain *c, const char *new_top_path);
+/* The checks cc_chain_push_top makes before it changes anything (the new top can be opened for
+ * writing and names the current top as parent), without changing anything: a caller switching
+ * several chains at once checks them all first. */
+int cc_chain_push_check(struct cc_chain *c, const char *new_top_path);
+
+/* Live merge: replace the frozen part under the writable top with the one whose topmost file is
+ * `frozen_top_path` (opened read-only, shared through the registry).  The top's parent link must
+ * already name that file, and it must read the same bytes as the old frozen part (a merge
+ * rewrote the layers without changing what they read).  Reads may run throughout; writes too. */
+int cc_chain_replace_frozen(struct cc_chain *c, const char *frozen_top_path);
+
 /* Report [offset, offset + length) as ascending contiguous extents through `fn`, merged over the
  * whole chain: data (0), zero (CC_EXTENT_ZERO), hole (CC_EXTENT_HOLE|CC_EXTENT_ZERO).  May stop
  * early after at least one extent if `fn` returns non-zero (that value is returned). */

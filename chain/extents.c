@@ -67,7 +67,7 @@ seg_extent(void *opaque, const struct cc_seg *s)
 }
 
 struct top_ctx {
-  struct cc_chain *c;
+  const struct cc_view *v;
   struct ext_ctx *x;
 };
 
@@ -83,7 +83,7 @@ top_extent(void *opaque, const struct ovl_extent *e)
   case OVL_ZERO:
     return emit(t->x, e->offset, e->length, CC_EXTENT_ZERO);
   default:
-    return cc_index_walk(t->c->idx, e->offset, e->length, seg_extent, t->x);
+    return cc_index_walk(t->v->idx, e->offset, e->length, seg_extent, t->x);
   }
 }
 
@@ -92,18 +92,23 @@ cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent
                  void *opaque)
 {
   struct ext_ctx x = {.fn = fn, .opaque = opaque};
+  struct cc_view *v;
+  unsigned ticket;
   int r;
 
+  v = cc_view_enter(c, &ticket);
   if (offset > c->size || length > c->size - offset)
-    return cc_error_set(EINVAL, "extents: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                        c->path, (unsigned long long)offset, (unsigned long long)length,
-                        (unsigned long long)c->size);
-  if (length == 0)
-    return 0;
-  if (c->top)
-    r = cc_top_walk(c, "extents", offset, length, top_extent, &(struct top_ctx){ .c = c, .x = &x });
+    r = cc_error_set(EINVAL, "extents: %s: range %llu+%llu beyond the end of the disk (%llu)",
+                     v->path, (unsigned long long)offset, (unsigned long long)length,
+                     (unsigned long long)c->size);
+  else if (length == 0)
+    r = 0;
+  else if (v->top)
+    r = cc_top_walk(v, "extents", offset, length, top_extent, &(struct top_ctx){ .v = v, .x = &x });
   else
-    r = cc_index_walk(c->idx, offset, length, seg_extent, &x);
+    r = cc_index_walk(v->idx, offset, length, seg_extent, &x);
+  cc_view_leave(c, ticket);
+  /* The callback runs outside the view: it may be slow (nbdkit_add_extent allocates). */
   if (r == 0 && x.have)
     r = fn(opaque, x.off, x.len, x.type);
   return r;

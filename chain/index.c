@@ -169,6 +169,56 @@ overlay_layer(struct runvec *out, const struct runvec *below, uint64_t size, uin
   return 0;
 }
 
+/* Stack layer `li` (f) onto `cur`, which covers [0, *size): afterwards `cur` covers the layer's
+ * virtual size.  `next` is scratch; the two are swapped as needed. */
+static int
+stack_layer(struct runvec *cur, struct runvec *next, uint64_t *size, uint32_t li,
+            const struct cc_frozen *f)
+{
+  int r;
+
+  /* Beyond the size of what is below, this layer's unallocated parts read as zero. */
+  if (f->size > *size) {
+    if ((r = rv_push(cur, *size, CC_RUN_HOLE, 0, 0)) < 0)
+      return r;
+    *size = f->size;
+  }
+  /* A layer with nothing of its own (a fresh snapshot) changes nothing: skip the copy. */
+  {
+    struct ovl_extent e;
+    int n = ovl_map(f->ovl, 0, *size, &e, 1);
+
+    if (n == 1 && e.state == OVL_UNALLOCATED && e.offset == 0 && e.length == *size)
+      return 0;
+  }
+  next->n = 0;
+  if ((r = overlay_layer(next, cur, *size, li, f)) < 0)
+    return r;
+  struct runvec t = *cur;
+  *cur = *next;
+  *next = t;
+  return 0;
+}
+
+/* Hand the runs in `cur` (covering [0, size)) to idx, trimmed. */
+static void
+finish_runs(struct cc_index *idx, struct runvec *cur, uint64_t size)
+{
+  /* Trim a trailing empty run and the slack. */
+  if (cur->n > 0 && cur->v[cur->n - 1].start >= size)
+    cur->n--;
+  if (cur->n > 0 && cur->n < cur->cap) {
+    struct cc_run *v = realloc(cur->v, cur->n * sizeof *v);
+
+    if (v)
+      cur->v = v;
+  }
+  idx->runs = cur->v;
+  idx->nruns = cur->n;
+  idx->size = size;
+  cur->v = NULL;
+}
+
 /* Build idx->runs from idx->layers (bottom first).  On failure the index keeps no runs. */
 int
 cc_index_build(struct cc_index *idx)
@@ -177,6 +227,7 @@ cc_index_build(struct cc_index *idx)
   uint64_t size = 0;
   int r = 0;
 
+  idx->nowned = idx->nlayers;
   for (size_t i = 0; i < idx->nlayers; i++) {
     const struct cc_frozen *f = &idx->layers[i];
 
@@ -187,40 +238,10 @@ cc_index_build(struct cc_index *idx)
       size = f->size;
       continue;
     }
-    /* Beyond the size of what is below, this layer's unallocated parts read as zero. */
-    if (f->size > size) {
-      if ((r = rv_push(&cur, size, CC_RUN_HOLE, 0, 0)) < 0)
-        goto out;
-      size = f->size;
-    }
-    /* A layer with nothing of its own (a fresh snapshot) changes nothing: skip the copy. */
-    {
-      struct ovl_extent e;
-      int n = ovl_map(f->ovl, 0, size, &e, 1);
-
-      if (n == 1 && e.state == OVL_UNALLOCATED && e.offset == 0 && e.length == size)
-        continue;
-    }
-    next.n = 0;
-    if ((r = overlay_layer(&next, &cur, size, (uint32_t)i, f)) < 0)
+    if ((r = stack_layer(&cur, &next, &size, (uint32_t)i, f)) < 0)
       goto out;
-    struct runvec t = cur;
-    cur = next;
-    next = t;
   }
-  /* Trim a trailing empty run and the slack. */
-  if (cur.n > 0 && cur.v[cur.n - 1].start >= size)
-    cur.n--;
-  if (cur.n > 0 && cur.n < cur.cap) {
-    struct cc_run *v = realloc(cur.v, cur.n * sizeof *v);
-
-    if (v)
-      cur.v = v;
-  }
-  idx->runs = cur.v;
-  idx->nruns = cur.n;
-  idx->size = size;
-  cur.v = NULL;
+  finish_runs(idx, &cur, size);
   /* The runs now hold everything the frozen maps said; keeping the maps too would cost their
    * memory once per layer of history.  Only the fds (and locks) are still needed. */
   for (size_t i = 0; i < idx->nlayers; i++)
@@ -235,13 +256,71 @@ out:
   return r;
 }
 
-/* Close the frozen files (dropping their shared locks) and free everything. */
+int
+cc_index_stack(struct cc_index *below, const struct cc_frozen *top, struct cc_index **out)
+{
+  struct runvec cur = {0}, next = {0};
+  size_t nb = below ? below->nlayers : 0;
+  uint64_t size = 0;
+  struct cc_index *idx;
+  struct ovl_info *info;
+  int r;
+
+  *out = NULL;
+  idx = calloc(1, sizeof *idx);
+  info = malloc(sizeof *info);
+  if (idx)
+    idx->layers = malloc((nb + 1) * sizeof *idx->layers);
+  if (!idx || !info || !idx->layers) {
+    r = cc_error_set(ENOMEM, "push: %s: out of memory", top->path);
+    goto fail;
+  }
+  if (below) {
+    memcpy(idx->layers, below->layers, nb * sizeof *idx->layers);
+    cur.cap = below->nruns ? below->nruns : 1;
+    if (!(cur.v = malloc(cur.cap * sizeof *cur.v))) {
+      r = cc_error_set(ENOMEM, "push: %s: out of memory", top->path);
+      goto fail;
+    }
+    memcpy(cur.v, below->runs, below->nruns * sizeof *cur.v);
+    cur.n = below->nruns;
+    size = below->size;
+  }
+  idx->layers[nb] = *top;
+  idx->nlayers = nb + 1;
+  if ((r = stack_layer(&cur, &next, &size, (uint32_t)nb, top)) < 0)
+    goto fail;
+  finish_runs(idx, &cur, size);
+  free(next.v);
+  ovl_get_info(top->ovl, info);
+  memcpy(idx->uuid, info->uuid, OVL_UUID_LEN);
+  free(info);
+  idx->dev = top->dev;
+  idx->ino = top->ino;
+  idx->nowned = 0;
+  if (below)
+    idx->base = cc_index_get(below);
+  *out = idx;
+  return 0;
+
+fail:
+  free(cur.v);
+  free(next.v);
+  free(info);
+  if (idx)
+    free(idx->layers);
+  free(idx);
+  return r;
+}
+
+/* Close the frozen files it owns (dropping their shared locks), free everything and drop the
+ * reference on the index below, if any.  Called without the registry lock. */
 void
 cc_index_free(struct cc_index *idx)
 {
   if (!idx)
     return;
-  for (size_t i = 0; i < idx->nlayers; i++) {
+  for (size_t i = idx->nlayers - idx->nowned; i < idx->nlayers; i++) {
     struct cc_frozen *f = &idx->layers[i];
 
     if (f->ovl)
@@ -253,6 +332,7 @@ cc_index_free(struct cc_index *idx)
   free(idx->layers);
   free(idx->runs);
   free(idx->root);
+  cc_index_put(idx->base);
   free(idx);
 }
 

@@ -17,12 +17,20 @@
  * Locking: the registry mutex protects the registry list and every index's `refs`.  Everything
  * else in an index is immutable after it is built, so readers take no lock.  The writable top
  * does its own locking (overlay.h).
+ *
+ * Views (view.c): a chain's top, index and top path form one immutable `struct cc_view`,
+ * published as one pointer.  Every request enters the view (cc_view_enter: two atomic
+ * increments on a per-chain counter, no lock), uses only that view, and leaves.  A live top
+ * switch (cc_chain_push_top) or frozen-part replacement (cc_chain_replace_frozen) publishes a
+ * new view and frees what only the old one used after an SRCU-like two-epoch grace period.
+ * `switch_lock` serializes switches; readers never take it.
  */
 #ifndef COWCHAIN_CHAIN_INTERNAL_H
 #define COWCHAIN_CHAIN_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #include "chain/chain.h"
@@ -68,16 +76,44 @@ struct cc_index {
   size_t nruns;
   struct cc_run *runs;
   char *root; /* every file was checked to resolve inside this directory; NULL if unchecked */
+  /* An index made by a live push (view.c) extends the index below it: it holds a reference on
+   * `base` and owns only its top `nowned` layers; layers[0 .. nlayers - nowned) are base's
+   * (same fds, same paths) and stay open as long as base does.  Built from files: base NULL,
+   * nowned == nlayers. */
+  struct cc_index *base;
+  size_t nowned;
+};
+
+/* What a reader of a chain uses, published as one pointer (view.c).  Immutable: a change of
+ * top or frozen part publishes a new view; the old one is retired after a grace period. */
+struct cc_view {
+  struct ovl_layer *top; /* the writable top; NULL for a read-only chain (owned by the chain) */
+  int top_fd;
+  struct cc_index *idx; /* frozen part (one reference); NULL when the top has no parent */
+  char *path;           /* the top file, for messages */
 };
 
 struct cc_chain {
-  char *path;
   unsigned flags;
-  struct ovl_layer *top; /* the writable top; NULL for a read-only chain */
-  int top_fd;
-  struct cc_index *idx; /* frozen part; NULL when the writable top has no parent */
-  uint64_t size;
+  uint64_t size; /* constant */
+  /* The current view; readers load it inside cc_view_enter/leave (view.c). */
+  _Atomic(struct cc_view *) view;
+  /* Grace-period bookkeeping (view.c): readers count themselves in readers[epoch & 1]. */
+  _Atomic unsigned long epoch;
+  struct {
+    _Atomic unsigned long n;
+    char pad[64 - sizeof(unsigned long)];
+  } readers[2] __attribute__((aligned(64)));
+  /* Serializes view changes (push, replace); never taken by readers. */
+  pthread_mutex_t switch_lock;
 };
+
+/* view.c: the read side of a chain's view.  enter returns the current view and a ticket that
+ * leave needs; between the two the view and everything it references stay valid. */
+struct cc_view *cc_view_enter(struct cc_chain *c, unsigned *ticket);
+void cc_view_leave(struct cc_chain *c, unsigned ticket);
+/* Free a view's own memory and drop its index reference (not its top). */
+void cc_view_free(struct cc_view *v);
 
 /* One stretch of the virtual disk as the frozen part resolves it. */
 struct cc_seg {
@@ -91,6 +127,10 @@ typedef int (*cc_seg_fn)(void *opaque, const struct cc_seg *seg);
 /* index.c */
 int cc_index_build(struct cc_index *idx);
 void cc_index_free(struct cc_index *idx);
+/* A new index for `below` (NULL: nothing below) with `top` stacked on it, built from top's map
+ * in one pass over below's runs.  top is copied into the new index, not yet owned by it
+ * (nowned 0): the caller sets nowned = 1 once it hands the layer over. */
+int cc_index_stack(struct cc_index *below, const struct cc_frozen *top, struct cc_index **out);
 /* Call fn for the segments of [offset, offset + length); beyond idx->size (or idx == NULL) is a
  * HOLE.  Stops at, and returns, fn's first non-zero value. */
 int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, cc_seg_fn fn,
@@ -100,14 +140,21 @@ int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, 
  * order; a map that skips or overlaps is -EIO naming `call` and the layer.  Stops at the first
  * non-zero return of fn and returns it. */
 typedef int (*cc_top_fn)(void *opaque, const struct ovl_extent *e);
-int cc_top_walk(struct cc_chain *c, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
+int cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
                 void *opaque);
+
+/* open.c */
+char *cc_join_parent(const char *child, const char *rel);
 
 /* registry.c */
 struct cc_index *cc_registry_get(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN],
                                  uint64_t size);
 struct cc_index *cc_registry_insert(struct cc_index *idx);
+/* Publish idx unless an equal index exists: NULL if idx is now registered (refs 1), else a new
+ * reference to the existing one (idx untouched, still the caller's). */
+struct cc_index *cc_registry_publish(struct cc_index *idx);
 void cc_index_put(struct cc_index *idx);
+struct cc_index *cc_index_get(struct cc_index *idx); /* one more reference; returns idx */
 
 /* A slice of a read: `len` bytes at `phys` in `fd` go to `buf`. */
 struct cc_piece {

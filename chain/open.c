@@ -37,6 +37,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,8 +97,8 @@ link_error(const struct link *lk, int err, const char *fmt, ...)
 
 /* The parent path `rel` resolved against the directory of `child`.  Deep chains with "../"
  * links would grow the joined path; past PATH_MAX / 2 the directory is canonicalized. */
-static char *
-join_parent(const char *child, const char *rel)
+char *
+cc_join_parent(const char *child, const char *rel)
 {
   const char *slash = strrchr(child, '/');
   size_t dlen = slash ? (size_t)(slash - child) : 1;
@@ -136,7 +137,7 @@ link_from_header(struct link *lk, const char *child, const struct ovl_info *info
   memcpy(lk->uuid, info->parent_uuid, OVL_UUID_LEN);
   lk->size = info->parent_size;
   lk->child_size = info->virtual_size;
-  lk->path = join_parent(child, info->parent_path);
+  lk->path = cc_join_parent(child, info->parent_path);
   return lk->path ? 0 : -ENOMEM;
 }
 
@@ -457,12 +458,15 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
                      struct cc_chain **out)
 {
   struct cc_chain *c = NULL;
+  struct cc_view *v = NULL;
   struct link *lk = NULL;
   char *root = NULL;
   int r;
 
   *out = NULL;
   pthread_once(&nofile_once, raise_nofile);
+  if ((flags & CC_RAW) && (flags & CC_RDWR))
+    return cc_error_set(EPERM, "open: %s: a raw image is read-only", top_path);
   if (root_dir && (root = realpath(root_dir, NULL)) == NULL)
     return cc_error_set(errno, "open: %s: %s", root_dir, strerror(errno));
   if (root) {
@@ -470,16 +474,15 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
     if ((r = check_within(&top, top_path, root)) < 0)
       goto fail;
   }
-  if ((flags & CC_RAW) && (flags & CC_RDWR))
-    return cc_error_set(EPERM, "open: %s: a raw image is read-only", top_path);
   c = calloc(1, sizeof *c);
+  v = calloc(1, sizeof *v);
   lk = calloc(1, sizeof *lk);
-  if (!c || !lk || !(c->path = strdup(top_path))) {
+  if (!c || !v || !lk || !(v->path = strdup(top_path))) {
     r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
     goto fail;
   }
   c->flags = flags;
-  c->top_fd = -1;
+  v->top_fd = -1;
 
   if (flags & CC_RDWR) {
     struct ovl_info *info = malloc(sizeof *info);
@@ -490,24 +493,24 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
       r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       goto fail;
     }
-    if ((r = ovl_open(top_path, OVL_RDWR, &c->top)) < 0) {
+    if ((r = ovl_open(top_path, OVL_RDWR, &v->top)) < 0) {
       free(info);
       goto fail;
     }
-    c->top_fd = ovl_fd(c->top);
-    ovl_get_info(c->top, info);
+    v->top_fd = ovl_fd(v->top);
+    ovl_get_info(v->top, info);
     c->size = info->virtual_size;
-    if (fstat(c->top_fd, &st) < 0) {
+    if (fstat(v->top_fd, &st) < 0) {
       r = cc_error_set(errno, "open: %s: fstat: %s", top_path, strerror(errno));
       free(info);
       goto fail;
     }
     top = (struct ident){st.st_dev, st.st_ino};
     if (info->parent_kind != OVL_PARENT_NONE) {
-      if (link_from_header(lk, c->path, info) < 0)
+      if (link_from_header(lk, v->path, info) < 0)
         r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       else
-        r = acquire_index(top_path, lk, &top, 1, root, &c->idx);
+        r = acquire_index(top_path, lk, &top, 1, root, &v->idx);
     }
     free(info);
     if (r < 0)
@@ -519,15 +522,17 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
       r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
       goto fail;
     }
-    if ((r = acquire_index(top_path, lk, NULL, 0, root, &c->idx)) < 0)
+    if ((r = acquire_index(top_path, lk, NULL, 0, root, &v->idx)) < 0)
       goto fail;
-    c->size = c->idx->size;
+    c->size = v->idx->size;
   }
   /* A shared index was checked against the limit in force when it was built. */
-  if (cc_chain_depth(c) > max_depth) {
+  if ((v->top ? 1 : 0) + (v->idx ? v->idx->nlayers : 0) > max_depth) {
     r = cc_error_set(ELOOP, "open: %s: chain deeper than %zu layers", top_path, max_depth);
     goto fail;
   }
+  pthread_mutex_init(&c->switch_lock, NULL);
+  atomic_init(&c->view, v);
   free(lk);
   free(root);
   *out = c;
@@ -536,27 +541,29 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
 fail:
   free(lk);
   free(root);
-  if (c) {
-    cc_index_put(c->idx);
-    if (c->top)
-      ovl_close(c->top);
-    free(c->path);
-    free(c);
+  if (v) {
+    if (v->top)
+      ovl_close(v->top);
+    cc_view_free(v);
   }
+  free(c);
   return r;
 }
 
 int
 cc_chain_close(struct cc_chain *c)
 {
+  struct cc_view *v;
   int r = 0;
 
   if (!c)
     return 0;
-  if (c->top)
-    r = ovl_close(c->top);
-  cc_index_put(c->idx);
-  free(c->path);
+  /* No reader may still be inside (the caller's contract, as for any close). */
+  v = atomic_load(&c->view);
+  if (v->top)
+    r = ovl_close(v->top);
+  cc_view_free(v);
+  pthread_mutex_destroy(&c->switch_lock);
   free(c);
   return r;
 }
@@ -567,38 +574,67 @@ cc_chain_size(const struct cc_chain *c)
   return c->size;
 }
 
+/* The accessors below read the current view inside enter/leave: a push may run meanwhile. */
 int
 cc_chain_writable(const struct cc_chain *c)
 {
-  return c->top != NULL;
+  struct cc_chain *m = (struct cc_chain *)c; /* enter/leave only touch the reader counts */
+  unsigned t;
+  int w = cc_view_enter(m, &t)->top != NULL;
+
+  cc_view_leave(m, t);
+  return w;
 }
 
 uint32_t
 cc_chain_block_size(const struct cc_chain *c)
 {
-  if (c->top)
-    return ovl_sc_size(c->top);
-  if (c->idx && c->idx->nlayers > 0 && c->idx->layers[c->idx->nlayers - 1].ovl)
-    return ovl_sc_size(c->idx->layers[c->idx->nlayers - 1].ovl);
-  return 4096;
+  struct cc_chain *m = (struct cc_chain *)c;
+  unsigned t;
+  struct cc_view *v = cc_view_enter(m, &t);
+  uint32_t bs = 4096;
+
+  if (v->top)
+    bs = ovl_sc_size(v->top);
+  else if (v->idx && v->idx->nlayers > 0 && v->idx->layers[v->idx->nlayers - 1].ovl)
+    bs = ovl_sc_size(v->idx->layers[v->idx->nlayers - 1].ovl);
+  cc_view_leave(m, t);
+  return bs;
 }
 
 size_t
 cc_chain_depth(const struct cc_chain *c)
 {
-  return (c->top ? 1 : 0) + (c->idx ? c->idx->nlayers : 0);
+  struct cc_chain *m = (struct cc_chain *)c;
+  unsigned t;
+  struct cc_view *v = cc_view_enter(m, &t);
+  size_t d = (v->top ? 1 : 0) + (v->idx ? v->idx->nlayers : 0);
+
+  cc_view_leave(m, t);
+  return d;
 }
 
 const void *
 cc_chain_index_id(const struct cc_chain *c)
 {
-  return c->idx;
+  struct cc_chain *m = (struct cc_chain *)c;
+  unsigned t;
+  const void *id = cc_view_enter(m, &t)->idx;
+
+  cc_view_leave(m, t);
+  return id;
 }
 
 size_t
 cc_chain_index_runs(const struct cc_chain *c)
 {
-  return c->idx ? c->idx->nruns : 0;
+  struct cc_chain *m = (struct cc_chain *)c;
+  unsigned t;
+  struct cc_view *v = cc_view_enter(m, &t);
+  size_t n = v->idx ? v->idx->nruns : 0;
+
+  cc_view_leave(m, t);
+  return n;
 }
 
 int

@@ -18,7 +18,8 @@
  *
  * Concurrency: a write racing with a read of the same bytes lands before or after it (the top
  * never rebinds a physical cluster, so a stale map entry can only show that cluster's old or
- * new bytes, or zeroes after a hole punch).  The index is immutable.
+ * new bytes, or zeroes after a hole punch).  The index is immutable.  A read plans and reads
+ * inside one entered view (view.c), so a live top switch never closes a file under it.
  */
 #include "chain/internal.h"
 
@@ -93,7 +94,7 @@ struct plan_ctx {
   struct cc_plan *plan;
   char *buf; /* receives byte `offset` */
   uint64_t offset;
-  struct cc_chain *c; /* planning the writable top: whose layer */
+  const struct cc_view *v; /* planning the writable top: whose layer */
 };
 
 static int
@@ -146,17 +147,18 @@ cc_sync_exec(struct cc_piece *v, size_t n)
   return 0;
 }
 
-/* ovl_below_fn for the writable top: the frozen part, read synchronously (copy-up is small and
- * already under the top's allocation lock; a ring buys nothing there). */
+/* ovl_below_fn for the writable top (opaque: the writer's view): the frozen part, read
+ * synchronously (copy-up is small and already under the top's allocation lock; a ring buys
+ * nothing there). */
 int
 cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
 {
-  const struct cc_chain *c = opaque;
+  const struct cc_view *v = opaque;
   struct cc_plan plan;
   int r;
 
   cc_plan_init(&plan);
-  r = cc_plan_index(&plan, c->idx, buf, length, offset);
+  r = cc_plan_index(&plan, v->idx, buf, length, offset);
   if (r == 0)
     r = cc_sync_exec(plan.v, plan.n);
   cc_plan_free(&plan);
@@ -164,7 +166,7 @@ cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
 }
 
 int
-cc_top_walk(struct cc_chain *c, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
+cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
             void *opaque)
 {
   struct ovl_extent ext[MAP_BATCH];
@@ -172,15 +174,15 @@ cc_top_walk(struct cc_chain *c, const char *call, uint64_t offset, uint64_t leng
   int n, r;
 
   while (pos < end) {
-    n = ovl_map(c->top, pos, end - pos, ext, MAP_BATCH);
+    n = ovl_map(v->top, pos, end - pos, ext, MAP_BATCH);
     if (n < 0)
       return n;
     if (n == 0)
-      return cc_error_set(EIO, "%s: %s: no map extent at offset %llu", call, c->path,
+      return cc_error_set(EIO, "%s: %s: no map extent at offset %llu", call, v->path,
                           (unsigned long long)pos);
     for (int k = 0; k < n; k++) {
       if (ext[k].offset != pos || ext[k].length == 0 || ext[k].length > end - pos)
-        return cc_error_set(EIO, "%s: %s: inconsistent map extent at offset %llu", call, c->path,
+        return cc_error_set(EIO, "%s: %s: inconsistent map extent at offset %llu", call, v->path,
                             (unsigned long long)pos);
       r = fn(opaque, &ext[k]);
       if (r != 0)
@@ -200,12 +202,12 @@ plan_top_extent(void *opaque, const struct ovl_extent *e)
 
   switch (e->state) {
   case OVL_DATA:
-    return cc_plan_add(p->plan, p->c->top_fd, p->c->path, e->phys, b, e->length);
+    return cc_plan_add(p->plan, p->v->top_fd, p->v->path, e->phys, b, e->length);
   case OVL_ZERO:
     memset(b, 0, e->length);
     return 0;
   default:
-    return cc_plan_index(p->plan, p->c->idx, b, e->length, e->offset);
+    return cc_plan_index(p->plan, p->v->idx, b, e->length, e->offset);
   }
 }
 
@@ -213,20 +215,28 @@ int
 cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
 {
   struct cc_plan plan;
+  struct cc_view *v;
+  unsigned ticket;
   int r;
 
-  if (offset > c->size || length > c->size - offset)
-    return cc_error_set(EINVAL, "pread: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                        c->path, (unsigned long long)offset, (unsigned long long)length,
-                        (unsigned long long)c->size);
+  if (offset > c->size || length > c->size - offset) {
+    v = cc_view_enter(c, &ticket);
+    r = cc_error_set(EINVAL, "pread: %s: range %llu+%llu beyond the end of the disk (%llu)",
+                     v->path, (unsigned long long)offset, (unsigned long long)length,
+                     (unsigned long long)c->size);
+    cc_view_leave(c, ticket);
+    return r;
+  }
   if (length == 0)
     return 0;
   cc_plan_init(&plan);
-  if (c->top)
-    r = cc_top_walk(c, "pread", offset, length, plan_top_extent,
-                    &(struct plan_ctx){ .c = c, .plan = &plan, .buf = buf, .offset = offset });
+  /* The view stays entered until the last piece is read: its files must stay open. */
+  v = cc_view_enter(c, &ticket);
+  if (v->top)
+    r = cc_top_walk(v, "pread", offset, length, plan_top_extent,
+                    &(struct plan_ctx){ .v = v, .plan = &plan, .buf = buf, .offset = offset });
   else
-    r = cc_plan_index(&plan, c->idx, buf, length, offset);
+    r = cc_plan_index(&plan, v->idx, buf, length, offset);
   if (r == 0 && plan.n > 0) {
     r = CC_URING_UNAVAILABLE;
     if (!(c->flags & CC_IO_SYNC))
@@ -234,6 +244,7 @@ cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
     if (r == CC_URING_UNAVAILABLE)
       r = cc_sync_exec(plan.v, plan.n);
   }
+  cc_view_leave(c, ticket);
   cc_plan_free(&plan);
   return r;
 }

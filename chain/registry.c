@@ -56,10 +56,8 @@ cc_registry_get(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN], uint64_t
   return idx;
 }
 
-/* Publish a freshly built index (refs ignored) and return the reference the caller holds: idx
- * itself, or the equal index another thread published first (then idx is freed). */
 struct cc_index *
-cc_registry_insert(struct cc_index *idx)
+cc_registry_publish(struct cc_index *idx)
 {
   struct cc_index *old;
 
@@ -73,10 +71,29 @@ cc_registry_insert(struct cc_index *idx)
     registry_head = idx;
   }
   pthread_mutex_unlock(&registry_lock);
+  return old;
+}
+
+/* Publish a freshly built index (refs ignored) and return the reference the caller holds: idx
+ * itself, or the equal index another thread published first (then idx is freed). */
+struct cc_index *
+cc_registry_insert(struct cc_index *idx)
+{
+  struct cc_index *old = cc_registry_publish(idx);
+
   if (old) {
     cc_index_free(idx);
     return old;
   }
+  return idx;
+}
+
+struct cc_index *
+cc_index_get(struct cc_index *idx)
+{
+  pthread_mutex_lock(&registry_lock);
+  idx->refs++;
+  pthread_mutex_unlock(&registry_lock);
   return idx;
 }
 

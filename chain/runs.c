@@ -16,7 +16,7 @@
 #include "common/error.h"
 
 struct runs_ctx {
-  struct cc_chain *c;
+  struct cc_view *v;
   cc_run_fn fn;
   void *opaque;
   int have;
@@ -71,35 +71,41 @@ top_run(void *opaque, const struct ovl_extent *e)
 
   switch (e->state) {
   case OVL_DATA:
-    r.fd = x->c->top_fd;
+    r.fd = x->v->top_fd;
     r.phys = e->phys;
-    r.path = x->c->path;
+    r.path = x->v->path;
     return add(x, &r);
   case OVL_ZERO:
     r.type = CC_EXTENT_ZERO;
     return add(x, &r);
   default:
-    return cc_index_walk(x->c->idx, e->offset, e->length, seg_run, x);
+    return cc_index_walk(x->v->idx, e->offset, e->length, seg_run, x);
   }
 }
 
 int
 cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque)
 {
-  struct runs_ctx x = {.c = c, .fn = fn, .opaque = opaque};
+  struct runs_ctx x = {.fn = fn, .opaque = opaque};
+  unsigned ticket;
   int r;
 
-  if (offset > c->size || length > c->size - offset)
-    return cc_error_set(EINVAL, "runs: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                        c->path, (unsigned long long)offset, (unsigned long long)length,
-                        (unsigned long long)c->size);
-  if (length == 0)
-    return 0;
-  if (c->top)
-    r = cc_top_walk(c, "runs", offset, length, top_run, &x);
-  else
-    r = cc_index_walk(c->idx, offset, length, seg_run, &x);
-  if (r == 0 && x.have)
-    r = fn(opaque, &x.cur);
+  /* The callback runs inside the view: the fds it is given stay open until we leave it. */
+  x.v = cc_view_enter(c, &ticket);
+  if (offset > c->size || length > c->size - offset) {
+    r = cc_error_set(EINVAL, "runs: %s: range %llu+%llu beyond the end of the disk (%llu)",
+                     x.v->path, (unsigned long long)offset, (unsigned long long)length,
+                     (unsigned long long)c->size);
+  } else if (length == 0) {
+    r = 0;
+  } else {
+    if (x.v->top)
+      r = cc_top_walk(x.v, "runs", offset, length, top_run, &x);
+    else
+      r = cc_index_walk(x.v->idx, offset, length, seg_run, &x);
+    if (r == 0 && x.have)
+      r = fn(opaque, &x.cur);
+  }
+  cc_view_leave(c, ticket);
   return r;
 }

@@ -15,6 +15,10 @@
  *
  * Writes to a read-only chain (snapshot, template, or a clone opened read-only) fail with
  * -EPERM and say which chain.
+ *
+ * Writes run inside an entered view (view.c) like reads.  A live top switch requires that no
+ * write, zero or flush is in flight (the server's write gate), so a write never straddles two
+ * tops; the view only keeps its files alive.
  */
 #include "chain/internal.h"
 
@@ -23,13 +27,14 @@
 #include "common/error.h"
 
 static int
-check_write(const struct cc_chain *c, const char *call, uint64_t length, uint64_t offset)
+check_write(const struct cc_chain *c, const struct cc_view *v, const char *call, uint64_t length,
+            uint64_t offset)
 {
-  if (!c->top)
-    return cc_error_set(EPERM, "%s: %s: read-only export", call, c->path);
+  if (!v->top)
+    return cc_error_set(EPERM, "%s: %s: read-only export", call, v->path);
   if (offset > c->size || length > c->size - offset)
     return cc_error_set(EINVAL, "%s: %s: range %llu+%llu beyond the end of the disk (%llu)", call,
-                        c->path, (unsigned long long)offset, (unsigned long long)length,
+                        v->path, (unsigned long long)offset, (unsigned long long)length,
                         (unsigned long long)c->size);
   return 0;
 }
@@ -38,37 +43,45 @@ int
 cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64_t offset,
                 unsigned flags)
 {
-  int r = check_write(c, "pwrite", length, offset);
+  unsigned ticket;
+  struct cc_view *v = cc_view_enter(c, &ticket);
+  int r = check_write(c, v, "pwrite", length, offset);
 
-  if (r < 0)
-    return r;
-  if (length == 0)
-    return (flags & CC_FUA) ? ovl_flush(c->top) : 0;
-  return ovl_pwrite(c->top, buf, length, offset, (flags & CC_FUA) ? OVL_FUA : 0, cc_below_read, c);
+  if (r == 0 && length == 0)
+    r = (flags & CC_FUA) ? ovl_flush(v->top) : 0;
+  else if (r == 0)
+    r = ovl_pwrite(v->top, buf, length, offset, (flags & CC_FUA) ? OVL_FUA : 0, cc_below_read, v);
+  cc_view_leave(c, ticket);
+  return r;
 }
 
 int
 cc_chain_zero(struct cc_chain *c, uint64_t length, uint64_t offset, unsigned flags)
 {
-  unsigned oflags = 0;
-  int r = check_write(c, "zero", length, offset);
+  unsigned oflags = 0, ticket;
+  struct cc_view *v = cc_view_enter(c, &ticket);
+  int r = check_write(c, v, "zero", length, offset);
 
-  if (r < 0)
-    return r;
   if (flags & CC_FUA)
     oflags |= OVL_FUA;
   if (flags & CC_MAY_TRIM)
     oflags |= OVL_MAY_TRIM;
-  if (length == 0)
-    return (flags & CC_FUA) ? ovl_flush(c->top) : 0;
-  return ovl_zero(c->top, length, offset, oflags, cc_below_read, c);
+  if (r == 0 && length == 0)
+    r = (flags & CC_FUA) ? ovl_flush(v->top) : 0;
+  else if (r == 0)
+    r = ovl_zero(v->top, length, offset, oflags, cc_below_read, v);
+  cc_view_leave(c, ticket);
+  return r;
 }
 
 int
 cc_chain_flush(struct cc_chain *c)
 {
+  unsigned ticket;
+  struct cc_view *v = cc_view_enter(c, &ticket);
   /* A read-only chain has nothing unflushed: flush is a successful no-op, as NBD expects. */
-  if (!c->top)
-    return 0;
-  return ovl_flush(c->top);
+  int r = v->top ? ovl_flush(v->top) : 0;
+
+  cc_view_leave(c, ticket);
+  return r;
 }

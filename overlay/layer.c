@@ -320,6 +320,37 @@ ovl_set_dirty_locked(struct ovl_layer *l)
   return r;
 }
 
+/* Flush, then say the file is clean (FORMAT.md 7.2): what a writer does last, at close or
+ * freeze.  Caller holds l->lock; l is writable. */
+static int
+make_clean_locked(struct ovl_layer *l, const char *call)
+{
+  int r = ovl_map_flush_locked(l);
+
+  if (r == 0 && l->dirty_on_disk) {
+    struct ovl_header h = l->hdr;
+    struct stat st;
+
+    /* Bytes past the frontier were never referenced (a crash left them): drop them, make
+     * that durable, and only then say the file is clean. */
+    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size > l->frontier &&
+        l->frontier >= l->data_start) {
+      if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1)
+        r = cc_error_set(errno, "%s: %s: trimming leaked space: %s", call, l->path,
+                         strerror(errno));
+      else
+        r = ovl_sync(l, call);
+    }
+    if (r == 0) {
+      h.incompat &= ~OVL_INCOMPAT_DIRTY;
+      r = ovl_header_write(l, &h);
+      if (r == 0)
+        l->dirty_on_disk = false;
+    }
+  }
+  return r;
+}
+
 int
 ovl_close(struct ovl_layer *l)
 {
@@ -329,25 +360,7 @@ ovl_close(struct ovl_layer *l)
     return 0;
   if (l->flags & OVL_RDWR) {
     pthread_mutex_lock(&l->lock);
-    r = ovl_map_flush_locked(l);
-    if (r == 0 && l->dirty_on_disk) {
-      struct ovl_header h = l->hdr;
-      struct stat st;
-
-      /* Bytes past the frontier were never referenced (a crash left them): drop them, make
-       * that durable, and only then say the file is clean. */
-      if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size > l->frontier &&
-          l->frontier >= l->data_start) {
-        if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1)
-          r = cc_error_set(errno, "close: %s: trimming leaked space: %s", l->path, strerror(errno));
-        else
-          r = ovl_sync(l, "close");
-      }
-      if (r == 0) {
-        h.incompat &= ~OVL_INCOMPAT_DIRTY;
-        r = ovl_header_write(l, &h);
-      }
-    }
+    r = make_clean_locked(l, "close");
     pthread_mutex_unlock(&l->lock);
   }
   ovl_map_free(l);
@@ -356,6 +369,26 @@ ovl_close(struct ovl_layer *l)
   pthread_cond_destroy(&l->reserved_done);
   free(l->path);
   free(l);
+  return r;
+}
+
+int
+ovl_freeze(struct ovl_layer *l)
+{
+  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
+  int r;
+
+  if (!(l->flags & OVL_RDWR))
+    return cc_error_set(EINVAL, "freeze: %s: layer is not open for writing", l->path);
+  pthread_mutex_lock(&l->lock);
+  r = make_clean_locked(l, "freeze");
+  /* An OFD lock request on the descriptor that holds the lock converts it in one step: no
+   * instant without a lock, so no other writer can slip in. */
+  if (r == 0 && !(l->flags & OVL_NOLOCK) && fcntl(l->fd, F_OFD_SETLK, &fl) == -1)
+    r = cc_error_set(errno, "freeze: %s: downgrading the lock: %s", l->path, strerror(errno));
+  if (r == 0)
+    l->flags &= ~OVL_RDWR;
+  pthread_mutex_unlock(&l->lock);
   return r;
 }
 

@@ -155,6 +155,13 @@ int ovl_copy_in(struct ovl_layer *l, uint64_t offset, uint64_t length, int src_f
 /* Make every completed write durable, in the order of docs/FORMAT.md section 7.2. */
 int ovl_flush(struct ovl_layer *l);
 
+/* Turn a writable layer into a frozen one without closing it (a live snapshot): flush, clear
+ * the dirty bit, convert the exclusive lock to a shared one atomically, and from then on refuse
+ * writes as a read-only open would.  Lock-free readers (ovl_map, ovl_pread) may run throughout;
+ * the caller guarantees no write, zero or flush is in flight.  On failure the layer is still
+ * writable (and may be dirty). */
+int ovl_freeze(struct ovl_layer *l);
+
 /* For a read-only layer whose contents chain/ has copied into its resolution index: free the
  * in-memory map, keeping the fd, the lock and the header.  Afterwards ovl_map and ovl_pread
  * fail with -EINVAL; ovl_get_info still reports the allocated and zero byte counts taken at the

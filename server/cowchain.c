@@ -30,15 +30,20 @@
 #include <nbdkit-plugin.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "chain/chain.h"
 #include "pool/pool.h"
 #include "common/error.h"
 #include "common/escape.h"
+#include "overlay/overlay.h"
+#include "server/control.h"
 #include "server/exports.h"
 
 #ifndef COWCHAIN_VERSION
@@ -57,10 +62,18 @@ static unsigned io_flags = CC_IO_SYNC;
 static char *default_name;   /* default=, or NULL: the empty export name is refused */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
-/* One per connection: just the shared export. */
+/* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
+ * an export of the pool this server cannot open (a clone another process holds, a broken
+ * layer): nbdinfo --list opens every listed export and fails as a whole if one open fails
+ * (NBDKIT-NOTES §0.5), and nbdkit 1.32 cannot tell its probe from a real client, so such an
+ * export opens read-only with its recorded size, describes why it is unavailable, and fails
+ * every read with EIO and that reason. */
 struct handle {
   struct cc_export *e;
-  int readonly; /* nbdkit -r, or a read-only export */
+  int readonly;     /* nbdkit -r, or a read-only export */
+  const char *name; /* the export name (interned) */
+  const char *why;  /* e == NULL: why the export cannot be opened (interned) */
+  uint64_t size;    /* e == NULL: the recorded size */
 };
 
 /* chain/'s rare operational messages (e.g. io_uring unavailable) belong in nbdkit's log. */
@@ -81,6 +94,7 @@ cowchain_load(void)
 static void
 cowchain_unload(void)
 {
+  control_stop();
   exports_shutdown(); /* closes the pool too */
   free(pool_dir);
   free(default_name);
@@ -104,6 +118,9 @@ cowchain_config(const char *key, const char *value)
       nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
       return -1;
     }
+  } else if (strcmp(key, "control") == 0) {
+    if (control_config(value) < 0)
+      return -1;
   } else if (strcmp(key, "default") == 0) {
     char name[CC_NAME_MAX + 1], snap[CC_NAME_MAX + 1];
 
@@ -120,8 +137,8 @@ cowchain_config(const char *key, const char *value)
       return -1;
     }
   } else {
-    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync and "
-                 "default=NAME",
+    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
+                 "default=NAME and control=on|off",
                  key);
     return -1;
   }
@@ -142,7 +159,8 @@ cowchain_config_complete(void)
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
   "io=sync|uring         How reads reach the layers (default: sync).\n"                           \
-  "default=NAME          Export served to clients that ask for the empty name."
+  "default=NAME          Export served to clients that ask for the empty name.\n"            \
+  "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
 
 static void
 cowchain_dump_plugin(void)
@@ -154,17 +172,22 @@ cowchain_dump_plugin(void)
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
   printf("cowchain_max_depth=%d\n", CC_MAX_DEPTH);
+  printf("cowchain_control=%d\n", 1); /* protocol version of the control socket */
 }
 
 /* Before the fork, while errors still reach the user; no threads or rings here. */
 static int
 cowchain_get_ready(void)
 {
-  return exports_init(pool_dir, io_flags);
+  if (exports_init(pool_dir, io_flags) < 0)
+    return -1;
+  control_init(pool_dir, exports_pool());
+  return 0;
 }
 
-/* nbdkit has bound its sockets (under its umask 0022): the pool's socket gets the pool's
- * mode, 0600 or 0660 with the pool's group (POOL.md 1.1). */
+/* After nbdkit's fork (and setuid, chdir).  nbdkit has bound its sockets (under its umask
+ * 0022): the pool's socket gets the pool's mode, 0600 or 0660 with the pool's group (POOL.md
+ * 1.1).  The control socket carries this process's pid. */
 static int
 cowchain_after_fork(void)
 {
@@ -172,7 +195,47 @@ cowchain_after_fork(void)
     nbdkit_error("%s", cc_error_get());
     return -1;
   }
+  /* Not fatal: the exports are served either way; only live operations need the socket. */
+  if (control_start() < 0)
+    nbdkit_error("control: no control socket: live snapshots of this server's clones are "
+                 "unavailable (control=off silences this)");
   return 0;
+}
+
+/* After the last connection: no control command may run on a closing server. */
+static void
+cowchain_cleanup(void)
+{
+  control_stop();
+}
+
+/* If another process holds export `info`'s top file so that we could not open it, append why to
+ * its description (issue 14, item 8).  Our own exports are skipped: their lock is ours. */
+static void
+describe_unavailable(struct cc_export_info *info)
+{
+  char path[PATH_MAX], holder[128];
+  enum cc_export_kind kind;
+  struct flock fl = {.l_whence = SEEK_SET};
+  size_t len;
+  int fd;
+
+  cc_error_clear();
+  if (cc_pool_resolve_export(exports_pool(), info->name, path, sizeof path, &kind) < 0 ||
+      exports_holds(path))
+    return;
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  /* A clone's top is opened exclusively (any lock conflicts), everything else shared. */
+  fl.l_type = kind == CC_EXPORT_CLONE ? F_WRLCK : F_RDLCK;
+  if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+    ovl_lock_holder(path, holder, sizeof holder);
+    len = strlen(info->description);
+    snprintf(info->description + len, sizeof info->description - len,
+             "%sunavailable on this server: in use by %s", len ? "; " : "", holder);
+  }
+  close(fd);
 }
 
 static int
@@ -186,10 +249,13 @@ cowchain_list_exports(int readonly, int is_tls, struct nbdkit_exports *exports)
   (void)is_tls;
   if (exports_list(&info, &n) < 0)
     return -1;
-  /* Already sorted by name, so `nbdinfo --list` output is stable. */
-  for (i = 0; i < n && r == 0; i++)
+  /* Already sorted by name, so `nbdinfo --list` output is stable.  Every export is listed,
+   * including those another process holds: their .open gives an unavailable handle. */
+  for (i = 0; i < n && r == 0; i++) {
+    describe_unavailable(&info[i]);
     r = nbdkit_add_export(exports, info[i].name,
                           info[i].description[0] ? info[i].description : NULL);
+  }
   free(info);
   return r;
 }
@@ -203,6 +269,8 @@ cowchain_default_export(int readonly, int is_tls)
   (void)is_tls;
   return default_name ? default_name : "";
 }
+
+static int open_unavailable(struct handle *h);
 
 static void *
 cowchain_open(int readonly)
@@ -226,18 +294,66 @@ cowchain_open(int readonly)
     return NULL;
   }
 
-  h = malloc(sizeof *h);
-  if (h == NULL) {
+  h = calloc(1, sizeof *h);
+  if (h == NULL || (h->name = nbdkit_strdup_intern(name)) == NULL) {
     nbdkit_error("malloc: %m");
-    return NULL;
-  }
-  h->e = exports_acquire(name, readonly);
-  if (h->e == NULL) {
     free(h);
     return NULL;
   }
-  h->readonly = readonly || !cc_chain_writable(h->e->chain);
+  cc_error_clear();
+  h->e = exports_acquire(name, readonly);
+  if (h->e == NULL && open_unavailable(h) < 0) {
+    free(h);
+    return NULL;
+  }
+  if (h->e)
+    h->readonly = readonly || !cc_chain_writable(h->e->chain);
   return h;
+}
+
+/* exports_acquire failed (and logged why): if the pool lists the export, make h an unavailable
+ * handle for it (see struct handle); otherwise -1, the client is refused as before. */
+static int
+open_unavailable(struct handle *h)
+{
+  char why[512];
+  struct cc_export_info *info = NULL;
+  size_t i, n = 0;
+  int found = 0;
+
+  snprintf(why, sizeof why, "%s", cc_error_get()[0] ? cc_error_get() : "cannot be opened");
+  if (exports_list(&info, &n) < 0)
+    return -1;
+  for (i = 0; i < n; i++) {
+    if (strcmp(info[i].name, h->name) == 0) {
+      h->size = info[i].size;
+      found = 1;
+      break;
+    }
+  }
+  free(info);
+  if (!found)
+    return -1;
+  h->readonly = 1;
+  h->why = nbdkit_printf_intern("unavailable on this server: %s", why);
+  return h->why ? 0 : -1;
+}
+
+static const char *
+cowchain_export_description(void *handle)
+{
+  struct handle *h = handle;
+
+  return h->why; /* NULL for a served export: the listing's description stands */
+}
+
+/* A data request on an unavailable handle. */
+static int
+unavailable(struct handle *h, const char *call)
+{
+  nbdkit_error("%s: %s: %s", call, h->name, h->why);
+  nbdkit_set_error(EIO);
+  return -1;
 }
 
 static void
@@ -245,7 +361,8 @@ cowchain_close(void *handle)
 {
   struct handle *h = handle;
 
-  exports_release(h->e);
+  if (h->e)
+    exports_release(h->e);
   free(h);
 }
 
@@ -257,9 +374,9 @@ fail(struct handle *h, const char *call, int r)
   int err = -r;
 
   if (cc_error_get()[0])
-    nbdkit_error("%s: %s", h->e->name, cc_escape(cc_error_get(), msg, sizeof msg));
+    nbdkit_error("%s: %s", h->name, cc_escape(cc_error_get(), msg, sizeof msg));
   else
-    nbdkit_error("%s: %s: %s", call, h->e->name, strerror(err));
+    nbdkit_error("%s: %s: %s", call, h->name, strerror(err));
   switch (err) {
   case EIO:
   case ENOSPC:
@@ -287,6 +404,8 @@ cowchain_get_size(void *handle)
 {
   struct handle *h = handle;
 
+  if (!h->e)
+    return (int64_t)h->size;
   return (int64_t)cc_chain_size(h->e->chain);
 }
 
@@ -294,7 +413,7 @@ static int
 cowchain_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
   struct handle *h = handle;
-  uint32_t bs = cc_chain_block_size(h->e->chain);
+  uint32_t bs = h->e ? cc_chain_block_size(h->e->chain) : 4096;
 
   /* nbdkit insists on a power of two in [512, 32M] for the preferred size. */
   if (bs < 512 || bs > 32 * 1024 * 1024 || (bs & (bs - 1)) != 0)
@@ -390,6 +509,8 @@ cowchain_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_
   int r;
 
   (void)flags;
+  if (!h->e)
+    return unavailable(h, "pread");
   cc_error_clear();
   r = cc_chain_pread(h->e->chain, buf, count, offset);
   return r < 0 ? fail(h, "pread", r) : 0;
@@ -400,7 +521,9 @@ cowchain_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_
 static int
 refuse_readonly(struct handle *h, const char *call)
 {
-  nbdkit_error("%s: %s: export is read-only", call, h->e->name);
+  if (!h->e)
+    return unavailable(h, call);
+  nbdkit_error("%s: %s: export is read-only", call, h->name);
   nbdkit_set_error(EPERM);
   return -1;
 }
@@ -414,7 +537,9 @@ cowchain_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset, 
   if (h->readonly)
     return refuse_readonly(h, "pwrite");
   cc_error_clear();
+  gate_enter(&h->e->gate);
   r = cc_chain_pwrite(h->e->chain, buf, count, offset, flags & NBDKIT_FLAG_FUA ? CC_FUA : 0);
+  gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "pwrite", r) : 0;
 }
 
@@ -428,7 +553,9 @@ cowchain_flush(void *handle, uint32_t flags)
   if (h->readonly)
     return 0; /* nothing of ours to make durable */
   cc_error_clear();
+  gate_enter(&h->e->gate);
   r = cc_chain_flush(h->e->chain);
+  gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "flush", r) : 0;
 }
 
@@ -446,7 +573,9 @@ cowchain_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   if (flags & NBDKIT_FLAG_FUA)
     cf |= CC_FUA;
   cc_error_clear();
+  gate_enter(&h->e->gate);
   r = cc_chain_zero(h->e->chain, count, offset, cf);
+  gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "trim", r) : 0;
 }
 
@@ -465,7 +594,9 @@ cowchain_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   if (flags & NBDKIT_FLAG_FUA)
     cf |= CC_FUA;
   cc_error_clear();
+  gate_enter(&h->e->gate);
   r = cc_chain_zero(h->e->chain, count, offset, cf);
+  gate_leave(&h->e->gate);
   if ((r == -ENOTSUP || r == -EOPNOTSUPP) && (flags & NBDKIT_FLAG_FAST_ZERO)) {
     /* Not expected (zeroing is metadata-only), but if chain/ ever declines, a fast-zero
      * client must see ENOTSUP, the one errno that tells it to fall back. */
@@ -502,6 +633,8 @@ cowchain_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
   struct extents_ctx ctx = {extents, (flags & NBDKIT_FLAG_REQ_ONE) != 0, 0};
   int r;
 
+  if (!h->e)
+    return unavailable(h, "extents");
   cc_error_clear();
   r = cc_chain_extents(h->e->chain, count, offset, add_extent, &ctx);
   if (ctx.failed)
@@ -523,10 +656,12 @@ static struct nbdkit_plugin plugin = {
     .dump_plugin = cowchain_dump_plugin,
     .get_ready = cowchain_get_ready,
     .after_fork = cowchain_after_fork,
+    .cleanup = cowchain_cleanup,
     .list_exports = cowchain_list_exports,
     .default_export = cowchain_default_export,
     .open = cowchain_open,
     .close = cowchain_close,
+    .export_description = cowchain_export_description,
     .get_size = cowchain_get_size,
     .block_size = cowchain_block_size,
     .can_write = cowchain_can_write,

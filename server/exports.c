@@ -299,3 +299,85 @@ exports_shutdown(void)
     cc_pool_close(pool);
   pool = NULL;
 }
+
+int
+exports_holds(const char *path)
+{
+  struct cc_export *e;
+  int found = 0;
+
+  pthread_mutex_lock(&table_lock);
+  for (e = table; e && !found; e = e->next)
+    found = strcmp(e->path, path) == 0;
+  pthread_mutex_unlock(&table_lock);
+  return found;
+}
+
+/* Hooks for the control channel (control.c).  They only look entries up and take references;
+ * the open/resolve logic above is untouched. */
+
+struct cc_export *
+exports_hold_writable(const char *name)
+{
+  struct cc_export *e;
+
+  pthread_mutex_lock(&table_lock);
+  for (e = table; e; e = e->next)
+    if (e->state == EXPORT_OPEN && strcmp(e->name, name) == 0 && cc_chain_writable(e->chain))
+      break;
+  if (e)
+    e->refs++;
+  pthread_mutex_unlock(&table_lock);
+  return e;
+}
+
+int
+exports_retarget(struct cc_export *e, const char *path)
+{
+  char *p = strdup(path), *old;
+
+  if (p == NULL)
+    return -ENOMEM;
+  pthread_mutex_lock(&table_lock);
+  old = e->path;
+  e->path = p;
+  pthread_mutex_unlock(&table_lock);
+  free(old);
+  return 0;
+}
+
+int
+exports_snapshot(struct exports_item **out, size_t *n)
+{
+  struct cc_export *e;
+  struct exports_item *v = NULL;
+  size_t k = 0, cap = 0;
+
+  pthread_mutex_lock(&table_lock);
+  for (e = table; e; e = e->next) {
+    if (e->state != EXPORT_OPEN)
+      continue;
+    if (k == cap) {
+      size_t ncap = cap ? 2 * cap : 16;
+      struct exports_item *nv = realloc(v, ncap * sizeof *nv);
+
+      if (nv == NULL) {
+        pthread_mutex_unlock(&table_lock);
+        free(v);
+        return -ENOMEM;
+      }
+      v = nv;
+      cap = ncap;
+    }
+    snprintf(v[k].name, sizeof v[k].name, "%s", e->name);
+    snprintf(v[k].path, sizeof v[k].path, "%s", e->path);
+    v[k].refs = e->refs;
+    v[k].writable = cc_chain_writable(e->chain);
+    v[k].e = e;
+    k++;
+  }
+  pthread_mutex_unlock(&table_lock);
+  *out = v;
+  *n = k;
+  return 0;
+}

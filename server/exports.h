@@ -3,6 +3,7 @@
 #define COWCHAIN_SERVER_EXPORTS_H
 
 #include "pool/pool.h"
+#include "server/gate.h"
 
 /* One open export, shared by every connection to it.  Only exports.c touches the fields
  * other than `name` and `chain`; both are constant while a reference is held. */
@@ -18,8 +19,10 @@ struct cc_export {
   unsigned refs;                  /* connections holding it, under table_lock */
   enum cc_export_kind kind;       /* constant */
   char name[2 * CC_NAME_MAX + 2]; /* NAME or NAME@SNAP, constant */
-  char *path;                     /* top file the chain was opened on, constant */
+  char *path;                     /* top file of the chain, under table_lock (changed only by
+                                   * exports_retarget after a live top switch) */
   struct cc_chain *chain;         /* constant while OPEN; the chain does its own locking */
+  struct gate gate;               /* write/zero/trim/flush of every connection (gate.c) */
 };
 
 /* Open the pool once before any connection (.get_ready); exports_acquire opens chains from it
@@ -37,6 +40,25 @@ void exports_release(struct cc_export *e);
 
 /* Every export of the pool, sorted (cc_pool_list_exports); -1 after nbdkit_error. */
 int exports_list(struct cc_export_info **out, size_t *n);
+
+/* 1 if an open export of this process has its chain on top file `path` (any state). */
+int exports_holds(const char *path);
+
+/* For the control channel (control.c). */
+/* A new reference to the open, writable export `name`, or NULL. */
+struct cc_export *exports_hold_writable(const char *name);
+/* After a live top switch: e's chain now sits on top file `path`, so new connections to the
+ * name (which resolve to the new top) share e.  0 or -ENOMEM. */
+int exports_retarget(struct cc_export *e, const char *path);
+/* A copy of the open entries (malloc'd; free() it). */
+struct exports_item {
+  char name[2 * CC_NAME_MAX + 2];
+  char path[4096];
+  unsigned refs;
+  int writable;
+  const struct cc_export *e; /* identity only: no reference is held */
+};
+int exports_snapshot(struct exports_item **out, size_t *n);
 
 extern int cowchain_debug_exports; /* -D cowchain.exports=1 */
 
