@@ -4,7 +4,7 @@
 #  - the client leaves without a record switch: nothing changes, writes flow again;
 #  - the client switches the record, then leaves: the server follows the record (the new top);
 #  - the hold expires: the server ends the session, nothing changed, writes flow again.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 setup_pool

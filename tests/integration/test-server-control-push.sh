@@ -6,7 +6,7 @@
 # restart, with `check` clean.  Round 1 uses the crash-safe order for the pool layer (quiesce,
 # durable record switch while the gates are closed, push-top: docs/POOL.md section 6), round 2
 # a single push-top followed by the record switch.  The write stall is printed.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 setup_pool
 CTLC=$BUILDDIR/tests/integration/control-client

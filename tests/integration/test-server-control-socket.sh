@@ -7,7 +7,7 @@
 #    new server, and which a client removes (ECONNREFUSED) while the live one stays;
 #  - another uid is refused (SO_PEERCRED), even when the file modes would let it connect;
 #  - control=off: no socket.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 setup_pool

@@ -3,7 +3,7 @@
 # lists every export (exit 0); the held one says why it is unavailable and who holds it, and
 # reading it fails with EIO instead of breaking the listing.  The holding server lists it as
 # usual.
-source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
 requires jq
