@@ -51,6 +51,9 @@ expect_modes() {
   modes "$dir" >"$WORK/modes"
   while read -r m gr y p; do
     case "$y:$p" in
+    # run/ holds the servers' control sockets: owner-only in every pool (POOL.md section 6)
+    d:./run) [ "$m" = 700 ] || [ "$m" = 2700 ] || fail "$p: mode $m, expected 700" ;;
+    s:./run/*) [ "$m" = 600 ] || fail "$p: socket mode $m, expected 600" ;;
     d:*) [ "$m" = "$dm" ] || fail "$p: mode $m, expected $dm" ;;
     s:*) [ "$m" = "${6:-$fm}" ] || fail "$p: socket mode $m, expected ${6:-$fm}" ;;
     f:./images/*) [ "$m" = "$im" ] || fail "$p: mode $m, expected $im" ;;

@@ -50,15 +50,15 @@ set_parent "$layer" ../../outside/secret.raw
 # The link resolves where we think it does (the test proves a refusal, not a missing file).
 [ -f "$POOL/layers/../../outside/secret.raw" ] || fail "setup: link does not reach the file"
 
-# The server: the export is refused with a message naming the fault; nothing is served.
+# The server: the chain is refused with a message naming the fault; nothing is served.  (Since
+# issue 14 item 8 an export the server cannot open is still listed and connects as an
+# "unavailable" export whose every read fails with EIO: no byte of it is data.)
 start_server
-if nbdinfo --size "$(uri vm1)" >"$WORK/size" 2>"$WORK/err"; then
-  fail "server opened a chain whose parent leaves the pool"
+if nbdcopy "$(uri vm1)" - >"$WORK/copy" 2>"$WORK/err"; then
+  fail "server served a chain whose parent leaves the pool"
 fi
+! grep -qF "$MARK" "$WORK/copy" || fail "the outside file was served"
 grep -q "outside" "$SERVER_LOG" || fail "server log does not say why: $(cat "$SERVER_LOG")"
-if nbdinfo --size "$(uri vm1)" >/dev/null 2>&1; then
-  fail "second connection served it"
-fi
 # Read-only opens too (the registry path): the snapshot-less clone via --readonly client.
 if qemu-img convert -f raw -O raw "$(uri vm1)" "$WORK/leak.raw" 2>/dev/null; then
   fail "qemu-img read the export"
