@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: a stack of layers read and written as one virtual disk.
  *
  * Errors: like overlay/, functions return 0 (or a count) on success and a negative errno on
@@ -18,8 +19,9 @@ struct cc_chain;
 /* cc_chain_open flags */
 #define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
 #define CC_IO_SYNC 2u /* read with pread instead of io_uring */
-#define CC_RAW 4u     /* top_path is a raw image (a template export): read-only.  Never probed:
-                       * a raw image's first bytes are guest data and may spell anything. */
+/* CC_RAW: top_path is a raw image (a template export): read-only.  Never probed: a raw
+ * image's first bytes are guest data and may spell anything. */
+#define CC_RAW 4u
 
 /* write flags */
 #define CC_FUA 1u
@@ -32,9 +34,9 @@ struct cc_chain;
 #define CC_MAX_DEPTH 4096
 
 /* Open the chain whose top is the layer file `top_path` (or a raw image, read-only, with
- * CC_RAW), following and validating parent links down to the bottom.  Frozen layers (all but a writable top) are
- * locked shared and resolved through an index shared with every other open chain on the same
- * frozen layers. */
+ * CC_RAW), following and validating parent links down to the bottom.  Frozen layers (all but a
+ * writable top) are locked shared and resolved through an index shared with every other open chain
+ * on the same frozen layers. */
 int cc_chain_open(const char *top_path, unsigned flags, struct cc_chain **out);
 
 /* The same, and every file of the chain (the top too) must resolve (realpath: through "..",

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: extents (NBD block status) across the whole chain.
  *
  * Design notes
@@ -104,7 +105,7 @@ cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent
   else if (length == 0)
     r = 0;
   else if (v->top)
-    r = cc_top_walk(v, "extents", offset, length, top_extent, &(struct top_ctx){ .v = v, .x = &x });
+    r = cc_top_walk(v, "extents", offset, length, top_extent, &(struct top_ctx){.v = v, .x = &x});
   else
     r = cc_index_walk(v->idx, offset, length, seg_extent, &x);
   cc_view_leave(c, ticket);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: the resolution index of a chain's frozen part.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: private declarations shared by the chain/ modules.
  *
  * Design notes
@@ -140,8 +141,8 @@ int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, 
  * order; a map that skips or overlaps is -EIO naming `call` and the layer.  Stops at the first
  * non-zero return of fn and returns it. */
 typedef int (*cc_top_fn)(void *opaque, const struct ovl_extent *e);
-int cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
-                void *opaque);
+int cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length,
+                cc_top_fn fn, void *opaque);
 
 /* open.c */
 char *cc_join_parent(const char *child, const char *rel);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: where the library's rare operational messages go.
  *
  * chain/ knows nothing of nbdkit, yet a few events deserve a line in the server's log (the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: opening a chain and validating every parent link.
  *
  * Design notes

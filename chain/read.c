@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: the read path.
  *
  * Design notes
@@ -166,8 +167,8 @@ cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
 }
 
 int
-cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length, cc_top_fn fn,
-            void *opaque)
+cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length,
+            cc_top_fn fn, void *opaque)
 {
   struct ovl_extent ext[MAP_BATCH];
   uint64_t pos = offset, end = offset + length;
@@ -234,7 +235,7 @@ cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
   v = cc_view_enter(c, &ticket);
   if (v->top)
     r = cc_top_walk(v, "pread", offset, length, plan_top_extent,
-                    &(struct plan_ctx){ .v = v, .plan = &plan, .buf = buf, .offset = offset });
+                    &(struct plan_ctx){.v = v, .plan = &plan, .buf = buf, .offset = offset});
   else
     r = cc_plan_index(&plan, v->idx, buf, length, offset);
   if (r == 0 && plan.n > 0) {

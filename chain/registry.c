@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: the process-wide registry of resolution indexes.
  *
  * Design notes

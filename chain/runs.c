@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: where the bytes of a chain live (cc_chain_runs), for copies that move whole
  * runs file to file (full clone, export) instead of reading them through a buffer.
  *

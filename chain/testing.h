@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: test hooks.  What the unit tests and the fuzzers look at or change inside
  * chain/ (index sharing, the I/O path, the depth limit); not part of the API that server/,
  * cli/ and the pool use (chain/chain.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: reading a request's pieces on the calling thread's io_uring.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain chain: views, and changing a chain's layers while it is read (live snapshots).
  *
  * Design notes
@@ -130,18 +131,17 @@ check_link(const char *npath, const struct ovl_info *ni, const struct ovl_info *
   char *ppath;
 
   if (ni->parent_kind != OVL_PARENT_LAYER)
-    return cc_error_set(EINVAL, "push: %s: new top has no parent layer (it must be the current top)",
-                        npath);
+    return cc_error_set(
+        EINVAL, "push: %s: new top has no parent layer (it must be the current top)", npath);
   if (memcmp(ni->parent_uuid, ti->uuid, OVL_UUID_LEN) != 0) {
     ovl_uuid_str(ti->uuid, want);
     ovl_uuid_str(ni->parent_uuid, got);
-    return cc_error_set(EINVAL, "push: %s: parent uuid %s is not the current top's %s", npath,
-                        got, want);
+    return cc_error_set(EINVAL, "push: %s: parent uuid %s is not the current top's %s", npath, got,
+                        want);
   }
   if (ni->parent_size != ti->virtual_size || ni->virtual_size != size)
-    return cc_error_set(EINVAL,
-                        "push: %s: size %llu (parent %llu) differs from the chain's %llu", npath,
-                        (unsigned long long)ni->virtual_size,
+    return cc_error_set(EINVAL, "push: %s: size %llu (parent %llu) differs from the chain's %llu",
+                        npath, (unsigned long long)ni->virtual_size,
                         (unsigned long long)ni->parent_size, (unsigned long long)size);
   if (!(ppath = cc_join_parent(npath, ni->parent_path)))
     return cc_error_set(ENOMEM, "push: %s: out of memory", npath);
@@ -216,8 +216,7 @@ cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
   ni = malloc(sizeof *ni);
   ti = malloc(sizeof *ti);
   nv = calloc(1, sizeof *nv);
-  if (!ni || !ti || !nv || !(nv->path = strdup(new_top_path)) ||
-      !(f.path = strdup(old->path))) {
+  if (!ni || !ti || !nv || !(nv->path = strdup(new_top_path)) || !(f.path = strdup(old->path))) {
     r = cc_error_set(ENOMEM, "push: %s: out of memory", new_top_path);
     goto out;
   }

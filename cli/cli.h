@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: what the files of cli/ share.
  *
  * Conventions: a command function gets argv starting at its first argument and returns the

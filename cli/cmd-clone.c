@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: the `clone` and `snapshot` commands.
  *
  * Design notes
@@ -14,7 +15,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-
 
 static int
 clone_create(int argc, char **argv)
@@ -118,7 +118,10 @@ int
 cmd_clone(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-    { "create", clone_create }, { "list", clone_list }, { "delete", clone_delete }, { NULL, NULL },
+      {"create", clone_create},
+      {"list", clone_list},
+      {"delete", clone_delete},
+      {NULL, NULL},
   };
 
   return cli_dispatch("clone", subs, argc, argv);
@@ -268,10 +271,13 @@ static int
 snapshot_revert(int argc, char **argv)
 {
   static const struct cli_cmd cmd = {
-      "snapshot revert", "CLONE SNAP",
+      "snapshot revert",
+      "CLONE SNAP",
       "Give CLONE a new empty layer on snapshot SNAP: its writes since then are discarded.\n"
       "Later snapshots stay (snapshots form a tree).",
-      2, 2, NULL};
+      2,
+      2,
+      NULL};
 
   return cli_run_simple(&cmd, argc, argv, do_snapshot_revert);
 }
@@ -330,8 +336,8 @@ int
 cmd_snapshot(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-    { "create", snapshot_create }, { "list", snapshot_list },     { "info", snapshot_info },
-    { "revert", snapshot_revert }, { "delete", snapshot_delete }, { NULL, NULL },
+      {"create", snapshot_create}, {"list", snapshot_list},     {"info", snapshot_info},
+      {"revert", snapshot_revert}, {"delete", snapshot_delete}, {NULL, NULL},
   };
 
   return cli_dispatch("snapshot", subs, argc, argv);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: `info`, `check`, `du` and `export`.
  *
  * Design notes

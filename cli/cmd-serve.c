@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: `serve`, which runs nbdkit with the cowchain plugin on the pool.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: `pool init` and the `template` commands.
  *
  * Design notes
@@ -40,7 +41,7 @@ pool_init(int argc, char **argv)
 int
 cmd_pool(int argc, char **argv)
 {
-  static const struct cli_sub subs[] = { { "init", pool_init }, { NULL, NULL } };
+  static const struct cli_sub subs[] = {{"init", pool_init}, {NULL, NULL}};
 
   return cli_dispatch("pool", subs, argc, argv);
 }
@@ -203,8 +204,8 @@ int
 cmd_template(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-    { "import", template_import }, { "create", template_create }, { "promote", template_promote },
-    { "list", template_list },     { "delete", template_delete }, { NULL, NULL },
+      {"import", template_import}, {"create", template_create}, {"promote", template_promote},
+      {"list", template_list},     {"delete", template_delete}, {NULL, NULL},
   };
 
   return cli_dispatch("template", subs, argc, argv);

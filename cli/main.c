@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: global options and dispatch to the command families.
  *
  * Design notes

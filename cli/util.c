@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain command line: argument parsing, error lines, sizes, times, JSON and progress.
  *
  * Design notes
@@ -267,7 +268,8 @@ cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **arg
   for (const struct cli_sub *c = subs; c->name; c++) {
     if (strcmp(sub, c->name) == 0)
       return c->run(argc - 1, argv + 1);
-    len += (size_t)snprintf(choices + len, sizeof choices - len, "%s%s", c == subs ? "" : " | ", c->name);
+    len += (size_t)snprintf(choices + len, sizeof choices - len, "%s%s", c == subs ? "" : " | ",
+                            c->name);
     if (len >= sizeof choices)
       len = sizeof choices - 1;
   }
@@ -284,7 +286,7 @@ int
 cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv,
                int (*fn)(struct cc_pool *p, const char *const *pos))
 {
-  const char *pos[4] = { NULL };
+  const char *pos[4] = {NULL};
   struct cc_pool *p;
   int npos, r;
 

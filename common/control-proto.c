@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: control protocol framing (see control-proto.h). */
 #include "common/control-proto.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: the control protocol's framing, shared by the plugin's control channel
  * (server/control.c) and its clients (the pool layer, tests).  docs/nbdkit-cowchain-plugin.pod,
  * section CONTROL SOCKET, is the specification; in short:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Thread-local last-error message; see error.h for the convention. */
 #include "common/error.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: the last error message of the calling thread.
  *
  * Convention for overlay/ and chain/: a function that fails returns a negative errno (or NULL

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Escaping untrusted strings for one-line messages; see escape.h. */
 #include "common/escape.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: printing untrusted strings on one line.
  *
  * Names, paths, snapshot descriptions and parent links come from users, NBD clients and files,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Formatting and parsing times; see time.h. */
 #include "common/time.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: the one formatter (and parser) of times, for pool/ records and cli/ output.
  *
  * Every time cowchain stores or prints is seconds since the epoch shown in UTC, in one of two

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: bulk fills (ovl_copy_in), for pool operations that copy whole runs of data
  * into a layer they hold exclusively: full clone, snapshot delete (merge).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: checking (and repairing) one layer file.
  *
  * Opening already proves the header and every map invariant (FORMAT.md 5.3); what is left to

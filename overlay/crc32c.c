@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table driven.  Used only for header
  * checksums, so speed does not matter; correctness is pinned by the check value in the tests. */
 #include "overlay/format.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: on-disk constants and encoding, mirroring docs/FORMAT.md.  Private to
  * overlay/.  Every integer on disk is little-endian (FORMAT.md section 1). */
 #ifndef COWCHAIN_OVERLAY_FORMAT_H
@@ -11,8 +12,8 @@
 #define OVL_HEADER_LENGTH 256u /* fixed part, version 1 */
 #define OVL_SLOT_SIZE 4096u    /* each of the two header slots */
 #define OVL_L1_OFFSET 8192u
-#define OVL_BLOCK 4096u        /* L2 table size, L1 block size, allocation alignment */
-#define OVL_L2_ENTRIES 256u    /* 16-byte entries per L2 table */
+#define OVL_BLOCK 4096u     /* L2 table size, L1 block size, allocation alignment */
+#define OVL_L2_ENTRIES 256u /* 16-byte entries per L2 table */
 #define OVL_L2_ENTRY_SIZE 16u
 #define OVL_SUBCLUSTERS 32u
 #define OVL_MIN_CLUSTER_BITS 14u /* 16 KiB */
@@ -60,11 +61,13 @@ _Static_assert(HO_PARENT_UUID + 16 == HO_PARENT_SIZE, "parent uuid is 16 bytes")
 _Static_assert(HO_UUID + 16 == HO_VIRTUAL_SIZE, "uuid is 16 bytes");
 _Static_assert(OVL_HEADER_LENGTH % 8 == 0, "header_length is a multiple of 8");
 _Static_assert(2 * OVL_SLOT_SIZE == OVL_L1_OFFSET, "two header slots precede the L1 table");
-_Static_assert(OVL_L2_ENTRIES * OVL_L2_ENTRY_SIZE == OVL_BLOCK, "an L2 table is one 4 KiB block");
+_Static_assert(OVL_L2_ENTRIES *OVL_L2_ENTRY_SIZE == OVL_BLOCK, "an L2 table is one 4 KiB block");
 _Static_assert(OVL_L1_OFFSET % OVL_BLOCK == 0, "the L1 table is block aligned");
 _Static_assert(OVL_SUBCLUSTERS == 32, "the alloc and zero bitmaps are 32 bits each");
-_Static_assert((1u << OVL_MIN_CLUSTER_BITS) / OVL_SUBCLUSTERS >= 512, "a sub-cluster is at least a sector");
-_Static_assert((UINT64_C(1) << OVL_MAX_CLUSTER_BITS) <= OVL_MAX_FILE_OFFSET, "a cluster fits any file");
+_Static_assert((1u << OVL_MIN_CLUSTER_BITS) / OVL_SUBCLUSTERS >= 512,
+               "a sub-cluster is at least a sector");
+_Static_assert((UINT64_C(1) << OVL_MAX_CLUSTER_BITS) <= OVL_MAX_FILE_OFFSET,
+               "a cluster fits any file");
 
 static inline uint32_t
 get_le32(const uint8_t *p)

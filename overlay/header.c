@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: the header (FORMAT.md section 4).
  *
  * Two slots; the valid one with the larger generation is current.  A change writes the whole
@@ -72,7 +73,8 @@ ovl_header_decode(const char *path, const uint8_t slot[OVL_SLOT_SIZE], struct ov
   h->parent_path_length = get_le32(slot + HO_PARENT_PATH_LENGTH);
   if (h->header_length > OVL_SLOT_SIZE || h->parent_path_length > OVL_SLOT_SIZE ||
       h->header_length + h->parent_path_length > OVL_SLOT_SIZE)
-    return cc_error_set(EUCLEAN, "open: %s: bad header_length %" PRIu32 " or parent_path_length %" PRIu32
+    return cc_error_set(EUCLEAN,
+                        "open: %s: bad header_length %" PRIu32 " or parent_path_length %" PRIu32
                         " (the checksummed range ends past the 4096-byte slot)",
                         path, h->header_length, h->parent_path_length);
 
@@ -81,8 +83,9 @@ ovl_header_decode(const char *path, const uint8_t slot[OVL_SLOT_SIZE], struct ov
   want = get_le32(slot + HO_CHECKSUM);
   have = ovl_crc32c(tmp, h->header_length + h->parent_path_length);
   if (want != have)
-    return cc_error_set(EUCLEAN, "open: %s: bad header checksum (stored 0x%08" PRIx32 ", computed 0x%08" PRIx32 ")",
-                        path, want, have);
+    return cc_error_set(
+        EUCLEAN, "open: %s: bad header checksum (stored 0x%08" PRIx32 ", computed 0x%08" PRIx32 ")",
+        path, want, have);
 
   h->incompat = get_le64(slot + HO_INCOMPAT);
   h->compat = get_le64(slot + HO_COMPAT);
@@ -118,52 +121,67 @@ ovl_header_validate(const char *path, const struct ovl_header *h)
   uint64_t unknown;
 
   if (h->version != OVL_VERSION)
-    return cc_error_set(ENOTSUP, "open: %s: unsupported format version %" PRIu32 " (this cowchain reads version %u)",
+    return cc_error_set(ENOTSUP,
+                        "open: %s: unsupported format version %" PRIu32
+                        " (this cowchain reads version %u)",
                         path, h->version, OVL_VERSION);
   /* The current slot's own header_length (decode only made sure its checksum could be checked):
    * refused, never a reason to fall back to the other slot. */
   if (h->header_length < OVL_HEADER_LENGTH || h->header_length % 8 != 0)
-    return cc_error_set(EUCLEAN, "open: %s: current header (generation %" PRIu64 ") has bad header_length %" PRIu32
+    return cc_error_set(EUCLEAN,
+                        "open: %s: current header (generation %" PRIu64
+                        ") has bad header_length %" PRIu32
                         " (must be a multiple of 8, at least %u)",
                         path, h->generation, h->header_length, OVL_HEADER_LENGTH);
   unknown = h->incompat & ~OVL_INCOMPAT_KNOWN;
   if (unknown)
-    return cc_error_set(ENOTSUP, "open: %s: unknown incompatible feature bits 0x%" PRIx64, path, unknown);
+    return cc_error_set(ENOTSUP, "open: %s: unknown incompatible feature bits 0x%" PRIx64, path,
+                        unknown);
   if (h->generation == 0)
     return cc_error_set(EUCLEAN, "open: %s: header generation is 0", path);
   if (is_zero(h->uuid, OVL_UUID_LEN))
     return cc_error_set(EUCLEAN, "open: %s: layer uuid is all zero", path);
   if (h->virtual_size == 0 || h->virtual_size % 512 != 0 || h->virtual_size > OVL_MAX_VIRTUAL_SIZE)
-    return cc_error_set(EUCLEAN, "open: %s: bad virtual_size %" PRIu64 " (must be a non-zero multiple of 512, at most 2^62)",
+    return cc_error_set(EUCLEAN,
+                        "open: %s: bad virtual_size %" PRIu64
+                        " (must be a non-zero multiple of 512, at most 2^62)",
                         path, h->virtual_size);
   if (h->cluster_bits < OVL_MIN_CLUSTER_BITS || h->cluster_bits > OVL_MAX_CLUSTER_BITS)
-    return cc_error_set(EUCLEAN, "open: %s: bad cluster_bits %" PRIu32 " (must be %u to %u)", path, h->cluster_bits,
-                        OVL_MIN_CLUSTER_BITS, OVL_MAX_CLUSTER_BITS);
+    return cc_error_set(EUCLEAN, "open: %s: bad cluster_bits %" PRIu32 " (must be %u to %u)", path,
+                        h->cluster_bits, OVL_MIN_CLUSTER_BITS, OVL_MAX_CLUSTER_BITS);
   if (h->l1_entries != ovl_l1_entries_for(h->virtual_size, h->cluster_bits))
-    return cc_error_set(EUCLEAN, "open: %s: l1_entries %" PRIu32 " does not match virtual_size (expected %" PRIu32 ")",
+    return cc_error_set(EUCLEAN,
+                        "open: %s: l1_entries %" PRIu32
+                        " does not match virtual_size (expected %" PRIu32 ")",
                         path, h->l1_entries, ovl_l1_entries_for(h->virtual_size, h->cluster_bits));
   if (h->l1_entries > OVL_MAX_L1_ENTRIES)
-    return cc_error_set(EFBIG, "open: %s: virtual disk too large for this implementation (l1_entries %" PRIu32 " > %" PRIu32 ")",
-                        path, h->l1_entries, OVL_MAX_L1_ENTRIES);
+    return cc_error_set(
+        EFBIG,
+        "open: %s: virtual disk too large for this implementation (l1_entries %" PRIu32
+        " > %" PRIu32 ")",
+        path, h->l1_entries, OVL_MAX_L1_ENTRIES);
   if (h->l1_offset != OVL_L1_OFFSET)
-    return cc_error_set(EUCLEAN, "open: %s: bad l1_offset %" PRIu64 " (must be %u)", path, h->l1_offset, OVL_L1_OFFSET);
+    return cc_error_set(EUCLEAN, "open: %s: bad l1_offset %" PRIu64 " (must be %u)", path,
+                        h->l1_offset, OVL_L1_OFFSET);
 
   switch (h->parent_kind) {
   case OVL_PARENT_NONE:
     if (h->parent_path_length != 0 || h->parent_size != 0 || !is_zero(h->parent_uuid, OVL_UUID_LEN))
-      return cc_error_set(EUCLEAN, "open: %s: parent fields set although the layer has no parent", path);
+      return cc_error_set(EUCLEAN, "open: %s: parent fields set although the layer has no parent",
+                          path);
     break;
   case OVL_PARENT_LAYER:
   case OVL_PARENT_RAW:
     if (h->parent_path_length == 0 || h->parent_path_length > OVL_MAX_PARENT_PATH)
-      return cc_error_set(EUCLEAN, "open: %s: bad parent path length %" PRIu32 " (must be 1 to %u)", path,
-                          h->parent_path_length, OVL_MAX_PARENT_PATH);
+      return cc_error_set(EUCLEAN, "open: %s: bad parent path length %" PRIu32 " (must be 1 to %u)",
+                          path, h->parent_path_length, OVL_MAX_PARENT_PATH);
     if (h->parent_path[0] == '/')
       return cc_error_set(EUCLEAN, "open: %s: parent path '%s' is absolute", path, h->parent_path);
     if (strlen(h->parent_path) != h->parent_path_length)
       return cc_error_set(EUCLEAN, "open: %s: parent path contains a NUL byte", path);
     if (h->parent_size > h->virtual_size)
-      return cc_error_set(EUCLEAN, "open: %s: parent_size %" PRIu64 " exceeds virtual_size %" PRIu64, path,
+      return cc_error_set(EUCLEAN,
+                          "open: %s: parent_size %" PRIu64 " exceeds virtual_size %" PRIu64, path,
                           h->parent_size, h->virtual_size);
     if (h->parent_kind == OVL_PARENT_LAYER && is_zero(h->parent_uuid, OVL_UUID_LEN))
       return cc_error_set(EUCLEAN, "open: %s: parent uuid is all zero", path);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: in-memory state of an open layer.  Private to overlay/. */
 #ifndef COWCHAIN_OVERLAY_INTERNAL_H
 #define COWCHAIN_OVERLAY_INTERNAL_H
@@ -72,13 +73,13 @@ struct ovl_layer {
    * in-place writes of allocated sub-clusters do not take it. */
   pthread_mutex_t lock;
   uint64_t frontier;
-  bool dirty_on_disk;  /* the durable header has the dirty bit */
+  bool dirty_on_disk; /* the durable header has the dirty bit */
   /* First writes in progress (write.c): sub-clusters reserved under `lock`, written without
    * it, published under it again.  A request that would change the bits of a reserved
    * sub-cluster waits on `reserved_done`.  Nodes live on the writers' stacks. */
   struct ovl_reservation *reserved;
   pthread_cond_t reserved_done;
-  uint32_t *dirty_l2;  /* indexes of L2 tables with dirty or l1_dirty set */
+  uint32_t *dirty_l2; /* indexes of L2 tables with dirty or l1_dirty set */
   size_t ndirty_l2, dirty_cap;
 
   uint64_t file_size, file_blocks_bytes; /* at open */
@@ -88,8 +89,8 @@ struct ovl_layer {
    * (the durable map never referenced the lost data, so a reopen is consistent).  Set under
    * `lock`, read without it. */
   _Atomic int sync_error;
-  bool map_dropped;                      /* ovl_drop_map: l1 is NULL, counts below are kept */
-  uint64_t dropped_alloc, dropped_zero;  /* sub-cluster counts at the drop */
+  bool map_dropped;                     /* ovl_drop_map: l1 is NULL, counts below are kept */
+  uint64_t dropped_alloc, dropped_zero; /* sub-cluster counts at the drop */
 };
 
 /* header.c */

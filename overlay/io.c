@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: the real system calls behind struct ovl_io_ops (see io.h). */
 #include "overlay/io.h"
 

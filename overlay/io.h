@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: the system calls that change a layer file, behind one table so that the
  * crash-ordering tests can record every write and sync (tests/unit/test-overlay-crash.c) and
  * fault-injection tests can fail them.  Production code never changes the table. */

@@ -1,10 +1,12 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: creating, opening, closing and reading one layer file.
  *
  * Design notes: the layout, states and write ordering are in docs/FORMAT.md; the in-memory map
- * and its lock-free readers (ovl_map, ovl_pread) are in overlay.h and map.c.  Opening validates the whole
- * header and map before anything else may touch the layer, so every later lookup can trust the
- * offsets it finds.  A layer opened for writing sets the dirty bit only when it first allocates,
- * so opening a clone just to look at it (nbdinfo --list opens every export) writes nothing.
+ * and its lock-free readers (ovl_map, ovl_pread) are in overlay.h and map.c.  Opening validates the
+ * whole header and map before anything else may touch the layer, so every later lookup can trust
+ * the offsets it finds.  A layer opened for writing sets the dirty bit only when it first
+ * allocates, so opening a clone just to look at it (nbdinfo --list opens every export) writes
+ * nothing.
  */
 #include "overlay/internal.h"
 
@@ -27,10 +29,12 @@ ovl_pread_full(struct ovl_layer *l, void *buf, uint64_t len, uint64_t phys)
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      return cc_error_set(errno, "read: %s: offset %" PRIu64 ": %s", l->path, phys, strerror(errno));
+      return cc_error_set(errno, "read: %s: offset %" PRIu64 ": %s", l->path, phys,
+                          strerror(errno));
     }
     if (n == 0)
-      return cc_error_set(EIO, "read: %s: offset %" PRIu64 ": unexpected end of file (layer truncated?)",
+      return cc_error_set(EIO,
+                          "read: %s: offset %" PRIu64 ": unexpected end of file (layer truncated?)",
                           l->path, phys);
     p += n;
     len -= (uint64_t)n;
@@ -64,8 +68,11 @@ ovl_check_sync_error(struct ovl_layer *l, const char *call)
   int err = atomic_load_explicit(&l->sync_error, memory_order_relaxed);
 
   if (err)
-    return cc_error_set(EIO, "%s: %s: an earlier fdatasync failed (%s); writes since the last good flush may be lost, so the layer refuses writes and flushes until it is reopened",
-                        call, l->path, strerror(err));
+    return cc_error_set(
+        EIO,
+        "%s: %s: an earlier fdatasync failed (%s); writes since the last good flush may be lost, "
+        "so the layer refuses writes and flushes until it is reopened",
+        call, l->path, strerror(err));
   return 0;
 }
 
@@ -93,8 +100,9 @@ ovl_pwrite_full(const struct ovl_layer *l, const void *buf, uint64_t len, uint64
 void
 ovl_uuid_str(const uint8_t u[OVL_UUID_LEN], char out[37])
 {
-  snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-           u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+           u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+           u[15]);
 }
 
 static int
@@ -119,7 +127,7 @@ make_uuid(uint8_t u[OVL_UUID_LEN])
 int
 ovl_create(const char *path, const struct ovl_create_opts *o, uint8_t uuid_out[OVL_UUID_LEN])
 {
-  struct ovl_header h = { 0 };
+  struct ovl_header h = {0};
   uint8_t slot[OVL_SLOT_SIZE];
   uint32_t cs = o->cluster_size ? o->cluster_size : OVL_DEFAULT_CLUSTER_SIZE;
   struct timespec now;
@@ -127,10 +135,13 @@ ovl_create(const char *path, const struct ovl_create_opts *o, uint8_t uuid_out[O
   int fd, r;
 
   if (cs < (1u << OVL_MIN_CLUSTER_BITS) || cs > (1u << OVL_MAX_CLUSTER_BITS) || (cs & (cs - 1)))
-    return cc_error_set(EINVAL, "create: %s: cluster size %" PRIu32 " must be a power of two from 16K to 2M", path, cs);
+    return cc_error_set(
+        EINVAL, "create: %s: cluster size %" PRIu32 " must be a power of two from 16K to 2M", path,
+        cs);
   if (o->virtual_size == 0 || o->virtual_size % 512 || o->virtual_size > OVL_MAX_VIRTUAL_SIZE)
-    return cc_error_set(EINVAL, "create: %s: virtual size %" PRIu64 " must be a non-zero multiple of 512", path,
-                        o->virtual_size);
+    return cc_error_set(EINVAL,
+                        "create: %s: virtual size %" PRIu64 " must be a non-zero multiple of 512",
+                        path, o->virtual_size);
   h.version = OVL_VERSION;
   h.header_length = OVL_HEADER_LENGTH;
   h.generation = 1;
@@ -139,17 +150,20 @@ ovl_create(const char *path, const struct ovl_create_opts *o, uint8_t uuid_out[O
   h.l1_entries = ovl_l1_entries_for(o->virtual_size, h.cluster_bits);
   h.l1_offset = OVL_L1_OFFSET;
   if (h.l1_entries > OVL_MAX_L1_ENTRIES)
-    return cc_error_set(EFBIG, "create: %s: virtual size %" PRIu64 " is beyond this implementation's limit", path,
-                        o->virtual_size);
+    return cc_error_set(
+        EFBIG, "create: %s: virtual size %" PRIu64 " is beyond this implementation's limit", path,
+        o->virtual_size);
   clock_gettime(CLOCK_REALTIME, &now);
   h.create_time = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
   h.parent_kind = (uint32_t)o->parent.kind;
   if (o->parent.kind != OVL_PARENT_NONE) {
     plen = o->parent.path ? strlen(o->parent.path) : 0;
     if (plen == 0 || plen > OVL_MAX_PARENT_PATH || o->parent.path[0] == '/')
-      return cc_error_set(EINVAL, "create: %s: parent path must be relative, 1 to %d bytes", path, OVL_MAX_PARENT_PATH);
+      return cc_error_set(EINVAL, "create: %s: parent path must be relative, 1 to %d bytes", path,
+                          OVL_MAX_PARENT_PATH);
     if (o->parent.size > o->virtual_size)
-      return cc_error_set(EINVAL, "create: %s: parent size %" PRIu64 " exceeds virtual size %" PRIu64, path,
+      return cc_error_set(EINVAL,
+                          "create: %s: parent size %" PRIu64 " exceeds virtual size %" PRIu64, path,
                           o->parent.size, o->virtual_size);
     h.parent_path_length = (uint32_t)plen;
     memcpy(h.parent_path, o->parent.path, plen);
@@ -201,8 +215,9 @@ load_header(struct ovl_layer *l)
   unsigned cur;
 
   if (l->file_size < 2 * OVL_SLOT_SIZE)
-    return cc_error_set(EUCLEAN, "open: %s: file is truncated (%" PRIu64 " bytes, shorter than the header)", l->path,
-                        l->file_size);
+    return cc_error_set(EUCLEAN,
+                        "open: %s: file is truncated (%" PRIu64 " bytes, shorter than the header)",
+                        l->path, l->file_size);
   int rr = ovl_pread_full(l, slots, sizeof slots, 0);
   if (rr < 0)
     return rr;
@@ -267,7 +282,8 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   if (r < 0)
     goto fail;
   if (rw && (l->hdr.incompat & OVL_INCOMPAT_CORRUPT)) {
-    r = cc_error_set(EUCLEAN, "open: %s: layer is marked corrupt; it can only be opened read-only", path);
+    r = cc_error_set(EUCLEAN, "open: %s: layer is marked corrupt; it can only be opened read-only",
+                     path);
     goto fail;
   }
   l->cluster_bits = l->hdr.cluster_bits;
@@ -494,9 +510,10 @@ ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent)
 
   if (!(l->flags & OVL_RDWR))
     return cc_error_set(EPERM, "set parent: %s: layer is open read-only", l->path);
-  if (parent->kind != OVL_PARENT_NONE && (plen == 0 || plen > OVL_MAX_PARENT_PATH || parent->path[0] == '/'))
-    return cc_error_set(EINVAL, "set parent: %s: parent path must be relative, 1 to %d bytes", l->path,
-                        OVL_MAX_PARENT_PATH);
+  if (parent->kind != OVL_PARENT_NONE &&
+      (plen == 0 || plen > OVL_MAX_PARENT_PATH || parent->path[0] == '/'))
+    return cc_error_set(EINVAL, "set parent: %s: parent path must be relative, 1 to %d bytes",
+                        l->path, OVL_MAX_PARENT_PATH);
   pthread_mutex_lock(&l->lock);
   h = l->hdr;
   h.parent_kind = (uint32_t)parent->kind;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: OFD locks on layer files.
  *
  * A writer holds an exclusive lock on the whole file, readers a shared one, for as long as the
@@ -21,10 +22,10 @@ int
 ovl_lock_fd(int fd, const char *path, bool exclusive)
 {
   struct flock fl = {
-    .l_type = exclusive ? F_WRLCK : F_RDLCK,
-    .l_whence = SEEK_SET,
-    .l_start = 0,
-    .l_len = 0,
+      .l_type = exclusive ? F_WRLCK : F_RDLCK,
+      .l_whence = SEEK_SET,
+      .l_start = 0,
+      .l_len = 0,
   };
   char holder[128];
 
@@ -104,8 +105,8 @@ ovl_lock_holder(const char *path, char *buf, size_t len)
         comm[strcspn(comm, "\n")] = '\0';
       fclose(c);
     }
-    snprintf(buf, len, "%s %ld%s%s%s", pid == self ? "this process, pid" : "pid", pid, comm[0] ? " (" : "",
-             comm, comm[0] ? ")" : "");
+    snprintf(buf, len, "%s %ld%s%s%s", pid == self ? "this process, pid" : "pid", pid,
+             comm[0] ? " (" : "", comm, comm[0] ? ")" : "");
     break;
   }
   closedir(proc);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: the map (FORMAT.md section 5) in memory and on disk.
  *
  * In memory the map mirrors the file: an array of l1_entries pointers, each NULL (no L2 table:
@@ -46,25 +47,34 @@ describe(char *buf, size_t len, const struct object *o)
 
 /* Check one decoded L2 entry against FORMAT.md section 5.3 (1, 2, 4). */
 static int
-check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t alloc, uint32_t zero)
+check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t alloc,
+            uint32_t zero)
 {
   uint64_t cluster = (uint64_t)i * OVL_L2_ENTRIES + j;
   uint64_t cstart = cluster << l->cluster_bits;
   const char *p = l->path;
 
   if (alloc & zero)
-    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters both allocated and zero (0x%08" PRIx32 ")",
+    return cc_error_set(EUCLEAN,
+                        "open: %s: cluster %" PRIu64
+                        ": sub-clusters both allocated and zero (0x%08" PRIx32 ")",
                         p, cluster, alloc & zero);
   if (alloc && phys == 0)
-    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated sub-clusters but no cluster offset", p, cluster);
-  if (phys && (phys % OVL_BLOCK != 0 || phys < l->data_start || phys > OVL_MAX_FILE_OFFSET - l->cluster_size))
-    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": cluster offset %" PRIu64 " is %s", p, cluster, phys,
-                        phys % OVL_BLOCK ? "not aligned to 4096"
+    return cc_error_set(
+        EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated sub-clusters but no cluster offset", p,
+        cluster);
+  if (phys && (phys % OVL_BLOCK != 0 || phys < l->data_start ||
+               phys > OVL_MAX_FILE_OFFSET - l->cluster_size))
+    return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": cluster offset %" PRIu64 " is %s",
+                        p, cluster, phys,
+                        phys % OVL_BLOCK       ? "not aligned to 4096"
                         : phys < l->data_start ? "inside the header or L1 table"
                                                : "beyond the largest file offset (2^62)");
   if (cstart >= l->hdr.virtual_size) {
     if (phys || alloc || zero)
-      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 " lies beyond the virtual size but is not empty", p, cluster);
+      return cc_error_set(
+          EUCLEAN, "open: %s: cluster %" PRIu64 " lies beyond the virtual size but is not empty", p,
+          cluster);
     return 0;
   }
   if (cstart + l->cluster_size > l->hdr.virtual_size) {
@@ -72,7 +82,9 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
     uint64_t used = (l->hdr.virtual_size - cstart + l->sc_size - 1) >> l->sc_bits;
     uint32_t beyond = used >= 32 ? 0 : ~ovl_sc_mask(0, (unsigned)used - 1);
     if ((alloc | zero) & beyond)
-      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters beyond the virtual size are set", p, cluster);
+      return cc_error_set(
+          EUCLEAN, "open: %s: cluster %" PRIu64 ": sub-clusters beyond the virtual size are set", p,
+          cluster);
   }
   /* FORMAT.md 5.3 (2): every allocated sub-cluster lies wholly inside the file, all sc_size
    * bytes of it even when it straddles virtual_size; the bound cluster itself may extend past
@@ -81,7 +93,9 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
   if (alloc) {
     unsigned last = 31 - (unsigned)__builtin_clz(alloc);
     if (phys + ((uint64_t)last + 1) * l->sc_size > l->file_size)
-      return cc_error_set(EUCLEAN, "open: %s: cluster %" PRIu64 ": allocated data at %" PRIu64 " lies past the end of the file (%" PRIu64 " bytes): truncated?",
+      return cc_error_set(EUCLEAN,
+                          "open: %s: cluster %" PRIu64 ": allocated data at %" PRIu64
+                          " lies past the end of the file (%" PRIu64 " bytes): truncated?",
                           p, cluster, phys, l->file_size);
   }
   return 0;
@@ -98,7 +112,9 @@ ovl_map_load(struct ovl_layer *l)
 
   /* before allocating anything sized by the header: a short file cannot hold that L1 table */
   if (l->file_size < l->data_start)
-    return cc_error_set(EUCLEAN, "open: %s: file is truncated (%" PRIu64 " bytes, the L1 table ends at %" PRIu64 ")",
+    return cc_error_set(EUCLEAN,
+                        "open: %s: file is truncated (%" PRIu64
+                        " bytes, the L1 table ends at %" PRIu64 ")",
                         l->path, l->file_size, l->data_start);
   l->l1 = calloc(n, sizeof *l->l1);
   l1raw = malloc((size_t)n * 8);
@@ -117,10 +133,13 @@ ovl_map_load(struct ovl_layer *l)
 
     if (off == 0)
       continue;
-    if (off % OVL_BLOCK != 0 || off < l->data_start || off > l->file_size || l->file_size - off < OVL_BLOCK) {
-      r = cc_error_set(EUCLEAN, "open: %s: L1 entry %" PRIu32 ": L2 table offset %" PRIu64 " is %s", l->path, i, off,
-                       off % OVL_BLOCK ? "not aligned to 4096" : off < l->data_start ? "inside the header or L1 table"
-                                                                                   : "past the end of the file");
+    if (off % OVL_BLOCK != 0 || off < l->data_start || off > l->file_size ||
+        l->file_size - off < OVL_BLOCK) {
+      r = cc_error_set(EUCLEAN, "open: %s: L1 entry %" PRIu32 ": L2 table offset %" PRIu64 " is %s",
+                       l->path, i, off,
+                       off % OVL_BLOCK       ? "not aligned to 4096"
+                       : off < l->data_start ? "inside the header or L1 table"
+                                             : "past the end of the file");
       goto out;
     }
     r = ovl_pread_full(l, l2raw, OVL_BLOCK, off);
@@ -145,7 +164,7 @@ ovl_map_load(struct ovl_layer *l)
       obj = no;
       cap = ncap;
     }
-    obj[nobj++] = (struct object){ off, OVL_BLOCK, i, UINT32_MAX };
+    obj[nobj++] = (struct object){off, OVL_BLOCK, i, UINT32_MAX};
     for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
       const uint8_t *e = l2raw + (size_t)j * OVL_L2_ENTRY_SIZE;
       uint64_t phys = get_le64(e);
@@ -157,7 +176,7 @@ ovl_map_load(struct ovl_layer *l)
       atomic_store_explicit(&t->e[j].phys, phys, memory_order_relaxed);
       atomic_store_explicit(&t->e[j].bits, ovl_bits_make(alloc, zero), memory_order_relaxed);
       if (phys)
-        obj[nobj++] = (struct object){ phys, l->cluster_size, i, j };
+        obj[nobj++] = (struct object){phys, l->cluster_size, i, j};
     }
   }
 
@@ -375,9 +394,11 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
   size_t n = 0;
 
   if (l->map_dropped)
-    return cc_error_set(EINVAL, "map: %s: the map was dropped (the layer is read through an index)", l->path);
+    return cc_error_set(EINVAL, "map: %s: the map was dropped (the layer is read through an index)",
+                        l->path);
   if (offset > l->hdr.virtual_size)
-    return cc_error_set(EINVAL, "map: %s: offset %" PRIu64 " beyond the virtual size", l->path, offset);
+    return cc_error_set(EINVAL, "map: %s: offset %" PRIu64 " beyond the virtual size", l->path,
+                        offset);
   end = length > l->hdr.virtual_size - offset ? l->hdr.virtual_size : offset + length;
   pos = offset;
   while (pos < end && max > 0) {
@@ -415,7 +436,7 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
     } else {
       if (n == max)
         break;
-      ext[n++] = (struct ovl_extent){ pos, run_end - pos, phys, st };
+      ext[n++] = (struct ovl_extent){pos, run_end - pos, phys, st};
     }
     pos = run_end;
   }
@@ -423,14 +444,16 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
 }
 
 int
-ovl_pread(struct ovl_layer *l, void *buf, uint64_t length, uint64_t offset, ovl_below_fn below, void *opaque)
+ovl_pread(struct ovl_layer *l, void *buf, uint64_t length, uint64_t offset, ovl_below_fn below,
+          void *opaque)
 {
   struct ovl_extent ext[32];
   uint8_t *p = buf;
 
   if (offset > l->hdr.virtual_size || length > l->hdr.virtual_size - offset)
-    return cc_error_set(EINVAL, "read: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64, l->path,
-                        offset, length, l->hdr.virtual_size);
+    return cc_error_set(EINVAL,
+                        "read: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64,
+                        l->path, offset, length, l->hdr.virtual_size);
   while (length > 0) {
     int n = ovl_map(l, offset, length, ext, 32);
     if (n < 0)

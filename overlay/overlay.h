@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: one layer file (docs/FORMAT.md is the byte-level specification).
  *
  * Design notes
@@ -15,8 +16,8 @@
  * that changes the map or allocates (binding a cluster, publishing a first write, zero/trim,
  * flush, header changes) holds the layer's `lock` mutex; a first write writes its data between
  * two holds of it, with its sub-clusters reserved; writes into already allocated sub-clusters go
- * straight to the file with pwrite and take no lock.  No operation writes a byte of an allocated sub-cluster
- * that its request does not cover (write.c's design notes, FORMAT.md section 7.5), so
+ * straight to the file with pwrite and take no lock.  No operation writes a byte of an allocated
+ * sub-cluster that its request does not cover (write.c's design notes, FORMAT.md section 7.5), so
  * non-overlapping requests in flight at once all take effect; overlapping ones land in some
  * order, as with any block device.
  *
@@ -52,14 +53,14 @@ enum ovl_parent_kind {
 
 struct ovl_parent {
   enum ovl_parent_kind kind;
-  const char *path; /* relative to the directory that holds the layer; NULL for NONE */
+  const char *path;           /* relative to the directory that holds the layer; NULL for NONE */
   uint8_t uuid[OVL_UUID_LEN]; /* LAYER only */
   uint64_t size;              /* parent's virtual size (raw: file size) */
 };
 
 struct ovl_create_opts {
-  uint64_t virtual_size;  /* multiple of 512 */
-  uint32_t cluster_size;  /* 0 = OVL_DEFAULT_CLUSTER_SIZE */
+  uint64_t virtual_size; /* multiple of 512 */
+  uint32_t cluster_size; /* 0 = OVL_DEFAULT_CLUSTER_SIZE */
   struct ovl_parent parent;
   unsigned mode; /* permission bits of the new file, set with fchmod (umask does not apply);
                   * 0 = 0644 */
@@ -68,7 +69,8 @@ struct ovl_create_opts {
 /* Create a new layer file at `path` (O_EXCL: fails with -EEXIST if it exists) and make it
  * durable.  O(1) in the virtual size.  The new layer's uuid is stored in uuid_out if not NULL.
  * Naming the file atomically (temp name + rename) is the caller's job. */
-int ovl_create(const char *path, const struct ovl_create_opts *opts, uint8_t uuid_out[OVL_UUID_LEN]);
+int ovl_create(const char *path, const struct ovl_create_opts *opts,
+               uint8_t uuid_out[OVL_UUID_LEN]);
 
 /* Open and fully validate a layer file (header and map; not the parent: that is chain/'s job).
  * OVL_RDWR takes an exclusive OFD lock, OVL_RDONLY a shared one; a refused lock fails with
@@ -91,10 +93,10 @@ struct ovl_info {
   char parent_path[OVL_MAX_PARENT_PATH + 1];
   uint8_t parent_uuid[OVL_UUID_LEN];
   uint64_t parent_size;
-  uint64_t allocated_bytes; /* sub-clusters in state allocated, in bytes */
-  uint64_t zero_bytes;      /* sub-clusters in state zero, in bytes */
-  uint64_t frontier;        /* allocation frontier (FORMAT.md section 6) */
-  uint64_t file_size;       /* st_size at open */
+  uint64_t allocated_bytes;   /* sub-clusters in state allocated, in bytes */
+  uint64_t zero_bytes;        /* sub-clusters in state zero, in bytes */
+  uint64_t frontier;          /* allocation frontier (FORMAT.md section 6) */
+  uint64_t file_size;         /* st_size at open */
   uint64_t file_blocks_bytes; /* st_blocks * 512 at open: space really used */
 };
 
@@ -110,7 +112,7 @@ enum ovl_state { OVL_UNALLOCATED = 0, OVL_ZERO = 1, OVL_DATA = 2 };
 struct ovl_extent {
   uint64_t offset; /* virtual */
   uint64_t length;
-  uint64_t phys;   /* file offset of `offset`'s byte, OVL_DATA only */
+  uint64_t phys; /* file offset of `offset`'s byte, OVL_DATA only */
   enum ovl_state state;
 };
 
@@ -118,7 +120,8 @@ struct ovl_extent {
  * runs merge only where the file offsets are contiguous.  Fills at most `max` extents and returns
  * how many; if they end before offset + length, call again from the end of the last one.
  * Lock-free; safe against concurrent writers. */
-int ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent *ext, size_t max);
+int ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent *ext,
+            size_t max);
 
 /* Reads the image below this layer, for copy-up and for ovl_pread's unallocated runs.
  * Returns 0 or -errno.  NULL where a function takes one means "below reads as zero". */
@@ -131,14 +134,14 @@ int ovl_pread(struct ovl_layer *l, void *buf, uint64_t length, uint64_t offset, 
 
 /* Write; partial unallocated sub-clusters are completed from `below` (copy-up of those
  * sub-clusters only).  flags: OVL_FUA. */
-int ovl_pwrite(struct ovl_layer *l, const void *buf, uint64_t length, uint64_t offset, unsigned flags,
-               ovl_below_fn below, void *opaque);
+int ovl_pwrite(struct ovl_layer *l, const void *buf, uint64_t length, uint64_t offset,
+               unsigned flags, ovl_below_fn below, void *opaque);
 
 /* Make the range read as zero (write-zeroes and trim both use this).  Whole sub-clusters turn
  * zero; partial ones are written with zeroes (copy-up from `below` first).  flags: OVL_FUA,
  * OVL_MAY_TRIM (punch the released space). */
-int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below,
-             void *opaque);
+int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags,
+             ovl_below_fn below, void *opaque);
 
 /* Bulk fill (bulk.c, FORMAT.md 7.6), for a pool operation that holds the layer exclusively:
  * copy `length` bytes of the file `src_fd` from `src_offset` into [offset, offset + length) of

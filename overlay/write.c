@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain overlay: writes, write-zeroes and flush (FORMAT.md section 7).
  *
  * Two paths.  A write whose sub-clusters are all allocated already goes straight to the file
@@ -54,8 +55,9 @@ check_range(struct ovl_layer *l, const char *call, uint64_t length, uint64_t off
   if (atomic_load_explicit(&l->sync_error, memory_order_relaxed))
     return ovl_check_sync_error(l, call);
   if (offset > l->hdr.virtual_size || length > l->hdr.virtual_size - offset)
-    return cc_error_set(EINVAL, "%s: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64, call,
-                        l->path, offset, length, l->hdr.virtual_size);
+    return cc_error_set(EINVAL,
+                        "%s: %s: range %" PRIu64 "+%" PRIu64 " beyond the virtual size %" PRIu64,
+                        call, l->path, offset, length, l->hdr.virtual_size);
   return 0;
 }
 
@@ -74,7 +76,8 @@ try_write_in_place(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uin
 
     if (!t)
       return 0;
-    mask = ovl_sc_mask((unsigned)((pos - cstart) >> l->sc_bits), (unsigned)((cend - 1 - cstart) >> l->sc_bits));
+    mask = ovl_sc_mask((unsigned)((pos - cstart) >> l->sc_bits),
+                       (unsigned)((cend - 1 - cstart) >> l->sc_bits));
     bits = atomic_load_explicit(&t->e[cluster % OVL_L2_ENTRIES].bits, memory_order_acquire);
     if ((ovl_bits_alloc(bits) & mask) != mask)
       return 0;
@@ -84,7 +87,8 @@ try_write_in_place(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uin
     uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
     uint64_t cend = cstart + l->cluster_size < end ? cstart + l->cluster_size : end;
     struct ovl_l2 *t = atomic_load_explicit(&l->l1[cluster / OVL_L2_ENTRIES], memory_order_acquire);
-    uint64_t phys = atomic_load_explicit(&t->e[cluster % OVL_L2_ENTRIES].phys, memory_order_relaxed);
+    uint64_t phys =
+        atomic_load_explicit(&t->e[cluster % OVL_L2_ENTRIES].phys, memory_order_relaxed);
     int r = ovl_pwrite_full(l, buf + (pos - offset), cend - pos, phys + (pos - cstart));
 
     if (r < 0)
@@ -98,8 +102,8 @@ try_write_in_place(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uin
  * zero sub-cluster (or with no image below), else the image below.  The tail of a sub-cluster
  * that straddles the virtual size is kept zero (it is never read). */
 static int
-fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, uint64_t bits, ovl_below_fn below,
-                void *opaque)
+fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, uint64_t bits,
+                ovl_below_fn below, void *opaque)
 {
   uint64_t vstart = cstart + ((uint64_t)k << l->sc_bits);
   uint64_t n = l->sc_size;
@@ -120,8 +124,9 @@ fill_subcluster(struct ovl_layer *l, uint8_t *dst, uint64_t cstart, unsigned k, 
  * or changes their bits: complete the uncovered head of k and tail of j (copy-up, or zeroes) and
  * write the whole sub-clusters at once.  Runs without the layer lock. */
 static int
-write_new_subclusters(struct ovl_layer *l, const uint8_t *buf, uint64_t r0, uint64_t r1, uint64_t cstart,
-                      unsigned k, unsigned j, uint64_t bits, uint64_t phys, ovl_below_fn below, void *opaque)
+write_new_subclusters(struct ovl_layer *l, const uint8_t *buf, uint64_t r0, uint64_t r1,
+                      uint64_t cstart, unsigned k, unsigned j, uint64_t bits, uint64_t phys,
+                      ovl_below_fn below, void *opaque)
 {
   uint64_t a0 = cstart + ((uint64_t)k << l->sc_bits);
   uint64_t a1 = cstart + ((uint64_t)(j + 1) << l->sc_bits);
@@ -192,8 +197,8 @@ unreserve(struct ovl_layer *l, struct ovl_reservation *v)
  * completed and written whole by write_new_subclusters.  Under the lock again: publish the
  * reserved sub-clusters as allocated (data before map) and release them. */
 static int
-write_cluster(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend, ovl_below_fn below,
-              void *opaque)
+write_cluster(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t cend,
+              ovl_below_fn below, void *opaque)
 {
   uint64_t cluster = pos >> l->cluster_bits, cstart = cluster << l->cluster_bits;
   uint32_t i = (uint32_t)(cluster / OVL_L2_ENTRIES);
@@ -260,7 +265,8 @@ write_cluster(struct ovl_layer *l, const uint8_t *buf, uint64_t pos, uint64_t ce
     if (allocated)
       r = ovl_pwrite_full(l, buf + (r0 - pos), r1 - r0, phys + (r0 - cstart));
     else
-      r = write_new_subclusters(l, buf + (r0 - pos), r0, r1, cstart, k, j, bits, phys, below, opaque);
+      r = write_new_subclusters(l, buf + (r0 - pos), r0, r1, cstart, k, j, bits, phys, below,
+                                opaque);
     k = j + 1;
   }
 
@@ -347,7 +353,8 @@ punch(struct ovl_layer *l, uint64_t phys, uint32_t mask)
     len = k - start;
     mask &= ~ovl_sc_mask(start, k - 1);
     (void)ovl_io->fallocate(l->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                            (off_t)(phys + ((uint64_t)start << l->sc_bits)), (off_t)((uint64_t)len << l->sc_bits));
+                            (off_t)(phys + ((uint64_t)start << l->sc_bits)),
+                            (off_t)((uint64_t)len << l->sc_bits));
   }
 }
 
@@ -376,7 +383,8 @@ zero_subclusters_locked(struct ovl_layer *l, uint64_t cluster, uint32_t mask, un
 }
 
 int
-ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below, void *opaque)
+ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned flags, ovl_below_fn below,
+         void *opaque)
 {
   uint64_t pos = offset, end = offset + length;
   int r = check_range(l, "zero", length, offset);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: clones (linked and full), clone delete, snapshot create and revert.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: sparse data copies (template import, full clone, export) and running helpers.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: exports as the plugin sees them (NAME, NAME@SNAP, TEMPLATE).
  *
  * Design notes

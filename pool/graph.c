@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: the graph of layers (who is whose parent) and who references them.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: what `cowchain info` shows: the backing chain of an export, layer by layer.
  *
  * Design notes

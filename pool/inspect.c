@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: inspecting an image before `template import` converts it.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: helpers shared by the pool/ files.  Private to the pool code.
  *
  * Every function returns 0 or a negative errno after cc_error_set(), like the public API.
@@ -137,11 +138,11 @@ struct pool_node {
   uint64_t parent_size; /* as recorded in the header when the link was made */
   uint64_t disk_bytes;
   int dirty;
-  int bad; /* could not be opened; `error` says why */
+  int bad;                               /* could not be opened; `error` says why */
   char error[OVL_MAX_PARENT_PATH + 256]; /* room for a whole parent path */
-  int referenced; /* named by a record */
-  int live;       /* referenced, or a parent of a live layer */
-  int mark;       /* scratch for callers */
+  int referenced;                        /* named by a record */
+  int live;                              /* referenced, or a parent of a live layer */
+  int mark;                              /* scratch for callers */
 };
 struct pool_graph {
   struct pool_node *nodes;
@@ -179,8 +180,7 @@ int pool_run(const char *what, char *const argv[]);
  * it); more is -EFBIG.  Run under timeout(1) (argv "timeout", SECONDS, CMD...), running out of
  * time is -ETIMEDOUT naming CMD.  With exit_status, any exit code of CMD is a success stored
  * there (except timeout's 124, 125 and 127). */
-int pool_run_output(const char *what, char *const argv[], char **out, size_t max,
-                    int *exit_status);
+int pool_run_output(const char *what, char *const argv[], char **out, size_t max, int *exit_status);
 
 /* inspect.c: what qemu-img says about an image to import (POOL.md section 5.1) */
 struct pool_image_facts {

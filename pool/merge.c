@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: snapshot delete, which merges the snapshot's layer into its children.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: the directory layout, names, locking and the durable-step primitives every
  * pool operation is built from.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: a directory of templates, clones and their snapshots.
  *
  * Layout (docs/POOL.md is the full specification):

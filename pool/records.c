@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: template and clone records, parsed and written.
  *
  * Design notes

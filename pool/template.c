@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain pool: templates (import, create, promote, delete).
  *
  * Design notes

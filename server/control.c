@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: the control channel (live snapshots of served clones).
  *
  * Design notes
@@ -69,10 +70,10 @@
 #define MAX_HOLD_MS 60000     /* upper bound of a quiesce hold */
 #define MAX_EXPORTS 64        /* exports per quiesce / push-top */
 
-static int enabled = 1;              /* control=on|off */
-static const char *pool_dir;         /* absolute, set in get_ready */
-static struct cc_pool *pool;         /* for resolving names after an abandoned hold */
-static char *sock_path;              /* bound socket, or NULL */
+static int enabled = 1;      /* control=on|off */
+static const char *pool_dir; /* absolute, set in get_ready */
+static struct cc_pool *pool; /* for resolving names after an abandoned hold */
+static char *sock_path;      /* bound socket, or NULL */
 static int listen_fd = -1;
 static int stop_pipe[2] = {-1, -1};
 static pthread_t thread;
@@ -136,8 +137,7 @@ struct session {
   char *line;              /* CCP_LINE_MAX + 1 */
 };
 
-static int
-reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int
 reply(struct session *s, const char *fmt, ...)
 {
@@ -154,8 +154,8 @@ reply(struct session *s, const char *fmt, ...)
   return ccp_write_line(s->conn->fd, buf);
 }
 
-static int
-reply_err(struct session *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int reply_err(struct session *s, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int
 reply_err(struct session *s, int err, const char *fmt, ...)
 {
@@ -286,8 +286,7 @@ switch_one(struct cc_export *e, const char *path, char *msg, size_t len)
                  "refused until the last one closes)",
                  e->name);
   if (cowchain_debug_exports)
-    nbdkit_debug("control: %s: now on %s (%zu layers)", e->name, path,
-                 cc_chain_depth(e->chain));
+    nbdkit_debug("control: %s: now on %s (%zu layers)", e->name, path, cc_chain_depth(e->chain));
   return 0;
 }
 
@@ -369,8 +368,8 @@ abandon_hold(struct session *s, const char *why)
         nbdkit_debug("control: %s: %s; the pool record names %s: switched to it", e->name, why,
                      path);
       else
-        nbdkit_error("control: %s: %s; the pool record names %s but the switch failed: %s",
-                     e->name, why, path, msg);
+        nbdkit_error("control: %s: %s; the pool record names %s but the switch failed: %s", e->name,
+                     why, path, msg);
     } else {
       nbdkit_debug("control: %s: %s; nothing changed", e->name, why);
     }
@@ -498,15 +497,14 @@ session_run(int fd)
       /* Gone, idle, shut down, or the hold expired: in every case the session ends (a client
        * whose hold expired learns it from the closed connection). */
       if (s.nheld)
-        abandon_hold(&s, r == -ETIMEDOUT  ? "hold expired"
-                         : r == -EPIPE    ? "client left with gates closed"
-                                          : "control channel error with gates closed");
+        abandon_hold(&s, r == -ETIMEDOUT ? "hold expired"
+                         : r == -EPIPE   ? "client left with gates closed"
+                                         : "control channel error with gates closed");
       break;
     }
     n = ccp_split(s.line, words, CCP_MAX_WORDS);
     if (n < 0) {
-      reply_err(&s, -n, "malformed request (words are percent-encoded, at most %d)",
-                CCP_MAX_WORDS);
+      reply_err(&s, -n, "malformed request (words are percent-encoded, at most %d)", CCP_MAX_WORDS);
       continue;
     }
     if (n == 0)
@@ -535,8 +533,9 @@ peer_allowed(int fd)
   }
   if (cred.uid == geteuid() || cred.uid == 0)
     return 1;
-  snprintf(msg, sizeof msg, "err %d permission denied: uid %u is neither root nor the server's uid %u",
-           EPERM, (unsigned)cred.uid, (unsigned)geteuid());
+  snprintf(msg, sizeof msg,
+           "err %d permission denied: uid %u is neither root nor the server's uid %u", EPERM,
+           (unsigned)cred.uid, (unsigned)geteuid());
   ccp_write_line(fd, msg);
   nbdkit_debug("control: refused a client with uid %u (pid %ld)", (unsigned)cred.uid,
                (long)cred.pid);
@@ -548,7 +547,8 @@ control_thread(void *arg)
 {
   (void)arg;
   while (!atomic_load(&stopping)) {
-    struct pollfd p[2] = {{.fd = listen_fd, .events = POLLIN}, {.fd = stop_pipe[0], .events = POLLIN}};
+    struct pollfd p[2] = {{.fd = listen_fd, .events = POLLIN},
+                          {.fd = stop_pipe[0], .events = POLLIN}};
     int fd;
 
     if (poll(p, 2, -1) < 0) {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: the control channel (see control.c for the design notes). */
 #ifndef COWCHAIN_SERVER_CONTROL_H
 #define COWCHAIN_SERVER_CONTROL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit-cowchain-plugin: every clone, snapshot and template of a cowchain pool as an export.
  *
  * Design notes
@@ -55,11 +56,11 @@
 #define MAX_BLOCK 0xffffffffu
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
-static char *pool_dir;       /* pool=, absolute */
+static char *pool_dir; /* pool=, absolute */
 /* io=: CC_IO_SYNC (default) or 0 (uring).  pread is the default because it measured as fast
  * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
 static unsigned io_flags = CC_IO_SYNC;
-static char *default_name;   /* default=, or NULL: the empty export name is refused */
+static char *default_name; /* default=, or NULL: the empty export name is refused */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
@@ -158,8 +159,8 @@ cowchain_config_complete(void)
 
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
-  "io=sync|uring         How reads reach the layers (default: sync).\n"                           \
-  "default=NAME          Export served to clients that ask for the empty name.\n"            \
+  "io=sync|uring         How reads reach the layers (default: sync).\n"                            \
+  "default=NAME          Export served to clients that ask for the empty name.\n"                  \
   "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
 
 static void

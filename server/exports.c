@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: the per-process table of open exports.
  *
  * Design notes

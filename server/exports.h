@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: the per-process table of open exports (see exports.c for the design notes). */
 #ifndef COWCHAIN_SERVER_EXPORTS_H
 #define COWCHAIN_SERVER_EXPORTS_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: a per-export write gate.
  *
  * Design notes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain plugin: a per-export write gate (see gate.c for the design notes). */
 #ifndef COWCHAIN_SERVER_GATE_H
 #define COWCHAIN_SERVER_GATE_H

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench/chains.sh: the template and the two equivalent chains (sourced by run).
 #
 #   $CACHE/template-SIZE.raw     pseudo-random template (AES-128-CTR keystream), made once, kept

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Write the qemu-io command files that fill the layers of the depth-series chains.
 
 usage: gen-layers.py OUTDIR VIRTUAL_SIZE CLUSTER_SIZE LAYERS PERCENT SEED

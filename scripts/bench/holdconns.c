@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* holdconns: open N NBD connections at once, touch each export, run a command while they are
  * all held open, then close them.  Used by the memory benchmark (scripts/bench/memory.sh) to
  * measure one server's RSS with N clients connected.

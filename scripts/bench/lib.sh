@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench/lib.sh: helpers shared by the benchmark sections (sourced by scripts/bench/run).
 #
 # Servers: every server is bound to a unix socket in its own mktemp directory, started in the

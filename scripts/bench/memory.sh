@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench/memory.sh: server memory with many clones open (sourced by run).
 #
 # One nbdkit (cowchain, io=uring) serving N clones of deep@s{HIST} (a HIST-snapshot shared

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* mkchain: fill the layers of a cowchain clone through the chain/ library, in one process.
  *
  * usage: mkchain POOL CLONE CMDDIR FIRST LAST
@@ -9,8 +10,8 @@
  *   start-up is what made the CLI path take minutes at depth 256.
  *
  * Built by scripts/bench against the static libraries of the cowchain build directory:
- *   cc -O2 -D_GNU_SOURCE -I ROOT -o mkchain mkchain.c BUILD/pool/libcc_pool.a BUILD/chain/libcc_chain.a \
- *      BUILD/overlay/libcc_overlay.a BUILD/libcc_common.a -luring -lpthread
+ *   cc -O2 -D_GNU_SOURCE -I ROOT -o mkchain mkchain.c BUILD/pool/libcc_pool.a
+ * BUILD/chain/libcc_chain.a \ BUILD/overlay/libcc_overlay.a BUILD/libcc_common.a -luring -lpthread
  */
 #include <errno.h>
 #include <inttypes.h>

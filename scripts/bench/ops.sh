@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench/ops.sh: pool operations as whole commands, timed with date +%s%N (sourced by run).
 #
 #   clone-create     cowchain clone create --from deep@s{D}   vs  qemu-img create -b ov{D}.qcow2

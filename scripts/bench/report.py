@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Turn one benchmark run into results JSON, Markdown tables and gnuplot plots.
 
 usage: report.py META.json RESULTS.jsonl OUTDIR BENCHMARKS.md

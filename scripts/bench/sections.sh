@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench/sections.sh: depth series, writes, many clients, io_uring ablation (sourced by run).
 #
 # Peers (names used in the results):

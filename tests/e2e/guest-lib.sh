@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # shellcheck shell=bash
 # Shell helpers to build and boot tiny Linux guests from cowchain exports.  Sourced by
 # tests/e2e/test-e2e-guest-boot.sh and scripts/lab; needs bash, no root-only tricks (no loop

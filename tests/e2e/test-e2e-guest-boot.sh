@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # End to end: QEMU guests boot from cowchain exports.
 #
 #   1. build a tiny ext4 root image (busybox + an init that records who booted) and an

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/lab works: --make-template and 2 guests in the background, each on its own linked
 # clone, each reaching its shell with its own identity; --status; --dry-run changes nothing;
 # --down stops every guest and the server by PID and deletes the clones.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: opening a chain of 1 to 3 attacker-controlled layer files.
  *
  * fuzz-layer-open.c covers one file's header and map; this covers what only chain/ checks: the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: a layer file's bytes, fully attacker-controlled.
  *
  * The file is opened exactly as the plugin and the CLI open layers (read-only, validated), and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Writes the fuzz seed corpus: small valid layer files in a few shapes (empty, with a parent,
  * data in several clusters, zeroed sub-clusters, 16 KiB and 128 KiB clusters). */
 #include <stdio.h>
@@ -11,7 +12,7 @@ static void
 make(const char *dir, const char *name, uint64_t vsize, uint32_t cs, int parent, int writes)
 {
   char path[4096];
-  struct ovl_create_opts o = { .virtual_size = vsize, .cluster_size = cs };
+  struct ovl_create_opts o = {.virtual_size = vsize, .cluster_size = cs};
   struct ovl_layer *l;
   uint8_t buf[6000];
 

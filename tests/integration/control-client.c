@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A tiny client of the plugin's control socket, for the tests (the CLI's will live in pool/).
  *
  *   control-client SOCKET STEP...      run the steps in order on one connection:
@@ -5,9 +6,8 @@
  *                                       the reply lines; stop at the first "err"
  *       -x 'SHELL COMMAND'              run a command between requests (e.g. a record switch
  *                                       while the gates are closed)
- *   control-client --find POOL         list the .ctl sockets in POOL/run: "live PATH", or "stale PATH removed"
- *                                       for a socket nobody listens on (ECONNREFUSED)
- *   control-client --mklayer POOL PARENT
+ *   control-client --find POOL         list the .ctl sockets in POOL/run: "live PATH", or "stale
+ * PATH removed" for a socket nobody listens on (ECONNREFUSED) control-client --mklayer POOL PARENT
  *                                       create an empty layer on PARENT (a layer of the pool) in
  *                                       POOL/tmp, make it durable, rename it to
  *                                       POOL/layers/UUID.cow and print that path

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbd-client-check: a libnbd client for the integration tests.
  *
  * It checks what shell tools can't check precisely: the errno a request fails with, block

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbd-journal-writer: continuous tagged writes on 2 connections around a live top switch, and
  * the point-in-time check of what each side of the switch holds.
  *
@@ -231,8 +232,8 @@ do_write(const char *sock, const char *name, int secs, int push_at_ms, const cha
     }
   }
   qsort(lat, nlat, sizeof *lat, cmp_i64);
-  printf("writes %zu (%zu overlapping the push command), push command %.3f ms\n", total,
-         in_window, (double)(replied - sent) / 1000.0);
+  printf("writes %zu (%zu overlapping the push command), push command %.3f ms\n", total, in_window,
+         (double)(replied - sent) / 1000.0);
   printf("write latency without the push: max %.3f ms, p99 %.3f ms; during the push: max %.3f ms "
          "(the write stall)\n",
          (double)base_max / 1000.0, nlat ? (double)lat[nlat * 99 / 100] / 1000.0 : 0.0,
@@ -313,8 +314,9 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
     n++;
     if (frozen ? (got[b] < lo[b] || got[b] > hi[b]) : got[b] != fin[b]) {
       if (bad++ < 10)
-        fprintf(stderr, "nbd-journal-writer: %s: block %u has seq %" PRId64 ", expected %s %u..%u\n",
-                name, b, got[b], frozen ? "within" : "exactly", frozen ? lo[b] : fin[b],
+        fprintf(stderr,
+                "nbd-journal-writer: %s: block %u has seq %" PRId64 ", expected %s %u..%u\n", name,
+                b, got[b], frozen ? "within" : "exactly", frozen ? lo[b] : fin[b],
                 frozen ? hi[b] : fin[b]);
       continue;
     }
@@ -334,8 +336,9 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
   nbd_close(h);
   free(buf);
   if (frozen && !bad && from >= to) {
-    fprintf(stderr, "nbd-journal-writer: %s: no single instant explains every block (latest issue "
-                    "%+.3f ms after the command, earliest next completion %+.3f ms)\n",
+    fprintf(stderr,
+            "nbd-journal-writer: %s: no single instant explains every block (latest issue "
+            "%+.3f ms after the command, earliest next completion %+.3f ms)\n",
             name, (double)(from - sent) / 1000.0, (double)(to - sent) / 1000.0);
     bad++;
   }

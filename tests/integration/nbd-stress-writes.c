@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbd-stress-writes: many small non-overlapping requests in flight on several connections.
  *
  *   nbd-stress-writes SOCK EXPORT SEED [CONNS [PASSES]]
@@ -95,7 +96,8 @@ run_pass(void *arg)
       if (cookies[i] > 0) {
         int r = nbd_aio_command_completed(c->h, (uint64_t)cookies[i]);
         if (r == -1) {
-          snprintf(c->err, sizeof c->err, "connection %d: request failed: %s", c->idx, nbd_get_error());
+          snprintf(c->err, sizeof c->err, "connection %d: request failed: %s", c->idx,
+                   nbd_get_error());
           goto out;
         }
         if (r == 0) {
@@ -165,7 +167,8 @@ main(int argc, char **argv)
   memset(c, 0, sizeof c);
   for (int i = 0; i < nconns; i++) {
     c[i].h = nbd_create();
-    if (!c[i].h || nbd_set_export_name(c[i].h, argv[2]) == -1 || nbd_connect_unix(c[i].h, argv[1]) == -1)
+    if (!c[i].h || nbd_set_export_name(c[i].h, argv[2]) == -1 ||
+        nbd_connect_unix(c[i].h, argv[1]) == -1)
       die("connect");
     c[i].idx = i;
     c[i].rng = seed * 1000 + (uint64_t)i;
@@ -226,7 +229,9 @@ main(int argc, char **argv)
         int64_t e = b;
         while (e < size && got[e] != model[e])
           e++;
-        fprintf(stderr, "nbd-stress-writes: connection %d: bytes %" PRId64 "..%" PRId64 " differ (0x%02x, expected 0x%02x; seed %" PRIu64 ")\n",
+        fprintf(stderr,
+                "nbd-stress-writes: connection %d: bytes %" PRId64 "..%" PRId64
+                " differ (0x%02x, expected 0x%02x; seed %" PRIu64 ")\n",
                 i, b, e - 1, got[b], model[b], seed);
         if (++bad >= 5)
           break;

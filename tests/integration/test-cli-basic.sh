@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The cowchain command without a server: every metadata command, its output formats (tables and
 # --json parsed with jq), --help, and the pool layout it leaves behind.  Data is checked through
 # `cowchain export` against the imported file with qemu-img compare.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Many cowchain commands at once on one pool: the pool lock serializes their steps, so every
 # operation that should succeed does, exactly one of two racing creators of a name wins, and
 # the pool checks clean afterwards with no leftovers.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The copy engine and both merge directions (issue 16), byte for byte against qemu-img: a qcow2
 # chain built by qemu-img with the same writes is the oracle (`qemu-img compare`).  The chains
 # have holes, zeroes (write-zeroes, discard), writes that fill sub-clusters only in part, and a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Crash injection for every pool operation (clone and snapshot operations here; template
 # operations and deletes in test-cli-crash-templates.sh): COWCHAIN_CRASH_AT=N makes the pool code _exit(99)
 # right after its N-th durable step.  For N = 1, 2, ... until the operation completes, on a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Pool operations with real data written through the NBD server: snapshot create / revert /
 # delete (merge), full clone and template promote keep every state's bytes, checked with
 # qemu-img compare against raw reference files that got the same writes (an independent

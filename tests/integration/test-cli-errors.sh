@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Bad input to the cowchain command: each case exits non-zero, prints exactly one line on
 # stderr, starting "cowchain: " and containing the expected words, and changes nothing.
 source "$(dirname "$0")/../lib/functions.sh"

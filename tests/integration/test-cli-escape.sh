@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Names, paths and descriptions the user types (or a file in the pool holds) may contain
 # newlines, ESC sequences, other control bytes and invalid UTF-8.  Every refusal that echoes one
 # is still exactly one stderr line with no control byte in it (the CLI escapes what it prints:

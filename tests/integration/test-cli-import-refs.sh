@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # template import of untrusted images (POOL.md 5.1): every image that names another file is
 # refused with one line, the pool is unchanged and no byte of the named file reaches it;
 # format mismatches, truncated images and size bombs are refused before anything is written;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The pool is not world-readable (POOL.md 1.1): a fresh pool and every file its operations
 # create are owner-only whatever the umask; a second local user can neither read a layer nor
 # connect to the socket of `cowchain serve`; with `pool init --group` a member of the group can

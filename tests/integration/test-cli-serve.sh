@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # `cowchain serve`: runs nbdkit with the plugin found next to the CLI in the build tree, on
 # POOL/cowchain.sock by default or TCP 127.0.0.1 with --port; plugin parameters pass through.
 source "$(dirname "$0")/../lib/functions.sh"

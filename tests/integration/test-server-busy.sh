@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A clone's top layer is locked while a server has it open for writing: another server cannot
 # read it (EIO, the log names the holder), and can open it once it lets go.  Connections
 # to one export within one server share the chain and do not lock each other out.

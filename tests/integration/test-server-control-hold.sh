@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Issue 14: gates held by `quiesce` and what happens when the client does not finish.
 #  - while held, a write waits (it does not fail) and completes after `resume`;
 #  - the client leaves without a record switch: nothing changes, writes flow again;

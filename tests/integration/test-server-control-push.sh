@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Issue 14: a live top switch through the control socket under continuous writers on two
 # libnbd connections.  Each round, the old top must hold exactly a point-in-time state (every
 # write completed before the push command was sent, none issued after its reply), the clone

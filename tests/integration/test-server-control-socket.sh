@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Issue 14: the control socket's lifecycle and access control.
 #  - POOL/run (0700) holds nbdkit-PID.ctl (0600) of the serving process, also when nbdkit forks
 #    to the background (bound after the fork: the daemon's pid, not the parent's);

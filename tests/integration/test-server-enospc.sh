@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # ENOSPC reaches the client as ENOSPC, nothing already written is lost, and the export works
 # again once space is back.  The pool lives on a small tmpfs mounted in a private mount
 # namespace (so the mount vanishes with the test, whatever happens); needs root.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Connections come and go without leaking: after many connections (each with nbdkit's worker
 # threads, each thread with its own io_uring ring) the server holds no more io_uring or layer
 # file descriptors than before the first one.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # fio's nbd engine: random writes with crc32c verification on a clone, several jobs and
 # requests in flight, then a verify-only pass through new connections and a new server.
 source "$(dirname "$0")/../lib/functions.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # libnbd through every request type on a clone: read, write (+FUA), zero (plain, may-trim,
 # fast), trim, block status, cache, flush; then multi-conn: a write flushed on one connection
 # is read on another.  Both I/O modes.

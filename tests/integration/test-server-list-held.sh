@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Issue 14, item 8: while another process holds a clone, `nbdinfo --list` on this server still
 # lists every export (exit 0); the held one says why it is unavailable and who holds it, and
 # reading it fails with EIO instead of breaking the listing.  The holding server lists it as

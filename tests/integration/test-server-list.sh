@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdinfo --list lists every export, sorted, with a description, and succeeds on a pool with
 # many clones (it opens every one).  Clones and snapshots the CLI creates or deletes while the
 # server runs appear and disappear without a restart.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Connections to one export share one open chain (that is what makes multi-conn safe), and
 # the chain is closed, its layer lock released, when the last connection goes: the CLI can
 # then snapshot the clone while the server keeps running.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Export names are untrusted client input: unknown names are refused with a message naming
 # them, malformed ones never become paths, and the empty name needs default=NAME.
 source "$(dirname "$0")/../lib/functions.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A hand-made layer whose parent link leaves the pool (POOL.md 1, FORMAT.md 4.1): its header
 # names ../../outside/secret.raw.  The server refuses the export, the CLI refuses to export it,
 # check reports it, and no byte of the outside file is ever read into an answer.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The plugin loads by path, documents its parameters (--help, --dump-plugin) and refuses a
 # bad configuration with a message that says what to type instead.
 source "$(dirname "$0")/../lib/functions.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # qemu-io pattern writes on a clone, straddling 4 KiB sub-cluster and 128 KiB cluster
 # boundaries, checked twice: by read -P, and by qemu-img compare against a raw copy of the
 # template that got the same commands (an independent oracle).  A fresh clone compares equal

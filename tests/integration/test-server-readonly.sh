@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Snapshots and templates are read-only exports: writes, zeroes and trims fail with EPERM and
 # change nothing.  nbdkit -r makes clones read-only too.
 source "$(dirname "$0")/../lib/functions.sh"

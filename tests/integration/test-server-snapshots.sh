@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A chain of snapshots served live, checked against an independent oracle: the same writes
 # applied to a qcow2 backing chain built with qemu-img.  Snapshots taken while the server
 # runs appear as read-only exports, each equal to its qcow2 layer; revert and a clone from a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Extents report holes and zeroes across the whole chain, so qemu-img convert and nbdcopy
 # copy an export out sparsely (allocated size stays near the data size) and exactly.
 source "$(dirname "$0")/../lib/functions.sh"

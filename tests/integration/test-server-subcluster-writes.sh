@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Issue 11: many small non-overlapping requests in flight inside the same sub-clusters of one
 # clone must all read back.  NBD leaves only overlapping in-flight writes undefined; these never
 # overlap, so every acknowledged write must be there.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # The one shared library of the shell tests: tests/integration, tests/reliability, tests/e2e
 # and scripts/crashloop.  Source it first thing:
 #

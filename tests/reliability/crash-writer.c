@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* crash-writer: a verified write workload for the crash loop (scripts/crashloop).
  *
  *   crash-writer write  SOCK EXPORT JOURNAL FIRST-GEN SEED
@@ -48,7 +49,7 @@
 #define BLK 4096u
 #define SECT 512u
 #define SPB (BLK / SECT) /* sectors per block */
-#define SMALL_ZONE 64 /* blocks: where the small requests go */
+#define SMALL_ZONE 64    /* blocks: where the small requests go */
 #define QD 8
 #define MAXRUN 16
 
@@ -103,7 +104,7 @@ connect_export(const char *sock, const char *name)
 #define NCONN 2
 
 struct req {
-  int64_t cookie; /* 0: slot free */
+  int64_t cookie;            /* 0: slot free */
   uint64_t sect, nsect, gen; /* sectors */
   int conn;
   bool fua;
@@ -265,7 +266,8 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
         slot = i;
         break;
       }
-    q[slot] = (struct req){.sect = sect, .nsect = nsect, .gen = gen, .conn = (int)(r >> 50) % NCONN};
+    q[slot] =
+        (struct req){.sect = sect, .nsect = nsect, .gen = gen, .conn = (int)(r >> 50) % NCONN};
     struct nbd_handle *h = hs[q[slot].conn];
     int64_t c;
     if (kind < 8) { /* write-zeroes or trim: both read back as zeroes */
@@ -277,7 +279,8 @@ cmd_write(const char *sock, const char *name, const char *jpath, uint64_t gen, u
       /* the whole blocks the request touches; it sends the sectors it covers */
       for (uint64_t b = 0; b < n; b++)
         fill(buf[slot] + b * BLK, block + b, gen);
-      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " %c\n", gen, sect, nsect, q[slot].fua ? 'f' : 'd');
+      journal("W %" PRIu64 " %" PRIu64 " %" PRIu64 " %c\n", gen, sect, nsect,
+              q[slot].fua ? 'f' : 'd');
       c = nbd_aio_pwrite(h, buf[slot] + (sect - block * SPB) * SECT, nsect * SECT, sect * SECT,
                          NBD_NULL_COMPLETION, q[slot].fua ? LIBNBD_CMD_FLAG_FUA : 0);
     }
@@ -473,9 +476,9 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
           uint64_t hdr[2];
           memcpy(hdr, got - (x % SPB) * SECT, sizeof hdr);
           fprintf(stderr,
-                  "crash-writer: block %" PRIu64 " (offset %" PRIu64 ", %" PRIu64 " bytes at sector %" PRIu64
-                  "): holds (block %" PRIu64 ", gen %" PRIu64 ") or other bytes; expected flushed gen %" PRIu64
-                  " or one of %zu pending:",
+                  "crash-writer: block %" PRIu64 " (offset %" PRIu64 ", %" PRIu64
+                  " bytes at sector %" PRIu64 "): holds (block %" PRIu64 ", gen %" PRIu64
+                  ") or other bytes; expected flushed gen %" PRIu64 " or one of %zu pending:",
                   b, x * SECT, u, x, hdr[0], hdr[1], c->flushed, c->npending);
           for (size_t k = 0; k < c->npending; k++)
             fprintf(stderr, " %" PRIu64, c->pending[k]);
@@ -504,8 +507,9 @@ cmd_verify(const char *sock, const char *name, const char *jpath, const char *bp
   }
   nbd_shutdown(h, 0);
   nbd_close(h);
-  printf("verified %" PRIu64 " blocks, %" PRIu64 " units with unflushed writes (%" PRIu64 " new, %" PRIu64
-         " old), %zu requests journaled, unit %" PRIu64 " bytes, %" PRIu64 " blocks with small writes checked per sector\n",
+  printf("verified %" PRIu64 " blocks, %" PRIu64 " units with unflushed writes (%" PRIu64
+         " new, %" PRIu64 " old), %zu requests journaled, unit %" PRIu64 " bytes, %" PRIu64
+         " blocks with small writes checked per sector\n",
          nblocks, pending_units, got_new, got_old, nw, unit, small_blocks);
   for (uint64_t x = 0; x < nsect; x++)
     free(cand[x].pending);

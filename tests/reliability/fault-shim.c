@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* fault-shim.so: I/O errors on chosen files, switched on and off from outside, for nbdkit.
  *
  * LD_PRELOAD=fault-shim.so FAULT_TRIGGER=FILE FAULT_MATCH=SUBSTRING nbdkit ...

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* hostile-client: requests a well-behaved NBD client never sends, and connections that vanish.
  *
  *   hostile-client badreq SOCK EXPORT    out-of-range, wrapping, unaligned, oversized, zero-length

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Power loss in the middle of a pool operation, replayed from an strace of the CLI.
 
     powerloss.py COWCHAIN ORIG-POOL TRACE WORKDIR -- OP...

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Concurrency: 8 fio clients (--ioengine=nbd, one connection each, 8 requests in flight) on 4
 # clones of one template for 20 s, each writing its own half of a clone with crc32c verification
 # as it goes (verify_backlog) and at the end; meanwhile readers compare the template export and a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A failed flush must not be "fixed" by retrying it.  When fdatasync fails with EIO, Linux (since
 # 4.13) marks the dirty pages clean and reports the error once: the next fdatasync succeeds
 # although the data never reached the disk.  fault-shim.so with FAULT_DROP=1 reproduces exactly

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # EIO from the disk (DESIGN.md "Durability and safety": the request fails with that errno to the
 # NBD client; nothing already written is lost; the export works again once the fault is gone).
 # fault-shim.so, preloaded into nbdkit, fails reads, writes or syncs of the pool's layer files

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Hostile clients: the server stays up and correct.  Requests no well-behaved client sends
 # (out of range, wrapping past 2^64, oversized, zero-length, unknown flags; libnbd's strict mode
 # off), export names that try to reach pool files by path or uuid, and hundreds of connections

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Power loss during pool operations.  tests/integration/test-cli-crash*.sh kill the CLI after
 # each durable step (process death: every write made so far survives in the page cache).  Here
 # each operation runs once under strace, and powerloss.py replays every prefix of its writes,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # TLS with a pre-shared key works with the plugin (nbdkit --tls=require --tls-psk=FILE): libnbd,
 # nbdinfo (URI nbds+unix://alice@/vm1?socket=...&tls-psk-file=...) and qemu-img (tls-creds-psk)
 # connect as user alice, read and write; a client without TLS, or with the wrong key, is refused.

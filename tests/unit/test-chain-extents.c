@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: extents across a chain, case by case (the model test checks random chains).
  *
  *   top data -> 0, top zero -> ZERO, unallocated -> what the frozen part says:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: randomized model tests.  Chains of random depth (1 to 64 layers, on a raw image or
  * on a parentless layer) and one of 1,000 files get random writes, write-zeroes/trims, reads
  * of random ranges (which span layer boundaries) and freezes (close, new empty layer on top,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: opening a chain, and every way a chain can be broken.  Each fault must be a clear
  * error naming the layer and the fault ("open: CHILD: parent REL: ..."), never a crash. */
 #include <errno.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: live top switch (cc_chain_push_top, view.c).
  *
  * - After a push, the old top reads exactly the state at the push (opened read-only through
@@ -98,12 +99,12 @@ tag_check(const uint8_t *buf, uint64_t block)
 
 struct shared {
   struct cc_chain *c;
-  const struct ctu_model *m; /* region A */
+  const struct ctu_model *m;   /* region A */
   _Atomic uint64_t done[NBLK]; /* last completed seq per block */
   _Atomic int writing[NBLK];   /* a write of the block is in flight */
   _Atomic int stop;
-  _Atomic int pause;   /* writers: stop writing */
-  _Atomic int paused;  /* writers acknowledging the pause */
+  _Atomic int pause;  /* writers: stop writing */
+  _Atomic int paused; /* writers acknowledging the pause */
   _Atomic long reads, writes;
   _Atomic int failed;
   char why[256];
@@ -220,8 +221,8 @@ reader(void *opaque)
         int quiet = !w0[k] && !w1 && f1 == f0[k];
 
         if (quiet ? seq != (int64_t)f0[k] : (seq >= 0 && (uint64_t)seq < f0[k])) {
-          fail_once(s, "block %llu: read seq %lld, completed %llu%s",
-                    (unsigned long long)(b + k), (long long)seq, (unsigned long long)f0[k],
+          fail_once(s, "block %llu: read seq %lld, completed %llu%s", (unsigned long long)(b + k),
+                    (long long)seq, (unsigned long long)f0[k],
                     quiet ? " (no write in flight)" : "");
           break;
         }
@@ -391,8 +392,7 @@ Test(chain_push, refusals_leave_the_chain_unchanged)
   cr_assert(strstr(cc_error_get(), "not the current top") != NULL, "%s", cc_error_get());
   cr_assert_eq(cc_chain_depth(c), 2);
   memset(buf, 0x5a, sizeof buf);
-  cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, 0, 0), 0, "still writable: %s",
-               cc_error_get());
+  cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, 0, 0), 0, "still writable: %s", cc_error_get());
   cr_assert_eq(cc_chain_close(c), 0);
   /* The refused layer was not left locked: it can be opened for writing. */
   c = ctu_open(bad, CC_RDWR);
@@ -526,8 +526,7 @@ time_push(int depth)
     free(p);
     for (int k = 0; k < 256; k++) {
       memset(buf, (int)otu_rand(&rng), sizeof buf);
-      cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, otu_rand_below(&rng, size / 4096) * 4096,
-                                   0),
+      cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, otu_rand_below(&rng, size / 4096) * 4096, 0),
                    0, "%s", cc_error_get());
     }
     if (i + 1 < depth)

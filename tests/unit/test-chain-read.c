@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: the read path's edges, with io_uring and with pread.
  *
  * - A read made of thousands of pieces (more than the ring's 64 entries), alternating between

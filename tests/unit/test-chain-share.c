@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* chain/: the shared resolution index and the per-thread rings.
  *
  * - Every chain on the same frozen layer gets the same index (one set of fds, not one per

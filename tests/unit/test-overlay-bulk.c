@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: bulk fills (ovl_copy_in, FORMAT.md 7.6).
  *
  * A fill lands the source's bytes in the layer and publishes them as allocated; sub-clusters

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: ovl_check, the offline validator and repairer (FORMAT.md 4.2 dirty bit, 6 frontier).
  * Malformed files are test-overlay-malformed.c's; this is about leaked space and repair.
  */

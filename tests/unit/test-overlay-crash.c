@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: crash ordering (FORMAT.md section 7), checked exhaustively over one workload.
  *
  * A recording struct ovl_io_ops (overlay/io.h) forwards every pwrite, fallocate, ftruncate and
@@ -288,7 +289,7 @@ struct crash {
   uint8_t *init; /* the image below: whole virtual disk */
   uint8_t *src;  /* the source file of bulk fills (ovl_copy_in), whole virtual disk */
   int srcfd;
-  uint8_t *cur;  /* the model: the virtual disk as of now */
+  uint8_t *cur; /* the model: the virtual disk as of now */
   struct sect *sect;
   uint8_t *arena;
   size_t arena_n, arena_cap;

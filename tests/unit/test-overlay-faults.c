@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: I/O errors and short writes, injected through overlay/io.h's table.
  *
  * One workload is run once per I/O operation it performs, failing exactly that operation (EIO

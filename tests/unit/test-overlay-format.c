@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: the layer file format (docs/FORMAT.md sections 3, 4 and 7.3-7.4).
  *
  * Round-trips through the API, and the header bytes on disk checked against the spec with an

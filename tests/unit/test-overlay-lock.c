@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: OFD locking between processes.  A layer open for writing excludes every other open;
  * read-only opens share.  The child process holds the layer while the parent probes, and the
  * two talk over pipes so that no step relies on timing.

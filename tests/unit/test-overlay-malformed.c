@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: every malformed-file case of FORMAT.md 4 and 5.3 is refused on open with a negative
  * errno and a message naming the file and the fault, and never crashes (this suite runs under
  * ASan in CI).
@@ -1001,8 +1002,8 @@ Test(overlay_malformed, offsets_that_wrap)
   /* bound but nothing allocated yet: the first write to sub-cluster 5 would land on slot 0 */
   e.alloc = 0;
   otu_l2_set(p, t0, 2, e);
-  expect_refused(p, OVL_RDONLY, "bound cluster wrapping past 2^64", "offset", "overlap",
-                 "beyond", "past", NULL);
+  expect_refused(p, OVL_RDONLY, "bound cluster wrapping past 2^64", "offset", "overlap", "beyond",
+                 "past", NULL);
   free(p);
   otu_rmtree(dir);
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: thousands of random operations compared byte for byte with a reference model.
  *
  * The model is the obvious one: the virtual disk as a plain byte array (initially the image

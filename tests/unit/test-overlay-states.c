@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: every sub-cluster state transition of FORMAT.md 5.2 and 7.1, observed through
  * ovl_pread (the bytes), ovl_map (the states) and the raw file (where the bytes live).
  *
@@ -838,7 +839,7 @@ Test(overlay_states, drop_map)
 {
   char dir[] = "/tmp/cc-drop-XXXXXX";
   char path[64];
-  struct ovl_create_opts o = { .virtual_size = 4 << 20 };
+  struct ovl_create_opts o = {.virtual_size = 4 << 20};
   struct ovl_layer *l;
   struct ovl_info before, after;
   struct ovl_extent e;

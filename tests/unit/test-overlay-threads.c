@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* overlay/: concurrent writers, readers and flushes on one layer (overlay.h design notes:
  * lock-free lookups, in-place writes without the lock, allocation under it).
  *
@@ -279,8 +280,8 @@ sh_fail(struct sh_shared *sh, const char *msg, int idx, int op, uint64_t off, ui
 {
   if (atomic_exchange(&sh->failed, 1))
     return;
-  snprintf(sh->msg, sizeof sh->msg, "writer %d op %d: %s at %" PRIu64 "+%" PRIu64 " (byte %ld): %s", idx, op,
-           msg, off, len, d, cc_error_get());
+  snprintf(sh->msg, sizeof sh->msg, "writer %d op %d: %s at %" PRIu64 "+%" PRIu64 " (byte %ld): %s",
+           idx, op, msg, off, len, d, cc_error_get());
 }
 
 static void *
@@ -353,7 +354,8 @@ shared_subclusters(uint32_t cluster_size, const char *name)
     for (int i = 0; i < SH_NW; i++)
       sh.nsegs[i] = 0;
     for (uint64_t o = otu_rand_below(&rng, 50); o + SH_MAXSEG < SH_VSIZE;) {
-      uint64_t len = otu_rand_below(&rng, 8) ? 1 + otu_rand_below(&rng, 700) : 1 + otu_rand_below(&rng, SH_MAXSEG);
+      uint64_t len = otu_rand_below(&rng, 8) ? 1 + otu_rand_below(&rng, 700)
+                                             : 1 + otu_rand_below(&rng, SH_MAXSEG);
       int w = (int)otu_rand_below(&rng, SH_NW);
       if (sh.nsegs[w] == cap[w]) {
         cap[w] = cap[w] ? 2 * cap[w] : 256;
@@ -374,12 +376,14 @@ shared_subclusters(uint32_t cluster_size, const char *name)
     }
     for (int i = 0; i < SH_NW; i++)
       pthread_join(w[i], NULL);
-    cr_assert_eq(atomic_load(&sh.failed), 0, "round %d: %s (seed %" PRIu64 ")", round, sh.msg, sh.seed);
+    cr_assert_eq(atomic_load(&sh.failed), 0, "round %d: %s (seed %" PRIu64 ")", round, sh.msg,
+                 sh.seed);
 
     for (int pass = 0; pass < 2; pass++) {
       cr_assert_eq(ovl_pread(sh.l, buf, SH_VSIZE, 0, below_cb, &sh.below), 0, "%s", cc_error_get());
       long d = otu_first_diff(buf, sh.model, SH_VSIZE);
-      cr_assert_eq(d, -1, "round %d pass %d: byte %ld differs (seed %" PRIu64 ")", round, pass, d, sh.seed);
+      cr_assert_eq(d, -1, "round %d pass %d: byte %ld differs (seed %" PRIu64 ")", round, pass, d,
+                   sh.seed);
       cr_assert_eq(ovl_close(sh.l), 0, "%s", cc_error_get());
       sh.l = pass ? NULL : otu_open(path, OVL_RDONLY);
     }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of the pool API (pool/pool.h): names, records, exports, and the data guarantees
  * of snapshot create / revert / delete (merge) and full clone against a byte model.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* server/gate.c: the per-export write gate.
  *
  * - Open: enter/leave do not block; a zeroed gate is open.

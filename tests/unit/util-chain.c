@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared helpers of the chain/ unit tests; see util-chain.h for the model's rules. */
 #include "tests/unit/util-chain.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Helpers for the chain/ unit tests (tests/unit/test-chain-*.c): a reference model of a
  * virtual disk, layer/raw-file builders and checkers that compare a cc_chain with the model.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared helpers of the overlay/ unit tests; see util-overlay.h for why they re-derive the
  * format from docs/FORMAT.md instead of using overlay/format.h. */
 #include "tests/unit/util-overlay.h"

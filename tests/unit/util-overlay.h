@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared helpers of the overlay/ unit tests (tests/unit/test-overlay-*.c).
  *
  * These helpers are an independent oracle: they decode and patch layer files from
