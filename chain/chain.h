@@ -22,6 +22,9 @@ struct cc_chain;
 /* CC_RAW: top_path is a raw image (a template export): read-only.  Never probed: a raw
  * image's first bytes are guest data and may spell anything. */
 #define CC_RAW 4u
+/* CC_REMOTE: top_path is a remote descriptor (FORMAT.md section 11): the chain is the remote NBD
+ * export it names, read-only (a remote template's own export). */
+#define CC_REMOTE 8u
 
 /* write flags */
 #define CC_FUA 1u
@@ -100,6 +103,32 @@ struct cc_chain_run {
 };
 typedef int (*cc_run_fn)(void *opaque, const struct cc_chain_run *run);
 int cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque);
+
+/* Remote templates (remote.c): an NBD export named by a remote descriptor file. */
+#define CC_REMOTE_NAME_MAX 64
+#define CC_REMOTE_URI_MAX 1024
+struct cc_remote_desc {
+  char name[CC_REMOTE_NAME_MAX + 1]; /* the template's name, for messages */
+  char uri[CC_REMOTE_URI_MAX + 1];   /* nbd://, nbds://, nbd+unix://, nbds+unix:// */
+  uint64_t size;
+  char fingerprint[96]; /* "s16-sha256:HEX": sampled blocks, checked on every connection */
+  char content[96];     /* "sha256:HEX" of the whole content, or "" (not checked on open) */
+  int writable;         /* the export was writable when added (--allow-writable) */
+};
+#define CC_PROBE_VERIFY 1u         /* also hash the whole content */
+#define CC_PROBE_ALLOW_WRITABLE 2u /* accept a writable export */
+/* Connect to `uri` once and describe it for a descriptor named `name`: size, fingerprint,
+ * (CC_PROBE_VERIFY) content hash.  A writable export is refused (-EPERM) without
+ * CC_PROBE_ALLOW_WRITABLE.  Messages start with "template add: NAME: URI:". */
+int cc_remote_probe(const char *name, const char *uri, unsigned flags, struct cc_remote_desc *out);
+/* The descriptor's text into buf; its length, or -errno. */
+int cc_remote_desc_format(const struct cc_remote_desc *d, char *buf, size_t len);
+/* Parse a descriptor's text; `path` names it in messages. */
+int cc_remote_desc_parse(const char *path, const char *text, struct cc_remote_desc *d);
+
+/* How long one remote request may take before it fails with EIO and its connection is dropped
+ * (default, and ms == 0: 30 s). */
+void cc_remote_set_timeout(unsigned ms);
 
 /* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
  * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin

@@ -64,6 +64,8 @@ seg_extent(void *opaque, const struct cc_seg *s)
       [CC_RUN_DATA] = 0,
   };
 
+  if (s->kind == CC_RUN_DATA && s->file->remote) /* the remote's own block status */
+    return cc_remote_walk(s->file->remote, s, seg_extent, opaque);
   return emit(opaque, s->offset, s->length, type[s->kind]);
 }
 

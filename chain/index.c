@@ -326,6 +326,8 @@ cc_index_free(struct cc_index *idx)
 
     if (f->ovl)
       ovl_close(f->ovl); /* read-only: nothing to flush, cannot lose data */
+    else if (f->remote)
+      cc_remote_close(f->remote);
     else if (f->fd >= 0)
       close(f->fd);
     free(f->path);

@@ -38,12 +38,15 @@
 #include "chain/testing.h"
 #include "overlay/overlay.h"
 
+struct cc_remote;
+
 /* One frozen file of a chain. */
 struct cc_frozen {
-  struct ovl_layer *ovl; /* NULL for a raw image */
-  int fd;                /* ovl_fd(ovl), or the raw image's own fd (owned) */
-  char *path;            /* as we reached it: joined from the parent links */
-  uint64_t size;         /* virtual size (raw: file size) */
+  struct ovl_layer *ovl;    /* NULL for a raw image or a remote bottom */
+  struct cc_remote *remote; /* a remote bottom (remote.c): fd is -1, reads go to the remote */
+  int fd;                   /* ovl_fd(ovl), or the raw image's own fd (owned) */
+  char *path;               /* as we reached it: joined from the parent links */
+  uint64_t size;            /* virtual size (raw: file size) */
   dev_t dev;
   ino_t ino;
 };
@@ -186,6 +189,18 @@ int cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset);
 #define CC_URING_UNAVAILABLE 1
 int cc_uring_exec(struct cc_piece *v, size_t n);
 int cc_uring_disabled(void);
+
+/* remote.c.  open: from the descriptor open at fd (no connection yet).  check: connect from
+ * this thread if it has no connection; -EINVAL when the remote serves something else (size or
+ * fingerprint), 0 when it matches or cannot be reached now.  pread: 0 or -EIO.  walk: split the
+ * remote DATA segment `seg` by NBD block status; DATA pieces point at a frozen file with fd -1
+ * and no remote, so callers do not split them again. */
+int cc_remote_open(const char *path, int fd, struct cc_remote **out);
+int cc_remote_check(struct cc_remote *r);
+uint64_t cc_remote_size(const struct cc_remote *r);
+int cc_remote_pread(struct cc_remote *r, void *buf, uint64_t len, uint64_t off);
+int cc_remote_walk(struct cc_remote *r, const struct cc_seg *seg, cc_seg_fn fn, void *opaque);
+void cc_remote_close(struct cc_remote *r);
 
 /* log.c */
 void cc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -187,6 +187,30 @@ open_raw(const struct link *lk, struct cc_frozen *f)
   return 0;
 }
 
+/* A remote bottom: the descriptor file is read now, the remote is reached later (remote.c). */
+static int
+open_remote(const struct link *lk, struct cc_frozen *f)
+{
+  struct stat st;
+  int fd = open(lk->path, O_RDONLY | O_CLOEXEC), r;
+
+  if (fd < 0)
+    return link_error(lk, errno, "%s", strerror(errno));
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return link_error(lk, EINVAL, "not a regular file (a remote descriptor)");
+  }
+  r = cc_remote_open(lk->path, fd, &f->remote);
+  close(fd);
+  if (r < 0)
+    return r;
+  f->fd = -1;
+  f->size = cc_remote_size(f->remote);
+  f->dev = st.st_dev;
+  f->ino = st.st_ino;
+  return 0;
+}
+
 static int
 open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
 {
@@ -280,6 +304,8 @@ frozen_release(struct cc_frozen *v, size_t n)
   for (size_t i = 0; i < n; i++) {
     if (v[i].ovl)
       ovl_close(v[i].ovl);
+    else if (v[i].remote)
+      cc_remote_close(v[i].remote);
     else if (v[i].fd >= 0)
       close(v[i].fd);
     free(v[i].path);
@@ -324,7 +350,8 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
     if ((r = check_within(lk, lk->path, root)) < 0)
       goto fail;
     /* The topmost frozen file: is its index already built? */
-    if (n == 0 && (lk->checked || lk->kind == OVL_PARENT_RAW)) {
+    if (n == 0 && (lk->checked || lk->kind == OVL_PARENT_RAW) &&
+        !(!lk->checked && lk->kind == OVL_PARENT_NBD)) {
       struct cc_index *hit;
 
       hit =
@@ -357,6 +384,8 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
     *f = (struct cc_frozen){.fd = -1};
     if (lk->kind == OVL_PARENT_RAW)
       r = open_raw(lk, f);
+    else if (lk->kind == OVL_PARENT_NBD)
+      r = open_remote(lk, f);
     else
       r = open_layer(lk, f, info);
     if (r < 0) {
@@ -466,7 +495,7 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
 
   *out = NULL;
   pthread_once(&nofile_once, raise_nofile);
-  if ((flags & CC_RAW) && (flags & CC_RDWR))
+  if ((flags & (CC_RAW | CC_REMOTE)) && (flags & CC_RDWR))
     return cc_error_set(EPERM, "open: %s: a raw image is read-only", top_path);
   if (root_dir && (root = realpath(root_dir, NULL)) == NULL)
     return cc_error_set(errno, "open: %s: %s", root_dir, strerror(errno));
@@ -517,7 +546,9 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
     if (r < 0)
       goto fail;
   } else {
-    lk->kind = (flags & CC_RAW) ? OVL_PARENT_RAW : OVL_PARENT_LAYER;
+    lk->kind = (flags & CC_RAW)      ? OVL_PARENT_RAW
+               : (flags & CC_REMOTE) ? OVL_PARENT_NBD
+                                     : OVL_PARENT_LAYER;
     lk->path = strdup(top_path);
     if (!lk->path) {
       r = cc_error_set(ENOMEM, "open: %s: out of memory", top_path);
@@ -527,6 +558,9 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
       goto fail;
     c->size = v->idx->size;
   }
+  /* A remote bottom is checked on every open: it must still serve what it was added with. */
+  if (v->idx && v->idx->layers[0].remote && (r = cc_remote_check(v->idx->layers[0].remote)) < 0)
+    goto fail;
   /* A shared index was checked against the limit in force when it was built. */
   if ((v->top ? 1 : 0) + (v->idx ? v->idx->nlayers : 0) > max_depth) {
     r = cc_error_set(ELOOP, "open: %s: chain deeper than %zu layers", top_path, max_depth);

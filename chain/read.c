@@ -104,6 +104,8 @@ plan_seg(void *opaque, const struct cc_seg *s)
   struct plan_ctx *ctx = opaque;
   char *b = ctx->buf + (s->offset - ctx->offset);
 
+  if (s->kind == CC_RUN_DATA && s->file->remote) /* a remote bottom: read it now (remote.c) */
+    return cc_remote_pread(s->file->remote, b, s->length, s->phys);
   if (s->kind == CC_RUN_DATA)
     return cc_plan_add(ctx->plan, s->file->fd, s->file->path, s->phys, b, s->length);
   memset(b, 0, s->length); /* HOLE and ZERO read as zero and need no I/O */

@@ -48,6 +48,8 @@ seg_run(void *opaque, const struct cc_seg *s)
 {
   struct cc_chain_run r = {.offset = s->offset, .length = s->length, .fd = -1};
 
+  if (s->kind == CC_RUN_DATA && s->file->remote) /* split by the remote's block status */
+    return cc_remote_walk(s->file->remote, s, seg_run, opaque);
   switch (s->kind) {
   case CC_RUN_DATA:
     r.type = 0;

@@ -46,6 +46,48 @@ cmd_pool(int argc, char **argv)
   return cli_dispatch("pool", subs, argc, argv);
 }
 
+static const char *
+kind_name(enum cc_template_kind k)
+{
+  return k == CC_TEMPLATE_RAW ? "raw" : k == CC_TEMPLATE_REMOTE ? "remote" : "layer";
+}
+
+static int
+template_add(int argc, char **argv)
+{
+  const char *uri = NULL, *pos[1];
+  int verify = 0, writable = 0;
+  const struct cli_opt opts[] = {{"--uri", 1, &uri, NULL},
+                                 {"--verify", 0, NULL, &verify},
+                                 {"--allow-writable", 0, NULL, &writable},
+                                 {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "template add",
+      "NAME --uri NBD-URI [--verify] [--allow-writable]",
+      "Make the NBD export NBD-URI of another server template NAME, without copying it:\n"
+      "nbd://HOST[:PORT]/EXPORT, nbds://... (TLS), nbd+unix:///EXPORT?socket=/ABS/PATH; TLS-PSK\n"
+      "as nbdinfo takes it, in the query: ?tls-psk-file=/ABS/FILE&tls-username=USER.\n"
+      "Records the URI, the size and a fingerprint of sampled blocks, which every open checks;\n"
+      "--verify also hashes the whole content once.  A writable export is refused (it could\n"
+      "change under the clones) unless --allow-writable.  `template delete` removes only the\n"
+      "record, never anything on the remote.",
+      1,
+      1,
+      opts};
+  struct cc_pool *p;
+  int npos, r;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (uri == NULL)
+    return usage_error("template add", "--uri NBD-URI is required");
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_add(p, pos[0], uri,
+                      (verify ? CC_PROBE_VERIFY : 0) | (writable ? CC_PROBE_ALLOW_WRITABLE : 0));
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
 static int
 template_import(int argc, char **argv)
 {
@@ -178,7 +220,7 @@ template_list(int argc, char **argv)
       printf("%s\n  {\"name\": ", i ? "," : "");
       json_string(stdout, t[i].name);
       printf(", \"kind\": \"%s\", \"size\": %" PRIu64 ", \"created\": \"%s\", \"layer\": ",
-             t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer", t[i].size, when);
+             kind_name(t[i].kind), t[i].size, when);
       if (t[i].kind == CC_TEMPLATE_LAYER)
         json_string(stdout, t[i].layer);
       else
@@ -192,8 +234,7 @@ template_list(int argc, char **argv)
       char size[32], when[40];
       human_size(t[i].size, size, sizeof size);
       cc_time_format(t[i].created, CC_TIME_TABLE, when, sizeof when);
-      printf("%-24s %-6s %12s  %s\n", t[i].name, t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer",
-             size, when);
+      printf("%-24s %-6s %12s  %s\n", t[i].name, kind_name(t[i].kind), size, when);
     }
   }
   free(t);
@@ -204,8 +245,13 @@ int
 cmd_template(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-      {"import", template_import}, {"create", template_create}, {"promote", template_promote},
-      {"list", template_list},     {"delete", template_delete}, {NULL, NULL},
+      {"add", template_add},
+      {"import", template_import},
+      {"create", template_create},
+      {"promote", template_promote},
+      {"list", template_list},
+      {"delete", template_delete},
+      {NULL, NULL},
   };
 
   return cli_dispatch("template", subs, argc, argv);

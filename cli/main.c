@@ -31,6 +31,7 @@ usage(FILE *f)
              "\n"
              "  pool init\n"
              "  template import NAME FILE [--format raw|qcow2|vmdk|vdi|vhdx]\n"
+             "  template add NAME --uri NBD-URI [--verify] [--allow-writable]\n"
              "  template create NAME --size SIZE\n"
              "  template promote CLONE NAME\n"
              "  template list [--json] | template delete NAME\n"

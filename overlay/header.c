@@ -172,6 +172,7 @@ ovl_header_validate(const char *path, const struct ovl_header *h)
     break;
   case OVL_PARENT_LAYER:
   case OVL_PARENT_RAW:
+  case OVL_PARENT_NBD:
     if (h->parent_path_length == 0 || h->parent_path_length > OVL_MAX_PARENT_PATH)
       return cc_error_set(EUCLEAN, "open: %s: bad parent path length %" PRIu32 " (must be 1 to %u)",
                           path, h->parent_path_length, OVL_MAX_PARENT_PATH);

@@ -49,6 +49,7 @@ enum ovl_parent_kind {
   OVL_PARENT_NONE = 0,  /* unallocated reads as zero */
   OVL_PARENT_LAYER = 1, /* another layer file, checked by uuid and size */
   OVL_PARENT_RAW = 2,   /* a raw image, checked by size */
+  OVL_PARENT_NBD = 3,   /* a remote descriptor file naming an NBD export, checked by size */
 };
 
 struct ovl_parent {

@@ -176,6 +176,15 @@ check_chain(struct checker *k, const char *uuid, const char *what)
       else if ((uint64_t)st.st_size != n->parent_size)
         say(k, 2, "%s: layer %s: image images/%s.raw changed size", what, n->uuid, n->parent_image);
       return;
+    case OVL_PARENT_NBD: {
+      /* The remote itself is checked by every open (size, fingerprint); here its descriptor. */
+      struct cc_remote_desc d;
+      if (cc_template_remote_desc(k->p, n->parent_image, &d) < 0)
+        say(k, 2, "%s: layer %s: %s", what, n->uuid, cc_error_get());
+      else if (d.size != n->parent_size)
+        say(k, 2, "%s: layer %s: remote template %s changed size", what, n->uuid, n->parent_image);
+      return;
+    }
     default:
       return;
     }
@@ -194,6 +203,16 @@ check_template(struct checker *k, const struct cc_template *t)
     check_chain(k, t->layer, what);
     if (n && !n->bad && n->virtual_size != t->size)
       say(k, 2, "%s: layer size %llu, record says %llu", what, (unsigned long long)n->virtual_size,
+          (unsigned long long)t->size);
+    return;
+  }
+  if (t->kind == CC_TEMPLATE_REMOTE) {
+    /* The descriptor; the remote itself is checked (size, fingerprint) by every open. */
+    struct cc_remote_desc d;
+    if (cc_template_remote_desc(k->p, t->name, &d) < 0)
+      say(k, 2, "%s: %s", what, cc_error_get());
+    else if (d.size != t->size)
+      say(k, 2, "%s: descriptor size %llu, record says %llu", what, (unsigned long long)d.size,
           (unsigned long long)t->size);
     return;
   }

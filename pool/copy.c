@@ -190,6 +190,45 @@ sink_partial(struct sink *s, uint64_t off, uint64_t *end)
   return 0;
 }
 
+/* A data run with no file behind it (a remote template's bottom): read through the chain,
+ * write what was read. */
+static int
+sink_read(struct sink *s, const struct cc_chain_run *run)
+{
+  uint64_t a = run->offset, z = run->offset + run->length;
+  char *buf;
+  int r = 0;
+
+  if (s->layer && a < s->done_to)
+    a = s->done_to;
+  if (a >= z)
+    return 0;
+  if ((buf = malloc(COPY_CHUNK)) == NULL)
+    return cc_error_set(ENOMEM, "copy: out of memory");
+  while (a < z && r == 0) {
+    uint64_t n = z - a < COPY_CHUNK ? z - a : COPY_CHUNK;
+
+    if ((r = cc_chain_pread(s->c, buf, n, a)) < 0)
+      break;
+    if (s->layer) {
+      r = ovl_pwrite(s->layer, buf, n, a, 0, NULL, NULL);
+      s->done_to = a + n;
+    } else {
+      for (uint64_t o = 0; o < n && r == 0;) {
+        ssize_t w = pwrite(s->fd, buf + o, n - o, (off_t)(a + o));
+        if (w < 0 && errno != EINTR)
+          r = cc_error_set(errno, "copy: %s: %s", s->name, strerror(errno));
+        else if (w > 0)
+          o += (uint64_t)w;
+      }
+    }
+    a += n;
+    report(s->progress, s->opaque, a, s->size, &s->last);
+  }
+  free(buf);
+  return r < 0 ? r : 0;
+}
+
 /* One run of the source: data goes file to file, zeroes and holes stay unallocated (a layer
  * without parent, or a sparse file, reads them as zero). */
 static int
@@ -201,6 +240,8 @@ sink_run(void *opaque, const struct cc_chain_run *run)
 
   if (run->type & CC_EXTENT_ZERO)
     return 0;
+  if (run->fd < 0)
+    return sink_read(s, run);
   if (s->layer == NULL) {
     while (a < z) {
       uint64_t n = z - a < COPY_STEP ? z - a : COPY_STEP;

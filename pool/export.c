@@ -58,7 +58,10 @@ cc_pool_list_exports(struct cc_pool *p, struct cc_export_info **out, size_t *n)
     list[k].size = tmpls[i].size;
     snprintf(list[k].description, sizeof list[k].description,
              "template (%s), created %s, read-only",
-             tmpls[i].kind == CC_TEMPLATE_RAW ? "raw image" : "layer", when);
+             tmpls[i].kind == CC_TEMPLATE_RAW      ? "raw image"
+             : tmpls[i].kind == CC_TEMPLATE_REMOTE ? "remote NBD export"
+                                                   : "layer",
+             when);
   }
   for (i = 0; i < nc; i++) {
     const struct cc_clone *c = &clones[i];
@@ -103,6 +106,8 @@ target_path(struct cc_pool *p, const struct pool_target *t, char *path, size_t p
 {
   if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_RAW)
     return pool_image_path(p, t->tmpl.name, path, pathlen);
+  if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_REMOTE)
+    return pool_remote_path(p, t->tmpl.name, path, pathlen);
   return pool_layer_path(p, t->layer, path, pathlen);
 }
 
@@ -138,6 +143,8 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
   /* A raw image is never probed for a header: its first bytes are guest data. */
   if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_RAW)
     flags |= CC_RAW;
+  if (t->kind == CC_EXPORT_TEMPLATE && t->tmpl.kind == CC_TEMPLATE_REMOTE)
+    flags |= CC_REMOTE;
   /* Confined to the pool: a layer whose parent link leaves it is refused (POOL.md 2). */
   cc_error_clear();
   r = cc_chain_open_within(path, flags, p->dir, out);

@@ -85,6 +85,13 @@ int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid
 int pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
                     struct ovl_layer **held, char newtop[CC_UUID_STR]);
 
+/* remote.c: images/NAME.nbd; the parent link of a layer on a remote template; unlink the
+ * descriptor of a deleted remote template (best effort: check reports a leftover). */
+int pool_remote_path(const struct cc_pool *p, const char *name, char *buf, size_t len);
+int pool_parent_of_remote(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
+                          char *pathbuf, size_t pathlen);
+void pool_remote_forget(struct cc_pool *p, const char *name);
+
 /* The parent link for a new layer on top of template / layer `uuid`. */
 int pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
                             char *pathbuf, size_t pathlen);

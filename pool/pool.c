@@ -594,6 +594,8 @@ pool_parent_of_template(struct cc_pool *p, const struct cc_template *t, struct o
 
   if (t->kind == CC_TEMPLATE_LAYER)
     return pool_parent_of_layer(p, t->layer, par, pathbuf, pathlen);
+  if (t->kind == CC_TEMPLATE_REMOTE)
+    return pool_parent_of_remote(p, t, par, pathbuf, pathlen);
   if ((r = pool_image_path(p, t->name, path, sizeof path)) < 0)
     return r;
   if (stat(path, &st) == -1)

@@ -5,6 +5,7 @@
  *
  *   POOL/cowchain-pool       marker: the line "cowchain-pool 1" [+ "group NAME"]
  *   POOL/images/NAME.raw     raw template images, read-only (0400/0440), never opened for writing
+ *   POOL/images/NAME.nbd     remote template descriptors (URI, size, fingerprint), read-only
  *   POOL/layers/UUID.cow     every layer file, named by its uuid (parent links stay valid
  *                            because all layers share one directory)
  *   POOL/templates/NAME      template record (text, see POOL.md)
@@ -102,7 +103,9 @@ int cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly
 #define CC_UUID_STR 37
 #define CC_DESC_MAX 1024
 
-enum cc_template_kind { CC_TEMPLATE_RAW, CC_TEMPLATE_LAYER };
+/* REMOTE: an NBD export of another server, named by the remote descriptor images/NAME.nbd
+ * (FORMAT.md section 11, POOL.md section 3.1). */
+enum cc_template_kind { CC_TEMPLATE_RAW, CC_TEMPLATE_LAYER, CC_TEMPLATE_REMOTE };
 
 struct cc_template {
   char name[CC_NAME_MAX + 1];
@@ -147,6 +150,12 @@ void cc_clone_list_free(struct cc_clone *list, size_t n);
  * Long operations report progress through `progress` (may be NULL), at most every few MiB.
  */
 typedef void (*cc_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/* template add (pool/remote.c): the read-only NBD export `uri` becomes template `name`.  flags:
+ * CC_PROBE_VERIFY (hash the whole content too), CC_PROBE_ALLOW_WRITABLE. */
+int cc_template_add(struct cc_pool *p, const char *name, const char *uri, unsigned flags);
+/* The descriptor of remote template `name`. */
+int cc_template_remote_desc(struct cc_pool *p, const char *name, struct cc_remote_desc *out);
 
 /* format: NULL or "raw" copies sparsely; qcow2, vmdk, vdi, vhdx convert with qemu-img after an
  * inspection that refuses images naming other files (backing files, data files, VMDK extents,

@@ -63,10 +63,11 @@ pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_STR]
     }
     return 0;
   }
-  if (parent_kind == OVL_PARENT_RAW) {
-    /* "../images/NAME.raw"; "../images/../../etc/x.raw" has the right frame, so the name inside
-     * must be a name. */
-    if (strncmp(link, "../images/", 10) != 0 || len <= 14 || strcmp(link + len - 4, ".raw") != 0 ||
+  if (parent_kind == OVL_PARENT_RAW || parent_kind == OVL_PARENT_NBD) {
+    /* "../images/NAME.raw" (or NAME.nbd, a remote descriptor); "../images/../../etc/x.raw" has
+     * the right frame, so the name inside must be a name. */
+    if (strncmp(link, "../images/", 10) != 0 || len <= 14 ||
+        strcmp(link + len - 4, parent_kind == OVL_PARENT_RAW ? ".raw" : ".nbd") != 0 ||
         len - 14 > CC_NAME_MAX)
       return -EINVAL;
     memcpy(image, link + 10, len - 14);
@@ -205,6 +206,8 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
         t->kind = CC_TEMPLATE_RAW;
       else if (strcmp(val, "layer") == 0)
         t->kind = CC_TEMPLATE_LAYER;
+      else if (strcmp(val, "remote") == 0)
+        t->kind = CC_TEMPLATE_REMOTE;
       else
         goto bad;
       have_kind = 1;
@@ -213,7 +216,7 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
         goto bad;
       strcpy(t->layer, val);
     } else if (strcmp(key, "image") == 0) {
-      /* informational: the image of a raw template is always images/NAME.raw */
+      /* informational: images/NAME.raw (raw) or images/NAME.nbd (remote), always */
     } else if (strcmp(key, "created") == 0) {
       if (cc_time_parse(val, &t->created) < 0)
         goto bad;
@@ -255,6 +258,11 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
   if (t->kind == CC_TEMPLATE_RAW)
     snprintf(buf, sizeof buf,
              "cowchain-template 1\nkind raw\nimage images/%s.raw\n"
+             "created %s\nsize %" PRIu64 "\n",
+             t->name, when, t->size);
+  else if (t->kind == CC_TEMPLATE_REMOTE)
+    snprintf(buf, sizeof buf,
+             "cowchain-template 1\nkind remote\nimage images/%s.nbd\n"
              "created %s\nsize %" PRIu64 "\n",
              t->name, when, t->size);
   else

@@ -327,7 +327,7 @@ chain_reaches(struct pool_graph *g, const char *uuid, const char *target, const 
   while (n && steps++ <= g->n) {
     if (target && strcmp(n->uuid, target) == 0)
       return 1;
-    if (n->parent_kind == OVL_PARENT_RAW)
+    if (n->parent_kind == OVL_PARENT_RAW || n->parent_kind == OVL_PARENT_NBD)
       return image && strcmp(n->parent_image, image) == 0;
     if (n->parent_kind != OVL_PARENT_LAYER)
       return 0;
@@ -371,7 +371,7 @@ cc_template_delete(struct cc_pool *p, const char *name)
   if ((r = pool_graph_require_sound(&g, "template delete")) < 0)
     goto out;
   target = t.kind == CC_TEMPLATE_LAYER ? t.layer : NULL;
-  image = t.kind == CC_TEMPLATE_RAW ? t.name : NULL;
+  image = t.kind != CC_TEMPLATE_LAYER ? t.name : NULL;
   for (i = 0; i < g.ntmpls; i++) {
     if (strcmp(g.tmpls[i].name, name) == 0 || g.tmpls[i].kind != CC_TEMPLATE_LAYER)
       continue;
@@ -395,6 +395,8 @@ cc_template_delete(struct cc_pool *p, const char *name)
   /* The record is gone: the template is deleted.  Its image or layer is now garbage; a crash
    * before it is unlinked leaves a leak that check --repair removes. */
   pool_collect_garbage(p, &g);
+  if (t.kind == CC_TEMPLATE_REMOTE)
+    pool_remote_forget(p, name); /* only the descriptor: the remote export is not ours */
 out:
   pool_graph_free(&g);
 unlock:

@@ -119,6 +119,16 @@ cowchain_config(const char *key, const char *value)
       nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
       return -1;
     }
+  } else if (strcmp(key, "remote-timeout") == 0) {
+    unsigned secs;
+
+    if (nbdkit_parse_unsigned("remote-timeout", value, &secs) == -1)
+      return -1;
+    if (secs == 0 || secs > 3600) {
+      nbdkit_error("remote-timeout=%s: give 1 to 3600 seconds", value);
+      return -1;
+    }
+    cc_remote_set_timeout(secs * 1000);
   } else if (strcmp(key, "control") == 0) {
     if (control_config(value) < 0)
       return -1;
@@ -139,7 +149,7 @@ cowchain_config(const char *key, const char *value)
     }
   } else {
     nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
-                 "default=NAME and control=on|off",
+                 "default=NAME, control=on|off and remote-timeout=SECS",
                  key);
     return -1;
   }
@@ -161,7 +171,8 @@ cowchain_config_complete(void)
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
   "io=sync|uring         How reads reach the layers (default: sync).\n"                            \
   "default=NAME          Export served to clients that ask for the empty name.\n"                  \
-  "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
+  "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on).\n"              \
+  "remote-timeout=SECS   A remote template's request fails with EIO after SECS (default: 30)."
 
 static void
 cowchain_dump_plugin(void)

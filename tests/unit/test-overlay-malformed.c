@@ -490,8 +490,9 @@ Test(overlay_malformed, parent_kind_invalid)
 {
   char *dir = otu_tmpdir();
   char *p = mk_parent(dir, "l.cow");
-  otu_patch_header32(p, OTU_H_PARENT_KIND, 3);
-  expect_refused(p, OVL_RDONLY, "parent_kind 3", "parent_kind", "parent kind", NULL);
+  otu_patch_header32(p, OTU_H_PARENT_KIND, 4);
+  expect_refused(p, OVL_RDONLY, "parent_kind 4 (3 is a remote descriptor)", "parent_kind",
+                 "parent kind", NULL);
   otu_patch_header32(p, OTU_H_PARENT_KIND, 0x80000001u);
   expect_refused(p, OVL_RDONLY, "parent_kind huge", "parent_kind", "parent kind", NULL);
   free(p);
