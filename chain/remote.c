@@ -308,8 +308,9 @@ out:
 int
 cc_remote_desc_format(const struct cc_remote_desc *d, char *buf, size_t len)
 {
-  int n = snprintf(buf, len, "cowchain-remote 1\nname %s\nuri %s\nsize %" PRIu64 "\nfingerprint %s\n",
-                   d->name, d->uri, d->size, d->fingerprint);
+  int n =
+      snprintf(buf, len, "cowchain-remote 1\nname %s\nuri %s\nsize %" PRIu64 "\nfingerprint %s\n",
+               d->name, d->uri, d->size, d->fingerprint);
 
   if (n >= 0 && (size_t)n < len && d->content[0])
     n += snprintf(buf + n, len - (size_t)n, "content %s\n", d->content);
@@ -392,7 +393,8 @@ connect_checked(struct cc_remote *r, int *why, char *err, size_t errlen)
     return NULL;
   size = nbd_get_size(h);
   if (size < 0 || sampled_fingerprint(h, (uint64_t)size, fp, sizeof fp) == -1) {
-    snprintf(err, errlen, "%s", timed_out ? "no answer to the fingerprint's reads" : nbd_get_error());
+    snprintf(err, errlen, "%s",
+             timed_out ? "no answer to the fingerprint's reads" : nbd_get_error());
     goto fail;
   }
   *why = ST_MISMATCH;
@@ -681,8 +683,11 @@ cc_remote_walk(struct cc_remote *r, const struct cc_seg *seg, cc_seg_fn fn, void
       rc = fn(opaque, &w.v[i]);
     if (rc == 0 && (all_data || w.pos == before)) {
       /* No answer for the rest (or no block status at all): take it as data. */
-      struct cc_seg s = {.offset = w.pos, .length = w.end - w.pos, .kind = CC_RUN_DATA,
-                         .phys = w.pos, .file = &r->as_data};
+      struct cc_seg s = {.offset = w.pos,
+                         .length = w.end - w.pos,
+                         .kind = CC_RUN_DATA,
+                         .phys = w.pos,
+                         .file = &r->as_data};
       rc = fn(opaque, &s);
       w.pos = w.end;
     }

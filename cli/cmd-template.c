@@ -66,7 +66,7 @@ template_add(int argc, char **argv)
       "NAME --uri NBD-URI [--verify] [--allow-writable]",
       "Make the NBD export NBD-URI of another server template NAME, without copying it:\n"
       "nbd://HOST[:PORT]/EXPORT, nbds://... (TLS), nbd+unix:///EXPORT?socket=/ABS/PATH; TLS-PSK\n"
-      "as nbdinfo takes it, in the query: ?tls-psk-file=/ABS/FILE&tls-username=USER.\n"
+      "as nbdinfo takes it: nbds+unix://USER@/?socket=/ABS/SOCK&tls-psk-file=/ABS/FILE.\n"
       "Records the URI, the size and a fingerprint of sampled blocks, which every open checks;\n"
       "--verify also hashes the whole content once.  A writable export is refused (it could\n"
       "change under the clones) unless --allow-writable.  `template delete` removes only the\n"

@@ -32,7 +32,7 @@ pool_remote_path(const struct cc_pool *p, const char *name, char *buf, size_t le
 }
 
 /* nbd://, nbds://, nbd+unix://, nbds+unix:// (libnbd's URI forms; TLS-PSK in the query as
- * nbdinfo takes it: ?tls-psk-file=FILE&tls-username=USER).  Files the URI names must be
+ * nbdinfo takes it: nbds://USER@HOST/EXPORT?tls-psk-file=FILE).  Files the URI names must be
  * absolute: the server reads them after nbdkit's chdir("/"). */
 static int
 check_uri(const char *name, const char *uri)
