@@ -129,6 +129,9 @@ int cc_remote_desc_parse(const char *path, const char *text, struct cc_remote_de
 /* How long one remote request may take before it fails with EIO and its connection is dropped
  * (default, and ms == 0: 30 s). */
 void cc_remote_set_timeout(unsigned ms);
+/* Cache remote templates' blocks in the directory `dir` (absolute), at most max_bytes of data
+ * per template (remote-cache.c).  Applies to remote templates opened afterwards; NULL: none. */
+void cc_remote_set_cache(const char *dir, uint64_t max_bytes);
 
 /* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
  * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin

@@ -202,6 +202,21 @@ int cc_remote_pread(struct cc_remote *r, void *buf, uint64_t len, uint64_t off);
 int cc_remote_walk(struct cc_remote *r, const struct cc_seg *seg, cc_seg_fn fn, void *opaque);
 void cc_remote_close(struct cc_remote *r);
 
+/* remote-cache.c: the local read cache of a remote template (template-cache=DIR).  open: *out
+ * NULL (and 0) when the cache cannot be used, which is logged, not an error.  read: through
+ * the cache; missing blocks come from fetch(opaque, buf, len, off). */
+struct cc_rcache;
+typedef int (*cc_fetch_fn)(void *opaque, void *buf, uint64_t len, uint64_t off);
+int cc_rcache_open(const char *dir, const char *fingerprint, uint64_t size, uint64_t max_bytes,
+                   struct cc_rcache **out);
+int cc_rcache_read(struct cc_rcache *c, void *buf, uint64_t len, uint64_t off, cc_fetch_fn fetch,
+                   void *opaque);
+void cc_rcache_close(struct cc_rcache *c);
+/* Extents of `seg` from what the cache knows (DATA or ZERO per block), when the remote cannot
+ * answer; *covered 0 (nothing emitted) unless every block of seg is known.  Returns fn's. */
+int cc_rcache_walk(struct cc_rcache *c, const struct cc_seg *seg, const struct cc_frozen *data,
+                   cc_seg_fn fn, void *opaque, int *covered);
+
 /* log.c */
 void cc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

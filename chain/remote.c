@@ -63,6 +63,16 @@
  * never answers (a server shutting down, a hung host) must not hold a worker forever. */
 static _Atomic int request_timeout_ms = 30000;
 
+static const char *cache_dir;
+static uint64_t cache_max;
+
+void
+cc_remote_set_cache(const char *dir, uint64_t max_bytes)
+{
+  cache_dir = dir;
+  cache_max = max_bytes;
+}
+
 void
 cc_remote_set_timeout(unsigned ms)
 {
@@ -88,6 +98,7 @@ struct cc_remote {
   _Atomic int state;
   _Atomic int64_t next_try_ns;
   _Atomic int backoff_ms;
+  struct cc_rcache *cache; /* NULL: none */
 };
 
 /* Every per-thread connection, so a thread's key destructor can tell whether its connection
@@ -547,9 +558,20 @@ request_failed(struct cc_remote *r, struct conn *c, const char *call, uint64_t o
   return cc_error_set(EIO, "%s: %s: offset %" PRIu64 ": %s", call, r->display, off, err);
 }
 
+static int remote_pread(void *opaque, void *buf, uint64_t len, uint64_t off);
+
 int
 cc_remote_pread(struct cc_remote *r, void *buf, uint64_t len, uint64_t off)
 {
+  if (r->cache)
+    return cc_rcache_read(r->cache, buf, len, off, remote_pread, r);
+  return remote_pread(r, buf, len, off);
+}
+
+static int
+remote_pread(void *opaque, void *buf, uint64_t len, uint64_t off)
+{
+  struct cc_remote *r = opaque;
   struct conn *c = get_conn(r);
   int rc = 0, tried = 0;
 
@@ -677,8 +699,16 @@ cc_remote_walk(struct cc_remote *r, const struct cc_seg *seg, cc_seg_fn fn, void
     int all_data = 0;
 
     w.n = 0;
-    if ((rc = status_once(r, &w, &all_data)) < 0)
+    if ((rc = status_once(r, &w, &all_data)) < 0) {
+      /* The remote cannot answer: what the cache knows may (then the error is forgotten). */
+      struct cc_seg rest = {.offset = w.pos, .length = w.end - w.pos, .kind = CC_RUN_DATA};
+      int covered = 0, fr = 0;
+      if (r->cache && w.n == 0)
+        fr = cc_rcache_walk(r->cache, &rest, &r->as_data, fn, opaque, &covered);
+      if (covered)
+        rc = fr, w.pos = w.end;
       break;
+    }
     for (size_t i = 0; i < w.n && rc == 0; i++)
       rc = fn(opaque, &w.v[i]);
     if (rc == 0 && (all_data || w.pos == before)) {
@@ -728,6 +758,11 @@ cc_remote_open(const char *path, int fd, struct cc_remote **out)
   atomic_init(&r->state, ST_NEW);
   atomic_init(&r->next_try_ns, 0);
   atomic_init(&r->backoff_ms, BACKOFF_MIN_MS);
+  if (cache_dir &&
+      (rc = cc_rcache_open(cache_dir, r->d.fingerprint, r->d.size, cache_max, &r->cache)) < 0) {
+    cc_remote_close(r);
+    return rc;
+  }
   *out = r;
   return 0;
 }
@@ -776,6 +811,7 @@ cc_remote_close(struct cc_remote *r)
   }
   pthread_mutex_unlock(&conns_lock);
   drop_handle(&r->shared);
+  cc_rcache_close(r->cache);
   pthread_mutex_destroy(&r->shared_lock);
   free(r);
 }

@@ -61,6 +61,8 @@ static char *pool_dir; /* pool=, absolute */
  * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
 static unsigned io_flags = CC_IO_SYNC;
 static char *default_name; /* default=, or NULL: the empty export name is refused */
+static char *cache_dir;    /* template-cache=, absolute, or NULL */
+static uint64_t cache_size = 1024ull << 20; /* template-cache-size= */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
@@ -99,6 +101,7 @@ cowchain_unload(void)
   exports_shutdown(); /* closes the pool too */
   free(pool_dir);
   free(default_name);
+  free(cache_dir);
 }
 
 static int
@@ -129,6 +132,23 @@ cowchain_config(const char *key, const char *value)
       return -1;
     }
     cc_remote_set_timeout(secs * 1000);
+  } else if (strcmp(key, "template-cache") == 0) {
+    free(cache_dir);
+    if ((cache_dir = nbdkit_realpath(value)) == NULL)
+      return -1;
+    cc_remote_set_cache(cache_dir, cache_size);
+  } else if (strcmp(key, "template-cache-size") == 0) {
+    int64_t n = nbdkit_parse_size(value);
+
+    if (n < 0)
+      return -1;
+    if (n < 65536) {
+      nbdkit_error("template-cache-size=%s: at least 64K", value);
+      return -1;
+    }
+    cache_size = (uint64_t)n;
+    if (cache_dir)
+      cc_remote_set_cache(cache_dir, cache_size);
   } else if (strcmp(key, "control") == 0) {
     if (control_config(value) < 0)
       return -1;
@@ -149,7 +169,8 @@ cowchain_config(const char *key, const char *value)
     }
   } else {
     nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
-                 "default=NAME, control=on|off and remote-timeout=SECS",
+                 "default=NAME, control=on|off, remote-timeout=SECS, template-cache=DIR and "
+                 "template-cache-size=SIZE",
                  key);
     return -1;
   }
@@ -172,7 +193,9 @@ cowchain_config_complete(void)
   "io=sync|uring         How reads reach the layers (default: sync).\n"                            \
   "default=NAME          Export served to clients that ask for the empty name.\n"                  \
   "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on).\n"              \
-  "remote-timeout=SECS   A remote template's request fails with EIO after SECS (default: 30)."
+  "remote-timeout=SECS   A remote template's request fails with EIO after SECS (default: 30).\n"   \
+  "template-cache=DIR    Cache remote templates' blocks in DIR (kept across restarts).\n"          \
+  "template-cache-size=SIZE  At most SIZE of data per remote template (default: 1G)."
 
 static void
 cowchain_dump_plugin(void)
