@@ -7,11 +7,13 @@
 # The remote engine is `nbdkit -r file` with the delay filter (1 ms per read by default) on a
 # unix socket.  Three peers read the same bytes, measured in the same run:
 #   cc-remote   a cowchain clone of that export (template add --uri), nothing written
+#   cc-warm     the same clone on a second server with template-cache=DIR, read once in full
+#               before measuring (the warm cache)
 #   cc-local    a cowchain clone of the same image imported locally (the ceiling)
 #   qemu-nbd    qemu-nbd serving a qcow2 overlay whose backing file is the same NBD export
 # Workloads (fio, nbd engine, one connection): 4 KiB random reads (iodepth 32) and 1 MiB
-# sequential reads (iodepth 8).  There is no cache in front of the remote in either peer, so
-# every run is "cold" as far as the remote is concerned (the local image is in the page cache).
+# sequential reads (iodepth 8).  cc-remote and qemu-nbd have no cache in front of the remote:
+# every read of template data is a cold remote read (the local image is in the page cache).
 # Prints one line per measurement and the ratios; the numbers go into docs/BENCHMARKS.md by hand.
 set -euo pipefail
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH
@@ -68,6 +70,13 @@ timeout 900 nbdkit -f -U "$W/cc.sock" -P "$W/cc.pid" "$BUILD/server/nbdkit-cowch
   pool="$W/pool" 2>"$W/cc.log" &
 PIDS+=("$(wait_pidfile "$W/cc.pid")")
 
+mkdir "$W/cache"
+timeout 900 nbdkit -f -U "$W/warm.sock" -P "$W/warm.pid" "$BUILD/server/nbdkit-cowchain-plugin.so" \
+  pool="$W/pool" template-cache="$W/cache" template-cache-size=2G 2>"$W/warm.log" &
+PIDS+=("$(wait_pidfile "$W/warm.pid")")
+log "warming the cache (reading the clone once)"
+qemu-io -f raw -c "read 0 $SIZE" "nbd+unix:///vmr?socket=$W/warm.sock" >/dev/null
+
 qemu-img create -q -f qcow2 -F raw -b "$RURI" "$W/overlay.qcow2"
 timeout 900 qemu-nbd -t -f qcow2 -k "$W/qemu.sock" --pid-file="$W/qemu.pid" -e 4 \
   "$W/overlay.qcow2" 2>"$W/qemu.log" &
@@ -77,12 +86,13 @@ for i in $(seq 100); do [ -S "$W/qemu.sock" ] && break; sleep 0.1; done
 
 declare -A URI=([cc-remote]="nbd+unix:///vmr?socket=$W/cc.sock"
   [cc-local]="nbd+unix:///vml?socket=$W/cc.sock"
+  [cc-warm]="nbd+unix:///vmr?socket=$W/warm.sock"
   [qemu-nbd]="nbd+unix:///?socket=$W/qemu.sock")
 declare -A WL=([randread-4k]="--rw=randread --bs=4k --iodepth=32"
   [seqread-1m]="--rw=read --bs=1M --iodepth=8")
 declare -A R
 for wl in randread-4k seqread-1m; do
-  for peer in cc-local cc-remote qemu-nbd; do
+  for peer in cc-local cc-warm cc-remote qemu-nbd; do
     # shellcheck disable=SC2086
     timeout $((RUNTIME * 4 + 60)) fio --ioengine=nbd --randrepeat=1 --norandommap \
       --output-format=json --output="$W/$peer-$wl.json" --name=m --uri="${URI[$peer]}" \
@@ -94,6 +104,6 @@ for wl in randread-4k seqread-1m; do
 done
 for wl in randread-4k seqread-1m; do
   awk -v wl=$wl -v r="${R[cc-remote,$wl]}" -v l="${R[cc-local,$wl]}" -v q="${R[qemu-nbd,$wl]}" \
-    'BEGIN { printf "%-12s cc-remote/cc-local %.3f   cc-remote/qemu-nbd %.2f\n", wl, r / l, r / q }'
+    -v w="${R[cc-warm,$wl]}" 'BEGIN { printf "%-12s cc-warm/cc-local %.3f   cc-remote/cc-local %.3f   cc-remote/qemu-nbd %.2f\n", wl, w / l, r / l, r / q }'
 done
 echo "machine: $(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), delay ${DELAY} ms/read, runtime ${RUNTIME} s, template $SIZE"

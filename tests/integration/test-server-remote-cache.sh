@@ -68,8 +68,8 @@ qemu-img compare -f raw -F raw "$(uri vm1)" "$WORK/base.raw" ||
 say "a corrupt cache block is dropped, never served"
 stop_server "$SERVER_PID"
 # Block 32 (2 MiB, 0x22 data) lives at data_off + 32 * 64 KiB; data_off is the table rounded up
-# to 64 KiB: 4096 + 1024 entries * 16 = 20480 -> 65536.
-printf '\x99\x99\x99\x99' | dd of="$f" bs=1 seek=$((65536 + 32 * 65536 + 100)) conv=notrunc status=none
+# to 64 KiB: 4096 + 1024 entries * 80 = 86016 -> 131072.
+printf '\x99\x99\x99\x99' | dd of="$f" bs=1 seek=$((131072 + 32 * 65536 + 100)) conv=notrunc status=none
 start_server -v -- template-cache="$WORK/cache" template-cache-size=64M
 [ "$(one_read 2097152)" = "err EIO" ] || fail "a corrupt cache block was served with the remote gone"
 log_has "block 32 fails its check: dropped"
