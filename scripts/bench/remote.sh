@@ -36,7 +36,7 @@ cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
-  rm -rf "$W"
+  [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
 log() { echo "bench-remote: $*" >&2; }
@@ -76,6 +76,7 @@ timeout 900 nbdkit -f -U "$W/warm.sock" -P "$W/warm.pid" "$BUILD/server/nbdkit-c
 PIDS+=("$(wait_pidfile "$W/warm.pid")")
 log "warming the cache (reading the clone once)"
 qemu-io -f raw -c "read 0 $SIZE" "nbd+unix:///vmr?socket=$W/warm.sock" >/dev/null
+log "cache: $(du -h "$W"/cache/*.rcache | cut -f1) on disk"
 
 qemu-img create -q -f qcow2 -F raw -b "$RURI" "$W/overlay.qcow2"
 timeout 900 qemu-nbd -t -f qcow2 -k "$W/qemu.sock" --pid-file="$W/qemu.pid" -e 4 \
