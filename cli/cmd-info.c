@@ -28,7 +28,8 @@ print_layer_text(const struct cc_layer_info *l, const char *name)
   cc_time_format(l->created, CC_TIME_TABLE, when, sizeof when);
   printf("image: %s\n", name);
   printf("file: %s\n", l->file);
-  printf("file format: %s\n", l->raw ? "raw" : "cowchain");
+  printf("file format: %s\n",
+         l->raw ? (strstr(l->file, ".nbd") ? "nbd (remote)" : "raw") : "cowchain");
   printf("virtual size: %s (%" PRIu64 " bytes)\n", vs, l->virtual_size);
   printf("disk size: %s\n", ds);
   printf("allocated: %s (%" PRIu64 " bytes)\n", as, l->allocated_bytes);
@@ -58,8 +59,8 @@ print_layer_json(const struct cc_layer_info *l, const char *name, const char *in
   json_string(stdout, l->file);
   printf(", \"format\": \"%s\", \"virtual-size\": %" PRIu64 ", \"actual-size\": %" PRIu64
          ", \"allocated-size\": %" PRIu64 ", \"zero-size\": %" PRIu64,
-         l->raw ? "raw" : "cowchain", l->virtual_size, l->disk_bytes, l->allocated_bytes,
-         l->zero_bytes);
+         l->raw ? (strstr(l->file, ".nbd") ? "nbd" : "raw") : "cowchain", l->virtual_size,
+         l->disk_bytes, l->allocated_bytes, l->zero_bytes);
   if (l->raw) {
     printf(", \"cluster-size\": null, \"uuid\": null, \"created\": null, "
            "\"backing-filename\": null, \"dirty\": false");

@@ -71,6 +71,20 @@ raw_entry(struct cc_pool *p, const char *name, struct cc_layer_info *li)
   struct stat st;
   int fd, r;
 
+  if ((r = pool_remote_path(p, name, path, sizeof path)) < 0)
+    return r;
+  if (access(path, F_OK) == 0) {
+    /* A remote template: its descriptor; nothing of it is on local disk. */
+    struct cc_remote_desc d;
+    if ((r = cc_template_remote_desc(p, name, &d)) < 0)
+      return r;
+    snprintf(li->file, sizeof li->file, "images/%s.nbd", name);
+    li->raw = 1;
+    li->virtual_size = d.size;
+    li->allocated_bytes = d.size;
+    snprintf(li->role, sizeof li->role, "template %s (remote)", name);
+    return 0;
+  }
   if ((r = pool_image_path(p, name, path, sizeof path)) < 0)
     return r;
   fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -109,7 +123,7 @@ cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info 
   if ((r = cc_pool_list_clones(p, &cl, &nc)) < 0)
     goto out;
   strcpy(uuid, t.layer);
-  if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
+  if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind != CC_TEMPLATE_LAYER)
     strcpy(image, t.tmpl.name), uuid[0] = '\0';
   while (uuid[0] || image[0]) {
     struct cc_layer_info *li;

@@ -85,6 +85,8 @@ cc clone create vm2 --from rbase
 cc snapshot create vm2 s1
 cc clone create full --from rbase --full
 cc check
+has '^file format: nbd \(remote\)$' cc info rbase || fail "info of a remote template"
+has 'images/rbase.nbd' cc info vm1 --backing-chain || fail "info --backing-chain ends at the remote"
 
 start_server -v
 say "reads identical to the template"
