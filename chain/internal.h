@@ -141,6 +141,11 @@ int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, 
  * order; a map that skips or overlaps is -EIO naming `call` and the layer.  Stops at the first
  * non-zero return of fn and returns it. */
 typedef int (*cc_top_fn)(void *opaque, const struct ovl_extent *e);
+/* 0, or EINVAL "CALL: PATH: range O+L beyond the end of the disk (SIZE)": the one range check
+ * of every request on a chain (read, write, extents, runs). */
+int cc_range_check(const struct cc_chain *c, const struct cc_view *v, const char *call,
+                   uint64_t offset, uint64_t length);
+
 int cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length,
                 cc_top_fn fn, void *opaque);
 

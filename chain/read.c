@@ -167,6 +167,17 @@ cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset)
 }
 
 int
+cc_range_check(const struct cc_chain *c, const struct cc_view *v, const char *call, uint64_t offset,
+               uint64_t length)
+{
+  if (offset > c->size || length > c->size - offset)
+    return cc_error_set(EINVAL, "%s: %s: range %llu+%llu beyond the end of the disk (%llu)", call,
+                        v->path, (unsigned long long)offset, (unsigned long long)length,
+                        (unsigned long long)c->size);
+  return 0;
+}
+
+int
 cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length,
             cc_top_fn fn, void *opaque)
 {
@@ -222,9 +233,7 @@ cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
 
   if (offset > c->size || length > c->size - offset) {
     v = cc_view_enter(c, &ticket);
-    r = cc_error_set(EINVAL, "pread: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                     v->path, (unsigned long long)offset, (unsigned long long)length,
-                     (unsigned long long)c->size);
+    r = cc_range_check(c, v, "pread", offset, length);
     cc_view_leave(c, ticket);
     return r;
   }
