@@ -205,10 +205,9 @@ ccp_append(char *buf, size_t len, const char *word)
 }
 
 int
-ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
+ccp_dial(const char *path)
 {
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  char *line;
   int fd, r;
 
   if (strlen(path) >= sizeof addr.sun_path)
@@ -222,6 +221,17 @@ ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
     close(fd);
     return r;
   }
+  return fd;
+}
+
+int
+ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
+{
+  char *line;
+  int fd, r;
+
+  if ((fd = ccp_dial(path)) < 0)
+    return fd;
   ccp_init(c, fd);
   if (!(line = malloc(CCP_LINE_MAX + 1))) {
     close(fd);
