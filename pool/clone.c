@@ -209,54 +209,11 @@ pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, con
   return 0;
 }
 
+/* Served or not, one clone or several ("vm1,vm2"): live.c (POOL.md 5.5 and 6.1). */
 int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
-  char newtop[CC_UUID_STR];
-  struct ovl_layer *top = NULL;
-  struct cc_snapshot *ns;
-  struct cc_clone c;
-  int r;
-
-  if (!cc_name_valid(snap))
-    return cc_error_set(EINVAL,
-                        "snapshot create: '%.80s': not a valid snapshot name (letters, "
-                        "digits, '.', '_', '-'; at most 64)",
-                        snap);
-  if (description && strlen(description) > CC_DESC_MAX)
-    return cc_error_set(EINVAL, "snapshot create: %s@%s: description longer than %d bytes", clone,
-                        snap, CC_DESC_MAX);
-  if ((r = pool_lock(p, "snapshot create")) < 0)
-    return r;
-  if ((r = pool_get_clone(p, "snapshot create", clone, &c)) < 0)
-    goto unlock;
-  if (pool_find_snap(&c, snap) >= 0) {
-    r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
-    goto out;
-  }
-  if ((r = pool_freeze_top(p, "snapshot create", &c, c.top, &top, newtop)) < 0)
-    goto out;
-  ns = realloc(c.snaps, (c.nsnaps + 1) * sizeof *ns);
-  if (ns == NULL) {
-    r = cc_error_set(ENOMEM, "snapshot create: out of memory");
-    goto out;
-  }
-  c.snaps = ns;
-  ns = &c.snaps[c.nsnaps++];
-  memset(ns, 0, sizeof *ns);
-  snprintf(ns->name, sizeof ns->name, "%s", snap);
-  snprintf(ns->layer, sizeof ns->layer, "%s", c.top);
-  ns->created = pool_now();
-  snprintf(ns->description, sizeof ns->description, "%s", description ? description : "");
-  strcpy(c.top, newtop);
-  /* One rename freezes the old top under the snapshot's name and switches the clone. */
-  r = pool_write_clone(p, &c);
-out:
-  ovl_close(top);
-  cc_clone_free(&c);
-unlock:
-  pool_unlock(p);
-  return r;
+  return pool_snapshot_create_many(p, clone, snap, description);
 }
 
 int

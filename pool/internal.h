@@ -44,7 +44,7 @@ void pool_unlock(struct cc_pool *p);
 /* One durable step of an operation is done.  With COWCHAIN_CRASH_AT=N in the environment, the
  * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
  * as before or as after (tests/integration/test-cli-crash.sh). */
-void pool_step(void);
+long pool_step(void); /* returns the step's number */
 
 /* Give a file the pool creates its mode and group, whatever the umask: the pool's file mode,
  * without the write bits if `readonly` (template images).  `path` names it in the error. */
@@ -163,6 +163,19 @@ void pool_graph_mark_live(struct pool_graph *g);
 /* Unlink every layer that is not live and images no raw template names; `locked_ok` skips
  * layers someone holds open (reported as leaks by check).  Returns the number removed. */
 int pool_collect_garbage(struct cc_pool *p, struct pool_graph *g);
+
+/* live.c: operations on served clones through their servers' control sockets (POOL.md 6). */
+/* Snapshot SNAP of every clone in the comma-separated list, served or not, as one instant. */
+int pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char *snap,
+                              const char *description);
+/* Apply the pending intents (tmp/intent-*.snap) to record c, just read: an intent is the commit
+ * point of a multi-clone snapshot, so every reader sees its records as after (POOL.md 6.3). */
+int pool_intent_apply(struct cc_pool *p, const char *op, struct cc_clone *c);
+/* Under the pool lock: write the records of every pending intent, then remove it. */
+int pool_intent_roll_forward(struct cc_pool *p, unsigned *done);
+/* Connections a server has open to clone `clone` (0 and *pid 0 if no server holds it). */
+int pool_live_connections(struct cc_pool *p, const char *what, const char *clone, unsigned *conns,
+                          long *pid);
 
 /* copy.c */
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,

@@ -372,6 +372,10 @@ pool_lock(struct cc_pool *p, const char *what)
     p->lock_fd = -1;
     return cc_error_set(e, "%s: %s: lock: %s", what, path, strerror(e));
   }
+  /* An intent left by a dead process is committed already (readers apply it): write its
+   * records now so it can go.  A failure changes nothing anyone reads; check reports it. */
+  if (pool_intent_roll_forward(p, NULL) < 0)
+    cc_error_clear();
   return 0;
 }
 
@@ -384,7 +388,7 @@ pool_unlock(struct cc_pool *p)
   }
 }
 
-void
+long
 pool_step(void)
 {
   static long crash_at = -1, count;
@@ -396,6 +400,7 @@ pool_step(void)
   count++;
   if (crash_at > 0 && count == crash_at)
     _exit(99);
+  return count;
 }
 
 int
