@@ -538,12 +538,12 @@ intent_write(struct cc_pool *p, const struct intent_entry *v, size_t n, char *pa
 /* ---- snapshot create ---- */
 
 struct snap_item {
-  struct cc_clone c;           /* the record before */
-  struct cc_clone after;       /* the record after (a copy with top and snapshot changed) */
-  struct live_server *srv;     /* serving it, or NULL: offline */
-  struct ovl_layer *held;      /* offline: the top's exclusive lock */
-  char newtop[CC_UUID_STR];    /* "" until created */
-  char newpath[PATH_MAX];      /* layers/NEWTOP.cow */
+  struct cc_clone c;        /* the record before */
+  struct cc_clone after;    /* the record after (a copy with top and snapshot changed) */
+  struct live_server *srv;  /* serving it, or NULL: offline */
+  struct ovl_layer *held;   /* offline: the top's exclusive lock */
+  char newtop[CC_UUID_STR]; /* "" until created */
+  char newpath[PATH_MAX];   /* layers/NEWTOP.cow */
   int quiesced;
 };
 
