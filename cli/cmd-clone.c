@@ -134,9 +134,12 @@ snapshot_create(int argc, char **argv)
   const struct cli_opt opts[] = {{"--description", 1, &desc, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot create",
-      "CLONE SNAP [--description TEXT]",
+      "CLONE[,CLONE...] SNAP [--description TEXT]",
       "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
-      "the clone continues on a new empty layer.  Refused while a server has the clone open.",
+      "the clone continues on a new empty layer.  A clone a server is serving is snapshotted\n"
+      "through the server, its clients see no error: every write completed before the command\n"
+      "is in the snapshot, none issued after it returned.  Several clones (vm1,vm2) get one\n"
+      "snapshot at one instant, all or nothing.",
       2,
       2,
       opts};

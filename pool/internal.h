@@ -45,6 +45,10 @@ void pool_unlock(struct cc_pool *p);
  * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
  * as before or as after (tests/integration/test-cli-crash.sh). */
 long pool_step(void); /* returns the step's number */
+/* COWCHAIN_KILL_SERVER_AT=N: at step N, pool_step sends SIGKILL to `pid` (the server a live
+ * operation is talking to, 0 for none) and waits for its control connection `fd` to end, so
+ * tests can kill the server at every step of a live operation (live.c). */
+void pool_step_victim(pid_t pid, int fd);
 
 /* Give a file the pool creates its mode and group, whatever the umask: the pool's file mode,
  * without the write bits if `readonly` (template images).  `path` names it in the error. */

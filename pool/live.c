@@ -34,8 +34,9 @@
  * (control.c), through pool_get_clone too, so it switches to N exactly when the intent exists.
  *
  * Crash test hooks: every durable step calls pool_step (COWCHAIN_CRASH_AT=N exits there);
- * COWCHAIN_KILL_SERVER_AT=N instead sends SIGKILL to the server taking part in the operation at
- * step N and waits for it to be gone, so tests can kill the server at every step too.
+ * COWCHAIN_KILL_SERVER_AT=N instead sends SIGKILL to the (first) server taking part in the
+ * operation at step N and waits for it to be gone (pool_step_victim), so tests can kill the
+ * server at every step too.
  */
 #include "pool/internal.h"
 
@@ -240,25 +241,12 @@ live_connections(struct live_set *s, struct live_server *v, const char *what, co
   return 0;
 }
 
-/* pool_step, and the COWCHAIN_KILL_SERVER_AT hook: kill -9 server v at that step and wait
- * until its control connection reports it gone. */
+/* A durable step of a live operation; the COWCHAIN_KILL_SERVER_AT hook kills server v. */
 static void
 live_step(struct live_server *v)
 {
-  static long kill_at = -1;
-  long n = pool_step();
-
-  if (kill_at == -1) {
-    const char *e = getenv("COWCHAIN_KILL_SERVER_AT");
-    kill_at = e && *e ? strtol(e, NULL, 10) : 0;
-  }
-  if (kill_at > 0 && n == kill_at && v && v->pid > 0) {
-    char c;
-    kill((pid_t)v->pid, SIGKILL);
-    /* The socket reaches end of file once the process has died. */
-    while (read(v->conn->fd, &c, 1) > 0)
-      ;
-  }
+  (void)v;
+  pool_step();
 }
 
 /* ---- depth ---- */
@@ -609,6 +597,11 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
 
   if ((r = live_open(p, &s)) < 0)
     goto out;
+  for (size_t i = 0; i < s.n; i++)
+    if (s.srv[i].nex) {
+      pool_step_victim((pid_t)s.srv[i].pid, s.srv[i].conn->fd);
+      break;
+    }
   /* 1. Who serves what; offline tops locked (a server with control=off makes us refuse here). */
   for (size_t i = 0; i < n; i++) {
     unsigned conns;
@@ -748,6 +741,7 @@ out:
     it[i].quiesced = 0;
   }
   free(iv);
+  pool_step_victim(0, -1);
   live_close(&s);
   return r;
 }
