@@ -177,9 +177,14 @@ int pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char 
 int pool_intent_apply(struct cc_pool *p, const char *op, struct cc_clone *c);
 /* Under the pool lock: write the records of every pending intent, then remove it. */
 int pool_intent_roll_forward(struct cc_pool *p, unsigned *done);
-/* Connections a server has open to clone `clone` (0 and *pid 0 if no server holds it). */
-int pool_live_connections(struct cc_pool *p, const char *what, const char *clone, unsigned *conns,
-                          long *pid);
+/* Before an operation that changes clone `clone` under its clients (revert, delete): if a server
+ * has connections to it, refuse (-EBUSY, "WHAT: CLONE: N connections open on nbdkit pid P" and
+ * `why`), or with `force` have the server evict them (control verb `evict`: their requests fail
+ * with ESHUTDOWN, the chain closes).  *served says a server had the clone: its chain may still
+ * be closing, so the caller retries its layer lock for a moment (POOL_BUSY_RETRIES). */
+#define POOL_BUSY_RETRIES 50 /* x 100 ms: a server closing a chain after its last connection */
+int pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int force,
+                        const char *why, int *served);
 
 /* copy.c */
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,

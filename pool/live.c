@@ -832,21 +832,31 @@ out:
 /* ---- the other operations' checks ---- */
 
 int
-pool_live_connections(struct cc_pool *p, const char *what, const char *clone, unsigned *conns,
-                      long *pid)
+pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int force,
+                    const char *why, int *served)
 {
   struct live_server *v;
   struct live_set s;
+  unsigned conns = 0;
   int r;
 
-  *conns = 0;
-  *pid = 0;
+  *served = 0;
   if ((r = live_open(p, &s)) < 0)
     goto out;
-  v = live_holder(&s, clone, NULL);
-  if (v) {
-    *pid = v->pid;
-    r = live_connections(&s, v, what, clone, conns);
+  if ((v = live_holder(&s, clone, NULL)) == NULL)
+    goto out; /* nobody serves it: the layer locks decide, as offline */
+  *served = 1;
+  if ((r = live_connections(&s, v, what, clone, &conns)) < 0 || conns == 0)
+    goto out; /* its last connection is closing: the caller waits for the chain to close */
+  if (!force) {
+    r = cc_error_set(EBUSY, "%s: %s: %u connection%s open on nbdkit pid %ld%s", what, clone, conns,
+                     conns == 1 ? "" : "s", v->pid, why);
+    goto out;
+  }
+  {
+    char req[CC_NAME_MAX * 3 + 16] = "evict";
+    ccp_append(req, sizeof req, clone);
+    r = live_call(&s, v, what, req, NULL, NULL, NULL, NULL);
   }
 out:
   live_close(&s);

@@ -174,6 +174,12 @@ int cc_clone_delete(struct cc_pool *p, const char *name);
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                        const char *description);
 int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
+/* CC_REVERT_FORCE: a clone with connected clients is reverted after its server evicted them
+ * (their requests fail with ESHUTDOWN from then on); without it, such a revert is refused with
+ * the number of connections (POOL.md 6.4). */
+#define CC_REVERT_FORCE 1u
+int cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
+                             unsigned flags);
 /* Merge the snapshot's layer into its children and drop it, in the direction that writes less
  * (POOL.md 5.6). */
 int cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
