@@ -134,9 +134,12 @@ snapshot_create(int argc, char **argv)
   const struct cli_opt opts[] = {{"--description", 1, &desc, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot create",
-      "CLONE SNAP [--description TEXT]",
+      "CLONE[,CLONE...] SNAP [--description TEXT]",
       "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
-      "the clone continues on a new empty layer.  Refused while a server has the clone open.",
+      "the clone continues on a new empty layer.  A clone a server is serving is snapshotted\n"
+      "through the server, its clients see no error: every write completed before the command\n"
+      "is in the snapshot, none issued after it returned.  Several clones (vm1,vm2) get one\n"
+      "snapshot at one instant, all or nothing.",
       2,
       2,
       opts};
@@ -262,24 +265,29 @@ snapshot_info(int argc, char **argv)
 }
 
 static int
-do_snapshot_revert(struct cc_pool *p, const char *const *pos)
-{
-  return cc_snapshot_revert(p, pos[0], pos[1]);
-}
-
-static int
 snapshot_revert(int argc, char **argv)
 {
-  static const struct cli_cmd cmd = {
+  int force = 0, npos, r;
+  const char *pos[2];
+  const struct cli_opt opts[] = {{"--force", 0, NULL, &force}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
       "snapshot revert",
-      "CLONE SNAP",
+      "CLONE SNAP [--force]",
       "Give CLONE a new empty layer on snapshot SNAP: its writes since then are discarded.\n"
-      "Later snapshots stay (snapshots form a tree).",
+      "Later snapshots stay (snapshots form a tree).  Refused while clients are connected to\n"
+      "CLONE (their caches would disagree with the disk); --force disconnects them first\n"
+      "(their requests fail from then on).",
       2,
       2,
-      NULL};
+      opts};
+  struct cc_pool *p;
 
-  return cli_run_simple(&cmd, argc, argv, do_snapshot_revert);
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_snapshot_revert_flags(p, pos[0], pos[1], force ? CC_REVERT_FORCE : 0);
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
 }
 
 static int

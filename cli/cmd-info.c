@@ -77,6 +77,26 @@ print_layer_json(const struct cc_layer_info *l, const char *name, const char *in
   printf("}");
 }
 
+/* The limits stated up front (POOL.md 5.5): the chain's depth against CC_MAX_DEPTH, and the
+ * data in frozen layers of the chain that no record names (an interrupted merge or promote left
+ * them, POOL.md 5.6 and 5.8): what merging them away would copy. */
+static void
+print_chain_limits(const struct cc_layer_info *l, size_t n)
+{
+  uint64_t pending = 0;
+  size_t unnamed = 0;
+  char ps[32];
+
+  for (size_t i = 1; i < n; i++)
+    if (!l[i].raw && !l[i].role[0]) {
+      unnamed++;
+      pending += l[i].allocated_bytes;
+    }
+  human_size(pending, ps, sizeof ps);
+  printf("chain depth: %zu of %d files\n", n, CC_MAX_DEPTH);
+  printf("merge pending: %s (%" PRIu64 " bytes in %zu unnamed layers)\n", ps, pending, unnamed);
+}
+
 int
 cmd_info(int argc, char **argv)
 {
@@ -94,7 +114,7 @@ cmd_info(int argc, char **argv)
       opts};
   struct cc_layer_info *l;
   struct cc_pool *p;
-  size_t n, i;
+  size_t n, i, total;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
@@ -103,6 +123,7 @@ cmd_info(int argc, char **argv)
   cc_pool_close(p);
   if (r < 0)
     return die_pool();
+  total = n;
   if (!chain)
     n = n ? 1 : 0;
   if (json && chain)
@@ -117,6 +138,8 @@ cmd_info(int argc, char **argv)
       if (i)
         printf("\n");
       print_layer_text(&l[i], name);
+      if (i == 0)
+        print_chain_limits(l, total);
     }
   }
   if (json && chain)

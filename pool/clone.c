@@ -128,11 +128,15 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   struct ovl_layer **held = NULL;
   struct pool_graph g;
   size_t i, nheld = 0;
-  int r;
+  int r, served = 0;
 
   snprintf(what, sizeof what, "clone delete: %.64s", name);
   if ((r = pool_lock(p, "clone delete")) < 0)
     return r;
+  /* A connected clone is never deleted under its clients (issue 14 item 5). */
+  if (cc_name_valid(name) &&
+      (r = pool_live_exclusive(p, "clone delete", name, 0, "; disconnect them first", &served)) < 0)
+    goto unlock;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
   for (i = 0; i < g.nclones; i++)
@@ -165,7 +169,13 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   for (i = 0; i < g.n; i++) {
     if (!g.nodes[i].mark || g.nodes[i].live || g.nodes[i].bad)
       continue; /* an unreadable layer cannot be served either */
-    if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld])) < 0)
+    for (int t = 0;; t++) {
+      r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld]);
+      if (r != -EBUSY || !served || t == POOL_BUSY_RETRIES)
+        break;
+      usleep(100000); /* the server is closing the chain of its last connection */
+    }
+    if (r < 0)
       goto out;
     nheld++;
   }
@@ -209,64 +219,27 @@ pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, con
   return 0;
 }
 
+/* Served or not, one clone or several ("vm1,vm2"): live.c (POOL.md 5.5 and 6.1). */
 int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
-  char newtop[CC_UUID_STR];
-  struct ovl_layer *top = NULL;
-  struct cc_snapshot *ns;
-  struct cc_clone c;
-  int r;
-
-  if (!cc_name_valid(snap))
-    return cc_error_set(EINVAL,
-                        "snapshot create: '%.80s': not a valid snapshot name (letters, "
-                        "digits, '.', '_', '-'; at most 64)",
-                        snap);
-  if (description && strlen(description) > CC_DESC_MAX)
-    return cc_error_set(EINVAL, "snapshot create: %s@%s: description longer than %d bytes", clone,
-                        snap, CC_DESC_MAX);
-  if ((r = pool_lock(p, "snapshot create")) < 0)
-    return r;
-  if ((r = pool_get_clone(p, "snapshot create", clone, &c)) < 0)
-    goto unlock;
-  if (pool_find_snap(&c, snap) >= 0) {
-    r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
-    goto out;
-  }
-  if ((r = pool_freeze_top(p, "snapshot create", &c, c.top, &top, newtop)) < 0)
-    goto out;
-  ns = realloc(c.snaps, (c.nsnaps + 1) * sizeof *ns);
-  if (ns == NULL) {
-    r = cc_error_set(ENOMEM, "snapshot create: out of memory");
-    goto out;
-  }
-  c.snaps = ns;
-  ns = &c.snaps[c.nsnaps++];
-  memset(ns, 0, sizeof *ns);
-  snprintf(ns->name, sizeof ns->name, "%s", snap);
-  snprintf(ns->layer, sizeof ns->layer, "%s", c.top);
-  ns->created = pool_now();
-  snprintf(ns->description, sizeof ns->description, "%s", description ? description : "");
-  strcpy(c.top, newtop);
-  /* One rename freezes the old top under the snapshot's name and switches the clone. */
-  r = pool_write_clone(p, &c);
-out:
-  ovl_close(top);
-  cc_clone_free(&c);
-unlock:
-  pool_unlock(p);
-  return r;
+  return pool_snapshot_create_many(p, clone, snap, description);
 }
 
 int
 cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
 {
+  return cc_snapshot_revert_flags(p, clone, snap, 0);
+}
+
+int
+cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap, unsigned flags)
+{
   char newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
   struct pool_graph g;
   struct cc_clone c;
-  int r, i;
+  int r, i, served = 0;
 
   if ((r = pool_lock(p, "snapshot revert")) < 0)
     return r;
@@ -276,7 +249,20 @@ cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
     r = cc_error_set(ENOENT, "snapshot revert: %s@%s: no such snapshot", clone, snap);
     goto out;
   }
-  if ((r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop)) < 0)
+  /* A guest's page cache would disagree with its disk: refuse while clients are connected,
+   * or, with --force, have the server drop them first (POOL.md 6.4). */
+  if ((r = pool_live_exclusive(p, "snapshot revert", clone, (flags & CC_REVERT_FORCE) != 0,
+                               " (a guest's cache would disagree with its reverted disk); "
+                               "disconnect them, or --force to drop them",
+                               &served)) < 0)
+    goto out;
+  for (int t = 0;; t++) {
+    r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop);
+    if (r != -EBUSY || !served || t == POOL_BUSY_RETRIES)
+      break;
+    usleep(100000); /* the server is closing the chain of its last connection */
+  }
+  if (r < 0)
     goto out;
   strcpy(oldtop, c.top);
   strcpy(c.top, newtop);

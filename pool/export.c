@@ -15,10 +15,13 @@
 #include "pool/internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 static int
 cmp_export(const void *a, const void *b)
@@ -157,18 +160,50 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
  * it go and follow the new record, once; a clone whose top changes again in that window is
  * -EAGAIN ("try again"), which takes a snapshot per open to happen.  A read-only open needs no
  * check: whatever layer it opened is a consistent disk, and desc->top says which one it was. */
+/* 1 if a pool operation held the pool lock and has finished within timeout_ms, 0 if none was
+ * running (or it did not finish in time).  An operation locks the layers it changes only while
+ * it holds the pool lock, so a layer lock found taken during one is transient: an open that
+ * met it may try again once the operation is over (a client connecting while `snapshot create`
+ * of the clone runs offline: the new record names the new top, whose parent the CLI still
+ * holds exclusively for an instant).  Shared and polled, so it never queues other operations. */
+static int
+waited_for_operation(struct cc_pool *p, int timeout_ms)
+{
+  char path[PATH_MAX];
+  int fd, waited = 0;
+
+  if (pool_path(p, path, sizeof path, POOL_MARKER) < 0 ||
+      (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return 0;
+  for (int ms = 0; ms < timeout_ms; ms += 5) {
+    if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+      close(fd);
+      return waited;
+    }
+    waited = 1;
+    usleep(5000);
+  }
+  close(fd);
+  return 0;
+}
+
 int
 cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
                     struct cc_chain **out, struct cc_export_desc *desc)
 {
   char path[PATH_MAX];
   struct pool_target t, again;
-  int r, tries;
+  int r, tries, busy = 0;
 
   for (tries = 0;; tries++) {
     if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
       return r;
-    if ((r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out)) < 0)
+    r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out);
+    if (r == -EBUSY && busy++ < 3 && waited_for_operation(p, 5000)) {
+      tries--;
+      continue;
+    }
+    if (r < 0)
       return r;
     if (t.kind != CC_EXPORT_CLONE || readonly)
       break;

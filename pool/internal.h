@@ -44,7 +44,11 @@ void pool_unlock(struct cc_pool *p);
 /* One durable step of an operation is done.  With COWCHAIN_CRASH_AT=N in the environment, the
  * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
  * as before or as after (tests/integration/test-cli-crash.sh). */
-void pool_step(void);
+long pool_step(void); /* returns the step's number */
+/* COWCHAIN_KILL_SERVER_AT=N: at step N, pool_step sends SIGKILL to `pid` (the server a live
+ * operation is talking to, 0 for none) and waits for its control connection `fd` to end, so
+ * tests can kill the server at every step of a live operation (live.c). */
+void pool_step_victim(pid_t pid, int fd);
 
 /* Give a file the pool creates its mode and group, whatever the umask: the pool's file mode,
  * without the write bits if `readonly` (template images).  `path` names it in the error. */
@@ -163,6 +167,24 @@ void pool_graph_mark_live(struct pool_graph *g);
 /* Unlink every layer that is not live and images no raw template names; `locked_ok` skips
  * layers someone holds open (reported as leaks by check).  Returns the number removed. */
 int pool_collect_garbage(struct cc_pool *p, struct pool_graph *g);
+
+/* live.c: operations on served clones through their servers' control sockets (POOL.md 6). */
+/* Snapshot SNAP of every clone in the comma-separated list, served or not, as one instant. */
+int pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char *snap,
+                              const char *description);
+/* Apply the pending intents (tmp/intent-*.snap) to record c, just read: an intent is the commit
+ * point of a multi-clone snapshot, so every reader sees its records as after (POOL.md 6.3). */
+int pool_intent_apply(struct cc_pool *p, const char *op, struct cc_clone *c);
+/* Under the pool lock: write the records of every pending intent, then remove it. */
+int pool_intent_roll_forward(struct cc_pool *p, unsigned *done);
+/* Before an operation that changes clone `clone` under its clients (revert, delete): if a server
+ * has connections to it, refuse (-EBUSY, "WHAT: CLONE: N connections open on nbdkit pid P" and
+ * `why`), or with `force` have the server evict them (control verb `evict`: their requests fail
+ * with ESHUTDOWN, the chain closes).  *served says a server had the clone: its chain may still
+ * be closing, so the caller retries its layer lock for a moment (POOL_BUSY_RETRIES). */
+#define POOL_BUSY_RETRIES 50 /* x 100 ms: a server closing a chain after its last connection */
+int pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int force,
+                        const char *why, int *served);
 
 /* copy.c */
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,

@@ -168,9 +168,18 @@ int cc_clone_create(struct cc_pool *p, const char *name, const char *from, int f
                     cc_progress_fn progress, void *opaque);
 int cc_clone_delete(struct cc_pool *p, const char *name);
 
+/* clone: one name or several, comma-separated ("vm1,vm2"): one snapshot of all of them at one
+ * instant.  Clones a server holds are snapshotted through its control socket, without
+ * stopping their clients (POOL.md 6.1); a list commits all or nothing (an intent, 6.3). */
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                        const char *description);
 int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
+/* CC_REVERT_FORCE: a clone with connected clients is reverted after its server evicted them
+ * (their requests fail with ESHUTDOWN from then on); without it, such a revert is refused with
+ * the number of connections (POOL.md 6.4). */
+#define CC_REVERT_FORCE 1u
+int cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
+                             unsigned flags);
 /* Merge the snapshot's layer into its children and drop it, in the direction that writes less
  * (POOL.md 5.6). */
 int cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
@@ -231,6 +240,9 @@ int cc_pool_snapshot_list(struct cc_pool *p, const char *clone, struct cc_snapsh
 /* The chain of export `name`, top first.  *out is malloc'd; free() it. */
 int cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info **out,
                           size_t *n);
+/* Files in the chain of clone `clone` (its top, every layer below, a raw image): at most
+ * CC_MAX_DEPTH; `snapshot create` refuses to go past it. */
+int cc_pool_chain_depth(struct cc_pool *p, const char *clone, size_t *depth);
 
 /* check: every finding goes through `report` (severity 0 note, 1 leak, 2 error, 3 warning: a
  * file or directory more open than the pool's mode).  name NULL checks every record and the

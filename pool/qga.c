@@ -182,8 +182,9 @@ last_reply(struct cc_qga *q, const char *what, int timeout_ms, long long *value)
   while (q->pending > 0) {
     if ((r = read_reply(q, deadline, &json)) < 0) {
       if (r == -ETIMEDOUT)
-        return cc_error_set(ETIMEDOUT, "quiesce: %s: the guest agent did not answer %s within %d ms",
-                            q->path, what, timeout_ms);
+        return cc_error_set(ETIMEDOUT,
+                            "quiesce: %s: the guest agent did not answer %s within %d ms", q->path,
+                            what, timeout_ms);
       if (r == -EPIPE)
         return cc_error_set(EPIPE, "quiesce: %s: the guest agent closed the connection during %s",
                             q->path, what);
@@ -227,8 +228,8 @@ cc_qga_open(const char *path, int timeout_ms, struct cc_qga **out)
     clock_gettime(CLOCK_REALTIME, &ts);
     id = ((long long)getpid() << 20 ^ ts.tv_nsec ^ (long long)ts.tv_sec << 32) & 0x3fffffffffffLL;
   }
-  snprintf(cmd, sizeof cmd, "\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%lld}}",
-           id);
+  snprintf(cmd, sizeof cmd,
+           "\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%lld}}", id);
   if ((r = send_cmd(q, cmd)) < 0)
     goto fail;
   /* Replies owed to an earlier client come first: read until ours. */
@@ -278,8 +279,7 @@ cc_qga_freeze(struct cc_qga *q, int timeout_ms)
 
     snprintf(thaw, sizeof thaw, "%s", cc_error_get());
     cc_error_set(-r, "%s; and thaw failed too: %s", msg, thaw);
-  }
-  else
+  } else
     cc_error_set(-r, "%s", msg);
   return r;
 }
@@ -295,8 +295,9 @@ cc_qga_thaw(struct cc_qga *q, int timeout_ms)
       (r = last_reply(q, "guest-fsfreeze-thaw", timeout_ms, &n)) == 0)
     return (int)n;
   snprintf(msg, sizeof msg, "%s", cc_error_get());
-  cc_error_set(-r, "%s (the guest's file systems may still be frozen: thaw them with "
-                   "guest-fsfreeze-thaw)",
+  cc_error_set(-r,
+               "%s (the guest's file systems may still be frozen: thaw them with "
+               "guest-fsfreeze-thaw)",
                msg);
   return r;
 }

@@ -345,7 +345,8 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
     return cc_error_set(EUCLEAN, "%s: %s: clone record lacks top or size", op, name);
   }
   free(buf);
-  return 0;
+  /* A pending multi-clone snapshot's intent decides as the record does (live.c). */
+  return pool_intent_apply(p, op, c);
 
 bad:
   free(buf);

@@ -18,7 +18,7 @@
  *  - Every client's peer credentials (SO_PEERCRED) are checked: the server's own uid or root,
  *    anyone else gets "err 1 ..." (EPERM) instead of the greeting and is disconnected.
  *  - The protocol (common/control-proto.h, the man page's CONTROL SOCKET) is line-framed and
- *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume.
+ *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume, evict.
  *
  * A live snapshot of exports E1..En (one or several clones, one consistent instant):
  *
@@ -433,6 +433,48 @@ cmd_connections(struct session *s, char **w, int n)
   reply(s, "ok %u", conns);
 }
 
+/* evict NAME: for `snapshot revert --force`.  The gate is closed and drained (writes finish,
+ * the chain is flushed on close), then every connection's requests fail with ESHUTDOWN and the
+ * chain is closed, so its layer locks go and the pool may change the clone. */
+static void
+cmd_evict(struct session *s, char **w, int n)
+{
+  struct cc_export *e;
+  int r;
+
+  if (n != 2) {
+    reply_err(s, EINVAL, "usage: evict NAME");
+    return;
+  }
+  if (find_held(s, w[1])) {
+    reply_err(s, EBUSY, "evict: %s: its gate is held by this session (resume first)", w[1]);
+    return;
+  }
+  e = exports_hold_writable(w[1]);
+  if (e == NULL) {
+    reply(s, "ok 0"); /* nothing open: nobody to evict */
+    return;
+  }
+  r = gate_close(&e->gate, DRAIN_TIMEOUT_MS);
+  if (r < 0) {
+    exports_release(e);
+    reply_err(s, -r, "evict: %s: %s", w[1],
+              r == -ETIMEDOUT ? "requests in flight did not finish in time" : strerror(-r));
+    return;
+  }
+  r = exports_evict(e, DRAIN_TIMEOUT_MS);
+  gate_open(&e->gate); /* the writes that waited now fail: the entry is evicted */
+  exports_release(e);
+  if (r < 0) {
+    reply_err(s, -r,
+              "evict: %s: reads in flight did not finish in time (its requests fail "
+              "from now on; the chain closes with its last connection)",
+              w[1]);
+    return;
+  }
+  reply(s, "ok %d", r);
+}
+
 static void
 dispatch(struct session *s, char **w, int n)
 {
@@ -451,6 +493,8 @@ dispatch(struct session *s, char **w, int n)
     cmd_push_top(s, w, n);
   } else if (strcmp(w[0], "resume") == 0) {
     cmd_resume(s, w, n);
+  } else if (strcmp(w[0], "evict") == 0) {
+    cmd_evict(s, w, n);
   } else {
     char name[64];
 

@@ -271,6 +271,47 @@ cowchain_default_export(int readonly, int is_tls)
   return default_name ? default_name : "";
 }
 
+/* An evicted export (snapshot revert --force, server/exports.h): every request fails with
+ * ESHUTDOWN, so the client learns that its disk is gone (nbdkit 1.32 has no
+ * nbdkit_disconnect: the plugin cannot close the connection itself). */
+static int
+evicted(struct handle *h, const char *call)
+{
+  nbdkit_error("%s: %s: this connection was disconnected from its disk by the pool "
+               "(snapshot revert --force); reconnect",
+               call, h->name);
+  nbdkit_set_error(ESHUTDOWN);
+  return -1;
+}
+
+/* Reads enter the chain counted (one atomic increment, no gate): the evictor waits for them. */
+static int
+read_enter(struct handle *h)
+{
+  atomic_fetch_add(&h->e->readers, 1);
+  if (atomic_load(&h->e->evicted)) {
+    atomic_fetch_sub(&h->e->readers, 1);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+read_leave(struct handle *h)
+{
+  atomic_fetch_sub(&h->e->readers, 1);
+}
+
+/* A write, zero, trim or flush entered the gate: is it still allowed into the chain? */
+static int
+write_evicted(struct handle *h)
+{
+  if (!atomic_load(&h->e->evicted))
+    return 0;
+  gate_leave(&h->e->gate);
+  return 1;
+}
+
 static int open_unavailable(struct handle *h);
 
 static void *
@@ -307,8 +348,17 @@ cowchain_open(int readonly)
     free(h);
     return NULL;
   }
-  if (h->e)
+  if (h->e) {
+    if (read_enter(h) < 0) {
+      /* Evicted between the acquire and here: this connection never had the disk. */
+      exports_release(h->e);
+      nbdkit_error("open: %s: the pool is changing this clone; try again", name);
+      free(h);
+      return NULL;
+    }
     h->readonly = readonly || !cc_chain_writable(h->e->chain);
+    read_leave(h);
+  }
   return h;
 }
 
@@ -404,18 +454,29 @@ static int64_t
 cowchain_get_size(void *handle)
 {
   struct handle *h = handle;
+  int64_t size;
 
   if (!h->e)
     return (int64_t)h->size;
-  return (int64_t)cc_chain_size(h->e->chain);
+  if (read_enter(h) < 0)
+    return evicted(h, "get_size");
+  size = (int64_t)cc_chain_size(h->e->chain);
+  read_leave(h);
+  return size;
 }
 
 static int
 cowchain_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
   struct handle *h = handle;
-  uint32_t bs = h->e ? cc_chain_block_size(h->e->chain) : 4096;
+  uint32_t bs = 4096;
 
+  if (h->e) {
+    if (read_enter(h) < 0)
+      return evicted(h, "block_size");
+    bs = cc_chain_block_size(h->e->chain);
+    read_leave(h);
+  }
   /* nbdkit insists on a power of two in [512, 32M] for the preferred size. */
   if (bs < 512 || bs > 32 * 1024 * 1024 || (bs & (bs - 1)) != 0)
     bs = 4096;
@@ -512,8 +573,11 @@ cowchain_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_
   (void)flags;
   if (!h->e)
     return unavailable(h, "pread");
+  if (read_enter(h) < 0)
+    return evicted(h, "pread");
   cc_error_clear();
   r = cc_chain_pread(h->e->chain, buf, count, offset);
+  read_leave(h);
   return r < 0 ? fail(h, "pread", r) : 0;
 }
 
@@ -539,6 +603,8 @@ cowchain_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset, 
     return refuse_readonly(h, "pwrite");
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "pwrite");
   r = cc_chain_pwrite(h->e->chain, buf, count, offset, flags & NBDKIT_FLAG_FUA ? CC_FUA : 0);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "pwrite", r) : 0;
@@ -555,6 +621,8 @@ cowchain_flush(void *handle, uint32_t flags)
     return 0; /* nothing of ours to make durable */
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "flush");
   r = cc_chain_flush(h->e->chain);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "flush", r) : 0;
@@ -575,6 +643,8 @@ cowchain_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     cf |= CC_FUA;
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "trim");
   r = cc_chain_zero(h->e->chain, count, offset, cf);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "trim", r) : 0;
@@ -596,6 +666,8 @@ cowchain_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     cf |= CC_FUA;
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "zero");
   r = cc_chain_zero(h->e->chain, count, offset, cf);
   gate_leave(&h->e->gate);
   if ((r == -ENOTSUP || r == -EOPNOTSUPP) && (flags & NBDKIT_FLAG_FAST_ZERO)) {
@@ -636,8 +708,11 @@ cowchain_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 
   if (!h->e)
     return unavailable(h, "extents");
+  if (read_enter(h) < 0)
+    return evicted(h, "extents");
   cc_error_clear();
   r = cc_chain_extents(h->e->chain, count, offset, add_extent, &ctx);
+  read_leave(h);
   if (ctx.failed)
     return -1;
   return r < 0 ? fail(h, "extents", r) : 0;
