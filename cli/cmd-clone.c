@@ -8,6 +8,7 @@
  * is marked with '*' in the table and "current": true in JSON.  JSON keys and their order are
  * fixed: scripts and tests parse them.
  */
+#include "pool/qga.h"
 #include "cli/cli.h"
 
 #include "common/escape.h"
@@ -130,26 +131,43 @@ cmd_clone(int argc, char **argv)
 static int
 snapshot_create(int argc, char **argv)
 {
-  const char *desc = NULL, *pos[2];
-  const struct cli_opt opts[] = {{"--description", 1, &desc, NULL}, {NULL, 0, NULL, NULL}};
+  const char *desc = NULL, *agent = NULL, *timeout_s = NULL, *pos[2];
+  const struct cli_opt opts[] = {{"--description", 1, &desc, NULL},
+                                 {"--quiesce", 1, &agent, NULL},
+                                 {"--quiesce-timeout", 1, &timeout_s, NULL},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot create",
-      "CLONE[,CLONE...] SNAP [--description TEXT]",
+      "CLONE[,CLONE...] SNAP [--description TEXT] [--quiesce SOCKET [--quiesce-timeout S]]",
       "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
       "the clone continues on a new empty layer.  A clone a server is serving is snapshotted\n"
       "through the server, its clients see no error: every write completed before the command\n"
       "is in the snapshot, none issued after it returned.  Several clones (vm1,vm2) get one\n"
-      "snapshot at one instant, all or nothing.",
+      "snapshot at one instant, all or nothing.\n"
+      "--quiesce SOCKET: application-consistent: the QEMU guest agent on that chardev socket\n"
+      "freezes the guest's file systems first (guest-fsfreeze-freeze, at most S seconds,\n"
+      "default 30) and thaws them after, always.  No answer or a refusal: no snapshot.",
       2,
       2,
       opts};
   struct cc_pool *p;
+  double secs = CC_QGA_FREEZE_MS / 1000.0;
   int npos, r;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (timeout_s != NULL) {
+    char *end;
+
+    if (agent == NULL)
+      return usage_error(cmd.name, "--quiesce-timeout needs --quiesce SOCKET");
+    secs = strtod(timeout_s, &end);
+    if (end == timeout_s || *end != '\0' || !(secs > 0 && secs <= 3600))
+      return usage_error(
+          cmd.name, "bad --quiesce-timeout '%s' (seconds, more than 0, at most 3600)", timeout_s);
+  }
   if ((p = cli_pool()) == NULL)
     return 1;
-  r = cc_snapshot_create(p, pos[0], pos[1], desc);
+  r = cc_snapshot_create_quiesced(p, pos[0], pos[1], desc, agent, (int)(secs * 1000));
   cc_pool_close(p);
   return r < 0 ? die_pool() : 0;
 }

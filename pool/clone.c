@@ -18,6 +18,7 @@
  * can never end up writing a layer that step 3 has just frozen.
  */
 #include "pool/internal.h"
+#include "pool/qga.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -224,6 +225,47 @@ int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
   return pool_snapshot_create_many(p, clone, snap, description);
+}
+
+int
+cc_snapshot_create_quiesced(struct cc_pool *p, const char *clones, const char *snap,
+                            const char *description, const char *agent, int freeze_timeout_ms)
+{
+  char msg[CC_ERROR_MAX];
+  struct cc_qga *q = NULL;
+  int r, t;
+
+  if (agent == NULL)
+    return pool_snapshot_create_many(p, clones, snap, description);
+  /* The pool lock first: the guest must not stay frozen while we queue behind another
+   * operation (pool_snapshot_create_many finds it held and releases it at its end). */
+  if ((r = pool_lock(p, "snapshot create")) < 0)
+    return r;
+  if ((r = cc_qga_open(agent, CC_QGA_SYNC_MS, &q)) < 0 ||
+      (r = cc_qga_freeze(q, freeze_timeout_ms)) < 0) {
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    cc_qga_close(q);
+    pool_unlock(p);
+    return cc_error_set(-r, "snapshot create: %s@%s: not taken: %s", clones, snap, msg);
+  }
+  r = pool_snapshot_create_many(p, clones, snap, description);
+  snprintf(msg, sizeof msg, "%s", cc_error_get());
+  t = cc_qga_thaw(q, CC_QGA_THAW_MS); /* always, whatever the snapshot did */
+  cc_qga_close(q);
+  if (r < 0) {
+    if (t < 0) {
+      char thaw[CC_ERROR_MAX];
+
+      snprintf(thaw, sizeof thaw, "%s", cc_error_get());
+      return cc_error_set(-r, "%s; and %s", msg, thaw);
+    }
+    return cc_error_set(-r, "%s", msg);
+  }
+  if (t < 0) {
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    return cc_error_set(-t, "snapshot create: %s@%s is taken, but %s", clones, snap, msg);
+  }
+  return 0;
 }
 
 int

@@ -173,6 +173,13 @@ int cc_clone_delete(struct cc_pool *p, const char *name);
  * stopping their clients (POOL.md 6.1); a list commits all or nothing (an intent, 6.3). */
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                        const char *description);
+/* The same, application-consistent: the guest agent on the QEMU chardev socket `agent` freezes
+ * the guest's file systems first (within freeze_timeout_ms) and thaws them after, always
+ * (pool/qga.h, POOL.md 6.5).  A freeze that fails or times out: no snapshot, the error says
+ * why.  A thaw that fails after the snapshot was taken: the error says the snapshot exists and
+ * the guest may still be frozen.  agent NULL: cc_snapshot_create. */
+int cc_snapshot_create_quiesced(struct cc_pool *p, const char *clones, const char *snap,
+                                const char *description, const char *agent, int freeze_timeout_ms);
 int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
 /* CC_REVERT_FORCE: a clone with connected clients is reverted after its server evicted them
  * (their requests fail with ESHUTDOWN from then on); without it, such a revert is refused with
