@@ -10,8 +10,16 @@
  * merged on insert when one continues the previous (same fd, contiguous file offset and
  * buffer), so a contiguous extent of one file is one system call however many runs it spans.
  *
+ * Fast path: most reads (4 KiB guest I/O) lie inside one extent of the top or one run of the
+ * index.  One ovl_map call for one extent, and one binary search in the index, say so; then the
+ * read is one pread (or a memset) with no plan, no piece array and no merging.
+ *
  * The pieces of one request are then read together: on the calling thread's io_uring
- * (uring.c), or with pread (CC_IO_SYNC, or when io_uring is unavailable).  Both give
+ * (uring.c), or with pread (CC_IO_SYNC, or when io_uring is unavailable).  io=auto
+ * (CC_IO_AUTO, the plugin's default) sends a one-piece read to pread, because a ring round
+ * trip for one read that the page cache completes inline only adds SQE/CQE work
+ * (docs/BENCHMARKS.md), and a read of several pieces to the ring, where they overlap when
+ * they have to wait for the disk.  Both give
  * identical results: a short read resumes from where it stopped, EINTR/EAGAIN retry, and a
  * read that hits end of file inside a piece is corruption (-EIO, naming the file): the index
  * never points past the end of a raw image, and FORMAT.md section 9 makes a truncated layer an
@@ -212,6 +220,60 @@ plan_top_extent(void *opaque, const struct ovl_extent *e)
   }
 }
 
+/* Read pieces in the chain's I/O mode.  A ring that is unavailable falls back to pread (uring.c
+ * said so once). */
+static int
+exec_pieces(const struct cc_chain *c, struct cc_piece *v, size_t n)
+{
+  int r = CC_URING_UNAVAILABLE;
+
+  if (!(c->flags & CC_IO_SYNC) && (!(c->flags & CC_IO_AUTO) || n > 1))
+    r = cc_uring_exec(v, n);
+  if (r == CC_URING_UNAVAILABLE)
+    r = cc_sync_exec(v, n);
+  return r;
+}
+
+/* The fast path: 1 if [offset, offset + length) was read as one piece or zeroes (r set), 0 if
+ * it needs a plan. */
+static int
+read_one(struct cc_chain *c, const struct cc_view *v, void *buf, uint64_t length, uint64_t offset,
+         int *r)
+{
+  struct cc_piece pc;
+  struct cc_seg seg;
+
+  if (v->top) {
+    struct ovl_extent e;
+    int n = ovl_map(v->top, offset, length, &e, 1);
+
+    if (n != 1 || e.offset != offset || e.length < length)
+      return 0; /* several extents, or an error the planner reports */
+    if (e.state == OVL_ZERO) {
+      memset(buf, 0, length);
+      *r = 0;
+      return 1;
+    }
+    if (e.state == OVL_DATA) {
+      pc = (struct cc_piece){v->top_fd, v->path, e.phys, buf, length};
+      goto piece;
+    }
+  }
+  if (!cc_index_one(v->idx, offset, length, &seg))
+    return 0;
+  if (seg.kind != CC_RUN_DATA) {
+    memset(buf, 0, length);
+    *r = 0;
+    return 1;
+  }
+  pc = (struct cc_piece){seg.file->fd, seg.file->path, seg.phys, buf, length};
+piece:
+  if (length > PIECE_MAX)
+    return 0;
+  *r = exec_pieces(c, &pc, 1);
+  return 1;
+}
+
 int
 cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
 {
@@ -230,21 +292,20 @@ cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset)
   }
   if (length == 0)
     return 0;
-  cc_plan_init(&plan);
   /* The view stays entered until the last piece is read: its files must stay open. */
   v = cc_view_enter(c, &ticket);
+  if (read_one(c, v, buf, length, offset, &r)) {
+    cc_view_leave(c, ticket);
+    return r;
+  }
+  cc_plan_init(&plan);
   if (v->top)
     r = cc_top_walk(v, "pread", offset, length, plan_top_extent,
                     &(struct plan_ctx){.v = v, .plan = &plan, .buf = buf, .offset = offset});
   else
     r = cc_plan_index(&plan, v->idx, buf, length, offset);
-  if (r == 0 && plan.n > 0) {
-    r = CC_URING_UNAVAILABLE;
-    if (!(c->flags & CC_IO_SYNC))
-      r = cc_uring_exec(plan.v, plan.n);
-    if (r == CC_URING_UNAVAILABLE)
-      r = cc_sync_exec(plan.v, plan.n);
-  }
+  if (r == 0 && plan.n > 0)
+    r = exec_pieces(c, plan.v, plan.n);
   cc_view_leave(c, ticket);
   cc_plan_free(&plan);
   return r;
