@@ -23,8 +23,12 @@ struct cc_chain;
  * one batch on the thread's io_uring (pread where io_uring is unavailable).  Neither flag:
  * every read through io_uring (io=uring). */
 #define CC_IO_AUTO 8u
+/* CC_DIRECT (cache=none): data of the frozen layers and raw images is read with O_DIRECT,
+ * bypassing the page cache; unaligned reads go through an aligned bounce buffer.  The writable
+ * top stays buffered (chain/read.c says why). */
+#define CC_DIRECT 16u
 /* The flags that choose how reads reach the files: what a pool passes through to chains. */
-#define CC_IO_MASK (CC_IO_SYNC | CC_IO_AUTO)
+#define CC_IO_MASK (CC_IO_SYNC | CC_IO_AUTO | CC_DIRECT)
 /* CC_RAW: top_path is a raw image (a template export): read-only.  Never probed: a raw
  * image's first bytes are guest data and may spell anything. */
 #define CC_RAW 4u

@@ -447,6 +447,7 @@ cc_index_free(struct cc_index *idx)
       ovl_close(f->ovl); /* read-only: nothing to flush, cannot lose data */
     else if (f->fd >= 0)
       close(f->fd);
+    cc_frozen_dfd_free(f);
     free(f->path);
   }
   free(idx->layers);

@@ -51,6 +51,10 @@ struct cc_frozen {
    * unlocked (registry.c): st_size, st_mtim, st_ctim. */
   uint64_t st_size;
   struct timespec mtime, ctime;
+  /* cache=none: an O_DIRECT descriptor of the same file, opened on first use (-1: not yet,
+   * -2: O_DIRECT refused here).  A cell of its own, so the copies of this struct in stacked
+   * indexes share it; NULL: never read directly (a live-pushed layer). */
+  _Atomic int *dfd;
 };
 
 enum cc_run_kind {
@@ -189,13 +193,16 @@ struct cc_index *cc_registry_publish(struct cc_index *idx);
 void cc_index_put(struct cc_index *idx);
 struct cc_index *cc_index_get(struct cc_index *idx); /* one more reference; returns idx */
 
-/* A slice of a read: `len` bytes at `phys` in `fd` go to `buf`. */
+/* A slice of a read: `len` bytes at `phys` in `fd` go to `buf`.  The last `tail` bytes are
+ * optional: an O_DIRECT read widened to the block size may end at end of file before them. */
 struct cc_piece {
   int fd;
   const char *path; /* for error messages */
   uint64_t phys;
   char *buf;
   size_t len;
+  size_t tail;
+  int direct; /* fd is an O_DIRECT descriptor */
 };
 
 /* The file pieces of one request, in virtual order; adjacent ones are merged on insert. */
@@ -209,8 +216,13 @@ struct cc_plan {
 void cc_plan_init(struct cc_plan *p);
 void cc_plan_free(struct cc_plan *p);
 int cc_plan_index(struct cc_plan *p, const struct cc_index *idx, char *buf, uint64_t length,
-                  uint64_t offset);
-int cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *buf, size_t len);
+                  uint64_t offset, int direct);
+int cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *buf, size_t len,
+                int direct);
+/* The O_DIRECT descriptor of f (opened on first use), or -1 if it has none. */
+int cc_frozen_dfd(const struct cc_frozen *f);
+/* Close and free f->dfd (the owner of the cell only). */
+void cc_frozen_dfd_free(struct cc_frozen *f);
 int cc_sync_exec(struct cc_piece *v, size_t n);
 int cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset);
 

@@ -289,6 +289,7 @@ frozen_release(struct cc_frozen *v, size_t n)
       ovl_close(v[i].ovl);
     else if (v[i].fd >= 0)
       close(v[i].fd);
+    cc_frozen_dfd_free(&v[i]);
     free(v[i].path);
   }
   free(v);
@@ -363,7 +364,12 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
       cap = ncap;
     }
     f = &v[n];
-    *f = (struct cc_frozen){.fd = -1};
+    *f = (struct cc_frozen){.fd = -1, .dfd = malloc(sizeof *f->dfd)};
+    if (!f->dfd) {
+      r = link_error(lk, ENOMEM, "out of memory");
+      goto fail;
+    }
+    atomic_init(f->dfd, -1);
     if (lk->kind == OVL_PARENT_RAW)
       r = open_raw(lk, f);
     else

@@ -64,6 +64,7 @@ static char *default_name; /* default=, or NULL: the empty export name is refuse
 /* index-cache=: bytes of idle chain indexes kept after their last connection closed, so a
  * reconnect to a deep clone is a lookup, not a rebuild (chain/registry.c). */
 static int64_t index_cache = 64 << 20;
+static unsigned cache_flags; /* cache=: 0 (writeback, the default) or CC_DIRECT (none) */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
@@ -125,6 +126,18 @@ cowchain_config(const char *key, const char *value)
                    value);
       return -1;
     }
+  } else if (strcmp(key, "cache") == 0) {
+    /* cache=none: the frozen layers' data read with O_DIRECT (chain.h, CC_DIRECT). */
+    if (strcmp(value, "none") == 0)
+      cache_flags = CC_DIRECT;
+    else if (strcmp(value, "writeback") == 0)
+      cache_flags = 0;
+    else {
+      nbdkit_error("cache=%s: unknown cache mode; use cache=writeback (the default) or "
+                   "cache=none",
+                   value);
+      return -1;
+    }
   } else if (strcmp(key, "index-cache") == 0) {
     index_cache = nbdkit_parse_size(value);
     if (index_cache < 0)
@@ -149,7 +162,7 @@ cowchain_config(const char *key, const char *value)
     }
   } else {
     nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=auto|sync|uring, "
-                 "index-cache=SIZE, default=NAME and control=on|off",
+                 "cache=writeback|none, index-cache=SIZE, default=NAME and control=on|off",
                  key);
     return -1;
   }
@@ -170,6 +183,7 @@ cowchain_config_complete(void)
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
   "io=auto|sync|uring    How reads reach the layers (default: auto).\n"                            \
+  "cache=writeback|none  none: layer data read with O_DIRECT (default: writeback).\n"              \
   "index-cache=SIZE      Idle chain indexes kept for reconnects (default: 64M).\n"                 \
   "default=NAME          Export served to clients that ask for the empty name.\n"                  \
   "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
@@ -180,6 +194,7 @@ cowchain_dump_plugin(void)
   printf("cowchain_version=%s\n", COWCHAIN_VERSION);
   printf("cowchain_io=auto,sync,uring\n");
   printf("cowchain_io_default=auto\n");
+  printf("cowchain_cache=writeback,none\n");
   printf("cowchain_exports=clone,snapshot,template\n");
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
@@ -191,7 +206,7 @@ cowchain_dump_plugin(void)
 static int
 cowchain_get_ready(void)
 {
-  if (exports_init(pool_dir, io_flags) < 0)
+  if (exports_init(pool_dir, io_flags | cache_flags) < 0)
     return -1;
   cc_set_index_cache((uint64_t)index_cache);
   control_init(pool_dir, exports_pool());

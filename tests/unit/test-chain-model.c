@@ -298,6 +298,11 @@ Test(chain_model, random_depths_auto)
   random_depths("chain_model/random_depths_auto", CC_IO_AUTO, 8);
 }
 
+Test(chain_model, random_depths_direct)
+{
+  random_depths("chain_model/random_depths_direct", CC_IO_AUTO | CC_DIRECT, 4);
+}
+
 Test(chain_model, random_depths_sync)
 {
   random_depths("chain_model/random_depths_sync", CC_IO_SYNC, 8);
