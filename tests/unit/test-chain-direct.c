@@ -100,8 +100,9 @@ Test(chain_direct, same_bytes_and_no_page_cache)
     char *probe = otu_join(dir, "probe");
     int p = open(probe, O_RDWR | O_CREAT | O_DIRECT, 0600);
 
-    cr_assert(p >= 0, "%s: O_DIRECT not supported by this file system (%s): cache=none cannot be "
-                      "tested here; point TMPDIR-less /tmp at ext4/xfs",
+    cr_assert(p >= 0,
+              "%s: O_DIRECT not supported by this file system (%s): cache=none cannot be "
+              "tested here; point TMPDIR-less /tmp at ext4/xfs",
               dir, strerror(errno));
     close(p);
     unlink(probe);
