@@ -19,6 +19,16 @@ struct cc_chain;
 /* cc_chain_open flags */
 #define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
 #define CC_IO_SYNC 2u /* read with pread instead of io_uring */
+/* CC_IO_AUTO: a read served by one piece goes straight to pread, a read of several pieces is
+ * one batch on the thread's io_uring (pread where io_uring is unavailable).  Neither flag:
+ * every read through io_uring (io=uring). */
+#define CC_IO_AUTO 8u
+/* CC_DIRECT (cache=none): data of the frozen layers and raw images is read with O_DIRECT,
+ * bypassing the page cache; unaligned reads go through an aligned bounce buffer.  The writable
+ * top stays buffered (chain/read.c says why). */
+#define CC_DIRECT 16u
+/* The flags that choose how reads reach the files: what a pool passes through to chains. */
+#define CC_IO_MASK (CC_IO_SYNC | CC_IO_AUTO | CC_DIRECT)
 /* CC_RAW: top_path is a raw image (a template export): read-only.  Never probed: a raw
  * image's first bytes are guest data and may spell anything. */
 #define CC_RAW 4u
@@ -100,6 +110,13 @@ struct cc_chain_run {
 };
 typedef int (*cc_run_fn)(void *opaque, const struct cc_chain_run *run);
 int cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque);
+
+/* Keep the resolution index of a frozen part after its last chain closes, up to `bytes` of
+ * such idle indexes in this process (least recently used dropped first), so reopening a deep
+ * chain is a lookup instead of reading every layer's map.  An idle index keeps its files open
+ * but not locked, and is revalidated on reuse (chain/registry.c).  0 (the default) keeps none
+ * and frees the idle ones now. */
+void cc_set_index_cache(uint64_t bytes);
 
 /* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
  * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin

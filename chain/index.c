@@ -32,15 +32,10 @@
 
 #define MAP_BATCH 256 /* extents per ovl_map call */
 
-struct runvec {
-  struct cc_run *v;
-  size_t n, cap;
-};
-
 /* Append a run starting at `start` (runs are built contiguous and ascending), merging it into
  * the previous one when it just continues it. */
 static int
-rv_push(struct runvec *rv, uint64_t start, uint32_t kind, uint32_t layer, uint64_t phys)
+rv_push(struct cc_runvec *rv, uint64_t start, uint32_t kind, uint32_t layer, uint64_t phys)
 {
   /* A previous run of length zero (cannot come from a sane map, but costs nothing) is
    * replaced rather than kept as an empty run. */
@@ -69,7 +64,7 @@ rv_push(struct runvec *rv, uint64_t start, uint32_t kind, uint32_t layer, uint64
 /* Runs of a raw image: data where SEEK_DATA finds it, holes elsewhere.  A file system without
  * SEEK_DATA support reports everything as data, which is correct, only less sparse. */
 static int
-scan_raw(struct runvec *rv, const struct cc_frozen *f)
+scan_raw(struct cc_runvec *rv, const struct cc_frozen *f, uint32_t li)
 {
   uint64_t pos = 0;
   int r;
@@ -81,7 +76,7 @@ scan_raw(struct runvec *rv, const struct cc_frozen *f)
     if (d < 0 && errno == ENXIO) /* only a hole up to EOF */
       return rv_push(rv, pos, CC_RUN_HOLE, 0, 0);
     if (d < 0) /* no SEEK_DATA here (e.g. a device): all data */
-      return rv_push(rv, pos, CC_RUN_DATA, 0, pos);
+      return rv_push(rv, pos, CC_RUN_DATA, li, pos);
     if ((uint64_t)d >= f->size)
       return rv_push(rv, pos, CC_RUN_HOLE, 0, 0);
     if ((uint64_t)d > pos && (r = rv_push(rv, pos, CC_RUN_HOLE, 0, 0)) < 0)
@@ -89,7 +84,7 @@ scan_raw(struct runvec *rv, const struct cc_frozen *f)
     h = lseek(f->fd, d, SEEK_HOLE);
     if (h < 0 || (uint64_t)h > f->size)
       h = (off_t)f->size;
-    if ((r = rv_push(rv, (uint64_t)d, CC_RUN_DATA, 0, (uint64_t)d)) < 0)
+    if ((r = rv_push(rv, (uint64_t)d, CC_RUN_DATA, li, (uint64_t)d)) < 0)
       return r;
     if (h <= d) /* cannot happen; never loop forever on a confused file system */
       h = (off_t)f->size;
@@ -107,7 +102,7 @@ run_end(const struct cc_run *v, size_t n, size_t i, uint64_t size)
 /* Copy the runs of `below` (covering [0, below_size)) that overlap [a, b) into `out`, clipped.
  * *ci is a cursor into below that only moves forward. */
 static int
-copy_below(struct runvec *out, const struct runvec *below, uint64_t below_size, size_t *ci,
+copy_below(struct cc_runvec *out, const struct cc_runvec *below, uint64_t below_size, size_t *ci,
            uint64_t a, uint64_t b)
 {
   int r;
@@ -128,7 +123,7 @@ copy_below(struct runvec *out, const struct runvec *below, uint64_t below_size, 
 
 /* Merge layer `li` over `below` (which already covers its whole virtual size) into `out`. */
 static int
-overlay_layer(struct runvec *out, const struct runvec *below, uint64_t size, uint32_t li,
+overlay_layer(struct cc_runvec *out, const struct cc_runvec *below, uint64_t size, uint32_t li,
               const struct cc_frozen *f)
 {
   struct ovl_extent ext[MAP_BATCH];
@@ -173,7 +168,7 @@ overlay_layer(struct runvec *out, const struct runvec *below, uint64_t size, uin
 /* Stack layer `li` (f) onto `cur`, which covers [0, *size): afterwards `cur` covers the layer's
  * virtual size.  `next` is scratch; the two are swapped as needed. */
 static int
-stack_layer(struct runvec *cur, struct runvec *next, uint64_t *size, uint32_t li,
+stack_layer(struct cc_runvec *cur, struct cc_runvec *next, uint64_t *size, uint32_t li,
             const struct cc_frozen *f)
 {
   int r;
@@ -195,7 +190,7 @@ stack_layer(struct runvec *cur, struct runvec *next, uint64_t *size, uint32_t li
   next->n = 0;
   if ((r = overlay_layer(next, cur, *size, li, f)) < 0)
     return r;
-  struct runvec t = *cur;
+  struct cc_runvec t = *cur;
   *cur = *next;
   *next = t;
   return 0;
@@ -203,7 +198,7 @@ stack_layer(struct runvec *cur, struct runvec *next, uint64_t *size, uint32_t li
 
 /* Hand the runs in `cur` (covering [0, size)) to idx, trimmed. */
 static void
-finish_runs(struct cc_index *idx, struct runvec *cur, uint64_t size)
+finish_runs(struct cc_index *idx, struct cc_runvec *cur, uint64_t size)
 {
   /* Trim a trailing empty run and the slack. */
   if (cur->n > 0 && cur->v[cur->n - 1].start >= size)
@@ -224,7 +219,7 @@ finish_runs(struct cc_index *idx, struct runvec *cur, uint64_t size)
 int
 cc_index_build(struct cc_index *idx)
 {
-  struct runvec cur = {0}, next = {0};
+  struct cc_runvec cur = {0}, next = {0};
   uint64_t size = 0;
   int r = 0;
 
@@ -234,7 +229,7 @@ cc_index_build(struct cc_index *idx)
 
     if (!f->ovl) {
       /* A raw image is always the bottom (open.c stops there). */
-      if ((r = scan_raw(&cur, f)) < 0)
+      if ((r = scan_raw(&cur, f, 0)) < 0)
         goto out;
       size = f->size;
       continue;
@@ -257,10 +252,134 @@ out:
   return r;
 }
 
+void
+cc_builder_init(struct cc_builder *b)
+{
+  memset(b, 0, sizeof *b);
+}
+
+void
+cc_builder_free(struct cc_builder *b)
+{
+  free(b->cur.v);
+  free(b->next.v);
+  free(b->layer.v);
+  memset(b, 0, sizeof *b);
+}
+
+/* File f's own runs over [0, f->size): DATA (layer pos), ZERO, and UNRES where it has nothing
+ * (a layer) or HOLE (a raw image). */
+static int
+own_runs(struct cc_runvec *out, const struct cc_frozen *f, uint32_t pos)
+{
+  struct ovl_extent ext[MAP_BATCH];
+  uint64_t p = 0;
+  int n, r;
+
+  out->n = 0;
+  if (!f->ovl)
+    return scan_raw(out, f, pos);
+  while (p < f->size) {
+    n = ovl_map(f->ovl, p, f->size - p, ext, MAP_BATCH);
+    if (n < 0)
+      return n;
+    if (n == 0)
+      return cc_error_set(EIO, "open: %s: map ends at %llu before the virtual size", f->path,
+                          (unsigned long long)p);
+    for (int k = 0; k < n; k++) {
+      const struct ovl_extent *e = &ext[k];
+      uint32_t kind = e->state == OVL_DATA   ? CC_RUN_DATA
+                      : e->state == OVL_ZERO ? CC_RUN_ZERO
+                                             : CC_RUN_UNRES;
+
+      if (e->offset != p || e->length == 0 || e->length > f->size - p)
+        return cc_error_set(EIO, "open: %s: map extents not contiguous at %llu", f->path,
+                            (unsigned long long)p);
+      if (e->state != OVL_DATA && e->state != OVL_ZERO && e->state != OVL_UNALLOCATED)
+        return cc_error_set(EIO, "open: %s: unknown extent state %d", f->path, (int)e->state);
+      if ((r = rv_push(out, e->offset, kind, pos, kind == CC_RUN_DATA ? e->phys : 0)) < 0)
+        return r;
+      p += e->length;
+    }
+  }
+  return 0;
+}
+
+int
+cc_builder_add(struct cc_builder *b, const struct cc_frozen *f, uint32_t pos)
+{
+  struct cc_runvec *lr = &b->layer, *out = &b->next;
+  size_t ci = 0;
+  int r;
+
+  if (!b->started) {
+    b->started = 1;
+    b->size = f->size;
+    b->cur.n = 0;
+    if ((r = rv_push(&b->cur, 0, CC_RUN_UNRES, 0, 0)) < 0)
+      return r;
+    b->unresolved = 1;
+  }
+  if (b->unresolved == 0 || b->size == 0)
+    return 0; /* everything is decided above: this file only needs to stay open */
+  if ((r = own_runs(lr, f, pos)) < 0)
+    return r;
+  /* A layer with nothing of its own, as large as the index (a fresh snapshot), changes
+   * nothing. */
+  if (lr->n == 1 && lr->v[0].kind == CC_RUN_UNRES && f->size >= b->size)
+    return 0;
+  out->n = 0;
+  b->unresolved = 0;
+  for (size_t i = 0; i < b->cur.n; i++) {
+    const struct cc_run *run = &b->cur.v[i];
+    uint64_t a = run->start, e = run_end(b->cur.v, b->cur.n, i, b->size);
+
+    if (run->kind != CC_RUN_UNRES) {
+      if ((r = rv_push(out, a, run->kind, run->layer, run->phys)) < 0)
+        return r;
+      continue;
+    }
+    /* Unresolved: this file decides it where it reaches; beyond its size it reads as zero. */
+    if (a < f->size && (r = copy_below(out, lr, f->size, &ci, a, e < f->size ? e : f->size)) < 0)
+      return r;
+    if (e > f->size && (r = rv_push(out, a > f->size ? a : f->size, CC_RUN_HOLE, 0, 0)) < 0)
+      return r;
+  }
+  for (size_t i = 0; i < out->n; i++)
+    b->unresolved += out->v[i].kind == CC_RUN_UNRES;
+  struct cc_runvec t = b->cur;
+  b->cur = *out;
+  *out = t;
+  return 0;
+}
+
+int
+cc_builder_finish(struct cc_builder *b, struct cc_index *idx)
+{
+  struct cc_runvec *out = &b->next;
+  int r;
+
+  idx->nowned = idx->nlayers;
+  out->n = 0;
+  for (size_t i = 0; i < b->cur.n; i++) {
+    const struct cc_run *run = &b->cur.v[i];
+    uint32_t kind = run->kind == CC_RUN_UNRES ? CC_RUN_HOLE : run->kind;
+    uint32_t layer = kind == CC_RUN_DATA ? (uint32_t)(idx->nlayers - 1 - run->layer) : 0;
+
+    if ((r = rv_push(out, run->start, kind, layer, kind == CC_RUN_DATA ? run->phys : 0)) < 0)
+      return r;
+  }
+  finish_runs(idx, out, b->size);
+  cc_builder_free(b);
+  /* The maps were freed as they were merged; glibc would keep their pages otherwise. */
+  malloc_trim(0);
+  return 0;
+}
+
 int
 cc_index_stack(struct cc_index *below, const struct cc_frozen *top, struct cc_index **out)
 {
-  struct runvec cur = {0}, next = {0};
+  struct cc_runvec cur = {0}, next = {0};
   size_t nb = below ? below->nlayers : 0;
   uint64_t size = 0;
   struct cc_index *idx;
@@ -328,6 +447,7 @@ cc_index_free(struct cc_index *idx)
       ovl_close(f->ovl); /* read-only: nothing to flush, cannot lose data */
     else if (f->fd >= 0)
       close(f->fd);
+    cc_frozen_dfd_free(f);
     free(f->path);
   }
   free(idx->layers);
@@ -352,6 +472,28 @@ find_run(const struct cc_index *idx, uint64_t offset)
       hi = mid;
   }
   return lo;
+}
+
+int
+cc_index_one(const struct cc_index *idx, uint64_t offset, uint64_t length, struct cc_seg *seg)
+{
+  size_t i;
+  uint64_t rend;
+
+  if (!idx || idx->nruns == 0 || offset >= idx->size) {
+    *seg = (struct cc_seg){.offset = offset, .length = length, .kind = CC_RUN_HOLE};
+    return 1;
+  }
+  i = find_run(idx, offset);
+  rend = run_end(idx->runs, idx->nruns, i, idx->size);
+  if (length > rend - offset)
+    return 0;
+  seg->offset = offset;
+  seg->length = length;
+  seg->kind = (enum cc_run_kind)idx->runs[i].kind;
+  seg->phys = seg->kind == CC_RUN_DATA ? idx->runs[i].phys + (offset - idx->runs[i].start) : 0;
+  seg->file = seg->kind == CC_RUN_DATA ? &idx->layers[idx->runs[i].layer] : NULL;
+  return 1;
 }
 
 int

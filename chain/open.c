@@ -49,6 +49,7 @@
 #include "common/error.h"
 
 static size_t max_depth = CC_MAX_DEPTH;
+static atomic_ullong index_builds; /* testing.h */
 
 /* One parent link to follow: the file `path` as the header of `child` describes it. */
 struct link {
@@ -182,6 +183,9 @@ open_raw(const struct link *lk, struct cc_frozen *f)
   }
   f->dev = st.st_dev;
   f->ino = st.st_ino;
+  f->st_size = (uint64_t)st.st_size;
+  f->mtime = st.st_mtim;
+  f->ctime = st.st_ctim;
   if ((r = lock_raw_shared(lk, f->fd)) < 0)
     return r;
   return 0;
@@ -212,6 +216,9 @@ open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
     return link_error(lk, errno, "fstat: %s", strerror(errno));
   f->dev = st.st_dev;
   f->ino = st.st_ino;
+  f->st_size = (uint64_t)st.st_size;
+  f->mtime = st.st_mtim;
+  f->ctime = st.st_ctim;
   if (lk->checked && memcmp(info->uuid, lk->uuid, OVL_UUID_LEN) != 0) {
     char want[37], got[37];
 
@@ -282,6 +289,7 @@ frozen_release(struct cc_frozen *v, size_t n)
       ovl_close(v[i].ovl);
     else if (v[i].fd >= 0)
       close(v[i].fd);
+    cc_frozen_dfd_free(&v[i]);
     free(v[i].path);
   }
   free(v);
@@ -299,10 +307,12 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   size_t n = 0, cap = 0;
   struct ovl_info *info = malloc(sizeof *info);
   struct cc_index *idx = NULL;
+  struct cc_builder b;
   int r = 0;
 
   if (!info)
     return cc_error_set(ENOMEM, "open: %s: out of memory", lk->path);
+  cc_builder_init(&b);
   for (;;) {
     struct cc_frozen *f;
     struct stat st;
@@ -354,7 +364,12 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
       cap = ncap;
     }
     f = &v[n];
-    *f = (struct cc_frozen){.fd = -1};
+    *f = (struct cc_frozen){.fd = -1, .dfd = malloc(sizeof *f->dfd)};
+    if (!f->dfd) {
+      r = link_error(lk, ENOMEM, "out of memory");
+      goto fail;
+    }
+    atomic_init(f->dfd, -1);
     if (lk->kind == OVL_PARENT_RAW)
       r = open_raw(lk, f);
     else
@@ -382,6 +397,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
 
       if (hit) {
         frozen_release(v, n);
+        cc_builder_free(&b);
         free(info);
         if ((r = index_within(hit, root)) < 0) {
           cc_index_put(hit);
@@ -391,6 +407,13 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
         return 0;
       }
     }
+    /* Merge this file into the index now and drop its map: the peak is one layer's map, not
+     * the whole chain's (docs/BENCHMARKS.md, finding B).  `info` is read below, and the
+     * header stays. */
+    if ((r = cc_builder_add(&b, f, (uint32_t)(n - 1))) < 0)
+      goto fail;
+    if (f->ovl)
+      ovl_drop_map(f->ovl);
     if (!f->ovl || info->parent_kind == OVL_PARENT_NONE)
       break;
     /* Follow the link this layer records. */
@@ -426,10 +449,11 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
     cc_index_free(idx);
     goto fail;
   }
-  if ((r = cc_index_build(idx)) < 0) {
+  if ((r = cc_builder_finish(&b, idx)) < 0) {
     cc_index_free(idx);
     goto fail;
   }
+  atomic_fetch_add(&index_builds, 1);
   free(info);
   *out = cc_registry_insert(idx);
   /* Another thread may have published an equal index first, checked against another root. */
@@ -441,6 +465,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   return 0;
 
 fail:
+  cc_builder_free(&b);
   frozen_release(v, n);
   free(lk->path);
   lk->path = NULL;
@@ -642,6 +667,12 @@ int
 cc_chain_uses_uring(const struct cc_chain *c)
 {
   return !(c->flags & CC_IO_SYNC) && !cc_uring_disabled();
+}
+
+uint64_t
+cc_chain_index_builds(void)
+{
+  return atomic_load(&index_builds);
 }
 
 /* Test hook: a smaller depth limit, so the "too deep" error is testable without creating

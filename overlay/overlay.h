@@ -171,6 +171,12 @@ int ovl_freeze(struct ovl_layer *l);
  * drop.  Returns -EINVAL on a writable layer (its map is live). */
 int ovl_drop_map(struct ovl_layer *l);
 
+/* For a read-only layer held open while nobody locked it (chain/'s cache of idle indexes): 0
+ * if the file still is what was opened (not removed, same size, same header generation: every
+ * writer bumps it when it sets the dirty bit), else -ESTALE (or the read error) with a
+ * message.  Does not change the layer. */
+int ovl_revalidate(struct ovl_layer *l);
+
 /* Replace the parent link (header rewrite, section 7.3).  Needs OVL_RDWR. */
 int ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent);
 

@@ -131,7 +131,7 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
             unsigned io_flags, char *path, size_t pathlen, struct cc_chain **out)
 {
   char msg[CC_ERROR_MAX];
-  unsigned flags = io_flags & CC_IO_SYNC;
+  unsigned flags = io_flags & CC_IO_MASK;
   int r;
 
   if ((r = target_path(p, t, path, pathlen)) < 0)

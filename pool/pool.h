@@ -90,8 +90,8 @@ struct cc_export_desc {
 };
 
 /* Open an export: a clone read-write (read-only if `readonly`), a snapshot or a template
- * read-only.  io_flags: CC_IO_SYNC or 0.  desc (may be NULL) gets what was opened: a clone's
- * top is followed if the CLI switches it while we open (export.c says how).  Every error
+ * read-only.  io_flags: CC_IO_MASK bits (chain.h).  desc (may be NULL) gets what was opened: a
+ * clone's top is followed if the CLI switches it while we open (export.c says how).  Every error
  * message names the export ("open: vm1: ..."). */
 int cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
                         struct cc_chain **out, struct cc_export_desc *desc);

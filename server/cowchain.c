@@ -57,10 +57,14 @@
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
 static char *pool_dir; /* pool=, absolute */
-/* io=: CC_IO_SYNC (default) or 0 (uring).  pread is the default because it measured as fast
- * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
-static unsigned io_flags = CC_IO_SYNC;
+/* io=: CC_IO_AUTO (default: one-piece reads by pread, several pieces as one io_uring batch),
+ * CC_IO_SYNC (pread only) or 0 (io_uring only); docs/BENCHMARKS.md measures the three. */
+static unsigned io_flags = CC_IO_AUTO;
 static char *default_name; /* default=, or NULL: the empty export name is refused */
+/* index-cache=: bytes of idle chain indexes kept after their last connection closed, so a
+ * reconnect to a deep clone is a lookup, not a rebuild (chain/registry.c). */
+static int64_t index_cache = 64 << 20;
+static unsigned cache_flags; /* cache=: 0 (writeback, the default) or CC_DIRECT (none) */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
@@ -115,10 +119,29 @@ cowchain_config(const char *key, const char *value)
       io_flags = 0;
     else if (strcmp(value, "sync") == 0)
       io_flags = CC_IO_SYNC;
+    else if (strcmp(value, "auto") == 0)
+      io_flags = CC_IO_AUTO;
     else {
-      nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
+      nbdkit_error("io=%s: unknown I/O mode; use io=auto (the default), io=sync or io=uring",
+                   value);
       return -1;
     }
+  } else if (strcmp(key, "cache") == 0) {
+    /* cache=none: the frozen layers' data read with O_DIRECT (chain.h, CC_DIRECT). */
+    if (strcmp(value, "none") == 0)
+      cache_flags = CC_DIRECT;
+    else if (strcmp(value, "writeback") == 0)
+      cache_flags = 0;
+    else {
+      nbdkit_error("cache=%s: unknown cache mode; use cache=writeback (the default) or "
+                   "cache=none",
+                   value);
+      return -1;
+    }
+  } else if (strcmp(key, "index-cache") == 0) {
+    index_cache = nbdkit_parse_size(value);
+    if (index_cache < 0)
+      return -1; /* nbdkit_parse_size said what is wrong */
   } else if (strcmp(key, "control") == 0) {
     if (control_config(value) < 0)
       return -1;
@@ -138,8 +161,8 @@ cowchain_config(const char *key, const char *value)
       return -1;
     }
   } else {
-    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
-                 "default=NAME and control=on|off",
+    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=auto|sync|uring, "
+                 "cache=writeback|none, index-cache=SIZE, default=NAME and control=on|off",
                  key);
     return -1;
   }
@@ -159,7 +182,9 @@ cowchain_config_complete(void)
 
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
-  "io=sync|uring         How reads reach the layers (default: sync).\n"                            \
+  "io=auto|sync|uring    How reads reach the layers (default: auto).\n"                            \
+  "cache=writeback|none  none: layer data read with O_DIRECT (default: writeback).\n"              \
+  "index-cache=SIZE      Idle chain indexes kept for reconnects (default: 64M).\n"                 \
   "default=NAME          Export served to clients that ask for the empty name.\n"                  \
   "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on)."
 
@@ -167,8 +192,9 @@ static void
 cowchain_dump_plugin(void)
 {
   printf("cowchain_version=%s\n", COWCHAIN_VERSION);
-  printf("cowchain_io=uring,sync\n");
-  printf("cowchain_io_default=sync\n");
+  printf("cowchain_io=auto,sync,uring\n");
+  printf("cowchain_io_default=auto\n");
+  printf("cowchain_cache=writeback,none\n");
   printf("cowchain_exports=clone,snapshot,template\n");
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
@@ -180,8 +206,9 @@ cowchain_dump_plugin(void)
 static int
 cowchain_get_ready(void)
 {
-  if (exports_init(pool_dir, io_flags) < 0)
+  if (exports_init(pool_dir, io_flags | cache_flags) < 0)
     return -1;
+  cc_set_index_cache((uint64_t)index_cache);
   control_init(pool_dir, exports_pool());
   return 0;
 }

@@ -73,7 +73,7 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER; /* an entry left OPENING/CLOSING */
 static struct cc_export *table;                              /* under table_lock */
 static struct cc_pool *pool;   /* opened by exports_init before any connection, then only read */
-static unsigned pool_io_flags; /* CC_IO_SYNC or 0, likewise */
+static unsigned pool_io_flags; /* CC_IO_MASK bits (chain.h), likewise */
 
 /* The last chain/ or pool/ error (escaped into buf: it may quote paths and parent links with any
  * bytes, see common/error.h), or a generic one if chain/ left none. */

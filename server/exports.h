@@ -34,7 +34,7 @@ struct cc_export {
 };
 
 /* Open the pool once before any connection (.get_ready); exports_acquire opens chains from it
- * with io_flags (CC_IO_SYNC or 0).  -1 after nbdkit_error. */
+ * with io_flags (CC_IO_MASK bits of chain.h).  -1 after nbdkit_error. */
 int exports_init(const char *pool_dir, unsigned io_flags);
 /* The pool opened by exports_init (NULL before it): the plugin's one handle on it. */
 struct cc_pool *exports_pool(void);

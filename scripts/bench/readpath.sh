@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: BSD-3-Clause
+# scripts/bench/readpath.sh: the read path of issue 15 (sourced by run): I/O modes on a warm and
+# a cold page cache and with cache=none, open time by depth (first open and reconnect), memory
+# per allocated cluster.
+#
+# Series (one server start per peer and depth, seqread then randread, one round):
+#   warm   every file read once before (need_chains), 1 s warm-up run
+#   cold   (--cold) the pages of every file of both chains and of the template are dropped
+#          (posix_fadvise DONTNEED after fdatasync: only these files, not the machine's whole
+#          page cache, which other people's jobs use) before each measured run; no warm-up
+#   none   cache=none peers (cowchain cache=none, qemu-nbd --cache=none --aio=io_uring, nbdkit
+#          file cache=none), pages dropped before each run as for cold
+# Peers: cc-sync, cc-uring, cc-auto (the plugin with io=...), qemu-nbd (qcow2 chain, writeback
+# or none), nbd-file (the raw template; the ceiling).
+
+RP_DEPTHS=(1 64 256)
+RP_OPEN_DEPTHS=(1 16 64 256)
+((QUICK)) && RP_DEPTHS=(1 16) RP_OPEN_DEPTHS=(1 4 16)
+
+# Drop the page-cache pages of the bench's own files.
+drop_files() {
+  /usr/bin/python3 - "$TEMPLATE" "$POOL" "$RUNDIR/qcow2-chain/" "$RUNDIR/qcow2" <<'PY'
+import os, sys
+for root in sys.argv[1:]:
+    paths = [root] if os.path.isfile(root) else [
+        os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs]
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        os.close(fd)
+PY
+}
+
+# start_rp_peer ID PEER DEPTH SERIES: sets PEER_URI.
+start_rp_peer() {
+  local id=$1 peer=$2 d=$3 series=$4 cache=() qcache=writeback fcache=()
+  if [[ $series == none ]]; then
+    cache=(cache=none) qcache=none fcache=(cache=none)
+  fi
+  case $peer in
+    cc-sync | cc-uring | cc-auto)
+      start_nbdkit "$id" "$PLUGIN" pool="$POOL" io="${peer#cc-}" "${cache[@]}" &&
+        PEER_URI=$(uri "$id" "c$d") ;;
+    qemu-nbd)
+      start_qemu_nbd "$id" -r -f qcow2 --aio=io_uring --cache=$qcache -x top \
+        "$RUNDIR/qcow2/top$d.qcow2" && PEER_URI=$(uri "$id" top) ;;
+    nbd-file) start_nbdkit "$id" -r file file="$TEMPLATE" "${fcache[@]}" && PEER_URI=$(uri "$id" "") ;;
+  esac
+}
+
+rp_series() {
+  local series=$1 d peer peers wl
+  for d in "${RP_DEPTHS[@]}"; do
+    peers=(cc-sync cc-uring cc-auto qemu-nbd)
+    ((d == RP_DEPTHS[0])) && peers+=(nbd-file)
+    for peer in "${peers[@]}"; do
+      start_rp_peer p "$peer" "$d" "$series" || die "$peer ($series) did not start"
+      # The first open (index build) is not part of a read measurement.
+      timeout 120 nbdinfo --size "$PEER_URI" >/dev/null || die "$peer: nbdinfo"
+      for wl in seqread randread; do
+        if [[ $series == warm ]]; then
+          local w=$WARMUP
+          [[ $wl == randread ]] && w=0 # the seqread warm-up already warmed this server
+          WARMUP=$w measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" "$PEER_URI"
+        else
+          drop_files
+          WARMUP=0 measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" "$PEER_URI"
+        fi
+      done
+      stop_server p
+    done
+  done
+}
+
+# Open time: nbdinfo --size (a whole connection: process start, handshake, open, close) on clone
+# cD; the first connection builds the index, the next ones find it (index-cache, default) or
+# rebuild it (index-cache=0, the behaviour before issue 15).
+rp_open() {
+  local d i first reconnect nocache floor times
+  for d in "${RP_OPEN_DEPTHS[@]}"; do
+    start_nbdkit o "$PLUGIN" pool="$POOL" || die "nbdkit"
+    first=$(time_cmd_ms nbdinfo --size "$(uri o "c$d")")
+    times=()
+    for ((i = 0; i < 9; i++)); do times+=("$(time_cmd_ms nbdinfo --size "$(uri o "c$d")")"); done
+    reconnect=$(printf '%s\n' "${times[@]}" | median)
+    stop_server o
+    start_nbdkit o "$PLUGIN" pool="$POOL" index-cache=0 || die "nbdkit"
+    times=()
+    for ((i = 0; i < 5; i++)); do times+=("$(time_cmd_ms nbdinfo --size "$(uri o "c$d")")"); done
+    nocache=$(printf '%s\n' "${times[@]}" | median)
+    stop_server o
+    # The floor: nbdinfo on the raw template (no chain at all).
+    start_nbdkit o -r file file="$TEMPLATE" || die "nbdkit file"
+    times=()
+    for ((i = 0; i < 5; i++)); do times+=("$(time_cmd_ms nbdinfo --size "$(uri o "")")"); done
+    floor=$(printf '%s\n' "${times[@]}" | median)
+    stop_server o
+    record '{section:"rp-open", depth:$d, first_ms:$f, reconnect_ms:$r, nocache_ms:$n, file_ms:$x}' \
+      --argjson d "$d" --argjson f "$first" --argjson r "$reconnect" --argjson n "$nocache" \
+      --argjson x "$floor"
+    log "open d=$d: first ${first} ms, reconnect ${reconnect} ms (index-cache=0: ${nocache} ms; nbdkit file: ${floor} ms)"
+  done
+}
+
+# Memory per allocated cluster: one connection to c0 and to cMAX (each in a fresh server),
+# every cluster touched (holdconns, stride = cluster), VmRSS and VmHWM while connected.
+rp_memory() {
+  local clusters=$((MAXDEPTH * PER_LAYER)) s0 s1
+  build_holdconns
+  start_nbdkit mem "$PLUGIN" pool="$POOL" || die "nbdkit"
+  s0=$(mem_hold "$CLUSTER" "${SRV_PID[mem]}" "$(uri mem c0)")
+  stop_server mem
+  start_nbdkit mem "$PLUGIN" pool="$POOL" || die "nbdkit"
+  s1=$(mem_hold "$CLUSTER" "${SRV_PID[mem]}" "$(uri mem "c$MAXDEPTH")")
+  stop_server mem
+  mem_record cowchain rp-per-cluster-base 1 "$s0"
+  mem_record cowchain rp-per-cluster-deep 1 "$s1" "$clusters"
+}
+
+section_readpath() {
+  need_chains
+  log "read path: depths ${RP_DEPTHS[*]}, series warm$( ((COLD)) && echo ', cold'), none;" \
+    "open time at ${RP_OPEN_DEPTHS[*]}"
+  rp_open
+  rp_memory
+  rp_series warm
+  ((COLD)) && rp_series cold
+  rp_series none
+  if ((PROFILE)); then
+    # Where a depth-1 4 KiB random read's server CPU goes (io=auto), for the report.
+    start_rp_peer p cc-auto 1 warm || die "cc-auto"
+    timeout 60 perf record -q -g -o "$RUNDIR/perf-rp.data" -p "${SRV_PID[p]}" -- sleep "$RUNTIME" \
+      >/dev/null 2>&1 &
+    local perfpid=$!
+    fio_job /dev/null --name=p --uri="$PEER_URI" ${WL[randread]} --runtime="$RUNTIME" --time_based
+    wait "$perfpid" || true
+    perf report -q -i "$RUNDIR/perf-rp.data" --no-children --percent-limit 1.5 --stdio \
+      2>/dev/null | head -80 >"$OUTDIR/perf-readpath-d1-randread.txt" || true
+    stop_server p
+  fi
+}
