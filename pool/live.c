@@ -38,6 +38,7 @@
  * operation at step N and waits for it to be gone (pool_step_victim), so tests can kill the
  * server at every step too.
  */
+#include "common/time.h"
 #include "pool/internal.h"
 
 #include "common/control-proto.h"
@@ -535,15 +536,6 @@ struct snap_item {
   int quiesced;
 };
 
-static long long
-mono_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Undo what one attempt did before its commit: reopen gates, unlock tops, remove new tops. */
 static void
 snap_undo(struct cc_pool *p, struct live_set *s, struct snap_item *it, size_t n)
@@ -639,7 +631,7 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     strcpy(it[i].after.top, it[i].newtop);
   }
   /* 3. quiesce: one request per server naming all its clones (all or nothing there). */
-  t0 = mono_ms();
+  t0 = cc_mono_ms();
   for (size_t i = 0; i < n; i++) {
     if (!it[i].srv || it[i].quiesced)
       continue;
@@ -660,7 +652,7 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
   }
   /* A hold that might expire before push-top would let a server write a layer the records are
    * about to call a snapshot (POOL.md 6.1): commit only well inside it. */
-  if (mono_ms() - t0 > LIVE_HOLD_MS - LIVE_COMMIT_MS) {
+  if (cc_mono_ms() - t0 > LIVE_HOLD_MS - LIVE_COMMIT_MS) {
     r = cc_error_set(ETIMEDOUT, "snapshot create: closing the write gates took too long");
     goto undo;
   }

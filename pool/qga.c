@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/time.h"
 #include "common/control-proto.h"
 #include "common/error.h"
 #include "pool/qga.h"
@@ -39,21 +40,12 @@ struct cc_qga {
   char line[CCP_LINE_MAX + 1];
 };
 
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The next non-blank reply line (after any 0xFF) into *out, within the deadline. */
 static int
 read_reply(struct cc_qga *q, int64_t deadline, const char **out)
 {
   for (;;) {
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - cc_mono_ms();
     char *s, *ff;
     int r;
 
@@ -174,7 +166,7 @@ send_cmd(struct cc_qga *q, const char *json)
 static int
 last_reply(struct cc_qga *q, const char *what, int timeout_ms, long long *value)
 {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = cc_mono_ms() + timeout_ms;
   char desc[512];
   const char *json;
   int r;
@@ -205,7 +197,7 @@ last_reply(struct cc_qga *q, const char *what, int timeout_ms, long long *value)
 int
 cc_qga_open(const char *path, int timeout_ms, struct cc_qga **out)
 {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = cc_mono_ms() + timeout_ms;
   struct cc_qga *q;
   char cmd[128];
   long long id;

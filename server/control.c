@@ -42,6 +42,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "common/time.h"
 #include "server/control.h"
 
 #include <errno.h>
@@ -104,24 +105,6 @@ control_socket_path(void)
   return sock_path;
 }
 
-static long long
-now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static long long
-now_us(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ---- one client's session ---- */
 
 struct held {
@@ -132,7 +115,7 @@ struct session {
   struct ccp_conn *conn;
   struct held held[MAX_EXPORTS];
   int nheld;
-  long long hold_deadline; /* now_ms() value, while nheld > 0 */
+  long long hold_deadline; /* cc_mono_ms() value, while nheld > 0 */
   long long closed_at_us;  /* when the first gate closed */
   char *line;              /* CCP_LINE_MAX + 1 */
 };
@@ -214,7 +197,7 @@ quiesce(struct session *s, char **names, int n)
       break;
     }
     if (s->nheld == 0)
-      s->closed_at_us = now_us();
+      s->closed_at_us = cc_mono_us();
     r = gate_close(&e->gate, DRAIN_TIMEOUT_MS);
     if (r < 0) {
       exports_release(e);
@@ -265,7 +248,7 @@ cmd_quiesce(struct session *s, char **w, int n)
   }
   if (quiesce(s, w + 2, n - 2) < 0)
     return;
-  s->hold_deadline = now_ms() + ms;
+  s->hold_deadline = cc_mono_ms() + ms;
   reply(s, "ok %d", s->nheld);
 }
 
@@ -335,7 +318,7 @@ cmd_push_top(struct session *s, char **w, int n)
     }
     switched++;
   }
-  stall = now_us() - s->closed_at_us;
+  stall = cc_mono_us() - s->closed_at_us;
   release_all(s);
   reply(s, "ok %d %lld", switched, stall);
 }
@@ -519,13 +502,13 @@ session_run(int fd)
   if (ccp_write_line(fd, CCP_GREETING) < 0)
     goto out;
   for (;;) {
-    long long idle_end = now_ms() + IDLE_TIMEOUT_MS;
+    long long idle_end = cc_mono_ms() + IDLE_TIMEOUT_MS;
     int r, n;
 
     /* Wake at least once a second to notice a shutdown. */
     do {
       long long end = s.nheld ? s.hold_deadline : idle_end;
-      long long left = end - now_ms();
+      long long left = end - cc_mono_ms();
 
       if (atomic_load(&stopping)) {
         r = -ESHUTDOWN;
