@@ -97,6 +97,12 @@ int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const c
 
 int64_t pool_now(void);
 
+/* resize.c: the size of a new clone of a `src_size` source: *size 0 becomes src_size, else it
+ * is rounded up to 512 and must be >= src_size (-EINVAL naming clone `name`). */
+int pool_clone_size(const char *name, uint64_t src_size, uint64_t *size);
+/* "64 MiB" when exact, else "N bytes". */
+void pool_size_str(uint64_t n, char *buf, size_t len);
+
 /* records.c: a uuid as records and layer file names spell it (36 lowercase hex digits and
  * dashes). */
 int pool_uuid_valid(const char *s);

@@ -166,6 +166,13 @@ int cc_template_delete(struct cc_pool *p, const char *name);
 /* from: "TEMPLATE" or "CLONE@SNAP".  full: flatten into a standalone parentless layer. */
 int cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
                     cc_progress_fn progress, void *opaque);
+/* cc_clone_create with a virtual size: 0 = the source's, otherwise >= it (rounded up to 512);
+ * the part beyond the source reads as zero (resize.c). */
+int cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int full,
+                         uint64_t size, cc_progress_fn progress, void *opaque);
+/* Grow clone `name` to `size` bytes (rounded up to 512); smaller than the clone is -EINVAL,
+ * refused while a server holds it.  Its snapshots keep their size (POOL.md 5.9). */
+int cc_clone_resize(struct cc_pool *p, const char *name, uint64_t size);
 int cc_clone_delete(struct cc_pool *p, const char *name);
 
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
