@@ -72,11 +72,11 @@ ovl_grow(struct ovl_layer *l, uint64_t new_size)
   if (!(l->flags & OVL_RDWR))
     return cc_error_set(EPERM, "grow: %s: layer is open read-only", l->path);
   if (new_size % 512 != 0 || new_size > OVL_MAX_VIRTUAL_SIZE)
-    return cc_error_set(EINVAL,
-                        "grow: %s: bad size %" PRIu64 " (a multiple of 512, at most 2^62)",
+    return cc_error_set(EINVAL, "grow: %s: bad size %" PRIu64 " (a multiple of 512, at most 2^62)",
                         l->path, new_size);
   if (new_size < l->hdr.virtual_size)
-    return cc_error_set(EINVAL, "grow: %s: %" PRIu64 " bytes is smaller than the layer (%" PRIu64 ")",
+    return cc_error_set(EINVAL,
+                        "grow: %s: %" PRIu64 " bytes is smaller than the layer (%" PRIu64 ")",
                         l->path, new_size, l->hdr.virtual_size);
   if (new_size == l->hdr.virtual_size)
     return 0;

@@ -196,8 +196,7 @@ cc_clone_resize(struct cc_pool *p, const char *name, uint64_t size)
   }
   if (size > cur) {
     r = ovl_grow(top, size);
-    if (r == -EFBIG && size <= SIZE_MAX_DISK &&
-        strstr(cc_error_get(), "L1 table region") != NULL)
+    if (r == -EFBIG && size <= SIZE_MAX_DISK && strstr(cc_error_get(), "L1 table region") != NULL)
       r = grow_by_copy(p, top, size, newtop);
     if (r < 0)
       goto out;
