@@ -4,7 +4,7 @@
  * Design notes
  * ------------
  * Parsing and printing only; each command is one call into pool/pool.h.  `template list
- * --json` prints an array of objects with fixed keys (name, kind, size, created, layer) so
+ * --json` prints an array of objects with fixed keys (name, kind, size, created, layer, hash) so
  * scripts can rely on it.
  */
 #include "cli/cli.h"
@@ -181,6 +181,11 @@ template_list(int argc, char **argv)
              t[i].kind == CC_TEMPLATE_RAW ? "raw" : "layer", t[i].size, when);
       if (t[i].kind == CC_TEMPLATE_LAYER)
         json_string(stdout, t[i].layer);
+      else
+        printf("null");
+      printf(", \"hash\": ");
+      if (t[i].hash[0])
+        json_string(stdout, t[i].hash);
       else
         printf("null");
       printf("}");

@@ -43,9 +43,10 @@ usage(FILE *f)
              "  check [NAME] [--deep] [--repair] [--json]\n"
              "  export NAME FILE [--format raw|qcow2]\n"
              "  du [--json]\n"
+             "  disk-xml NAME [--dev vda] [--socket PATH | --tcp HOST:PORT]\n"
              "  serve [--port N] [nbdkit options...]\n"
              "\n"
-             "Every command takes --help.\n");
+             "Every command takes --help; the manual is cowchain(1).\n");
 }
 
 int
@@ -100,6 +101,8 @@ main(int argc, char **argv)
       return cmd_du(argc, argv);
     if (strcmp(cmd, "export") == 0)
       return cmd_export(argc, argv);
+    if (strcmp(cmd, "disk-xml") == 0)
+      return cmd_disk_xml(argc, argv);
     if (strcmp(cmd, "serve") == 0)
       return cmd_serve(argc, argv, argv0);
     if (strcmp(cmd, "help") == 0) {

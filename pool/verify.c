@@ -82,9 +82,9 @@ pool_template_extra(const struct cc_template *t, char *buf, size_t len)
   size_t used = strlen(buf);
 
   if (t->hash[0] && used < len)
-    snprintf(buf + used, len - used, "hash %s\nmtime %" PRIu64 ".%09" PRIu64 "\ninode %" PRIu64 "\n",
-             t->hash, t->mtime_ns / UINT64_C(1000000000), t->mtime_ns % UINT64_C(1000000000),
-             t->inode);
+    snprintf(buf + used, len - used,
+             "hash %s\nmtime %" PRIu64 ".%09" PRIu64 "\ninode %" PRIu64 "\n", t->hash,
+             t->mtime_ns / UINT64_C(1000000000), t->mtime_ns % UINT64_C(1000000000), t->inode);
 }
 
 void
@@ -109,8 +109,7 @@ iso_ns(uint64_t ns, char *buf, size_t len)
 }
 
 int
-pool_template_ident_fault(const struct cc_template *t, const struct stat *st, char *msg,
-                          size_t len)
+pool_template_ident_fault(const struct cc_template *t, const struct stat *st, char *msg, size_t len)
 {
   char was[40], now[40];
 
@@ -177,11 +176,9 @@ cc_template_verify(struct cc_pool *p, const char *name, cc_progress_fn progress,
   if ((r = pool_get_template(p, "template verify", name, &t)) < 0)
     return r;
   if (t.kind != CC_TEMPLATE_RAW || !t.hash[0])
-    return cc_error_set(ENOTSUP,
-                        "template verify: %s: no content hash recorded (%s); nothing to compare",
-                        name,
-                        t.kind != CC_TEMPLATE_RAW ? "a layer template"
-                                                  : "imported by a cowchain without hashes");
+    return cc_error_set(
+        ENOTSUP, "template verify: %s: no content hash recorded (%s); nothing to compare", name,
+        t.kind != CC_TEMPLATE_RAW ? "a layer template" : "imported by a cowchain without hashes");
   if ((r = pool_image_path(p, name, path, sizeof path)) < 0)
     return r;
   if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
@@ -334,9 +331,8 @@ cc_pool_check_deep(struct cc_pool *p, const char *name, int repair, cc_report_fn
         deep_layer(p, &d, g.nodes[i].uuid);
   } else {
     /* The chain of that record only: its layers, top first, then the image it ends in. */
-    const char *image = t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW
-                            ? t.tmpl.name
-                            : NULL;
+    const char *image =
+        t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW ? t.tmpl.name : NULL;
     struct pool_node *n = t.layer[0] ? pool_graph_find(&g, t.layer) : NULL;
 
     for (size_t depth = 0; n && !n->bad && depth <= g.n; depth++) {
