@@ -63,6 +63,10 @@ uint64_t cc_chain_size(const struct cc_chain *c);
 int cc_chain_writable(const struct cc_chain *c);
 uint32_t cc_chain_block_size(const struct cc_chain *c); /* preferred I/O granularity */
 size_t cc_chain_depth(const struct cc_chain *c);        /* layers, counting a raw bottom */
+struct stat;
+/* The chain's bottom file when it is a raw image (base.c): its path as reached and the fstat
+ * of the open fd.  1 if there is one, 0 if the chain does not end in a raw image, or -errno. */
+int cc_chain_raw_base(struct cc_chain *c, char *path, size_t pathlen, struct stat *st);
 
 int cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset);
 int cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64_t offset,

@@ -92,5 +92,6 @@ int cmd_check(int argc, char **argv);
 int cmd_du(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_serve(int argc, char **argv, const char *argv0);
+int cmd_disk_xml(int argc, char **argv);
 
 #endif

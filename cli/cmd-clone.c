@@ -20,15 +20,20 @@
 static int
 clone_create(int argc, char **argv)
 {
-  const char *from = NULL, *pos[1];
+  const char *from = NULL, *size_s = NULL, *pos[1];
   int full = 0, npos, r;
-  const struct cli_opt opts[] = {
-      {"--from", 1, &from, NULL}, {"--full", 0, NULL, &full}, {NULL, 0, NULL, NULL}};
+  uint64_t size = 0;
+  const struct cli_opt opts[] = {{"--from", 1, &from, NULL},
+                                 {"--full", 0, NULL, &full},
+                                 {"--size", 1, &size_s, NULL},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "clone create",
-      "NAME --from TEMPLATE|CLONE@SNAP [--full]",
+      "NAME --from TEMPLATE|CLONE@SNAP [--full] [--size SIZE]",
       "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
-      "made in constant time; --full copies the source's data into a standalone layer.",
+      "made in constant time; --full copies the source's data into a standalone layer.\n"
+      "--size makes the clone larger than its source (never smaller); the part beyond the\n"
+      "source reads as zeroes.",
       1,
       1,
       opts};
@@ -37,10 +42,39 @@ clone_create(int argc, char **argv)
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (from == NULL)
     return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
+  if (size_s && (parse_size(size_s, &size) < 0 || size == 0))
+    return usage_error(cmd.name, "--size: '%s' is not a size (e.g. 20G, 512M, 1048576)", size_s);
   if ((p = cli_pool()) == NULL)
     return 1;
-  r = cc_clone_create(p, pos[0], from, full, cli_progress_fn(), "full clone");
+  r = cc_clone_create_size(p, pos[0], from, full, size, cli_progress_fn(), "full clone");
   cli_progress_done();
+  cc_pool_close(p);
+  return r < 0 ? die_pool() : 0;
+}
+
+static int
+clone_resize(int argc, char **argv)
+{
+  const char *pos[2];
+  int npos, r;
+  uint64_t size;
+  static const struct cli_cmd cmd = {
+      "clone resize",
+      "NAME SIZE",
+      "Grow clone NAME to SIZE (K, M, G, T suffixes: powers of 1024).  The new part reads as\n"
+      "zeroes; snapshots keep their size.  Shrinking is refused.  Refused while a server has\n"
+      "the clone open: new connections after the resize see the new size.",
+      2,
+      2,
+      NULL};
+  struct cc_pool *p;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (parse_size(pos[1], &size) < 0 || size == 0)
+    return usage_error(cmd.name, "'%s' is not a size (e.g. 20G, 512M, 1048576)", pos[1]);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_clone_resize(p, pos[0], size);
   cc_pool_close(p);
   return r < 0 ? die_pool() : 0;
 }
@@ -119,10 +153,8 @@ int
 cmd_clone(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-      {"create", clone_create},
-      {"list", clone_list},
-      {"delete", clone_delete},
-      {NULL, NULL},
+      {"create", clone_create}, {"list", clone_list}, {"delete", clone_delete},
+      {"resize", clone_resize}, {NULL, NULL},
   };
 
   return cli_dispatch("clone", subs, argc, argv);

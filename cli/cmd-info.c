@@ -156,6 +156,8 @@ report_line(void *opaque, int severity, const char *msg)
   int *json_count = opaque;
   const char *tag = severity_tag[severity < 0 ? 0 : severity > 3 ? 2 : severity];
 
+  cli_progress_done(); /* a finding starts its own line after a progress line */
+
   if (json_count == NULL) {
     char esc[CC_ESCAPED_SIZE(1024)];
     /* Findings quote file names found in the pool and links read from headers. */
@@ -170,18 +172,23 @@ report_line(void *opaque, int severity, const char *msg)
 int
 cmd_check(int argc, char **argv)
 {
-  int repair = 0, json = 0, count = 0, npos, r;
+  int repair = 0, json = 0, deep = 0, count = 0, npos, r;
   const char *pos[1] = {NULL};
-  const struct cli_opt opts[] = {
-      {"--repair", 0, NULL, &repair}, {"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_opt opts[] = {{"--repair", 0, NULL, &repair},
+                                 {"--json", 0, NULL, &json},
+                                 {"--deep", 0, NULL, &deep},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "check",
-      "[NAME] [--repair] [--json]",
+      "[NAME] [--deep] [--repair] [--json]",
       "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
       "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
       "layers.  Without NAME, also files and directories whose mode is looser than the pool's\n"
       "(warnings: owner-only, or the group of `pool init --group`).  --repair removes\n"
       "leftovers, reclaims leaked space and tightens modes; errors are only reported.\n"
+      "A template image whose size, mtime or inode differs from its import is an error.\n"
+      "--deep also re-hashes every template image against the hash recorded at import and\n"
+      "reads all data of every layer (progress on a terminal).\n"
       "Exit status: 0 clean (leaks and warnings are reported but are not errors), 1 errors.",
       0,
       1,
@@ -195,7 +202,12 @@ cmd_check(int argc, char **argv)
   if (json)
     printf("{\"findings\": [");
   memset(&sum, 0, sizeof sum);
-  r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
+  if (deep)
+    r = cc_pool_check_deep(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL,
+                           cli_progress_fn(), "check --deep", &sum);
+  else
+    r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
+  cli_progress_done();
   cc_pool_close(p);
   if (json)
     printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u, "

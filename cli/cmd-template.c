@@ -4,7 +4,7 @@
  * Design notes
  * ------------
  * Parsing and printing only; each command is one call into pool/pool.h.  `template list
- * --json` prints an array of objects with fixed keys (name, kind, size, created, layer) so
+ * --json` prints an array of objects with fixed keys (name, kind, size, created, layer, hash) so
  * scripts can rely on it.
  */
 #include "cli/cli.h"
@@ -183,6 +183,11 @@ template_list(int argc, char **argv)
         json_string(stdout, t[i].layer);
       else
         printf("null");
+      printf(", \"hash\": ");
+      if (t[i].hash[0])
+        json_string(stdout, t[i].hash);
+      else
+        printf("null");
       printf("}");
     }
     printf("%s]\n", n ? "\n" : "");
@@ -200,12 +205,46 @@ template_list(int argc, char **argv)
   return 0;
 }
 
+static int
+template_verify(int argc, char **argv)
+{
+  static const struct cli_cmd cmd = {
+      "template verify",
+      "NAME",
+      "Re-hash the image of raw template NAME and compare it with the content hash recorded at\n"
+      "import.  Exit status 0 if it is unchanged (a new file identity, after the pool was\n"
+      "copied, is recorded so the template can be served again), 1 if it changed.",
+      1,
+      1,
+      NULL};
+  const char *pos[1];
+  struct cc_pool *p;
+  int npos, r, updated = 0;
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if ((p = cli_pool()) == NULL)
+    return 1;
+  r = cc_template_verify(p, pos[0], cli_progress_fn(), "template verify", &updated);
+  cli_progress_done();
+  cc_pool_close(p);
+  if (r < 0)
+    return die_pool();
+  printf("template %s: contents match the hash recorded at import%s\n", pos[0],
+         updated ? "; the new file identity is recorded" : "");
+  return 0;
+}
+
 int
 cmd_template(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-      {"import", template_import}, {"create", template_create}, {"promote", template_promote},
-      {"list", template_list},     {"delete", template_delete}, {NULL, NULL},
+      {"import", template_import},
+      {"create", template_create},
+      {"promote", template_promote},
+      {"list", template_list},
+      {"delete", template_delete},
+      {"verify", template_verify},
+      {NULL, NULL},
   };
 
   return cli_dispatch("template", subs, argc, argv);

@@ -180,6 +180,11 @@ int ovl_revalidate(struct ovl_layer *l);
 /* Replace the parent link (header rewrite, section 7.3).  Needs OVL_RDWR. */
 int ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent);
 
+/* Grow the virtual size to `new_size` (a multiple of 512, >= the current size) in place, by one
+ * header change (FORMAT.md 7.3.1; grow.c).  Needs OVL_RDWR and no I/O in flight.  -EFBIG,
+ * nothing changed, when the size needs a larger L1 region: copy the layer instead. */
+int ovl_grow(struct ovl_layer *l, uint64_t new_size);
+
 struct ovl_check_result {
   int dirty;             /* the dirty bit was set */
   int corrupt;           /* the corrupt bit was set */

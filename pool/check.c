@@ -185,7 +185,7 @@ check_chain(struct checker *k, const char *uuid, const char *what)
 static void
 check_template(struct checker *k, const struct cc_template *t)
 {
-  char what[CC_NAME_MAX + 16], path[PATH_MAX];
+  char what[CC_NAME_MAX + 16], path[PATH_MAX], msg[1024];
   struct stat st;
 
   snprintf(what, sizeof what, "template %s", t->name);
@@ -204,6 +204,8 @@ check_template(struct checker *k, const struct cc_template *t)
   else if ((uint64_t)st.st_size != t->size)
     say(k, 2, "%s: image size %llu, record says %llu", what, (unsigned long long)st.st_size,
         (unsigned long long)t->size);
+  else if (pool_template_ident_fault(t, &st, msg, sizeof msg))
+    say(k, 2, "%s: %s", what, msg);
   else if (st.st_mode & 0222) {
     int fixed = k->repair && chmod(path, (mode_t)(k->p->file_mode & ~0222u)) == 0;
     say(k, 1, "%s: image is writable (mode %o); templates must be read-only%s", what,

@@ -30,7 +30,7 @@
 /* Full clone: copy the whole chain of `from` into a parentless layer in tmp/. */
 static int
 full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uuid[CC_UUID_STR],
-          uint64_t *size, cc_progress_fn progress, void *opaque)
+          uint64_t *size, uint64_t want, cc_progress_fn progress, void *opaque)
 {
   struct ovl_create_opts opts = {.cluster_size = 0};
   struct ovl_layer *dst = NULL;
@@ -40,7 +40,7 @@ full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uu
 
   if ((r = cc_pool_open_export(p, from, 1, 0, &src, NULL)) < 0)
     return r;
-  opts.virtual_size = *size = cc_chain_size(src);
+  opts.virtual_size = *size = want > cc_chain_size(src) ? want : cc_chain_size(src);
   opts.parent.kind = OVL_PARENT_NONE;
   opts.mode = p->file_mode;
   if ((r = pool_tmp_path(p, "full", ".cow", tmp, tmplen)) < 0)
@@ -65,6 +65,13 @@ int
 cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
                 cc_progress_fn progress, void *opaque)
 {
+  return cc_clone_create_size(p, name, from, full, 0, progress, opaque);
+}
+
+int
+cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int full, uint64_t size,
+                     cc_progress_fn progress, void *opaque)
+{
   char ppath[PATH_MAX], tmp[PATH_MAX] = "";
   struct ovl_parent par;
   struct pool_target t;
@@ -84,11 +91,13 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
   snprintf(c.name, sizeof c.name, "%s", name);
   snprintf(c.origin, sizeof c.origin, "%s", from);
   c.full = full;
-  c.size = t.size;
+  if ((r = pool_clone_size(name, t.size, &size)) < 0)
+    return r;
+  c.size = size;
   if (full) {
     /* The copy runs without the pool lock (it may take minutes); the source's layers are
      * locked shared by the open chain, so nothing merges them away meanwhile. */
-    if ((r = full_copy(p, from, tmp, sizeof tmp, c.top, &c.size, progress, opaque)) < 0)
+    if ((r = full_copy(p, from, tmp, sizeof tmp, c.top, &c.size, size, progress, opaque)) < 0)
       return r;
     pool_step();
   }
@@ -107,7 +116,7 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
       r = pool_parent_of_template(p, &t.tmpl, &par, ppath, sizeof ppath);
     else
       r = pool_parent_of_layer(p, t.layer, &par, ppath, sizeof ppath);
-    if (r < 0 || (r = pool_new_layer(p, t.size, &par, c.top)) < 0)
+    if (r < 0 || (r = pool_new_layer(p, size > t.size ? size : t.size, &par, c.top)) < 0)
       goto fail;
   }
   c.created = pool_now();

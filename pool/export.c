@@ -149,6 +149,12 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
     snprintf(msg, sizeof msg, "%s", cc_error_get()[0] ? cc_error_get() : strerror(-r));
     return cc_error_set(-r, "open: %s: %s", export_name, msg);
   }
+  /* A protected template (POOL.md 3.1.1): the image the chain holds is the one imported. */
+  if ((r = pool_check_chain_base(p, *out, export_name)) < 0) {
+    cc_chain_close(*out);
+    *out = NULL;
+    return r;
+  }
   return 0;
 }
 

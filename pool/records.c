@@ -223,7 +223,7 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
       if (*end)
         goto bad;
       have_size = 1;
-    } else {
+    } else if (pool_template_key(t, key, val) <= 0) {
       goto bad;
     }
   }
@@ -262,6 +262,7 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
              "cowchain-template 1\nkind layer\nlayer %s\ncreated %s\n"
              "size %" PRIu64 "\n",
              t->layer, when, t->size);
+  pool_template_extra(t, buf, sizeof buf);
   return pool_write_record(p, "templates", t->name, buf);
 }
 
