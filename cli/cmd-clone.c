@@ -17,15 +17,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+struct clone_create_args {
+  const char *from, *size_s;
+  int full;
+  uint64_t size;
+};
+
+static int
+do_clone_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  struct clone_create_args *a = arg;
+
+  return cc_clone_create_size(p, pos[0], a->from, a->full, a->size, cli_progress_fn(),
+                              "full clone");
+}
+
 static int
 clone_create(int argc, char **argv)
 {
-  const char *from = NULL, *size_s = NULL, *pos[1];
-  int full = 0, npos, r;
-  uint64_t size = 0;
-  const struct cli_opt opts[] = {{"--from", 1, &from, NULL},
-                                 {"--full", 0, NULL, &full},
-                                 {"--size", 1, &size_s, NULL},
+  struct clone_create_args a = {0};
+  const char *pos[1];
+  int npos;
+  const struct cli_opt opts[] = {{"--from", 1, &a.from, NULL},
+                                 {"--full", 0, NULL, &a.full},
+                                 {"--size", 1, &a.size_s, NULL},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "clone create",
@@ -37,26 +52,26 @@ clone_create(int argc, char **argv)
       1,
       1,
       opts};
-  struct cc_pool *p;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if (from == NULL)
+  if (a.from == NULL)
     return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
-  if (size_s && (parse_size(size_s, &size) < 0 || size == 0))
-    return usage_error(cmd.name, "--size: '%s' is not a size (e.g. 20G, 512M, 1048576)", size_s);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_clone_create_size(p, pos[0], from, full, size, cli_progress_fn(), "full clone");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  if (a.size_s && (parse_size(a.size_s, &a.size) < 0 || a.size == 0))
+    return usage_error(cmd.name, "--size: '%s' is not a size (e.g. 20G, 512M, 1048576)", a.size_s);
+  return cli_on_pool(do_clone_create, pos, &a);
+}
+
+static int
+do_clone_resize(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_clone_resize(p, pos[0], *(uint64_t *)arg);
 }
 
 static int
 clone_resize(int argc, char **argv)
 {
   const char *pos[2];
-  int npos, r;
+  int npos;
   uint64_t size;
   static const struct cli_cmd cmd = {
       "clone resize",
@@ -67,21 +82,17 @@ clone_resize(int argc, char **argv)
       2,
       2,
       NULL};
-  struct cc_pool *p;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (parse_size(pos[1], &size) < 0 || size == 0)
     return usage_error(cmd.name, "'%s' is not a size (e.g. 20G, 512M, 1048576)", pos[1]);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_clone_resize(p, pos[0], size);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_clone_resize, pos, &size);
 }
 
 static int
-do_clone_delete(struct cc_pool *p, const char *const *pos)
+do_clone_delete(struct cc_pool *p, const char *const *pos, void *arg)
 {
+  (void)arg;
   return cc_clone_delete(p, pos[0]);
 }
 
@@ -97,28 +108,20 @@ clone_delete(int argc, char **argv)
       1,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_clone_delete);
+  return cli_run_simple(&cmd, argc, argv, do_clone_delete, NULL);
 }
 
 static int
-clone_list(int argc, char **argv)
+do_clone_list(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {"clone list", "[--json]", "List the clones of the pool.", 0, 0, opts};
   struct cc_clone *c;
-  struct cc_pool *p;
   size_t n, i;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_list_clones(p, &c, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_list_clones(p, &c, &n)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
@@ -149,6 +152,16 @@ clone_list(int argc, char **argv)
   return 0;
 }
 
+static int
+clone_list(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {"clone list", "[--json]", "List the clones of the pool.", 0, 0, opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_clone_list, &json);
+}
+
 int
 cmd_clone(int argc, char **argv)
 {
@@ -160,13 +173,27 @@ cmd_clone(int argc, char **argv)
   return cli_dispatch("clone", subs, argc, argv);
 }
 
+struct snapshot_create_args {
+  const char *desc, *agent, *timeout_s;
+  int timeout_ms;
+};
+
+static int
+do_snapshot_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  struct snapshot_create_args *a = arg;
+
+  return cc_snapshot_create_quiesced(p, pos[0], pos[1], a->desc, a->agent, a->timeout_ms);
+}
+
 static int
 snapshot_create(int argc, char **argv)
 {
-  const char *desc = NULL, *agent = NULL, *timeout_s = NULL, *pos[2];
-  const struct cli_opt opts[] = {{"--description", 1, &desc, NULL},
-                                 {"--quiesce", 1, &agent, NULL},
-                                 {"--quiesce-timeout", 1, &timeout_s, NULL},
+  struct snapshot_create_args a = {.timeout_ms = CC_QGA_FREEZE_MS};
+  const char *pos[2];
+  const struct cli_opt opts[] = {{"--description", 1, &a.desc, NULL},
+                                 {"--quiesce", 1, &a.agent, NULL},
+                                 {"--quiesce-timeout", 1, &a.timeout_s, NULL},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot create",
@@ -182,26 +209,22 @@ snapshot_create(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
-  double secs = CC_QGA_FREEZE_MS / 1000.0;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if (timeout_s != NULL) {
+  if (a.timeout_s != NULL) {
     char *end;
+    double secs;
 
-    if (agent == NULL)
+    if (a.agent == NULL)
       return usage_error(cmd.name, "--quiesce-timeout needs --quiesce SOCKET");
-    secs = strtod(timeout_s, &end);
-    if (end == timeout_s || *end != '\0' || !(secs > 0 && secs <= 3600))
+    secs = strtod(a.timeout_s, &end);
+    if (end == a.timeout_s || *end != '\0' || !(secs > 0 && secs <= 3600))
       return usage_error(
-          cmd.name, "bad --quiesce-timeout '%s' (seconds, more than 0, at most 3600)", timeout_s);
+          cmd.name, "bad --quiesce-timeout '%s' (seconds, more than 0, at most 3600)", a.timeout_s);
+    a.timeout_ms = (int)(secs * 1000);
   }
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_snapshot_create_quiesced(p, pos[0], pos[1], desc, agent, (int)(secs * 1000));
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_snapshot_create, pos, &a);
 }
 
 static void
@@ -226,36 +249,20 @@ print_snap_json(const struct cc_snapshot_info *s, const char *clone)
   printf("}");
 }
 
+struct snapshot_list_args {
+  int json, info;
+};
+
 static int
-snapshot_list_or_info(int argc, char **argv, int info)
+do_snapshot_list_or_info(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, npos, r;
-  const char *pos[2];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd list_cmd = {"snapshot list",
-                                   "CLONE [--json]",
-                                   "List the snapshots of CLONE with their parents ('*' marks "
-                                   "the one the clone currently sits on).",
-                                   1,
-                                   1,
-                                   opts};
-  const struct cli_cmd info_cmd = {"snapshot info",
-                                   "CLONE SNAP [--json]",
-                                   "Show the details of snapshot SNAP of CLONE.",
-                                   2,
-                                   2,
-                                   opts};
+  const struct snapshot_list_args *a = arg;
+  int json = a->json, info = a->info, r;
   struct cc_snapshot_info *s;
-  struct cc_pool *p;
   size_t n, i;
 
-  PARSE_OR_RETURN(info ? &info_cmd : &list_cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_snapshot_list(p, pos[0], &s, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
+  if ((r = cc_pool_snapshot_list(p, pos[0], &s, &n)) < 0)
+    return r;
   if (info) {
     for (i = 0; i < n; i++)
       if (strcmp(s[i].s.name, pos[1]) == 0)
@@ -303,6 +310,28 @@ snapshot_list_or_info(int argc, char **argv, int info)
 }
 
 static int
+snapshot_list_or_info(int argc, char **argv, int info)
+{
+  struct snapshot_list_args a = {.info = info};
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &a.json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd list_cmd = {"snapshot list",
+                                   "CLONE [--json]",
+                                   "List the snapshots of CLONE with their parents ('*' marks "
+                                   "the one the clone currently sits on).",
+                                   1,
+                                   1,
+                                   opts};
+  const struct cli_cmd info_cmd = {"snapshot info",
+                                   "CLONE SNAP [--json]",
+                                   "Show the details of snapshot SNAP of CLONE.",
+                                   2,
+                                   2,
+                                   opts};
+
+  return cli_run_simple(info ? &info_cmd : &list_cmd, argc, argv, do_snapshot_list_or_info, &a);
+}
+
+static int
 snapshot_list(int argc, char **argv)
 {
   return snapshot_list_or_info(argc, argv, 0);
@@ -315,10 +344,15 @@ snapshot_info(int argc, char **argv)
 }
 
 static int
+do_snapshot_revert(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_snapshot_revert_flags(p, pos[0], pos[1], *(int *)arg ? CC_REVERT_FORCE : 0);
+}
+
+static int
 snapshot_revert(int argc, char **argv)
 {
-  int force = 0, npos, r;
-  const char *pos[2];
+  int force = 0;
   const struct cli_opt opts[] = {{"--force", 0, NULL, &force}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot revert",
@@ -330,23 +364,18 @@ snapshot_revert(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_snapshot_revert_flags(p, pos[0], pos[1], force ? CC_REVERT_FORCE : 0);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_revert, &force);
 }
 
 static int
-do_snapshot_delete(struct cc_pool *p, const char *const *pos)
+do_snapshot_delete(struct cc_pool *p, const char *const *pos, void *arg)
 {
   struct cc_merge_info m;
   char a[32], b[32];
   int r = cc_snapshot_delete_info(p, pos[0], pos[1], cli_progress_fn(), "merge", &m);
 
+  (void)arg;
   if (r < 0)
     return r;
   human_size(m.written_bytes, a, sizeof a);
@@ -387,7 +416,7 @@ snapshot_delete(int argc, char **argv)
       2,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_snapshot_delete);
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_delete, NULL);
 }
 
 int

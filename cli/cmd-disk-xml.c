@@ -69,14 +69,62 @@ bus_of(const char *dev)
   return NULL;
 }
 
+struct disk_xml_args {
+  const char *dev, *sock, *tcp, *bus;
+  char host[256];
+  unsigned long port;
+};
+
+static int
+do_disk_xml(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  struct disk_xml_args *a = arg;
+  char path[PATH_MAX], sockbuf[PATH_MAX + 16];
+  const char *sock = a->sock;
+  enum cc_export_kind kind;
+  int r;
+
+  if ((r = cc_pool_resolve_export(p, pos[0], path, sizeof path, &kind)) < 0)
+    return r;
+  if (!sock && !a->tcp) {
+    char *abs = realpath(cc_pool_dir(p), NULL);
+
+    snprintf(sockbuf, sizeof sockbuf, "%s/cowchain.sock", abs ? abs : cc_pool_dir(p));
+    free(abs);
+    sock = sockbuf;
+  }
+  printf("<disk type='network' device='disk'>\n");
+  printf("  <driver name='qemu' type='raw' cache='none'%s/>\n",
+         kind == CC_EXPORT_CLONE ? " discard='unmap'" : "");
+  printf("  <source protocol='nbd' name='");
+  xml_attr(pos[0]);
+  printf("'>\n");
+  if (a->tcp) {
+    printf("    <host name='");
+    xml_attr(a->host);
+    printf("' port='%lu'/>\n", a->port);
+  } else {
+    printf("    <host transport='unix' socket='");
+    xml_attr(sock);
+    printf("'/>\n");
+  }
+  printf("  </source>\n");
+  printf("  <target dev='%s' bus='%s'/>\n", a->dev, a->bus);
+  if (kind != CC_EXPORT_CLONE)
+    printf("  <readonly/>\n");
+  printf("</disk>\n");
+  return 0;
+}
+
 int
 cmd_disk_xml(int argc, char **argv)
 {
-  const char *dev = "vda", *sock = NULL, *tcp = NULL, *pos[1], *bus;
-  char path[PATH_MAX], sockbuf[PATH_MAX + 16], host[256] = "", *colon;
-  const struct cli_opt opts[] = {{"--dev", 1, &dev, NULL},
-                                 {"--socket", 1, &sock, NULL},
-                                 {"--tcp", 1, &tcp, NULL},
+  struct disk_xml_args a = {.dev = "vda"};
+  const char *pos[1];
+  char *colon;
+  const struct cli_opt opts[] = {{"--dev", 1, &a.dev, NULL},
+                                 {"--socket", 1, &a.sock, NULL},
+                                 {"--tcp", 1, &a.tcp, NULL},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "disk-xml",
@@ -89,24 +137,22 @@ cmd_disk_xml(int argc, char **argv)
       1,
       1,
       opts};
-  enum cc_export_kind kind;
-  unsigned long port = 0;
-  struct cc_pool *p;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if (sock && tcp)
+  if (a.sock && a.tcp)
     return usage_error(cmd.name, "--socket and --tcp exclude each other");
-  if ((bus = bus_of(dev)) == NULL)
-    return usage_error(cmd.name, "--dev '%s': not a disk device name (vda, sdb, hdc, ...)", dev);
-  if (tcp) {
-    char *end;
+  if ((a.bus = bus_of(a.dev)) == NULL)
+    return usage_error(cmd.name, "--dev '%s': not a disk device name (vda, sdb, hdc, ...)", a.dev);
+  if (a.tcp) {
+    const char *tcp = a.tcp;
+    char *end, *host = a.host;
 
     colon = strrchr(tcp, ':');
-    if (!colon || colon == tcp || (size_t)(colon - tcp) >= sizeof host)
+    if (!colon || colon == tcp || (size_t)(colon - tcp) >= sizeof a.host)
       return usage_error(cmd.name, "--tcp '%s': expected HOST:PORT (e.g. 127.0.0.1:10809)", tcp);
-    port = strtoul(colon + 1, &end, 10);
-    if (*end || port == 0 || port > 65535 || colon[1] < '0' || colon[1] > '9')
+    a.port = strtoul(colon + 1, &end, 10);
+    if (*end || a.port == 0 || a.port > 65535 || colon[1] < '0' || colon[1] > '9')
       return usage_error(cmd.name, "--tcp '%s': bad port (1-65535)", tcp);
     memcpy(host, tcp, (size_t)(colon - tcp));
     host[colon - tcp] = '\0';
@@ -115,39 +161,5 @@ cmd_disk_xml(int argc, char **argv)
       host[strlen(host) - 1] = '\0';
     }
   }
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_resolve_export(p, pos[0], path, sizeof path, &kind);
-  if (r == 0 && !sock && !tcp) {
-    char *abs = realpath(cc_pool_dir(p), NULL);
-
-    snprintf(sockbuf, sizeof sockbuf, "%s/cowchain.sock", abs ? abs : cc_pool_dir(p));
-    free(abs);
-    sock = sockbuf;
-  }
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-
-  printf("<disk type='network' device='disk'>\n");
-  printf("  <driver name='qemu' type='raw' cache='none'%s/>\n",
-         kind == CC_EXPORT_CLONE ? " discard='unmap'" : "");
-  printf("  <source protocol='nbd' name='");
-  xml_attr(pos[0]);
-  printf("'>\n");
-  if (tcp) {
-    printf("    <host name='");
-    xml_attr(host);
-    printf("' port='%lu'/>\n", port);
-  } else {
-    printf("    <host transport='unix' socket='");
-    xml_attr(sock);
-    printf("'/>\n");
-  }
-  printf("  </source>\n");
-  printf("  <target dev='%s' bus='%s'/>\n", dev, bus);
-  if (kind != CC_EXPORT_CLONE)
-    printf("  <readonly/>\n");
-  printf("</disk>\n");
-  return 0;
+  return cli_on_pool(do_disk_xml, pos, &a);
 }

@@ -97,32 +97,20 @@ print_chain_limits(const struct cc_layer_info *l, size_t n)
   printf("merge pending: %s (%" PRIu64 " bytes in %zu unnamed layers)\n", ps, pending, unnamed);
 }
 
-int
-cmd_info(int argc, char **argv)
+struct info_args {
+  int json, chain;
+};
+
+static int
+do_info(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, chain = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {
-      {"--json", 0, NULL, &json}, {"--backing-chain", 0, NULL, &chain}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "info",
-      "NAME [--backing-chain] [--json]",
-      "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
-      "--backing-chain shows every layer down to the template.",
-      1,
-      1,
-      opts};
+  const struct info_args *a = arg;
+  int json = a->json, chain = a->chain, r;
   struct cc_layer_info *l;
-  struct cc_pool *p;
   size_t n, i, total;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_backing_chain(p, pos[0], &l, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
+  if ((r = cc_pool_backing_chain(p, pos[0], &l, &n)) < 0)
+    return r;
   total = n;
   if (!chain)
     n = n ? 1 : 0;
@@ -148,6 +136,24 @@ cmd_info(int argc, char **argv)
   return 0;
 }
 
+int
+cmd_info(int argc, char **argv)
+{
+  struct info_args a = {0};
+  const struct cli_opt opts[] = {
+      {"--json", 0, NULL, &a.json}, {"--backing-chain", 0, NULL, &a.chain}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "info",
+      "NAME [--backing-chain] [--json]",
+      "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
+      "--backing-chain shows every layer down to the template.",
+      1,
+      1,
+      opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_info, &a);
+}
+
 static const char *const severity_tag[] = {"ok", "leak", "error", "warning"};
 
 static void
@@ -169,14 +175,48 @@ report_line(void *opaque, int severity, const char *msg)
   printf("}");
 }
 
+struct check_args {
+  int repair, json, deep;
+};
+
+static int
+do_check(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct check_args *a = arg;
+  int repair = a->repair, json = a->json, count = 0, r;
+  struct cc_check_summary sum;
+
+  if (json)
+    printf("{\"findings\": [");
+  memset(&sum, 0, sizeof sum);
+  if (a->deep)
+    r = cc_pool_check_deep(p, pos[0], repair, report_line, json ? &count : NULL, cli_progress_fn(),
+                           "check --deep", &sum);
+  else
+    r = cc_pool_check(p, pos[0], repair, report_line, json ? &count : NULL, &sum);
+  cli_progress_done();
+  if (json)
+    printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u, "
+           "\"warnings\": %u}\n",
+           count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired,
+           sum.warnings);
+  fflush(stdout);
+  if (r < 0 || json)
+    return r;
+  printf("%u layers checked, %u errors, %u leaks, %u warnings%s", sum.layers_checked, sum.errors,
+         sum.leaks, sum.warnings, repair ? "" : "\n");
+  if (repair)
+    printf(", %u repaired\n", sum.repaired);
+  return 0;
+}
+
 int
 cmd_check(int argc, char **argv)
 {
-  int repair = 0, json = 0, deep = 0, count = 0, npos, r;
-  const char *pos[1] = {NULL};
-  const struct cli_opt opts[] = {{"--repair", 0, NULL, &repair},
-                                 {"--json", 0, NULL, &json},
-                                 {"--deep", 0, NULL, &deep},
+  struct check_args a = {0};
+  const struct cli_opt opts[] = {{"--repair", 0, NULL, &a.repair},
+                                 {"--json", 0, NULL, &a.json},
+                                 {"--deep", 0, NULL, &a.deep},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "check",
@@ -193,66 +233,21 @@ cmd_check(int argc, char **argv)
       0,
       1,
       opts};
-  struct cc_check_summary sum;
-  struct cc_pool *p;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  if (json)
-    printf("{\"findings\": [");
-  memset(&sum, 0, sizeof sum);
-  if (deep)
-    r = cc_pool_check_deep(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL,
-                           cli_progress_fn(), "check --deep", &sum);
-  else
-    r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
-  cli_progress_done();
-  cc_pool_close(p);
-  if (json)
-    printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u, "
-           "\"warnings\": %u}\n",
-           count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired,
-           sum.warnings);
-  fflush(stdout);
-  if (r < 0)
-    return die_pool();
-  if (json)
-    return 0;
-  printf("%u layers checked, %u errors, %u leaks, %u warnings%s", sum.layers_checked, sum.errors,
-         sum.leaks, sum.warnings, repair ? "" : "\n");
-  if (repair)
-    printf(", %u repaired\n", sum.repaired);
-  return 0;
+  return cli_run_simple(&cmd, argc, argv, do_check, &a);
 }
 
-int
-cmd_du(int argc, char **argv)
+static int
+do_du(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "du",
-      "[--json]",
-      "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
-      "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
-      "were made from).  The last line compares the pool's logical size with its disk usage.",
-      0,
-      0,
-      opts};
-  struct cc_pool *p;
   struct cc_du du;
   size_t i;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_du(p, &du);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_du(p, &du)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("{\"entries\": [");
     for (i = 0; i < du.n; i++) {
       const struct cc_du_entry *e = &du.entries[i];
@@ -283,10 +278,34 @@ cmd_du(int argc, char **argv)
 }
 
 int
+cmd_du(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "du",
+      "[--json]",
+      "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
+      "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
+      "were made from).  The last line compares the pool's logical size with its disk usage.",
+      0,
+      0,
+      opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_du, &json);
+}
+
+static int
+do_export(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_pool_export_file(p, pos[0], pos[1], *(const char **)arg, cli_progress_fn(), "export");
+}
+
+int
 cmd_export(int argc, char **argv)
 {
   const char *format = NULL, *pos[2];
-  int npos, r;
+  int npos;
   const struct cli_opt opts[] = {{"--format", 1, &format, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "export",
@@ -296,15 +315,9 @@ cmd_export(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (format && strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0)
     return usage_error(cmd.name, "unknown format '%s' (raw or qcow2)", format);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_export_file(p, pos[0], pos[1], format, cli_progress_fn(), "export");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_export, pos, &format);
 }

@@ -46,13 +46,27 @@ cmd_pool(int argc, char **argv)
   return cli_dispatch("pool", subs, argc, argv);
 }
 
+struct import_args {
+  const char *format;
+  int allow_backing;
+};
+
+static int
+do_template_import(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct import_args *a = arg;
+
+  return cc_template_import(p, pos[0], pos[1], a->format,
+                            a->allow_backing ? CC_IMPORT_ALLOW_BACKING : 0, cli_progress_fn(),
+                            "import");
+}
+
 static int
 template_import(int argc, char **argv)
 {
-  const char *format = NULL, *pos[2];
-  int allow_backing = 0;
-  const struct cli_opt opts[] = {{"--format", 1, &format, NULL},
-                                 {"--allow-backing", 0, NULL, &allow_backing},
+  struct import_args a = {0};
+  const struct cli_opt opts[] = {{"--format", 1, &a.format, NULL},
+                                 {"--allow-backing", 0, NULL, &a.allow_backing},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "template import",
@@ -67,17 +81,14 @@ template_import(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
-  int npos, r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_import(p, pos[0], pos[1], format, allow_backing ? CC_IMPORT_ALLOW_BACKING : 0,
-                         cli_progress_fn(), "import");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_template_import, &a);
+}
+
+static int
+do_template_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_template_create(p, pos[0], *(uint64_t *)arg);
 }
 
 static int
@@ -92,9 +103,8 @@ template_create(int argc, char **argv)
       1,
       1,
       opts};
-  struct cc_pool *p;
   uint64_t size;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (size_s == NULL)
@@ -102,16 +112,13 @@ template_create(int argc, char **argv)
   if (parse_size(size_s, &size) < 0 || size == 0)
     return usage_error(cmd.name, "bad size '%s' (a number with an optional K, M, G or T suffix)",
                        size_s);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_create(p, pos[0], size);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_template_create, pos, &size);
 }
 
 static int
-do_template_promote(struct cc_pool *p, const char *const *pos)
+do_template_promote(struct cc_pool *p, const char *const *pos, void *arg)
 {
+  (void)arg;
   return cc_template_promote(p, pos[0], pos[1]);
 }
 
@@ -127,12 +134,13 @@ template_promote(int argc, char **argv)
       2,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_template_promote);
+  return cli_run_simple(&cmd, argc, argv, do_template_promote, NULL);
 }
 
 static int
-do_template_delete(struct cc_pool *p, const char *const *pos)
+do_template_delete(struct cc_pool *p, const char *const *pos, void *arg)
 {
+  (void)arg;
   return cc_template_delete(p, pos[0]);
 }
 
@@ -147,30 +155,20 @@ template_delete(int argc, char **argv)
       1,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_template_delete);
+  return cli_run_simple(&cmd, argc, argv, do_template_delete, NULL);
 }
 
 static int
-template_list(int argc, char **argv)
+do_template_list(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "template list", "[--json]", "List the templates of the pool.", 0, 0, opts};
   struct cc_template *t;
-  struct cc_pool *p;
   size_t n, i;
-  int npos, r;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_list_templates(p, &t, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_list_templates(p, &t, &n)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
@@ -206,6 +204,32 @@ template_list(int argc, char **argv)
 }
 
 static int
+template_list(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "template list", "[--json]", "List the templates of the pool.", 0, 0, opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_template_list, &json);
+}
+
+static int
+do_template_verify(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  int r, updated = 0;
+
+  (void)arg;
+  r = cc_template_verify(p, pos[0], cli_progress_fn(), "template verify", &updated);
+  cli_progress_done();
+  if (r < 0)
+    return r;
+  printf("template %s: contents match the hash recorded at import%s\n", pos[0],
+         updated ? "; the new file identity is recorded" : "");
+  return 0;
+}
+
+static int
 template_verify(int argc, char **argv)
 {
   static const struct cli_cmd cmd = {
@@ -217,21 +241,8 @@ template_verify(int argc, char **argv)
       1,
       1,
       NULL};
-  const char *pos[1];
-  struct cc_pool *p;
-  int npos, r, updated = 0;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_verify(p, pos[0], cli_progress_fn(), "template verify", &updated);
-  cli_progress_done();
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  printf("template %s: contents match the hash recorded at import%s\n", pos[0],
-         updated ? "; the new file identity is recorded" : "");
-  return 0;
+  return cli_run_simple(&cmd, argc, argv, do_template_verify, NULL);
 }
 
 int
