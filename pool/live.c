@@ -61,6 +61,7 @@
 
 struct live_export {
   char name[2 * CC_NAME_MAX + 2];
+  char top[PATH_MAX]; /* the file its chain is on */
   unsigned conns;
   int rw;
 };
@@ -155,6 +156,7 @@ held_line(void *opaque, char **w, int n)
   e = &v->ex[v->nex++];
   snprintf(e->name, sizeof e->name, "%s", w[0]);
   e->conns = (unsigned)strtoul(w[1], NULL, 10);
+  snprintf(e->top, sizeof e->top, "%s", w[2]);
   e->rw = strcmp(w[3], "rw") == 0;
   return 0;
 }
@@ -211,15 +213,15 @@ live_open(struct cc_pool *p, struct live_set *s)
   return r;
 }
 
-/* The server holding clone `name` for writing, or NULL; *conns its connections. */
+/* The server holding clone `name` for writing, or NULL; *ex (may be NULL) its entry. */
 static struct live_server *
-live_holder(struct live_set *s, const char *name, unsigned *conns)
+live_holder(struct live_set *s, const char *name, const struct live_export **ex)
 {
   for (size_t i = 0; i < s->n; i++)
     for (size_t k = 0; k < s->srv[i].nex; k++)
       if (s->srv[i].ex[k].rw && strcmp(s->srv[i].ex[k].name, name) == 0) {
-        if (conns)
-          *conns = s->srv[i].ex[k].conns;
+        if (ex)
+          *ex = &s->srv[i].ex[k];
         return &s->srv[i];
       }
   return NULL;
@@ -277,19 +279,6 @@ chain_depth(struct cc_pool *p, const char *what, const char *top, size_t *depth)
     d++;
   *depth = d;
   return 0;
-}
-
-int
-cc_pool_chain_depth(struct cc_pool *p, const char *clone, size_t *depth)
-{
-  struct cc_clone c;
-  int r;
-
-  if ((r = pool_get_clone(p, "info", clone, &c)) < 0)
-    return r;
-  r = chain_depth(p, "info", c.top, depth);
-  cc_clone_free(&c);
-  return r;
 }
 
 /* ---- intents ---- */
@@ -604,10 +593,23 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     }
   /* 1. Who serves what; offline tops locked (a server with control=off makes us refuse here). */
   for (size_t i = 0; i < n; i++) {
-    unsigned conns;
-    it[i].srv = live_holder(&s, it[i].c.name, &conns);
-    if (it[i].srv)
+    const struct live_export *ex;
+    char path[PATH_MAX];
+    it[i].srv = live_holder(&s, it[i].c.name, &ex);
+    if (it[i].srv) {
+      /* The server's chain must sit on the top the record names, or push-top would refuse
+       * after our commit (the new top's parent would not be its top). */
+      if ((r = pool_layer_path(p, it[i].c.top, path, sizeof path)) < 0)
+        goto undo;
+      if (strcmp(path, ex->top) != 0) {
+        r = cc_error_set(ESTALE,
+                         "snapshot create: %s: nbdkit pid %ld serves it on %s, but its record "
+                         "names %s; restart that server",
+                         it[i].c.name, it[i].srv->pid, ex->top, path);
+        goto undo;
+      }
       continue;
+    }
     snprintf(what, sizeof what, "snapshot create: %s", it[i].c.name);
     if ((r = pool_open_layer(p, it[i].c.top, OVL_RDWR, what, &it[i].held)) < 0) {
       if (r == -EBUSY)
