@@ -94,8 +94,8 @@ set_top(const char *clone, const char *uuid)
   snprintf(path, sizeof path, "%s/clones/%s", pooldir, clone);
   f = fopen(path, "w");
   cr_assert(f);
-  fprintf(f, "cowchain-clone 1\ntop %s\ncreated 2026-01-01T00:00:00Z\nsize %u\norigin base\n",
-          uuid, DISK);
+  fprintf(f, "cowchain-clone 1\ntop %s\ncreated 2026-01-01T00:00:00Z\nsize %u\norigin base\n", uuid,
+          DISK);
   fclose(f);
 }
 
