@@ -568,7 +568,8 @@ clone_copy(struct cc_clone *dst, const struct cc_clone *src)
   dst->snaps = malloc((src->nsnaps + 1) * sizeof *dst->snaps);
   if (dst->snaps == NULL)
     return cc_error_set(ENOMEM, "snapshot create: out of memory");
-  memcpy(dst->snaps, src->snaps, src->nsnaps * sizeof *dst->snaps);
+  if (src->nsnaps) /* a record without snapshots has no array to copy from */
+    memcpy(dst->snaps, src->snaps, src->nsnaps * sizeof *dst->snaps);
   return 0;
 }
 
