@@ -57,7 +57,7 @@
 #define LIVE_COMMIT_MS 5000   /* commit only if this much of the hold is left */
 #define LIVE_MAX_SERVERS 64
 #define LIVE_MAX_CLONES 64 /* clones in one snapshot create (the server's MAX_EXPORTS) */
-#define LIVE_RETRIES 3     /* a server opened or closed a clone while we looked */
+#define LIVE_RETRIES 30    /* x 100 ms: a server opening or closing a clone while we looked */
 
 struct live_export {
   char name[2 * CC_NAME_MAX + 2];
@@ -815,6 +815,9 @@ pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char *sna
     r = snap_attempt(p, it, n, snap, description, &committed);
     if (r != -EAGAIN || committed || attempt + 1 == LIVE_RETRIES)
       break;
+    /* A connection opening the clone or the last one closing it (its final flush) holds the
+     * top without being listed by `held`: give it a moment. */
+    usleep(100000);
   }
   if (r == -EAGAIN && !committed) {
     /* The last attempt's reason (a layer lock names its holder: a server with control=off). */
