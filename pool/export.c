@@ -166,31 +166,26 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
  * it go and follow the new record, once; a clone whose top changes again in that window is
  * -EAGAIN ("try again"), which takes a snapshot per open to happen.  A read-only open needs no
  * check: whatever layer it opened is a consistent disk, and desc->top says which one it was. */
-/* 1 if a pool operation held the pool lock and has finished within timeout_ms, 0 if none was
- * running (or it did not finish in time).  An operation locks the layers it changes only while
- * it holds the pool lock, so a layer lock found taken during one is transient: an open that
- * met it may try again once the operation is over (a client connecting while `snapshot create`
- * of the clone runs offline: the new record names the new top, whose parent the CLI still
- * holds exclusively for an instant).  Shared and polled, so it never queues other operations. */
-static int
-waited_for_operation(struct cc_pool *p, int timeout_ms)
+/* Wait (at most timeout_ms) until no pool operation holds the pool lock.  An operation locks the
+ * layers it changes only while it holds the pool lock, so a layer lock found taken during one is
+ * transient: an open that met it may try again once the operation is over (a client connecting
+ * while `snapshot create` of the clone runs offline: the new record names the new top, whose
+ * parent the CLI still holds exclusively for an instant; or the old record, whose top the CLI
+ * holds until its new record is durable).  The operation may also have ended between the
+ * refusal and this call, so the caller retries either way, a few times.  Shared and polled, so
+ * it never queues other operations. */
+static void
+wait_for_operation(struct cc_pool *p, int timeout_ms)
 {
   char path[PATH_MAX];
-  int fd, waited = 0;
+  int fd;
 
   if (pool_path(p, path, sizeof path, POOL_MARKER) < 0 ||
       (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-    return 0;
-  for (int ms = 0; ms < timeout_ms; ms += 5) {
-    if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
-      close(fd);
-      return waited;
-    }
-    waited = 1;
+    return;
+  for (int ms = 0; ms < timeout_ms && flock(fd, LOCK_SH | LOCK_NB) != 0; ms += 5)
     usleep(5000);
-  }
   close(fd);
-  return 0;
 }
 
 int
@@ -205,7 +200,8 @@ cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, un
     if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
       return r;
     r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out);
-    if (r == -EBUSY && busy++ < 3 && waited_for_operation(p, 5000)) {
+    if (r == -EBUSY && busy++ < 3) {
+      wait_for_operation(p, 5000);
       tries--;
       continue;
     }

@@ -58,10 +58,11 @@
 #define LIVE_COMMIT_MS 5000   /* commit only if this much of the hold is left */
 #define LIVE_MAX_SERVERS 64
 #define LIVE_MAX_CLONES 64 /* clones in one snapshot create (the server's MAX_EXPORTS) */
-#define LIVE_RETRIES 3     /* a server opened or closed a clone while we looked */
+#define LIVE_RETRIES 30    /* x 100 ms: a server opening or closing a clone while we looked */
 
 struct live_export {
   char name[2 * CC_NAME_MAX + 2];
+  char top[PATH_MAX]; /* the file its chain is on */
   unsigned conns;
   int rw;
 };
@@ -156,6 +157,7 @@ held_line(void *opaque, char **w, int n)
   e = &v->ex[v->nex++];
   snprintf(e->name, sizeof e->name, "%s", w[0]);
   e->conns = (unsigned)strtoul(w[1], NULL, 10);
+  snprintf(e->top, sizeof e->top, "%s", w[2]);
   e->rw = strcmp(w[3], "rw") == 0;
   return 0;
 }
@@ -212,15 +214,15 @@ live_open(struct cc_pool *p, struct live_set *s)
   return r;
 }
 
-/* The server holding clone `name` for writing, or NULL; *conns its connections. */
+/* The server holding clone `name` for writing, or NULL; *ex (may be NULL) its entry. */
 static struct live_server *
-live_holder(struct live_set *s, const char *name, unsigned *conns)
+live_holder(struct live_set *s, const char *name, const struct live_export **ex)
 {
   for (size_t i = 0; i < s->n; i++)
     for (size_t k = 0; k < s->srv[i].nex; k++)
       if (s->srv[i].ex[k].rw && strcmp(s->srv[i].ex[k].name, name) == 0) {
-        if (conns)
-          *conns = s->srv[i].ex[k].conns;
+        if (ex)
+          *ex = &s->srv[i].ex[k];
         return &s->srv[i];
       }
   return NULL;
@@ -278,19 +280,6 @@ chain_depth(struct cc_pool *p, const char *what, const char *top, size_t *depth)
     d++;
   *depth = d;
   return 0;
-}
-
-int
-cc_pool_chain_depth(struct cc_pool *p, const char *clone, size_t *depth)
-{
-  struct cc_clone c;
-  int r;
-
-  if ((r = pool_get_clone(p, "info", clone, &c)) < 0)
-    return r;
-  r = chain_depth(p, "info", c.top, depth);
-  cc_clone_free(&c);
-  return r;
 }
 
 /* ---- intents ---- */
@@ -571,7 +560,8 @@ clone_copy(struct cc_clone *dst, const struct cc_clone *src)
   dst->snaps = malloc((src->nsnaps + 1) * sizeof *dst->snaps);
   if (dst->snaps == NULL)
     return cc_error_set(ENOMEM, "snapshot create: out of memory");
-  memcpy(dst->snaps, src->snaps, src->nsnaps * sizeof *dst->snaps);
+  if (src->nsnaps) /* a record without snapshots has no array to copy from */
+    memcpy(dst->snaps, src->snaps, src->nsnaps * sizeof *dst->snaps);
   return 0;
 }
 
@@ -596,10 +586,23 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     }
   /* 1. Who serves what; offline tops locked (a server with control=off makes us refuse here). */
   for (size_t i = 0; i < n; i++) {
-    unsigned conns;
-    it[i].srv = live_holder(&s, it[i].c.name, &conns);
-    if (it[i].srv)
+    const struct live_export *ex;
+    char path[PATH_MAX];
+    it[i].srv = live_holder(&s, it[i].c.name, &ex);
+    if (it[i].srv) {
+      /* The server's chain must sit on the top the record names, or push-top would refuse
+       * after our commit (the new top's parent would not be its top). */
+      if ((r = pool_layer_path(p, it[i].c.top, path, sizeof path)) < 0)
+        goto undo;
+      if (strcmp(path, ex->top) != 0) {
+        r = cc_error_set(ESTALE,
+                         "snapshot create: %s: nbdkit pid %ld serves it on %s, but its record "
+                         "names %s; restart that server",
+                         it[i].c.name, it[i].srv->pid, ex->top, path);
+        goto undo;
+      }
       continue;
+    }
     snprintf(what, sizeof what, "snapshot create: %s", it[i].c.name);
     if ((r = pool_open_layer(p, it[i].c.top, OVL_RDWR, what, &it[i].held)) < 0) {
       if (r == -EBUSY)
@@ -804,6 +807,9 @@ pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char *sna
     r = snap_attempt(p, it, n, snap, description, &committed);
     if (r != -EAGAIN || committed || attempt + 1 == LIVE_RETRIES)
       break;
+    /* A connection opening the clone or the last one closing it (its final flush) holds the
+     * top without being listed by `held`: give it a moment. */
+    usleep(100000);
   }
   if (r == -EAGAIN && !committed) {
     /* The last attempt's reason (a layer lock names its holder: a server with control=off). */

@@ -264,9 +264,6 @@ int cc_pool_snapshot_list(struct cc_pool *p, const char *clone, struct cc_snapsh
 /* The chain of export `name`, top first.  *out is malloc'd; free() it. */
 int cc_pool_backing_chain(struct cc_pool *p, const char *name, struct cc_layer_info **out,
                           size_t *n);
-/* Files in the chain of clone `clone` (its top, every layer below, a raw image): at most
- * CC_MAX_DEPTH; `snapshot create` refuses to go past it. */
-int cc_pool_chain_depth(struct cc_pool *p, const char *clone, size_t *depth);
 
 /* check: every finding goes through `report` (severity 0 note, 1 leak, 2 error, 3 warning: a
  * file or directory more open than the pool's mode).  name NULL checks every record and the
