@@ -294,9 +294,15 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   l->data_start = l->hdr.l1_offset + ovl_l1_region(l->hdr.l1_entries);
   l->dirty_on_disk = l->hdr.incompat & OVL_INCOMPAT_DIRTY;
 
-  r = ovl_map_load(l);
-  if (r < 0)
+  if (flags & OVL_HEADER_ONLY) {
+    if (rw) {
+      r = cc_error_set(EINVAL, "open: %s: a header-only open cannot be for writing", path);
+      goto fail;
+    }
+    l->map_dropped = true; /* as after ovl_drop_map: map calls fail with -EINVAL */
+  } else if ((r = ovl_map_load(l)) < 0) {
     goto fail;
+  }
 
   if (rw && l->hdr.autoclear) {
     /* FORMAT.md 4.2: a writer clears the autoclear bits it does not know (all of them, today) */

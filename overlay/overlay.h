@@ -36,6 +36,10 @@ struct ovl_layer;
 #define OVL_RDONLY 0u
 #define OVL_RDWR 1u
 #define OVL_NOLOCK 2u /* take no OFD lock: inspection tools only, never for I/O */
+/* Read and validate the header only, not the map (with OVL_RDONLY): O(1) whatever the layer
+ * holds, for walking parent links.  The layer is as after ovl_drop_map, with unknown (0)
+ * allocated and zero byte counts: ovl_get_info's header fields, ovl_fd and ovl_close work. */
+#define OVL_HEADER_ONLY 4u
 
 /* flags for writes */
 #define OVL_FUA 1u      /* flush before returning (docs/FORMAT.md section 7.2) */
