@@ -49,7 +49,9 @@ def main():
               f"{build['clusters_per_layer']} clusters of {build['cluster'] >> 10} KiB; chains "
               f"identical: {build['chains_identical']}.  fio {meta['config']['runtime_s']} s "
               "per run, one job, one connection; randread 4 KiB iodepth 32, seqread 1 MiB "
-              "iodepth 8; one round.")
+              "iodepth 8; best of " + str(max([r.get("round", 1) for r in res
+                                              if str(r.get("section", "")).startswith("rp-")
+                                              and "round" in r] or [1])) + " round(s).")
     print()
 
     # Open time.
@@ -86,11 +88,11 @@ def main():
            and r.get("section") != "rp-open"]
 
     def get(series, peer, depth, wl):
-        for r in fio:
-            if (r["section"] == f"rp-{series}" and r["peer"] == peer and r["depth"] == depth
-                    and r["workload"] == wl):
-                return r
-        return None
+        # The best of the rounds: interference from other processes only slows a run down.
+        key = "iops" if wl == "randread" else "mib_s"
+        runs = [r for r in fio if r["section"] == f"rp-{series}" and r["peer"] == peer
+                and r["depth"] == depth and r["workload"] == wl]
+        return max(runs, key=lambda r: r[key]) if runs else None
 
     peers = ["cc-auto", "cc-sync", "cc-uring", "qemu-nbd"]
     titles = {"warm": "warm page cache", "cold": "cold: the bench files' pages dropped before "
@@ -134,16 +136,15 @@ def main():
 
     if "warm" in series_present:
         worst = None
-        for r in fio:
-            if r["section"] != "rp-warm" or r["peer"] != "cc-auto":
-                continue
-            key = "iops" if r["workload"] == "randread" else "mib_s"
-            s_ = get("warm", "cc-sync", r["depth"], r["workload"])
-            u_ = get("warm", "cc-uring", r["depth"], r["workload"])
-            best = max([x[key] for x in (s_, u_) if x], default=None)
-            if best:
-                v = r[key] / best
-                worst = v if worst is None else min(worst, v)
+        for d in sorted({r["depth"] for r in fio if r["section"] == "rp-warm"}):
+            for wl, key in (("randread", "iops"), ("seqread", "mib_s")):
+                a_ = get("warm", "cc-auto", d, wl)
+                s_ = get("warm", "cc-sync", d, wl)
+                u_ = get("warm", "cc-uring", d, wl)
+                best = max([x[key] for x in (s_, u_) if x], default=None)
+                if a_ and best:
+                    v = a_[key] / best
+                    worst = v if worst is None else min(worst, v)
         print(judge("warm: io=auto >= 0.97x best of sync/uring, worst depth and workload",
                     worst, 0.97))
         d1 = get("warm", "cc-auto", 1, "randread")

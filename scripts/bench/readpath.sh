@@ -3,7 +3,8 @@
 # a cold page cache and with cache=none, open time by depth (first open and reconnect), memory
 # per allocated cluster.
 #
-# Series (one server start per peer and depth, seqread then randread, one round):
+# Series (one server start per peer and depth, seqread then randread; RP_ROUNDS rounds, the
+# peer order flipping, best run counts):
 #   warm   every file read once before (need_chains), 1 s warm-up run
 #   cold   (--cold) the pages of every file of both chains and of the template are dropped
 #          (posix_fadvise DONTNEED after fdatasync: only these files, not the machine's whole
@@ -15,7 +16,8 @@
 
 RP_DEPTHS=(1 64 256)
 RP_OPEN_DEPTHS=(1 16 64 256)
-((QUICK)) && RP_DEPTHS=(1 16) RP_OPEN_DEPTHS=(1 4 16)
+RP_ROUNDS=${ROUNDS_OPT:-2} # --rounds; the best run of each peer counts, as in the depth series
+((QUICK)) && RP_DEPTHS=(1 16) RP_OPEN_DEPTHS=(1 4 16) RP_ROUNDS=${ROUNDS_OPT:-1}
 
 # Drop the page-cache pages of the bench's own files.
 drop_files() {
@@ -56,10 +58,13 @@ start_rp_peer() {
 }
 
 rp_series() {
-  local series=$1 d peer peers wl
+  local series=$1 d peer peers wl round
+  for ((round = 1; round <= RP_ROUNDS; round++)); do
   for d in "${RP_DEPTHS[@]}"; do
     peers=(cc-sync cc-uring cc-auto qemu-nbd)
     ((d == RP_DEPTHS[0])) && peers+=(nbd-file)
+    # Even rounds take the peers in the opposite order; the report keeps each one's best run.
+    ((round % 2 == 0)) && peers=($(printf '%s\n' "${peers[@]}" | tac))
     for peer in "${peers[@]}"; do
       start_rp_peer p "$peer" "$d" "$series" || die "$peer ($series) did not start"
       # The first open (index build) is not part of a read measurement.
@@ -68,14 +73,17 @@ rp_series() {
         if [[ $series == warm ]]; then
           local w=$WARMUP
           [[ $wl == randread ]] && w=0 # the seqread warm-up already warmed this server
-          WARMUP=$w measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" "$PEER_URI"
+          ROUND=$round WARMUP=$w measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" \
+            "$PEER_URI"
         else
           drop_files
-          WARMUP=0 measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" "$PEER_URI"
+          ROUND=$round WARMUP=0 measure "rp-$series" "$peer" "$d" "$wl" "${SRV_PID[p]}" \
+            "$PEER_URI"
         fi
       done
       stop_server p
     done
+  done
   done
 }
 
@@ -124,25 +132,41 @@ rp_memory() {
   mem_record cowchain rp-per-cluster-deep 1 "$s1" "$clusters"
 }
 
+# COWCHAIN_BENCH_RP: the parts to run (default all: open memory warm cold none profile; cold
+# only with --cold), for a quick re-measurement of one of them.
 section_readpath() {
+  local parts=" ${COWCHAIN_BENCH_RP:-open memory warm cold none profile} "
   need_chains
   log "read path: depths ${RP_DEPTHS[*]}, series warm$( ((COLD)) && echo ', cold'), none;" \
-    "open time at ${RP_OPEN_DEPTHS[*]}"
-  rp_open
-  rp_memory
-  rp_series warm
-  ((COLD)) && rp_series cold
-  rp_series none
-  if ((PROFILE)); then
-    # Where a depth-1 4 KiB random read's server CPU goes (io=auto), for the report.
+    "open time at ${RP_OPEN_DEPTHS[*]}; parts:$parts"
+  [[ $parts == *" open "* ]] && rp_open
+  [[ $parts == *" memory "* ]] && rp_memory
+  [[ $parts == *" warm "* ]] && rp_series warm
+  [[ $parts == *" cold "* ]] && ((COLD)) && rp_series cold
+  [[ $parts == *" none "* ]] && rp_series none
+  if ((PROFILE)) && [[ $parts == *" profile "* ]]; then
+    # Where the time of a first open at the deepest depth goes (index-cache=0: every
+    # connection builds the index), and a depth-1 4 KiB random read's server CPU (io=auto,
+    # warm page cache), for the report.
+    start_nbdkit p "$PLUGIN" pool="$POOL" index-cache=0 || die "nbdkit"
+    timeout 60 perf record -q -g -o "$RUNDIR/perf-open.data" -p "${SRV_PID[p]}" -- sleep 3 \
+      >/dev/null 2>&1 &
+    local perfpid=$! t_end=$(($(date +%s) + 3))
+    sleep 0.3
+    while (($(date +%s) < t_end)); do nbdinfo --size "$(uri p "c$MAXDEPTH")" >/dev/null; done
+    wait "$perfpid" || true
+    perf report -q -i "$RUNDIR/perf-open.data" --no-children --percent-limit 1 --stdio -g none \
+      2>/dev/null | head -60 >"$OUTDIR/perf-readpath-open-d$MAXDEPTH.txt" || true
+    stop_server p
+    warm_files "$TEMPLATE" "$RUNDIR"/qcow2/*.qcow2 "$POOL"/layers/* "$POOL"/images/*
     start_rp_peer p cc-auto 1 warm || die "cc-auto"
     timeout 60 perf record -q -g -o "$RUNDIR/perf-rp.data" -p "${SRV_PID[p]}" -- sleep "$RUNTIME" \
       >/dev/null 2>&1 &
     local perfpid=$!
     fio_job /dev/null --name=p --uri="$PEER_URI" ${WL[randread]} --runtime="$RUNTIME" --time_based
     wait "$perfpid" || true
-    perf report -q -i "$RUNDIR/perf-rp.data" --no-children --percent-limit 1.5 --stdio \
-      2>/dev/null | head -80 >"$OUTDIR/perf-readpath-d1-randread.txt" || true
+    perf report -q -i "$RUNDIR/perf-rp.data" --no-children --percent-limit 1 --stdio -g none \
+      2>/dev/null | head -60 >"$OUTDIR/perf-readpath-d1-randread.txt" || true
     stop_server p
   fi
 }
