@@ -101,8 +101,7 @@ make_pool(struct pool *p)
       snprintf(rel, sizeof rel, "s%d.cow", i - 1);
       ctu_layer(s, SIZE, 0, OVL_PARENT_LAYER, rel, p->snap_uuid[i - 1], SIZE, p->snap_uuid[i]);
     }
-    ctu_model_init(&p->m[i], SIZE, 4096);
-    ctu_model_copy(&p->m[i], &p->m[i - 1]);
+    ctu_model_copy(&p->m[i], &p->m[i - 1]); /* allocates m[i] */
     for (int k = 0; k < 4; k++) {
       uint64_t len = 1 + otu_rand_below(&p->rng, 3 * 4096);
 
