@@ -19,12 +19,22 @@ struct cc_chain;
 /* cc_chain_open flags */
 #define CC_RDWR 1u    /* open the top layer for writing (exclusive lock) */
 #define CC_IO_SYNC 2u /* read with pread instead of io_uring */
+/* CC_IO_AUTO: a read served by one piece goes straight to pread, a read of several pieces is
+ * one batch on the thread's io_uring (pread where io_uring is unavailable).  Neither flag:
+ * every read through io_uring (io=uring). */
+#define CC_IO_AUTO 8u
+/* CC_DIRECT (cache=none): data of the frozen layers and raw images is read with O_DIRECT,
+ * bypassing the page cache; unaligned reads go through an aligned bounce buffer.  The writable
+ * top stays buffered (chain/read.c says why). */
+#define CC_DIRECT 16u
+/* The flags that choose how reads reach the files: what a pool passes through to chains. */
+#define CC_IO_MASK (CC_IO_SYNC | CC_IO_AUTO | CC_DIRECT)
 /* CC_RAW: top_path is a raw image (a template export): read-only.  Never probed: a raw
  * image's first bytes are guest data and may spell anything. */
 #define CC_RAW 4u
 /* CC_REMOTE: top_path is a remote descriptor (FORMAT.md section 11): the chain is the remote NBD
  * export it names, read-only (a remote template's own export). */
-#define CC_REMOTE 8u
+#define CC_REMOTE 32u
 
 /* write flags */
 #define CC_FUA 1u
@@ -56,6 +66,11 @@ uint64_t cc_chain_size(const struct cc_chain *c);
 int cc_chain_writable(const struct cc_chain *c);
 uint32_t cc_chain_block_size(const struct cc_chain *c); /* preferred I/O granularity */
 size_t cc_chain_depth(const struct cc_chain *c);        /* layers, counting a raw bottom */
+struct stat;
+/* The chain's bottom file when it is a raw image (base.c): its path as reached and the fstat
+ * of the open fd.  1 if there is one, 0 if the chain does not end in a raw image (a layer or
+ * a remote template's export), or -errno. */
+int cc_chain_raw_base(struct cc_chain *c, char *path, size_t pathlen, struct stat *st);
 
 int cc_chain_pread(struct cc_chain *c, void *buf, uint64_t length, uint64_t offset);
 int cc_chain_pwrite(struct cc_chain *c, const void *buf, uint64_t length, uint64_t offset,
@@ -132,6 +147,13 @@ void cc_remote_set_timeout(unsigned ms);
 /* Cache remote templates' blocks in the directory `dir` (absolute), at most max_bytes of data
  * per template (remote-cache.c).  Applies to remote templates opened afterwards; NULL: none. */
 void cc_remote_set_cache(const char *dir, uint64_t max_bytes);
+
+/* Keep the resolution index of a frozen part after its last chain closes, up to `bytes` of
+ * such idle indexes in this process (least recently used dropped first), so reopening a deep
+ * chain is a lookup instead of reading every layer's map.  An idle index keeps its files open
+ * but not locked, and is revalidated on reuse (chain/registry.c).  0 (the default) keeps none
+ * and frees the idle ones now. */
+void cc_set_index_cache(uint64_t bytes);
 
 /* Where chain/ sends its rare operational messages (e.g. "io_uring unavailable, reading with
  * pread"), one line each, without a newline.  Default (and fn == NULL): stderr.  The plugin

@@ -100,16 +100,13 @@ cc_chain_extents(struct cc_chain *c, uint64_t length, uint64_t offset, cc_extent
   int r;
 
   v = cc_view_enter(c, &ticket);
-  if (offset > c->size || length > c->size - offset)
-    r = cc_error_set(EINVAL, "extents: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                     v->path, (unsigned long long)offset, (unsigned long long)length,
-                     (unsigned long long)c->size);
-  else if (length == 0)
-    r = 0;
-  else if (v->top)
-    r = cc_top_walk(v, "extents", offset, length, top_extent, &(struct top_ctx){.v = v, .x = &x});
-  else
-    r = cc_index_walk(v->idx, offset, length, seg_extent, &x);
+  r = cc_range_check(c, v, "extents", offset, length);
+  if (r == 0 && length > 0) {
+    if (v->top)
+      r = cc_top_walk(v, "extents", offset, length, top_extent, &(struct top_ctx){.v = v, .x = &x});
+    else
+      r = cc_index_walk(v->idx, offset, length, seg_extent, &x);
+  }
   cc_view_leave(c, ticket);
   /* The callback runs outside the view: it may be slow (nbdkit_add_extent allocates). */
   if (r == 0 && x.have)

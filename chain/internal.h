@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <pthread.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "chain/chain.h"
 #include "chain/testing.h"
@@ -49,12 +50,21 @@ struct cc_frozen {
   uint64_t size;            /* virtual size (raw: file size) */
   dev_t dev;
   ino_t ino;
+  /* What the file was when opened, to tell whether it changed while an idle index held it
+   * unlocked (registry.c): st_size, st_mtim, st_ctim. */
+  uint64_t st_size;
+  struct timespec mtime, ctime;
+  /* cache=none: an O_DIRECT descriptor of the same file, opened on first use (-1: not yet,
+   * -2: O_DIRECT refused here).  A cell of its own, so the copies of this struct in stacked
+   * indexes share it; NULL: never read directly (a live-pushed layer). */
+  _Atomic int *dfd;
 };
 
 enum cc_run_kind {
-  CC_RUN_HOLE = 0, /* reads zero: raw hole, no parent, or beyond a parent's size */
-  CC_RUN_ZERO = 1, /* reads zero: a zero sub-cluster in some layer hides what is below */
-  CC_RUN_DATA = 2, /* bytes at `phys` in layers[layer] */
+  CC_RUN_HOLE = 0,  /* reads zero: raw hole, no parent, or beyond a parent's size */
+  CC_RUN_ZERO = 1,  /* reads zero: a zero sub-cluster in some layer hides what is below */
+  CC_RUN_DATA = 2,  /* bytes at `phys` in layers[layer] */
+  CC_RUN_UNRES = 3, /* only while building: this file has nothing here, what is below shows */
 };
 
 /* A run covers [start, next run's start), the last one [start, index size).  24 bytes. */
@@ -69,6 +79,11 @@ struct cc_index {
   /* Protected by the registry mutex. */
   struct cc_index *next;
   unsigned long refs;
+  /* refs == 0 and still listed: an idle index kept for the next open (registry.c), its files
+   * open but unlocked.  `stamp` orders the idle ones (least recently used first); `cost` is
+   * what it counts against the cache budget. */
+  uint64_t stamp;
+  size_t cost;
 
   /* Immutable once built. */
   dev_t dev; /* identity of the topmost frozen file: the registry key */
@@ -129,7 +144,30 @@ struct cc_seg {
 typedef int (*cc_seg_fn)(void *opaque, const struct cc_seg *seg);
 
 /* index.c */
-int cc_index_build(struct cc_index *idx);
+/* Build while walking (open.c): the topmost frozen file first (pos 0), then each parent as
+ * it is opened, so its map can be dropped at once (the peak is one layer's map).  add records
+ * file f's own extents; finish resolves them all in one sweep (the topmost extent covering a
+ * byte wins) and hands the runs to idx, whose layers are bottom first (pos p becomes
+ * nlayers - 1 - p). */
+struct cc_runvec {
+  struct cc_run *v;
+  size_t n, cap;
+};
+struct cc_bext {
+  uint64_t start, end, phys;
+  uint32_t pos, kind; /* DATA, ZERO, or HOLE (a raw hole, or beyond this layer's size) */
+};
+struct cc_builder {
+  struct cc_runvec layer; /* one file's own runs (scratch) */
+  struct cc_bext *e;      /* every file's extents that decide something */
+  size_t n, cap;
+  uint64_t size; /* of the topmost frozen file: the index's size */
+  int started;
+};
+void cc_builder_init(struct cc_builder *b);
+int cc_builder_add(struct cc_builder *b, const struct cc_frozen *f, uint32_t pos);
+int cc_builder_finish(struct cc_builder *b, struct cc_index *idx);
+void cc_builder_free(struct cc_builder *b);
 void cc_index_free(struct cc_index *idx);
 /* A new index for `below` (NULL: nothing below) with `top` stacked on it, built from top's map
  * in one pass over below's runs.  top is copied into the new index, not yet owned by it
@@ -139,11 +177,19 @@ int cc_index_stack(struct cc_index *below, const struct cc_frozen *top, struct c
  * HOLE.  Stops at, and returns, fn's first non-zero value. */
 int cc_index_walk(const struct cc_index *idx, uint64_t offset, uint64_t length, cc_seg_fn fn,
                   void *opaque);
+/* The read fast path: 1 and *seg if one run covers [offset, offset + length) (beyond the size,
+ * or idx NULL: a HOLE), else 0. */
+int cc_index_one(const struct cc_index *idx, uint64_t offset, uint64_t length, struct cc_seg *seg);
 
 /* Walk the writable top's map over [offset, offset + length), calling fn for each extent in
  * order; a map that skips or overlaps is -EIO naming `call` and the layer.  Stops at the first
  * non-zero return of fn and returns it. */
 typedef int (*cc_top_fn)(void *opaque, const struct ovl_extent *e);
+/* 0, or EINVAL "CALL: PATH: range O+L beyond the end of the disk (SIZE)": the one range check
+ * of every request on a chain (read, write, extents, runs). */
+int cc_range_check(const struct cc_chain *c, const struct cc_view *v, const char *call,
+                   uint64_t offset, uint64_t length);
+
 int cc_top_walk(const struct cc_view *v, const char *call, uint64_t offset, uint64_t length,
                 cc_top_fn fn, void *opaque);
 
@@ -160,13 +206,16 @@ struct cc_index *cc_registry_publish(struct cc_index *idx);
 void cc_index_put(struct cc_index *idx);
 struct cc_index *cc_index_get(struct cc_index *idx); /* one more reference; returns idx */
 
-/* A slice of a read: `len` bytes at `phys` in `fd` go to `buf`. */
+/* A slice of a read: `len` bytes at `phys` in `fd` go to `buf`.  The last `tail` bytes are
+ * optional: an O_DIRECT read widened to the block size may end at end of file before them. */
 struct cc_piece {
   int fd;
   const char *path; /* for error messages */
   uint64_t phys;
   char *buf;
   size_t len;
+  size_t tail;
+  int direct; /* fd is an O_DIRECT descriptor */
 };
 
 /* The file pieces of one request, in virtual order; adjacent ones are merged on insert. */
@@ -180,8 +229,13 @@ struct cc_plan {
 void cc_plan_init(struct cc_plan *p);
 void cc_plan_free(struct cc_plan *p);
 int cc_plan_index(struct cc_plan *p, const struct cc_index *idx, char *buf, uint64_t length,
-                  uint64_t offset);
-int cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *buf, size_t len);
+                  uint64_t offset, int direct);
+int cc_plan_add(struct cc_plan *p, int fd, const char *path, uint64_t phys, char *buf, size_t len,
+                int direct);
+/* The O_DIRECT descriptor of f (opened on first use), or -1 if it has none. */
+int cc_frozen_dfd(const struct cc_frozen *f);
+/* Close and free f->dfd (the owner of the cell only). */
+void cc_frozen_dfd_free(struct cc_frozen *f);
 int cc_sync_exec(struct cc_piece *v, size_t n);
 int cc_below_read(void *opaque, void *buf, uint64_t length, uint64_t offset);
 

@@ -49,6 +49,7 @@
 #include "common/error.h"
 
 static size_t max_depth = CC_MAX_DEPTH;
+static atomic_ullong index_builds; /* testing.h */
 
 /* One parent link to follow: the file `path` as the header of `child` describes it. */
 struct link {
@@ -182,6 +183,9 @@ open_raw(const struct link *lk, struct cc_frozen *f)
   }
   f->dev = st.st_dev;
   f->ino = st.st_ino;
+  f->st_size = (uint64_t)st.st_size;
+  f->mtime = st.st_mtim;
+  f->ctime = st.st_ctim;
   if ((r = lock_raw_shared(lk, f->fd)) < 0)
     return r;
   return 0;
@@ -230,12 +234,15 @@ open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
     return link_error(lk, -r, "%s", msg);
   }
   f->fd = ovl_fd(f->ovl);
-  ovl_get_info(f->ovl, info);
+  ovl_get_header_info(f->ovl, info);
   f->size = info->virtual_size;
   if (fstat(f->fd, &st) < 0)
     return link_error(lk, errno, "fstat: %s", strerror(errno));
   f->dev = st.st_dev;
   f->ino = st.st_ino;
+  f->st_size = (uint64_t)st.st_size;
+  f->mtime = st.st_mtim;
+  f->ctime = st.st_ctim;
   if (lk->checked && memcmp(info->uuid, lk->uuid, OVL_UUID_LEN) != 0) {
     char want[37], got[37];
 
@@ -308,6 +315,7 @@ frozen_release(struct cc_frozen *v, size_t n)
       cc_remote_close(v[i].remote);
     else if (v[i].fd >= 0)
       close(v[i].fd);
+    cc_frozen_dfd_free(&v[i]);
     free(v[i].path);
   }
   free(v);
@@ -325,10 +333,12 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   size_t n = 0, cap = 0;
   struct ovl_info *info = malloc(sizeof *info);
   struct cc_index *idx = NULL;
+  struct cc_builder b;
   int r = 0;
 
   if (!info)
     return cc_error_set(ENOMEM, "open: %s: out of memory", lk->path);
+  cc_builder_init(&b);
   for (;;) {
     struct cc_frozen *f;
     struct stat st;
@@ -381,7 +391,12 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
       cap = ncap;
     }
     f = &v[n];
-    *f = (struct cc_frozen){.fd = -1};
+    *f = (struct cc_frozen){.fd = -1, .dfd = malloc(sizeof *f->dfd)};
+    if (!f->dfd) {
+      r = link_error(lk, ENOMEM, "out of memory");
+      goto fail;
+    }
+    atomic_init(f->dfd, -1);
     if (lk->kind == OVL_PARENT_RAW)
       r = open_raw(lk, f);
     else if (lk->kind == OVL_PARENT_NBD)
@@ -411,6 +426,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
 
       if (hit) {
         frozen_release(v, n);
+        cc_builder_free(&b);
         free(info);
         if ((r = index_within(hit, root)) < 0) {
           cc_index_put(hit);
@@ -420,6 +436,13 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
         return 0;
       }
     }
+    /* Take this file's extents now and drop its map: the peak is one layer's map, not the
+     * whole chain's (docs/BENCHMARKS.md, finding B).  `info` is read below, and the header
+     * stays. */
+    if ((r = cc_builder_add(&b, f, (uint32_t)(n - 1))) < 0)
+      goto fail;
+    if (f->ovl)
+      ovl_drop_map(f->ovl);
     if (!f->ovl || info->parent_kind == OVL_PARENT_NONE)
       break;
     /* Follow the link this layer records. */
@@ -445,7 +468,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   idx->dev = v[n - 1].dev;
   idx->ino = v[n - 1].ino;
   if (v[n - 1].ovl) {
-    ovl_get_info(v[n - 1].ovl, info);
+    ovl_get_header_info(v[n - 1].ovl, info);
     memcpy(idx->uuid, info->uuid, OVL_UUID_LEN);
   }
   v = NULL;
@@ -455,10 +478,11 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
     cc_index_free(idx);
     goto fail;
   }
-  if ((r = cc_index_build(idx)) < 0) {
+  if ((r = cc_builder_finish(&b, idx)) < 0) {
     cc_index_free(idx);
     goto fail;
   }
+  atomic_fetch_add(&index_builds, 1);
   free(info);
   *out = cc_registry_insert(idx);
   /* Another thread may have published an equal index first, checked against another root. */
@@ -470,6 +494,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   return 0;
 
 fail:
+  cc_builder_free(&b);
   frozen_release(v, n);
   free(lk->path);
   lk->path = NULL;
@@ -528,7 +553,7 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
       goto fail;
     }
     v->top_fd = ovl_fd(v->top);
-    ovl_get_info(v->top, info);
+    ovl_get_header_info(v->top, info);
     c->size = info->virtual_size;
     if (fstat(v->top_fd, &st) < 0) {
       r = cc_error_set(errno, "open: %s: fstat: %s", top_path, strerror(errno));
@@ -676,6 +701,12 @@ int
 cc_chain_uses_uring(const struct cc_chain *c)
 {
   return !(c->flags & CC_IO_SYNC) && !cc_uring_disabled();
+}
+
+uint64_t
+cc_chain_index_builds(void)
+{
+  return atomic_load(&index_builds);
 }
 
 /* Test hook: a smaller depth limit, so the "too deep" error is testable without creating

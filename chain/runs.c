@@ -95,13 +95,8 @@ cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn
 
   /* The callback runs inside the view: the fds it is given stay open until we leave it. */
   x.v = cc_view_enter(c, &ticket);
-  if (offset > c->size || length > c->size - offset) {
-    r = cc_error_set(EINVAL, "runs: %s: range %llu+%llu beyond the end of the disk (%llu)",
-                     x.v->path, (unsigned long long)offset, (unsigned long long)length,
-                     (unsigned long long)c->size);
-  } else if (length == 0) {
-    r = 0;
-  } else {
+  r = cc_range_check(c, x.v, "runs", offset, length);
+  if (r == 0 && length > 0) {
     if (x.v->top)
       r = cc_top_walk(x.v, "runs", offset, length, top_run, &x);
     else

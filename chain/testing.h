@@ -7,14 +7,21 @@
 #define COWCHAIN_CHAIN_TESTING_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "chain/chain.h"
 
 /* The identity of the shared resolution index a chain uses (NULL if the chain has
  * no frozen part): two chains on the same frozen layer return the same pointer. */
 const void *cc_chain_index_id(const struct cc_chain *c);
-/* How many resolution indexes are alive in this process. */
+/* How many resolution indexes are in use (by an open chain) in this process. */
 size_t cc_chain_index_count(void);
+/* How many idle indexes the cache (cc_set_index_cache) holds; not counted above. */
+size_t cc_chain_index_cached(void);
+/* Bytes of the cache budget the idle indexes use. */
+uint64_t cc_chain_index_cache_used(void);
+/* How many indexes this process has built from files (a cache hit builds none). */
+uint64_t cc_chain_index_builds(void);
 /* How many runs the chain's index holds (0 without a frozen part): memory is ~24 bytes each. */
 size_t cc_chain_index_runs(const struct cc_chain *c);
 /* 1 if reads of this chain currently go through io_uring, 0 if through pread. */

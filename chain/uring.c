@@ -189,7 +189,9 @@ complete(struct exec *x, size_t i, int res)
       pc->phys += (unsigned)res;
       pc->buf += res;
       pc->len -= (size_t)res;
-      if (!x->err)
+      if (pc->len <= pc->tail) /* only the optional tail is missing: end of file */
+        pc->len = 0;
+      else if (!x->err)
         x->requeue[x->nrequeue++] = i;
     } else {
       pc->len = 0;

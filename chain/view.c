@@ -292,7 +292,7 @@ cc_chain_replace_frozen(struct cc_chain *c, const char *frozen_top_path)
     goto out;
   }
   /* The frozen part as the files say, found in or added to the registry. */
-  if ((r = cc_chain_open(frozen_top_path, c->flags & CC_IO_SYNC, &ro)) < 0)
+  if ((r = cc_chain_open(frozen_top_path, c->flags & CC_IO_MASK, &ro)) < 0)
     goto out;
   rov = atomic_load(&ro->view);
   info = malloc(sizeof *info);

@@ -33,11 +33,7 @@ check_write(const struct cc_chain *c, const struct cc_view *v, const char *call,
 {
   if (!v->top)
     return cc_error_set(EPERM, "%s: %s: read-only export", call, v->path);
-  if (offset > c->size || length > c->size - offset)
-    return cc_error_set(EINVAL, "%s: %s: range %llu+%llu beyond the end of the disk (%llu)", call,
-                        v->path, (unsigned long long)offset, (unsigned long long)length,
-                        (unsigned long long)c->size);
-  return 0;
+  return cc_range_check(c, v, call, offset, length);
 }
 
 int

@@ -60,11 +60,17 @@ struct cli_sub {
 /* Run the subcommand argv[0] of `group` from `subs` (NULL-name terminated); --help lists them,
  * anything else is one usage error naming the choices. */
 int cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **argv);
-/* The shape of most commands: parse `cmd` (at most 4 positionals), open the pool, run fn on the
- * positionals, and report its error as the one line.  Returns the exit code. */
+/* What a command does on the open pool, given its positionals and its own argument (its parsed
+ * options): 0, a negative errno after cc_error_set() (the one error line, exit 1), or a
+ * positive exit status after printing its own line. */
 struct cc_pool;
-int cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv,
-                   int (*fn)(struct cc_pool *p, const char *const *pos));
+typedef int (*cli_pool_fn)(struct cc_pool *p, const char *const *pos, void *arg);
+/* The tail of every pool command: open the pool (--pool, $COWCHAIN_POOL), run fn, end any
+ * progress line, close, and report fn's error.  Returns the exit code. */
+int cli_on_pool(cli_pool_fn fn, const char *const *pos, void *arg);
+/* The whole of a command whose options need no check of their own: parse `cmd` (at most 4
+ * positionals; its options write into what arg points to), then cli_on_pool. */
+int cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv, cli_pool_fn fn, void *arg);
 
 /* Print cc_error_get() as the one error line; returns 1. */
 int die_pool(void);
@@ -92,5 +98,6 @@ int cmd_check(int argc, char **argv);
 int cmd_du(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_serve(int argc, char **argv, const char *argv0);
+int cmd_disk_xml(int argc, char **argv);
 
 #endif

@@ -8,6 +8,7 @@
  * is marked with '*' in the table and "current": true in JSON.  JSON keys and their order are
  * fixed: scripts and tests parse them.
  */
+#include "pool/qga.h"
 #include "cli/cli.h"
 
 #include "common/escape.h"
@@ -16,37 +17,82 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int
-clone_create(int argc, char **argv)
-{
-  const char *from = NULL, *pos[1];
-  int full = 0, npos, r;
-  const struct cli_opt opts[] = {
-      {"--from", 1, &from, NULL}, {"--full", 0, NULL, &full}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "clone create",
-      "NAME --from TEMPLATE|CLONE@SNAP [--full]",
-      "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
-      "made in constant time; --full copies the source's data into a standalone layer.",
-      1,
-      1,
-      opts};
-  struct cc_pool *p;
+struct clone_create_args {
+  const char *from, *size_s;
+  int full;
+  uint64_t size;
+};
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if (from == NULL)
-    return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_clone_create(p, pos[0], from, full, cli_progress_fn(), "full clone");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+static int
+do_clone_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  struct clone_create_args *a = arg;
+
+  return cc_clone_create_size(p, pos[0], a->from, a->full, a->size, cli_progress_fn(),
+                              "full clone");
 }
 
 static int
-do_clone_delete(struct cc_pool *p, const char *const *pos)
+clone_create(int argc, char **argv)
 {
+  struct clone_create_args a = {0};
+  const char *pos[1];
+  int npos;
+  const struct cli_opt opts[] = {{"--from", 1, &a.from, NULL},
+                                 {"--full", 0, NULL, &a.full},
+                                 {"--size", 1, &a.size_s, NULL},
+                                 {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "clone create",
+      "NAME --from TEMPLATE|CLONE@SNAP [--full] [--size SIZE]",
+      "Create clone NAME.  A linked clone (the default) is a new empty layer on the source,\n"
+      "made in constant time; --full copies the source's data into a standalone layer.\n"
+      "--size makes the clone larger than its source (never smaller); the part beyond the\n"
+      "source reads as zeroes.",
+      1,
+      1,
+      opts};
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (a.from == NULL)
+    return usage_error(cmd.name, "--from is required (usage: cowchain %s %s)", cmd.name, cmd.usage);
+  if (a.size_s && (parse_size(a.size_s, &a.size) < 0 || a.size == 0))
+    return usage_error(cmd.name, "--size: '%s' is not a size (e.g. 20G, 512M, 1048576)", a.size_s);
+  return cli_on_pool(do_clone_create, pos, &a);
+}
+
+static int
+do_clone_resize(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_clone_resize(p, pos[0], *(uint64_t *)arg);
+}
+
+static int
+clone_resize(int argc, char **argv)
+{
+  const char *pos[2];
+  int npos;
+  uint64_t size;
+  static const struct cli_cmd cmd = {
+      "clone resize",
+      "NAME SIZE",
+      "Grow clone NAME to SIZE (K, M, G, T suffixes: powers of 1024).  The new part reads as\n"
+      "zeroes; snapshots keep their size.  Shrinking is refused.  Refused while a server has\n"
+      "the clone open: new connections after the resize see the new size.",
+      2,
+      2,
+      NULL};
+
+  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
+  if (parse_size(pos[1], &size) < 0 || size == 0)
+    return usage_error(cmd.name, "'%s' is not a size (e.g. 20G, 512M, 1048576)", pos[1]);
+  return cli_on_pool(do_clone_resize, pos, &size);
+}
+
+static int
+do_clone_delete(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  (void)arg;
   return cc_clone_delete(p, pos[0]);
 }
 
@@ -62,28 +108,20 @@ clone_delete(int argc, char **argv)
       1,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_clone_delete);
+  return cli_run_simple(&cmd, argc, argv, do_clone_delete, NULL);
 }
 
 static int
-clone_list(int argc, char **argv)
+do_clone_list(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {"clone list", "[--json]", "List the clones of the pool.", 0, 0, opts};
   struct cc_clone *c;
-  struct cc_pool *p;
   size_t n, i;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_list_clones(p, &c, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_list_clones(p, &c, &n)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
@@ -114,41 +152,79 @@ clone_list(int argc, char **argv)
   return 0;
 }
 
+static int
+clone_list(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {"clone list", "[--json]", "List the clones of the pool.", 0, 0, opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_clone_list, &json);
+}
+
 int
 cmd_clone(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-      {"create", clone_create},
-      {"list", clone_list},
-      {"delete", clone_delete},
-      {NULL, NULL},
+      {"create", clone_create}, {"list", clone_list}, {"delete", clone_delete},
+      {"resize", clone_resize}, {NULL, NULL},
   };
 
   return cli_dispatch("clone", subs, argc, argv);
 }
 
+struct snapshot_create_args {
+  const char *desc, *agent, *timeout_s;
+  int timeout_ms;
+};
+
+static int
+do_snapshot_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  struct snapshot_create_args *a = arg;
+
+  return cc_snapshot_create_quiesced(p, pos[0], pos[1], a->desc, a->agent, a->timeout_ms);
+}
+
 static int
 snapshot_create(int argc, char **argv)
 {
-  const char *desc = NULL, *pos[2];
-  const struct cli_opt opts[] = {{"--description", 1, &desc, NULL}, {NULL, 0, NULL, NULL}};
+  struct snapshot_create_args a = {.timeout_ms = CC_QGA_FREEZE_MS};
+  const char *pos[2];
+  const struct cli_opt opts[] = {{"--description", 1, &a.desc, NULL},
+                                 {"--quiesce", 1, &a.agent, NULL},
+                                 {"--quiesce-timeout", 1, &a.timeout_s, NULL},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "snapshot create",
-      "CLONE SNAP [--description TEXT]",
+      "CLONE[,CLONE...] SNAP [--description TEXT] [--quiesce SOCKET [--quiesce-timeout S]]",
       "Freeze the current state of CLONE as snapshot SNAP (exported read-only as CLONE@SNAP);\n"
-      "the clone continues on a new empty layer.  Refused while a server has the clone open.",
+      "the clone continues on a new empty layer.  A clone a server is serving is snapshotted\n"
+      "through the server, its clients see no error: every write completed before the command\n"
+      "is in the snapshot, none issued after it returned.  Several clones (vm1,vm2) get one\n"
+      "snapshot at one instant, all or nothing.\n"
+      "--quiesce SOCKET: application-consistent: the QEMU guest agent on that chardev socket\n"
+      "freezes the guest's file systems first (guest-fsfreeze-freeze, at most S seconds,\n"
+      "default 30) and thaws them after, always.  No answer or a refusal: no snapshot.",
       2,
       2,
       opts};
-  struct cc_pool *p;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_snapshot_create(p, pos[0], pos[1], desc);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  if (a.timeout_s != NULL) {
+    char *end;
+    double secs;
+
+    if (a.agent == NULL)
+      return usage_error(cmd.name, "--quiesce-timeout needs --quiesce SOCKET");
+    secs = strtod(a.timeout_s, &end);
+    if (end == a.timeout_s || *end != '\0' || !(secs > 0 && secs <= 3600))
+      return usage_error(
+          cmd.name, "bad --quiesce-timeout '%s' (seconds, more than 0, at most 3600)", a.timeout_s);
+    a.timeout_ms = (int)(secs * 1000);
+  }
+  return cli_on_pool(do_snapshot_create, pos, &a);
 }
 
 static void
@@ -173,36 +249,20 @@ print_snap_json(const struct cc_snapshot_info *s, const char *clone)
   printf("}");
 }
 
+struct snapshot_list_args {
+  int json, info;
+};
+
 static int
-snapshot_list_or_info(int argc, char **argv, int info)
+do_snapshot_list_or_info(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0, npos, r;
-  const char *pos[2];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd list_cmd = {"snapshot list",
-                                   "CLONE [--json]",
-                                   "List the snapshots of CLONE with their parents ('*' marks "
-                                   "the one the clone currently sits on).",
-                                   1,
-                                   1,
-                                   opts};
-  const struct cli_cmd info_cmd = {"snapshot info",
-                                   "CLONE SNAP [--json]",
-                                   "Show the details of snapshot SNAP of CLONE.",
-                                   2,
-                                   2,
-                                   opts};
+  const struct snapshot_list_args *a = arg;
+  int json = a->json, info = a->info, r;
   struct cc_snapshot_info *s;
-  struct cc_pool *p;
   size_t n, i;
 
-  PARSE_OR_RETURN(info ? &info_cmd : &list_cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_snapshot_list(p, pos[0], &s, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
+  if ((r = cc_pool_snapshot_list(p, pos[0], &s, &n)) < 0)
+    return r;
   if (info) {
     for (i = 0; i < n; i++)
       if (strcmp(s[i].s.name, pos[1]) == 0)
@@ -250,6 +310,28 @@ snapshot_list_or_info(int argc, char **argv, int info)
 }
 
 static int
+snapshot_list_or_info(int argc, char **argv, int info)
+{
+  struct snapshot_list_args a = {.info = info};
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &a.json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd list_cmd = {"snapshot list",
+                                   "CLONE [--json]",
+                                   "List the snapshots of CLONE with their parents ('*' marks "
+                                   "the one the clone currently sits on).",
+                                   1,
+                                   1,
+                                   opts};
+  const struct cli_cmd info_cmd = {"snapshot info",
+                                   "CLONE SNAP [--json]",
+                                   "Show the details of snapshot SNAP of CLONE.",
+                                   2,
+                                   2,
+                                   opts};
+
+  return cli_run_simple(info ? &info_cmd : &list_cmd, argc, argv, do_snapshot_list_or_info, &a);
+}
+
+static int
 snapshot_list(int argc, char **argv)
 {
   return snapshot_list_or_info(argc, argv, 0);
@@ -262,33 +344,38 @@ snapshot_info(int argc, char **argv)
 }
 
 static int
-do_snapshot_revert(struct cc_pool *p, const char *const *pos)
+do_snapshot_revert(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  return cc_snapshot_revert(p, pos[0], pos[1]);
+  return cc_snapshot_revert_flags(p, pos[0], pos[1], *(int *)arg ? CC_REVERT_FORCE : 0);
 }
 
 static int
 snapshot_revert(int argc, char **argv)
 {
-  static const struct cli_cmd cmd = {
+  int force = 0;
+  const struct cli_opt opts[] = {{"--force", 0, NULL, &force}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
       "snapshot revert",
-      "CLONE SNAP",
+      "CLONE SNAP [--force]",
       "Give CLONE a new empty layer on snapshot SNAP: its writes since then are discarded.\n"
-      "Later snapshots stay (snapshots form a tree).",
+      "Later snapshots stay (snapshots form a tree).  Refused while clients are connected to\n"
+      "CLONE (their caches would disagree with the disk); --force disconnects them first\n"
+      "(their requests fail from then on).",
       2,
       2,
-      NULL};
+      opts};
 
-  return cli_run_simple(&cmd, argc, argv, do_snapshot_revert);
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_revert, &force);
 }
 
 static int
-do_snapshot_delete(struct cc_pool *p, const char *const *pos)
+do_snapshot_delete(struct cc_pool *p, const char *const *pos, void *arg)
 {
   struct cc_merge_info m;
   char a[32], b[32];
   int r = cc_snapshot_delete_info(p, pos[0], pos[1], cli_progress_fn(), "merge", &m);
 
+  (void)arg;
   if (r < 0)
     return r;
   human_size(m.written_bytes, a, sizeof a);
@@ -329,7 +416,7 @@ snapshot_delete(int argc, char **argv)
       2,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_snapshot_delete);
+  return cli_run_simple(&cmd, argc, argv, do_snapshot_delete, NULL);
 }
 
 int

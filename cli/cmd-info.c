@@ -78,32 +78,41 @@ print_layer_json(const struct cc_layer_info *l, const char *name, const char *in
   printf("}");
 }
 
-int
-cmd_info(int argc, char **argv)
+/* The limits stated up front (POOL.md 5.5): the chain's depth against CC_MAX_DEPTH, and the
+ * data in frozen layers of the chain that no record names (an interrupted merge or promote left
+ * them, POOL.md 5.6 and 5.8): what merging them away would copy. */
+static void
+print_chain_limits(const struct cc_layer_info *l, size_t n)
 {
-  int json = 0, chain = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {
-      {"--json", 0, NULL, &json}, {"--backing-chain", 0, NULL, &chain}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "info",
-      "NAME [--backing-chain] [--json]",
-      "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
-      "--backing-chain shows every layer down to the template.",
-      1,
-      1,
-      opts};
-  struct cc_layer_info *l;
-  struct cc_pool *p;
-  size_t n, i;
+  uint64_t pending = 0;
+  size_t unnamed = 0;
+  char ps[32];
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_backing_chain(p, pos[0], &l, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
+  for (size_t i = 1; i < n; i++)
+    if (!l[i].raw && !l[i].role[0]) {
+      unnamed++;
+      pending += l[i].allocated_bytes;
+    }
+  human_size(pending, ps, sizeof ps);
+  printf("chain depth: %zu of %d files\n", n, CC_MAX_DEPTH);
+  printf("merge pending: %s (%" PRIu64 " bytes in %zu unnamed layers)\n", ps, pending, unnamed);
+}
+
+struct info_args {
+  int json, chain;
+};
+
+static int
+do_info(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct info_args *a = arg;
+  int json = a->json, chain = a->chain, r;
+  struct cc_layer_info *l;
+  size_t n, i, total;
+
+  if ((r = cc_pool_backing_chain(p, pos[0], &l, &n)) < 0)
+    return r;
+  total = n;
   if (!chain)
     n = n ? 1 : 0;
   if (json && chain)
@@ -118,12 +127,32 @@ cmd_info(int argc, char **argv)
       if (i)
         printf("\n");
       print_layer_text(&l[i], name);
+      if (i == 0)
+        print_chain_limits(l, total);
     }
   }
   if (json && chain)
     printf("]\n");
   free(l);
   return 0;
+}
+
+int
+cmd_info(int argc, char **argv)
+{
+  struct info_args a = {0};
+  const struct cli_opt opts[] = {
+      {"--json", 0, NULL, &a.json}, {"--backing-chain", 0, NULL, &a.chain}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "info",
+      "NAME [--backing-chain] [--json]",
+      "Show the top file of NAME (a clone, CLONE@SNAP or a template) like qemu-img info;\n"
+      "--backing-chain shows every layer down to the template.",
+      1,
+      1,
+      opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_info, &a);
 }
 
 static const char *const severity_tag[] = {"ok", "leak", "error", "warning"};
@@ -133,6 +162,8 @@ report_line(void *opaque, int severity, const char *msg)
 {
   int *json_count = opaque;
   const char *tag = severity_tag[severity < 0 ? 0 : severity > 3 ? 2 : severity];
+
+  cli_progress_done(); /* a finding starts its own line after a progress line */
 
   if (json_count == NULL) {
     char esc[CC_ESCAPED_SIZE(1024)];
@@ -145,46 +176,34 @@ report_line(void *opaque, int severity, const char *msg)
   printf("}");
 }
 
-int
-cmd_check(int argc, char **argv)
-{
-  int repair = 0, json = 0, count = 0, npos, r;
-  const char *pos[1] = {NULL};
-  const struct cli_opt opts[] = {
-      {"--repair", 0, NULL, &repair}, {"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "check",
-      "[NAME] [--repair] [--json]",
-      "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
-      "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
-      "layers.  Without NAME, also files and directories whose mode is looser than the pool's\n"
-      "(warnings: owner-only, or the group of `pool init --group`).  --repair removes\n"
-      "leftovers, reclaims leaked space and tightens modes; errors are only reported.\n"
-      "Exit status: 0 clean (leaks and warnings are reported but are not errors), 1 errors.",
-      0,
-      1,
-      opts};
-  struct cc_check_summary sum;
-  struct cc_pool *p;
+struct check_args {
+  int repair, json, deep;
+};
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
+static int
+do_check(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct check_args *a = arg;
+  int repair = a->repair, json = a->json, count = 0, r;
+  struct cc_check_summary sum;
+
   if (json)
     printf("{\"findings\": [");
   memset(&sum, 0, sizeof sum);
-  r = cc_pool_check(p, npos ? pos[0] : NULL, repair, report_line, json ? &count : NULL, &sum);
-  cc_pool_close(p);
+  if (a->deep)
+    r = cc_pool_check_deep(p, pos[0], repair, report_line, json ? &count : NULL, cli_progress_fn(),
+                           "check --deep", &sum);
+  else
+    r = cc_pool_check(p, pos[0], repair, report_line, json ? &count : NULL, &sum);
+  cli_progress_done();
   if (json)
     printf("%s], \"layers_checked\": %u, \"errors\": %u, \"leaks\": %u, \"repaired\": %u, "
            "\"warnings\": %u}\n",
            count ? "\n  " : "", sum.layers_checked, sum.errors, sum.leaks, sum.repaired,
            sum.warnings);
   fflush(stdout);
-  if (r < 0)
-    return die_pool();
-  if (json)
-    return 0;
+  if (r < 0 || json)
+    return r;
   printf("%u layers checked, %u errors, %u leaks, %u warnings%s", sum.layers_checked, sum.errors,
          sum.leaks, sum.warnings, repair ? "" : "\n");
   if (repair)
@@ -193,32 +212,43 @@ cmd_check(int argc, char **argv)
 }
 
 int
-cmd_du(int argc, char **argv)
+cmd_check(int argc, char **argv)
 {
-  int json = 0, npos, r;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  struct check_args a = {0};
+  const struct cli_opt opts[] = {{"--repair", 0, NULL, &a.repair},
+                                 {"--json", 0, NULL, &a.json},
+                                 {"--deep", 0, NULL, &a.deep},
+                                 {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
-      "du",
-      "[--json]",
-      "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
-      "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
-      "were made from).  The last line compares the pool's logical size with its disk usage.",
+      "check",
+      "[NAME] [--deep] [--repair] [--json]",
+      "Validate every layer of NAME's chain (every record if NAME is omitted) and look for\n"
+      "leftovers: layers and images no record reaches, stale files in tmp/, leaked space in\n"
+      "layers.  Without NAME, also files and directories whose mode is looser than the pool's\n"
+      "(warnings: owner-only, or the group of `pool init --group`).  --repair removes\n"
+      "leftovers, reclaims leaked space and tightens modes; errors are only reported.\n"
+      "A template image whose size, mtime or inode differs from its import is an error.\n"
+      "--deep also re-hashes every template image against the hash recorded at import and\n"
+      "reads all data of every layer (progress on a terminal).\n"
+      "Exit status: 0 clean (leaks and warnings are reported but are not errors), 1 errors.",
       0,
-      0,
+      1,
       opts};
-  struct cc_pool *p;
+
+  return cli_run_simple(&cmd, argc, argv, do_check, &a);
+}
+
+static int
+do_du(struct cc_pool *p, const char *const *pos, void *arg)
+{
   struct cc_du du;
   size_t i;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_du(p, &du);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_du(p, &du)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("{\"entries\": [");
     for (i = 0; i < du.n; i++) {
       const struct cc_du_entry *e = &du.entries[i];
@@ -249,10 +279,34 @@ cmd_du(int argc, char **argv)
 }
 
 int
+cmd_du(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "du",
+      "[--json]",
+      "Space per template and clone: OWN is the disk space of layers only it uses (its top and\n"
+      "snapshots), SHARED what it uses together with others (templates, snapshots other clones\n"
+      "were made from).  The last line compares the pool's logical size with its disk usage.",
+      0,
+      0,
+      opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_du, &json);
+}
+
+static int
+do_export(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_pool_export_file(p, pos[0], pos[1], *(const char **)arg, cli_progress_fn(), "export");
+}
+
+int
 cmd_export(int argc, char **argv)
 {
   const char *format = NULL, *pos[2];
-  int npos, r;
+  int npos;
   const struct cli_opt opts[] = {{"--format", 1, &format, NULL}, {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "export",
@@ -262,15 +316,9 @@ cmd_export(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (format && strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0)
     return usage_error(cmd.name, "unknown format '%s' (raw or qcow2)", format);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_export_file(p, pos[0], pos[1], format, cli_progress_fn(), "export");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_export, pos, &format);
 }

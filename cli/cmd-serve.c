@@ -11,7 +11,8 @@
  * Defaults: a Unix socket at POOL/cowchain.sock; --port N listens on TCP bound to 127.0.0.1
  * only (NBD has no authentication without TLS: exposing it wider must be a deliberate nbdkit
  * option).  Foreground (-f) unless --background, like qemu-nbd.  Other arguments are passed to
- * nbdkit: options before the plugin, KEY=VALUE plugin parameters after it.
+ * nbdkit: options before the plugin, KEY=VALUE plugin parameters after it.  Under socket
+ * activation (systemd, cowchain@.socket) nbdkit gets no -U: it serves the passed socket.
  */
 #include "cli/cli.h"
 
@@ -80,6 +81,16 @@ find_plugin(char *buf, size_t len)
   snprintf(buf, len, "cowchain");
 }
 
+/* Started by socket activation: $LISTEN_FDS sockets for this very process ($LISTEN_PID), which
+ * exec keeps, so nbdkit sees the same. */
+static int
+socket_activated(void)
+{
+  const char *fds = getenv("LISTEN_FDS"), *pid = getenv("LISTEN_PID");
+
+  return fds && pid && atoi(fds) > 0 && strtol(pid, NULL, 10) == (long)getpid();
+}
+
 /* Remove a socket left by a server that died, so nbdkit can bind; a live one stays. */
 static void
 clear_stale_socket(const char *path)
@@ -125,7 +136,8 @@ cmd_serve(int argc, char **argv, const char *argv0)
           "CLONE@SNAP and template is an export.  Listens on the Unix socket POOL/cowchain.sock,\n"
           "or with --port N on TCP 127.0.0.1:N.  Other options go to nbdkit (see nbdkit(1)).\n"
           "The socket is 0600 (only the pool's owner may connect), or 0660 with the pool's\n"
-          "group for a pool made with `pool init --group NAME`.\n");
+          "group for a pool made with `pool init --group NAME`.  Started by socket activation\n"
+          "($LISTEN_FDS, e.g. cowchain@.socket), it serves the socket it was passed.\n");
       rc = 0;
       goto out;
     }
@@ -178,6 +190,9 @@ cmd_serve(int argc, char **argv, const char *argv0)
     av[n++] = (char *)port;
     av[n++] = "-i";
     av[n++] = "127.0.0.1";
+  } else if (socket_activated()) {
+    /* systemd (or systemd-socket-activate) passed the listening socket: nbdkit serves it
+     * (LISTEN_FDS); naming another one would be refused. */
   } else if (!user_listen) {
     snprintf(sock, sizeof sock, "%s/cowchain.sock", cc_pool_dir(p));
     clear_stale_socket(sock);

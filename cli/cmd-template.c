@@ -4,7 +4,7 @@
  * Design notes
  * ------------
  * Parsing and printing only; each command is one call into pool/pool.h.  `template list
- * --json` prints an array of objects with fixed keys (name, kind, size, created, layer) so
+ * --json` prints an array of objects with fixed keys (name, kind, size, created, layer, hash) so
  * scripts can rely on it.
  */
 #include "cli/cli.h"
@@ -52,14 +52,29 @@ kind_name(enum cc_template_kind k)
   return k == CC_TEMPLATE_RAW ? "raw" : k == CC_TEMPLATE_REMOTE ? "remote" : "layer";
 }
 
+struct add_args {
+  const char *uri;
+  int verify, writable;
+};
+
+static int
+do_template_add(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct add_args *a = arg;
+
+  return cc_template_add(p, pos[0], a->uri,
+                         (a->verify ? CC_PROBE_VERIFY : 0) |
+                             (a->writable ? CC_PROBE_ALLOW_WRITABLE : 0));
+}
+
 static int
 template_add(int argc, char **argv)
 {
-  const char *uri = NULL, *pos[1];
-  int verify = 0, writable = 0;
-  const struct cli_opt opts[] = {{"--uri", 1, &uri, NULL},
-                                 {"--verify", 0, NULL, &verify},
-                                 {"--allow-writable", 0, NULL, &writable},
+  struct add_args a = {0};
+  const char *pos[1];
+  const struct cli_opt opts[] = {{"--uri", 1, &a.uri, NULL},
+                                 {"--verify", 0, NULL, &a.verify},
+                                 {"--allow-writable", 0, NULL, &a.writable},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "template add",
@@ -74,27 +89,35 @@ template_add(int argc, char **argv)
       1,
       1,
       opts};
-  struct cc_pool *p;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if (uri == NULL)
-    return usage_error("template add", "--uri NBD-URI is required");
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_add(p, pos[0], uri,
-                      (verify ? CC_PROBE_VERIFY : 0) | (writable ? CC_PROBE_ALLOW_WRITABLE : 0));
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  if (a.uri == NULL)
+    return usage_error(cmd.name, "--uri NBD-URI is required");
+  return cli_on_pool(do_template_add, pos, &a);
+}
+
+struct import_args {
+  const char *format;
+  int allow_backing;
+};
+
+static int
+do_template_import(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  const struct import_args *a = arg;
+
+  return cc_template_import(p, pos[0], pos[1], a->format,
+                            a->allow_backing ? CC_IMPORT_ALLOW_BACKING : 0, cli_progress_fn(),
+                            "import");
 }
 
 static int
 template_import(int argc, char **argv)
 {
-  const char *format = NULL, *pos[2];
-  int allow_backing = 0;
-  const struct cli_opt opts[] = {{"--format", 1, &format, NULL},
-                                 {"--allow-backing", 0, NULL, &allow_backing},
+  struct import_args a = {0};
+  const struct cli_opt opts[] = {{"--format", 1, &a.format, NULL},
+                                 {"--allow-backing", 0, NULL, &a.allow_backing},
                                  {NULL, 0, NULL, NULL}};
   const struct cli_cmd cmd = {
       "template import",
@@ -109,17 +132,14 @@ template_import(int argc, char **argv)
       2,
       2,
       opts};
-  struct cc_pool *p;
-  int npos, r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_import(p, pos[0], pos[1], format, allow_backing ? CC_IMPORT_ALLOW_BACKING : 0,
-                         cli_progress_fn(), "import");
-  cli_progress_done();
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_run_simple(&cmd, argc, argv, do_template_import, &a);
+}
+
+static int
+do_template_create(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  return cc_template_create(p, pos[0], *(uint64_t *)arg);
 }
 
 static int
@@ -134,9 +154,8 @@ template_create(int argc, char **argv)
       1,
       1,
       opts};
-  struct cc_pool *p;
   uint64_t size;
-  int npos, r;
+  int npos;
 
   PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
   if (size_s == NULL)
@@ -144,16 +163,13 @@ template_create(int argc, char **argv)
   if (parse_size(size_s, &size) < 0 || size == 0)
     return usage_error(cmd.name, "bad size '%s' (a number with an optional K, M, G or T suffix)",
                        size_s);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_template_create(p, pos[0], size);
-  cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return cli_on_pool(do_template_create, pos, &size);
 }
 
 static int
-do_template_promote(struct cc_pool *p, const char *const *pos)
+do_template_promote(struct cc_pool *p, const char *const *pos, void *arg)
 {
+  (void)arg;
   return cc_template_promote(p, pos[0], pos[1]);
 }
 
@@ -169,12 +185,13 @@ template_promote(int argc, char **argv)
       2,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_template_promote);
+  return cli_run_simple(&cmd, argc, argv, do_template_promote, NULL);
 }
 
 static int
-do_template_delete(struct cc_pool *p, const char *const *pos)
+do_template_delete(struct cc_pool *p, const char *const *pos, void *arg)
 {
+  (void)arg;
   return cc_template_delete(p, pos[0]);
 }
 
@@ -189,30 +206,20 @@ template_delete(int argc, char **argv)
       1,
       NULL};
 
-  return cli_run_simple(&cmd, argc, argv, do_template_delete);
+  return cli_run_simple(&cmd, argc, argv, do_template_delete, NULL);
 }
 
 static int
-template_list(int argc, char **argv)
+do_template_list(struct cc_pool *p, const char *const *pos, void *arg)
 {
-  int json = 0;
-  const char *pos[1];
-  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
-  const struct cli_cmd cmd = {
-      "template list", "[--json]", "List the templates of the pool.", 0, 0, opts};
   struct cc_template *t;
-  struct cc_pool *p;
   size_t n, i;
-  int npos, r;
+  int r;
 
-  PARSE_OR_RETURN(&cmd, argc, argv, pos, npos);
-  if ((p = cli_pool()) == NULL)
-    return 1;
-  r = cc_pool_list_templates(p, &t, &n);
-  cc_pool_close(p);
-  if (r < 0)
-    return die_pool();
-  if (json) {
+  (void)pos;
+  if ((r = cc_pool_list_templates(p, &t, &n)) < 0)
+    return r;
+  if (*(int *)arg) {
     printf("[");
     for (i = 0; i < n; i++) {
       char when[32];
@@ -223,6 +230,11 @@ template_list(int argc, char **argv)
              kind_name(t[i].kind), t[i].size, when);
       if (t[i].kind == CC_TEMPLATE_LAYER)
         json_string(stdout, t[i].layer);
+      else
+        printf("null");
+      printf(", \"hash\": ");
+      if (t[i].hash[0])
+        json_string(stdout, t[i].hash);
       else
         printf("null");
       printf("}");
@@ -241,17 +253,56 @@ template_list(int argc, char **argv)
   return 0;
 }
 
+static int
+template_list(int argc, char **argv)
+{
+  int json = 0;
+  const struct cli_opt opts[] = {{"--json", 0, NULL, &json}, {NULL, 0, NULL, NULL}};
+  const struct cli_cmd cmd = {
+      "template list", "[--json]", "List the templates of the pool.", 0, 0, opts};
+
+  return cli_run_simple(&cmd, argc, argv, do_template_list, &json);
+}
+
+static int
+do_template_verify(struct cc_pool *p, const char *const *pos, void *arg)
+{
+  int r, updated = 0;
+
+  (void)arg;
+  r = cc_template_verify(p, pos[0], cli_progress_fn(), "template verify", &updated);
+  cli_progress_done();
+  if (r < 0)
+    return r;
+  printf("template %s: contents match the hash recorded at import%s\n", pos[0],
+         updated ? "; the new file identity is recorded" : "");
+  return 0;
+}
+
+static int
+template_verify(int argc, char **argv)
+{
+  static const struct cli_cmd cmd = {
+      "template verify",
+      "NAME",
+      "Re-hash the image of raw template NAME and compare it with the content hash recorded at\n"
+      "import.  Exit status 0 if it is unchanged (a new file identity, after the pool was\n"
+      "copied, is recorded so the template can be served again), 1 if it changed.",
+      1,
+      1,
+      NULL};
+
+  return cli_run_simple(&cmd, argc, argv, do_template_verify, NULL);
+}
+
 int
 cmd_template(int argc, char **argv)
 {
   static const struct cli_sub subs[] = {
-      {"add", template_add},
-      {"import", template_import},
-      {"create", template_create},
-      {"promote", template_promote},
-      {"list", template_list},
-      {"delete", template_delete},
-      {NULL, NULL},
+      {"add", template_add},       {"import", template_import},
+      {"create", template_create}, {"promote", template_promote},
+      {"list", template_list},     {"delete", template_delete},
+      {"verify", template_verify}, {NULL, NULL},
   };
 
   return cli_dispatch("template", subs, argc, argv);

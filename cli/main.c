@@ -34,19 +34,20 @@ usage(FILE *f)
              "  template add NAME --uri NBD-URI [--verify] [--allow-writable]\n"
              "  template create NAME --size SIZE\n"
              "  template promote CLONE NAME\n"
-             "  template list [--json] | template delete NAME\n"
-             "  clone create NAME --from TEMPLATE|CLONE@SNAP [--full]\n"
-             "  clone list [--json] | clone delete NAME\n"
-             "  snapshot create CLONE SNAP [--description TEXT]\n"
+             "  template list [--json] | template delete NAME | template verify NAME\n"
+             "  clone create NAME --from TEMPLATE|CLONE@SNAP [--full] [--size SIZE]\n"
+             "  clone list [--json] | clone delete NAME | clone resize NAME SIZE\n"
+             "  snapshot create CLONE[,CLONE...] SNAP [--description TEXT] [--quiesce SOCKET]\n"
              "  snapshot list CLONE [--json] | snapshot info CLONE SNAP [--json]\n"
-             "  snapshot revert CLONE SNAP | snapshot delete CLONE SNAP\n"
+             "  snapshot revert CLONE SNAP [--force] | snapshot delete CLONE SNAP\n"
              "  info NAME [--backing-chain] [--json]\n"
-             "  check [NAME] [--repair] [--json]\n"
+             "  check [NAME] [--deep] [--repair] [--json]\n"
              "  export NAME FILE [--format raw|qcow2]\n"
              "  du [--json]\n"
+             "  disk-xml NAME [--dev vda] [--socket PATH | --tcp HOST:PORT]\n"
              "  serve [--port N] [nbdkit options...]\n"
              "\n"
-             "Every command takes --help.\n");
+             "Every command takes --help; the manual is cowchain(1).\n");
 }
 
 int
@@ -101,6 +102,8 @@ main(int argc, char **argv)
       return cmd_du(argc, argv);
     if (strcmp(cmd, "export") == 0)
       return cmd_export(argc, argv);
+    if (strcmp(cmd, "disk-xml") == 0)
+      return cmd_disk_xml(argc, argv);
     if (strcmp(cmd, "serve") == 0)
       return cmd_serve(argc, argv, argv0);
     if (strcmp(cmd, "help") == 0) {

@@ -283,18 +283,25 @@ cli_dispatch(const char *group, const struct cli_sub *subs, int argc, char **arg
 }
 
 int
-cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv,
-               int (*fn)(struct cc_pool *p, const char *const *pos))
+cli_on_pool(cli_pool_fn fn, const char *const *pos, void *arg)
 {
-  const char *pos[4] = {NULL};
   struct cc_pool *p;
-  int npos, r;
+  int r;
 
-  PARSE_OR_RETURN(cmd, argc, argv, pos, npos);
   if ((p = cli_pool()) == NULL)
     return 1;
-  r = fn(p, pos);
+  r = fn(p, pos, arg);
   cli_progress_done();
   cc_pool_close(p);
-  return r < 0 ? die_pool() : 0;
+  return r < 0 ? die_pool() : r;
+}
+
+int
+cli_run_simple(const struct cli_cmd *cmd, int argc, char **argv, cli_pool_fn fn, void *arg)
+{
+  const char *pos[4] = {NULL};
+  int npos;
+
+  PARSE_OR_RETURN(cmd, argc, argv, pos, npos);
+  return cli_on_pool(fn, pos, arg);
 }

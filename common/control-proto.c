@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* cowchain: control protocol framing (see control-proto.h). */
+#include "common/time.h"
 #include "common/control-proto.h"
 
 #include <errno.h>
@@ -19,19 +20,10 @@ ccp_init(struct ccp_conn *c, int fd)
   c->len = 0;
 }
 
-static long long
-now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int
 ccp_read_line(struct ccp_conn *c, char *line, int timeout_ms)
 {
-  long long deadline = timeout_ms < 0 ? 0 : now_ms() + timeout_ms;
+  long long deadline = timeout_ms < 0 ? 0 : cc_mono_ms() + timeout_ms;
 
   for (;;) {
     char *nl = memchr(c->buf, '\n', c->len);
@@ -52,7 +44,7 @@ ccp_read_line(struct ccp_conn *c, char *line, int timeout_ms)
       return -EMSGSIZE;
     wait = -1;
     if (timeout_ms >= 0) {
-      long long left = deadline - now_ms();
+      long long left = deadline - cc_mono_ms();
 
       if (left <= 0)
         return -ETIMEDOUT;
@@ -205,10 +197,9 @@ ccp_append(char *buf, size_t len, const char *word)
 }
 
 int
-ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
+ccp_dial(const char *path)
 {
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  char *line;
   int fd, r;
 
   if (strlen(path) >= sizeof addr.sun_path)
@@ -222,6 +213,17 @@ ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
     close(fd);
     return r;
   }
+  return fd;
+}
+
+int
+ccp_connect(const char *path, struct ccp_conn *c, int timeout_ms)
+{
+  char *line;
+  int fd, r;
+
+  if ((fd = ccp_dial(path)) < 0)
+    return fd;
   ccp_init(c, fd);
   if (!(line = malloc(CCP_LINE_MAX + 1))) {
     close(fd);

@@ -52,6 +52,11 @@ int ccp_split(char *line, char **words, int max);
  * is not empty. */
 int ccp_append(char *buf, size_t len, const char *word);
 
+/* Connect a stream socket to the AF_UNIX path: the descriptor (close-on-exec), or -errno
+ * (-ENAMETOOLONG for a path sun_path cannot hold).  Also used for the guest agent (pool/qga.c),
+ * whose socket speaks JSON lines. */
+int ccp_dial(const char *path);
+
 /* Client side: connect to the control socket at path and read the greeting.  Returns the
  * descriptor, or -errno: -ECONNREFUSED for a socket nobody listens on (a dead server's:
  * the caller may unlink it), -EPERM (or another -errno) when the server refuses us with an

@@ -31,3 +31,18 @@ cc_time_parse(const char *s, int64_t *out)
   *out = (int64_t)timegm(&tm);
   return 0;
 }
+
+int64_t
+cc_mono_us(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t
+cc_mono_ms(void)
+{
+  return cc_mono_us() / 1000;
+}

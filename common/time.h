@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* cowchain: the one formatter (and parser) of times, for pool/ records and cli/ output.
+/* cowchain: the one formatter (and parser) of times, for pool/ records and cli/ output, and the
+ * one reader of the monotonic clock.
  *
  * Every time cowchain stores or prints is seconds since the epoch shown in UTC, in one of two
  * spellings: ISO 8601 in records and --json ("2026-01-31T12:00:00Z", the form records are
@@ -21,5 +22,10 @@ enum cc_time_style {
 void cc_time_format(int64_t t, enum cc_time_style style, char *buf, size_t len);
 /* Parse the ISO form back; -EINVAL if s is anything else. */
 int cc_time_parse(const char *s, int64_t *out);
+
+/* The monotonic clock (CLOCK_MONOTONIC) in milliseconds and microseconds: every deadline and
+ * every measured interval (control protocol waits, guest agent waits, write stalls). */
+int64_t cc_mono_ms(void);
+int64_t cc_mono_us(void);
 
 #endif

@@ -294,9 +294,15 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   l->data_start = l->hdr.l1_offset + ovl_l1_region(l->hdr.l1_entries);
   l->dirty_on_disk = l->hdr.incompat & OVL_INCOMPAT_DIRTY;
 
-  r = ovl_map_load(l);
-  if (r < 0)
+  if (flags & OVL_HEADER_ONLY) {
+    if (rw) {
+      r = cc_error_set(EINVAL, "open: %s: a header-only open cannot be for writing", path);
+      goto fail;
+    }
+    l->map_dropped = true; /* as after ovl_drop_map: map calls fail with -EINVAL */
+  } else if ((r = ovl_map_load(l)) < 0) {
     goto fail;
+  }
 
   if (rw && l->hdr.autoclear) {
     /* FORMAT.md 4.2: a writer clears the autoclear bits it does not know (all of them, today) */
@@ -424,6 +430,10 @@ count_states(struct ovl_layer *l, uint64_t *alloc, uint64_t *zero)
       continue;
     for (uint32_t j = 0; j < OVL_L2_ENTRIES; j++) {
       uint64_t bits = atomic_load_explicit(&t->e[j].bits, memory_order_acquire);
+      /* Most entries of a sparse layer are empty: skip them without the two popcounts, which
+       * the default -march turns into libgcc calls (docs/BENCHMARKS.md, finding A.3). */
+      if (bits == 0)
+        continue;
       *alloc += (uint64_t)__builtin_popcount(ovl_bits_alloc(bits));
       *zero += (uint64_t)__builtin_popcount(ovl_bits_zero(bits));
     }
@@ -435,6 +445,15 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
 {
   uint64_t alloc = 0, zero = 0;
 
+  ovl_get_header_info(l, info);
+  count_states(l, &alloc, &zero);
+  info->allocated_bytes = alloc * l->sc_size;
+  info->zero_bytes = zero * l->sc_size;
+}
+
+void
+ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info)
+{
   memset(info, 0, sizeof *info);
   pthread_mutex_lock(&l->lock);
   memcpy(info->uuid, l->hdr.uuid, OVL_UUID_LEN);
@@ -453,9 +472,32 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
   info->file_size = l->file_size;
   info->file_blocks_bytes = l->file_blocks_bytes;
   pthread_mutex_unlock(&l->lock);
-  count_states(l, &alloc, &zero);
-  info->allocated_bytes = alloc * l->sc_size;
-  info->zero_bytes = zero * l->sc_size;
+}
+
+int
+ovl_revalidate(struct ovl_layer *l)
+{
+  struct ovl_header h;
+  unsigned slot = l->cur_slot;
+  struct stat st;
+  int r;
+
+  if (fstat(l->fd, &st) == -1)
+    return cc_error_set(errno, "revalidate: %s: fstat: %s", l->path, strerror(errno));
+  if (st.st_nlink == 0)
+    return cc_error_set(ESTALE, "revalidate: %s: the file was removed", l->path);
+  if ((uint64_t)st.st_size != l->file_size)
+    return cc_error_set(ESTALE, "revalidate: %s: size changed", l->path);
+  /* load_header writes l->hdr and l->cur_slot: work on the saved copy and put it back. */
+  h = l->hdr;
+  r = load_header(l);
+  if (r == 0 && l->hdr.generation != h.generation)
+    r = cc_error_set(ESTALE,
+                     "revalidate: %s: header changed (generation %" PRIu64 " -> %" PRIu64 ")",
+                     l->path, h.generation, l->hdr.generation);
+  l->hdr = h;
+  l->cur_slot = slot;
+  return r;
 }
 
 int

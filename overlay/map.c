@@ -425,6 +425,18 @@ ovl_map(struct ovl_layer *l, uint64_t offset, uint64_t length, struct ovl_extent
       same >>= k;
       k += same == UINT32_MAX ? 32 - k : (unsigned)__builtin_ctz(~same);
       run_end = cstart + ((uint64_t)k << l->sc_bits);
+      if (st == OVL_UNALLOCATED && k == 32) {
+        /* The rest of the cluster is unallocated: so are the following empty entries of this
+         * table.  A sparse layer has every table present and few entries set; stepping entry
+         * by entry through the loop was most of an index build (BENCHMARKS.md, finding A.2). */
+        uint32_t j = (uint32_t)(cluster % OVL_L2_ENTRIES) + 1;
+
+        while (j < OVL_L2_ENTRIES && run_end < end &&
+               atomic_load_explicit(&t->e[j].bits, memory_order_acquire) == 0) {
+          run_end += l->cluster_size;
+          j++;
+        }
+      }
       if (st == OVL_DATA)
         phys = atomic_load_explicit(&e->phys, memory_order_relaxed) + (pos - cstart);
     }

@@ -36,6 +36,10 @@ struct ovl_layer;
 #define OVL_RDONLY 0u
 #define OVL_RDWR 1u
 #define OVL_NOLOCK 2u /* take no OFD lock: inspection tools only, never for I/O */
+/* Read and validate the header only, not the map (with OVL_RDONLY): O(1) whatever the layer
+ * holds, for walking parent links.  The layer is as after ovl_drop_map, with unknown (0)
+ * allocated and zero byte counts: ovl_get_info's header fields, ovl_fd and ovl_close work. */
+#define OVL_HEADER_ONLY 4u
 
 /* flags for writes */
 #define OVL_FUA 1u      /* flush before returning (docs/FORMAT.md section 7.2) */
@@ -102,6 +106,9 @@ struct ovl_info {
 };
 
 void ovl_get_info(struct ovl_layer *l, struct ovl_info *info);
+/* The same without allocated_bytes and zero_bytes (left 0): those cost a pass over the whole
+ * map, which opening a chain of hundreds of layers does not need. */
+void ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info);
 const char *ovl_path(const struct ovl_layer *l);
 int ovl_fd(const struct ovl_layer *l); /* for reads of allocated data by chain/ */
 uint64_t ovl_virtual_size(const struct ovl_layer *l);
@@ -172,8 +179,19 @@ int ovl_freeze(struct ovl_layer *l);
  * drop.  Returns -EINVAL on a writable layer (its map is live). */
 int ovl_drop_map(struct ovl_layer *l);
 
+/* For a read-only layer held open while nobody locked it (chain/'s cache of idle indexes): 0
+ * if the file still is what was opened (not removed, same size, same header generation: every
+ * writer bumps it when it sets the dirty bit), else -ESTALE (or the read error) with a
+ * message.  Does not change the layer. */
+int ovl_revalidate(struct ovl_layer *l);
+
 /* Replace the parent link (header rewrite, section 7.3).  Needs OVL_RDWR. */
 int ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent);
+
+/* Grow the virtual size to `new_size` (a multiple of 512, >= the current size) in place, by one
+ * header change (FORMAT.md 7.3.1; grow.c).  Needs OVL_RDWR and no I/O in flight.  -EFBIG,
+ * nothing changed, when the size needs a larger L1 region: copy the layer instead. */
+int ovl_grow(struct ovl_layer *l, uint64_t new_size);
 
 struct ovl_check_result {
   int dirty;             /* the dirty bit was set */

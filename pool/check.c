@@ -194,7 +194,7 @@ check_chain(struct checker *k, const char *uuid, const char *what)
 static void
 check_template(struct checker *k, const struct cc_template *t)
 {
-  char what[CC_NAME_MAX + 16], path[PATH_MAX];
+  char what[CC_NAME_MAX + 16], path[PATH_MAX], msg[1024];
   struct stat st;
 
   snprintf(what, sizeof what, "template %s", t->name);
@@ -223,6 +223,8 @@ check_template(struct checker *k, const struct cc_template *t)
   else if ((uint64_t)st.st_size != t->size)
     say(k, 2, "%s: image size %llu, record says %llu", what, (unsigned long long)st.st_size,
         (unsigned long long)t->size);
+  else if (pool_template_ident_fault(t, &st, msg, sizeof msg))
+    say(k, 2, "%s: %s", what, msg);
   else if (st.st_mode & 0222) {
     int fixed = k->repair && chmod(path, (mode_t)(k->p->file_mode & ~0222u)) == 0;
     say(k, 1, "%s: image is writable (mode %o); templates must be read-only%s", what,
@@ -274,6 +276,12 @@ check_leftovers(struct checker *k)
       const char *dash = strchr(d->d_name, '-');
       if (d->d_name[0] == '.')
         continue;
+      /* An intent is a commit point, never a leftover: pool_lock rolled every one forward, so
+       * one still here could not be (live.c). */
+      if (strncmp(d->d_name, "intent-", 7) == 0) {
+        say(k, 2, "tmp/%s: a snapshot intent that could not be rolled forward", d->d_name);
+        continue;
+      }
       /* tmp/PREFIX-PID-N...: a file of a running operation is not stale. */
       if (dash)
         pid = strtol(dash + 1, NULL, 10);

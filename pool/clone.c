@@ -18,6 +18,7 @@
  * can never end up writing a layer that step 3 has just frozen.
  */
 #include "pool/internal.h"
+#include "pool/qga.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,7 +30,7 @@
 /* Full clone: copy the whole chain of `from` into a parentless layer in tmp/. */
 static int
 full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uuid[CC_UUID_STR],
-          uint64_t *size, cc_progress_fn progress, void *opaque)
+          uint64_t *size, uint64_t want, cc_progress_fn progress, void *opaque)
 {
   struct ovl_create_opts opts = {.cluster_size = 0};
   struct ovl_layer *dst = NULL;
@@ -39,7 +40,7 @@ full_copy(struct cc_pool *p, const char *from, char *tmp, size_t tmplen, char uu
 
   if ((r = cc_pool_open_export(p, from, 1, 0, &src, NULL)) < 0)
     return r;
-  opts.virtual_size = *size = cc_chain_size(src);
+  opts.virtual_size = *size = want > cc_chain_size(src) ? want : cc_chain_size(src);
   opts.parent.kind = OVL_PARENT_NONE;
   opts.mode = p->file_mode;
   if ((r = pool_tmp_path(p, "full", ".cow", tmp, tmplen)) < 0)
@@ -64,6 +65,13 @@ int
 cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
                 cc_progress_fn progress, void *opaque)
 {
+  return cc_clone_create_size(p, name, from, full, 0, progress, opaque);
+}
+
+int
+cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int full, uint64_t size,
+                     cc_progress_fn progress, void *opaque)
+{
   char ppath[PATH_MAX], tmp[PATH_MAX] = "";
   struct ovl_parent par;
   struct pool_target t;
@@ -83,11 +91,13 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
   snprintf(c.name, sizeof c.name, "%s", name);
   snprintf(c.origin, sizeof c.origin, "%s", from);
   c.full = full;
-  c.size = t.size;
+  if ((r = pool_clone_size(name, t.size, &size)) < 0)
+    return r;
+  c.size = size;
   if (full) {
     /* The copy runs without the pool lock (it may take minutes); the source's layers are
      * locked shared by the open chain, so nothing merges them away meanwhile. */
-    if ((r = full_copy(p, from, tmp, sizeof tmp, c.top, &c.size, progress, opaque)) < 0)
+    if ((r = full_copy(p, from, tmp, sizeof tmp, c.top, &c.size, size, progress, opaque)) < 0)
       return r;
     pool_step();
   }
@@ -106,7 +116,7 @@ cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
       r = pool_parent_of_template(p, &t.tmpl, &par, ppath, sizeof ppath);
     else
       r = pool_parent_of_layer(p, t.layer, &par, ppath, sizeof ppath);
-    if (r < 0 || (r = pool_new_layer(p, t.size, &par, c.top)) < 0)
+    if (r < 0 || (r = pool_new_layer(p, size > t.size ? size : t.size, &par, c.top)) < 0)
       goto fail;
   }
   c.created = pool_now();
@@ -128,11 +138,15 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   struct ovl_layer **held = NULL;
   struct pool_graph g;
   size_t i, nheld = 0;
-  int r;
+  int r, served = 0;
 
   snprintf(what, sizeof what, "clone delete: %.64s", name);
   if ((r = pool_lock(p, "clone delete")) < 0)
     return r;
+  /* A connected clone is never deleted under its clients (issue 14 item 5). */
+  if (cc_name_valid(name) &&
+      (r = pool_live_exclusive(p, "clone delete", name, 0, "; disconnect them first", &served)) < 0)
+    goto unlock;
   if ((r = pool_graph_load(p, &g)) < 0)
     goto unlock;
   for (i = 0; i < g.nclones; i++)
@@ -165,7 +179,13 @@ cc_clone_delete(struct cc_pool *p, const char *name)
   for (i = 0; i < g.n; i++) {
     if (!g.nodes[i].mark || g.nodes[i].live || g.nodes[i].bad)
       continue; /* an unreadable layer cannot be served either */
-    if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld])) < 0)
+    for (int t = 0;; t++) {
+      r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &held[nheld]);
+      if (r != -EBUSY || !served || t == POOL_BUSY_RETRIES)
+        break;
+      usleep(100000); /* the server is closing the chain of its last connection */
+    }
+    if (r < 0)
       goto out;
     nheld++;
   }
@@ -209,64 +229,68 @@ pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, con
   return 0;
 }
 
+/* Served or not, one clone or several ("vm1,vm2"): live.c (POOL.md 5.5 and 6.1). */
 int
 cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap, const char *description)
 {
-  char newtop[CC_UUID_STR];
-  struct ovl_layer *top = NULL;
-  struct cc_snapshot *ns;
-  struct cc_clone c;
-  int r;
+  return pool_snapshot_create_many(p, clone, snap, description);
+}
 
-  if (!cc_name_valid(snap))
-    return cc_error_set(EINVAL,
-                        "snapshot create: '%.80s': not a valid snapshot name (letters, "
-                        "digits, '.', '_', '-'; at most 64)",
-                        snap);
-  if (description && strlen(description) > CC_DESC_MAX)
-    return cc_error_set(EINVAL, "snapshot create: %s@%s: description longer than %d bytes", clone,
-                        snap, CC_DESC_MAX);
+int
+cc_snapshot_create_quiesced(struct cc_pool *p, const char *clones, const char *snap,
+                            const char *description, const char *agent, int freeze_timeout_ms)
+{
+  char msg[CC_ERROR_MAX];
+  struct cc_qga *q = NULL;
+  int r, t;
+
+  if (agent == NULL)
+    return pool_snapshot_create_many(p, clones, snap, description);
+  /* The pool lock first: the guest must not stay frozen while we queue behind another
+   * operation (pool_snapshot_create_many finds it held and releases it at its end). */
   if ((r = pool_lock(p, "snapshot create")) < 0)
     return r;
-  if ((r = pool_get_clone(p, "snapshot create", clone, &c)) < 0)
-    goto unlock;
-  if (pool_find_snap(&c, snap) >= 0) {
-    r = cc_error_set(EEXIST, "snapshot create: %s@%s: already exists", clone, snap);
-    goto out;
+  if ((r = cc_qga_open(agent, CC_QGA_SYNC_MS, &q)) < 0 ||
+      (r = cc_qga_freeze(q, freeze_timeout_ms)) < 0) {
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    cc_qga_close(q);
+    pool_unlock(p);
+    return cc_error_set(-r, "snapshot create: %s@%s: not taken: %s", clones, snap, msg);
   }
-  if ((r = pool_freeze_top(p, "snapshot create", &c, c.top, &top, newtop)) < 0)
-    goto out;
-  ns = realloc(c.snaps, (c.nsnaps + 1) * sizeof *ns);
-  if (ns == NULL) {
-    r = cc_error_set(ENOMEM, "snapshot create: out of memory");
-    goto out;
+  r = pool_snapshot_create_many(p, clones, snap, description);
+  snprintf(msg, sizeof msg, "%s", cc_error_get());
+  t = cc_qga_thaw(q, CC_QGA_THAW_MS); /* always, whatever the snapshot did */
+  cc_qga_close(q);
+  if (r < 0) {
+    if (t < 0) {
+      char thaw[CC_ERROR_MAX];
+
+      snprintf(thaw, sizeof thaw, "%s", cc_error_get());
+      return cc_error_set(-r, "%s; and %s", msg, thaw);
+    }
+    return cc_error_set(-r, "%s", msg);
   }
-  c.snaps = ns;
-  ns = &c.snaps[c.nsnaps++];
-  memset(ns, 0, sizeof *ns);
-  snprintf(ns->name, sizeof ns->name, "%s", snap);
-  snprintf(ns->layer, sizeof ns->layer, "%s", c.top);
-  ns->created = pool_now();
-  snprintf(ns->description, sizeof ns->description, "%s", description ? description : "");
-  strcpy(c.top, newtop);
-  /* One rename freezes the old top under the snapshot's name and switches the clone. */
-  r = pool_write_clone(p, &c);
-out:
-  ovl_close(top);
-  cc_clone_free(&c);
-unlock:
-  pool_unlock(p);
-  return r;
+  if (t < 0) {
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    return cc_error_set(-t, "snapshot create: %s@%s is taken, but %s", clones, snap, msg);
+  }
+  return 0;
 }
 
 int
 cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
 {
+  return cc_snapshot_revert_flags(p, clone, snap, 0);
+}
+
+int
+cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap, unsigned flags)
+{
   char newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
   struct pool_graph g;
   struct cc_clone c;
-  int r, i;
+  int r, i, served = 0;
 
   if ((r = pool_lock(p, "snapshot revert")) < 0)
     return r;
@@ -276,7 +300,20 @@ cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap)
     r = cc_error_set(ENOENT, "snapshot revert: %s@%s: no such snapshot", clone, snap);
     goto out;
   }
-  if ((r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop)) < 0)
+  /* A guest's page cache would disagree with its disk: refuse while clients are connected,
+   * or, with --force, have the server drop them first (POOL.md 6.4). */
+  if ((r = pool_live_exclusive(p, "snapshot revert", clone, (flags & CC_REVERT_FORCE) != 0,
+                               " (a guest's cache would disagree with its reverted disk); "
+                               "disconnect them, or --force to drop them",
+                               &served)) < 0)
+    goto out;
+  for (int t = 0;; t++) {
+    r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop);
+    if (r != -EBUSY || !served || t == POOL_BUSY_RETRIES)
+      break;
+    usleep(100000); /* the server is closing the chain of its last connection */
+  }
+  if (r < 0)
     goto out;
   strcpy(oldtop, c.top);
   strcpy(c.top, newtop);

@@ -106,9 +106,43 @@ int
 pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
                      void *opaque)
 {
+  return pool_copy_raw_sparse_hash(src, dst_fd, size_out, NULL, progress, opaque);
+}
+
+/* With a hash (template import, POOL.md 3.1.1): each piece is read once into memory and
+ * hashed, then copied as before (copy_file_range finds it in the page cache, and still shares
+ * blocks on a reflink file system); holes are hashed as zeroes without reading anything. */
+static int
+copy_hashed(int in, uint64_t off, int out, uint64_t len, const char *src, int *use_cfr,
+            struct pool_hash *h, char *buf)
+{
+  while (len > 0) {
+    size_t n = len < COPY_CHUNK ? (size_t)len : COPY_CHUNK;
+    ssize_t got = pread(in, buf, n, (off_t)off);
+    int r;
+
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      return cc_error_set(got < 0 ? errno : EIO, "copy: %s: read at %llu: %s", src,
+                          (unsigned long long)off, got < 0 ? strerror(errno) : "end of file");
+    pool_hash_feed(h, buf, (size_t)got);
+    if ((r = copy_range(in, off, out, off, (uint64_t)got, src, use_cfr)) < 0)
+      return r;
+    off += (uint64_t)got;
+    len -= (uint64_t)got;
+  }
+  return 0;
+}
+
+int
+pool_copy_raw_sparse_hash(const char *src, int dst_fd, uint64_t *size_out, struct pool_hash *h,
+                          cc_progress_fn progress, void *opaque)
+{
   struct stat st;
   uint64_t size, off = 0, last = 0;
   int in, r = 0, use_cfr = 1;
+  char *hbuf = NULL;
 
   in = open(src, O_RDONLY | O_CLOEXEC);
   if (in == -1)
@@ -122,6 +156,10 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
     r = cc_error_set(errno, "template import: %s: device size: %s", src, strerror(errno));
     close(in);
     return r;
+  }
+  if (h && (hbuf = malloc(COPY_CHUNK)) == NULL) {
+    r = cc_error_set(ENOMEM, "copy: %s: out of memory", src);
+    goto out;
   }
   /* The size first: holes at the end must be part of the copy too. */
   if (ftruncate(dst_fd, (off_t)size) == -1) {
@@ -140,20 +178,27 @@ pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progres
       if (hole == -1)
         hole = (off_t)size;
     }
+    if (h)
+      pool_hash_zero(h, (uint64_t)data - off);
     off = (uint64_t)data;
     while (off < (uint64_t)hole) {
       uint64_t n = (uint64_t)hole - off;
       if (n > 64 * COPY_CHUNK)
         n = 64 * COPY_CHUNK;
-      if ((r = copy_range(in, off, dst_fd, off, n, src, &use_cfr)) < 0)
+      r = h ? copy_hashed(in, off, dst_fd, n, src, &use_cfr, h, hbuf)
+            : copy_range(in, off, dst_fd, off, n, src, &use_cfr);
+      if (r < 0)
         goto out;
       off += n;
       report(progress, opaque, off, size, &last);
     }
   }
+  if (h && off < size)
+    pool_hash_zero(h, size - off); /* the hole up to EOF */
   report(progress, opaque, size, size, &last);
   *size_out = size;
 out:
+  free(hbuf);
   close(in);
   return r;
 }

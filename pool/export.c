@@ -15,10 +15,13 @@
 #include "pool/internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 static int
 cmp_export(const void *a, const void *b)
@@ -133,7 +136,7 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
             unsigned io_flags, char *path, size_t pathlen, struct cc_chain **out)
 {
   char msg[CC_ERROR_MAX];
-  unsigned flags = io_flags & CC_IO_SYNC;
+  unsigned flags = io_flags & CC_IO_MASK;
   int r;
 
   if ((r = target_path(p, t, path, pathlen)) < 0)
@@ -153,6 +156,12 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
     snprintf(msg, sizeof msg, "%s", cc_error_get()[0] ? cc_error_get() : strerror(-r));
     return cc_error_set(-r, "open: %s: %s", export_name, msg);
   }
+  /* A protected template (POOL.md 3.1.1): the image the chain holds is the one imported. */
+  if ((r = pool_check_chain_base(p, *out, export_name)) < 0) {
+    cc_chain_close(*out);
+    *out = NULL;
+    return r;
+  }
   return 0;
 }
 
@@ -164,18 +173,46 @@ open_target(struct cc_pool *p, const char *export_name, const struct pool_target
  * it go and follow the new record, once; a clone whose top changes again in that window is
  * -EAGAIN ("try again"), which takes a snapshot per open to happen.  A read-only open needs no
  * check: whatever layer it opened is a consistent disk, and desc->top says which one it was. */
+/* Wait (at most timeout_ms) until no pool operation holds the pool lock.  An operation locks the
+ * layers it changes only while it holds the pool lock, so a layer lock found taken during one is
+ * transient: an open that met it may try again once the operation is over (a client connecting
+ * while `snapshot create` of the clone runs offline: the new record names the new top, whose
+ * parent the CLI still holds exclusively for an instant; or the old record, whose top the CLI
+ * holds until its new record is durable).  The operation may also have ended between the
+ * refusal and this call, so the caller retries either way, a few times.  Shared and polled, so
+ * it never queues other operations. */
+static void
+wait_for_operation(struct cc_pool *p, int timeout_ms)
+{
+  char path[PATH_MAX];
+  int fd;
+
+  if (pool_path(p, path, sizeof path, POOL_MARKER) < 0 ||
+      (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return;
+  for (int ms = 0; ms < timeout_ms && flock(fd, LOCK_SH | LOCK_NB) != 0; ms += 5)
+    usleep(5000);
+  close(fd);
+}
+
 int
 cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
                     struct cc_chain **out, struct cc_export_desc *desc)
 {
   char path[PATH_MAX];
   struct pool_target t, again;
-  int r, tries;
+  int r, tries, busy = 0;
 
   for (tries = 0;; tries++) {
     if ((r = pool_resolve(p, "open", export_name, &t)) < 0)
       return r;
-    if ((r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out)) < 0)
+    r = open_target(p, export_name, &t, readonly, io_flags, path, sizeof path, out);
+    if (r == -EBUSY && busy++ < 3) {
+      wait_for_operation(p, 5000);
+      tries--;
+      continue;
+    }
+    if (r < 0)
       return r;
     if (t.kind != CC_EXPORT_CLONE || readonly)
       break;

@@ -44,7 +44,11 @@ void pool_unlock(struct cc_pool *p);
 /* One durable step of an operation is done.  With COWCHAIN_CRASH_AT=N in the environment, the
  * N-th step of the process _exits(99) right after it, to test that every step leaves the pool
  * as before or as after (tests/integration/test-cli-crash.sh). */
-void pool_step(void);
+long pool_step(void); /* returns the step's number */
+/* COWCHAIN_KILL_SERVER_AT=N: at step N, pool_step sends SIGKILL to `pid` (the server a live
+ * operation is talking to, 0 for none) and waits for its control connection `fd` to end, so
+ * tests can kill the server at every step of a live operation (live.c). */
+void pool_step_victim(pid_t pid, int fd);
 
 /* Give a file the pool creates its mode and group, whatever the umask: the pool's file mode,
  * without the write bits if `readonly` (template images).  `path` names it in the error. */
@@ -103,6 +107,12 @@ int pool_open_layer(struct cc_pool *p, const char *uuid, unsigned flags, const c
                     struct ovl_layer **out);
 
 int64_t pool_now(void);
+
+/* resize.c: the size of a new clone of a `src_size` source: *size 0 becomes src_size, else it
+ * is rounded up to 512 and must be >= src_size (-EINVAL naming clone `name`). */
+int pool_clone_size(const char *name, uint64_t src_size, uint64_t *size);
+/* "64 MiB" when exact, else "N bytes". */
+void pool_size_str(uint64_t n, char *buf, size_t len);
 
 /* records.c: a uuid as records and layer file names spell it (36 lowercase hex digits and
  * dashes). */
@@ -171,7 +181,62 @@ void pool_graph_mark_live(struct pool_graph *g);
  * layers someone holds open (reported as leaks by check).  Returns the number removed. */
 int pool_collect_garbage(struct cc_pool *p, struct pool_graph *g);
 
+/* live.c: operations on served clones through their servers' control sockets (POOL.md 6). */
+/* Snapshot SNAP of every clone in the comma-separated list, served or not, as one instant. */
+int pool_snapshot_create_many(struct cc_pool *p, const char *clones, const char *snap,
+                              const char *description);
+/* Apply the pending intents (tmp/intent-*.snap) to record c, just read: an intent is the commit
+ * point of a multi-clone snapshot, so every reader sees its records as after (POOL.md 6.3). */
+int pool_intent_apply(struct cc_pool *p, const char *op, struct cc_clone *c);
+/* Under the pool lock: write the records of every pending intent, then remove it. */
+int pool_intent_roll_forward(struct cc_pool *p, unsigned *done);
+/* Before an operation that changes clone `clone` under its clients (revert, delete): if a server
+ * has connections to it, refuse (-EBUSY, "WHAT: CLONE: N connections open on nbdkit pid P" and
+ * `why`), or with `force` have the server evict them (control verb `evict`: their requests fail
+ * with ESHUTDOWN, the chain closes).  *served says a server had the clone: its chain may still
+ * be closing, so the caller retries its layer lock for a moment (POOL_BUSY_RETRIES). */
+#define POOL_BUSY_RETRIES 50 /* x 100 ms: a server closing a chain after its last connection */
+int pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int force,
+                        const char *why, int *served);
+
 /* copy.c */
+/* hash.c: the content hash of a template image (POOL.md 3.1.1): XXH64 of 64 KiB chunks,
+ * chained; holes and zero chunks hash alike.  Feed the bytes in file order. */
+#define POOL_HASH_CHUNK 65536u
+#define POOL_HASH_STR 32 /* "xxh64-64k:" + 16 hex digits + NUL, with room */
+struct pool_hash {
+  uint64_t state, total, zero_chunk;
+  size_t fill;
+  uint8_t *buf; /* the partial chunk */
+};
+uint64_t pool_xxh64(const void *data, size_t len, uint64_t seed);
+int pool_hash_init(struct pool_hash *h);
+void pool_hash_feed(struct pool_hash *h, const void *data, size_t len);
+void pool_hash_zero(struct pool_hash *h, uint64_t len);
+void pool_hash_final(struct pool_hash *h, char out[POOL_HASH_STR]);
+void pool_hash_free(struct pool_hash *h);
+/* The hash of a whole file, reading only its data extents; progress every 64 MiB. */
+int pool_hash_fd(int fd, const char *name, char out[POOL_HASH_STR], cc_progress_fn progress,
+                 void *opaque);
+
+/* verify.c: the protected-template keys of a template record (hash, mtime, inode): key parses
+ * `key val` into t (1 taken, 0 not one of them, -1 malformed); extra appends their lines to a
+ * record being written in buf. */
+struct stat;
+int pool_template_key(struct cc_template *t, const char *key, const char *val);
+void pool_template_extra(const struct cc_template *t, char *buf, size_t len);
+void pool_template_set_identity(struct cc_template *t, const struct stat *st);
+/* 1 with a message (what changed, what to run) if the image's fstat no longer matches the
+ * identity recorded at import; 0 if it matches or nothing was recorded. */
+int pool_template_ident_fault(const struct cc_template *t, const struct stat *st, char *msg,
+                              size_t len);
+/* After an open: refuse (-EUCLEAN, "open: EXPORT: template NAME: ...") a chain whose raw
+ * image is not the file recorded at import. */
+int pool_check_chain_base(struct cc_pool *p, struct cc_chain *c, const char *export_name);
+
+/* copy.c: pool_copy_raw_sparse that also feeds every byte of the image to `h` (may be NULL). */
+int pool_copy_raw_sparse_hash(const char *src, int dst_fd, uint64_t *size_out, struct pool_hash *h,
+                              cc_progress_fn progress, void *opaque);
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
                          void *opaque);
 /* Copy the chain `c` into a layer / file: its data runs file to file (copy_file_range; into a

@@ -34,6 +34,7 @@
 #include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -372,6 +373,10 @@ pool_lock(struct cc_pool *p, const char *what)
     p->lock_fd = -1;
     return cc_error_set(e, "%s: %s: lock: %s", what, path, strerror(e));
   }
+  /* An intent left by a dead process is committed already (readers apply it): write its
+   * records now so it can go.  A failure changes nothing anyone reads; check reports it. */
+  if (pool_intent_roll_forward(p, NULL) < 0)
+    cc_error_clear();
   return 0;
 }
 
@@ -384,18 +389,37 @@ pool_unlock(struct cc_pool *p)
   }
 }
 
+static pid_t step_victim;
+static int step_victim_fd = -1;
+
 void
+pool_step_victim(pid_t pid, int fd)
+{
+  step_victim = pid;
+  step_victim_fd = fd;
+}
+
+long
 pool_step(void)
 {
-  static long crash_at = -1, count;
+  static long crash_at = -1, kill_at = -1, count;
 
   if (crash_at == -1) {
-    const char *s = getenv("COWCHAIN_CRASH_AT");
+    const char *s = getenv("COWCHAIN_CRASH_AT"), *k = getenv("COWCHAIN_KILL_SERVER_AT");
     crash_at = s && *s ? strtol(s, NULL, 10) : 0;
+    kill_at = k && *k ? strtol(k, NULL, 10) : 0;
   }
   count++;
   if (crash_at > 0 && count == crash_at)
     _exit(99);
+  if (kill_at > 0 && count == kill_at && step_victim > 0) {
+    char c;
+    kill(step_victim, SIGKILL);
+    /* Its control socket reaches end of file once the process is dead. */
+    while (step_victim_fd >= 0 && read(step_victim_fd, &c, 1) > 0)
+      ;
+  }
+  return count;
 }
 
 int
@@ -617,8 +641,9 @@ pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par
   struct ovl_info info;
   int r;
 
-  /* Open without a lock: we only need its identity, and a server may hold it. */
-  if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK, "parent", &l)) < 0)
+  /* Open without a lock and without its map: we only need its identity (O(1) however much the
+   * layer holds), and a server may hold it. */
+  if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, "parent", &l)) < 0)
     return r;
   ovl_get_info(l, &info);
   ovl_close(l);

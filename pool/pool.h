@@ -91,8 +91,8 @@ struct cc_export_desc {
 };
 
 /* Open an export: a clone read-write (read-only if `readonly`), a snapshot or a template
- * read-only.  io_flags: CC_IO_SYNC or 0.  desc (may be NULL) gets what was opened: a clone's
- * top is followed if the CLI switches it while we open (export.c says how).  Every error
+ * read-only.  io_flags: CC_IO_MASK bits (chain.h).  desc (may be NULL) gets what was opened: a
+ * clone's top is followed if the CLI switches it while we open (export.c says how).  Every error
  * message names the export ("open: vm1: ..."). */
 int cc_pool_open_export(struct cc_pool *p, const char *export_name, int readonly, unsigned io_flags,
                         struct cc_chain **out, struct cc_export_desc *desc);
@@ -113,6 +113,10 @@ struct cc_template {
   char layer[CC_UUID_STR]; /* CC_TEMPLATE_LAYER: the layer's uuid; "" for raw */
   int64_t created;         /* seconds since the epoch */
   uint64_t size;           /* virtual size in bytes */
+  /* A raw template imported with a content hash (POOL.md 3.1.1): the hash and the image's
+   * identity at import (mtime in nanoseconds since the epoch, inode).  hash "" if none. */
+  char hash[32];
+  uint64_t mtime_ns, inode;
 };
 
 struct cc_snapshot {
@@ -165,6 +169,12 @@ int cc_template_remote_desc(struct cc_pool *p, const char *name, struct cc_remot
 #define CC_IMPORT_ALLOW_BACKING 1u
 int cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
                        unsigned flags, cc_progress_fn progress, void *opaque);
+/* Re-hash template `name`'s image and compare with the hash recorded at import: 0 if equal
+ * (and a changed identity, e.g. after the pool was copied, is recorded anew: *updated = 1),
+ * -EUCLEAN with a message naming the template if its contents changed, -ENOTSUP if no hash
+ * was recorded (a layer template, or imported before hashes).  verify.c. */
+int cc_template_verify(struct cc_pool *p, const char *name, cc_progress_fn progress, void *opaque,
+                       int *updated);
 /* A blank template: a parentless empty layer of `size` bytes (rounded up to 512). */
 int cc_template_create(struct cc_pool *p, const char *name, uint64_t size);
 /* Freeze clone's current state as template `name`; the clone gets a new empty top. */
@@ -175,11 +185,34 @@ int cc_template_delete(struct cc_pool *p, const char *name);
 /* from: "TEMPLATE" or "CLONE@SNAP".  full: flatten into a standalone parentless layer. */
 int cc_clone_create(struct cc_pool *p, const char *name, const char *from, int full,
                     cc_progress_fn progress, void *opaque);
+/* cc_clone_create with a virtual size: 0 = the source's, otherwise >= it (rounded up to 512);
+ * the part beyond the source reads as zero (resize.c). */
+int cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int full,
+                         uint64_t size, cc_progress_fn progress, void *opaque);
+/* Grow clone `name` to `size` bytes (rounded up to 512); smaller than the clone is -EINVAL,
+ * refused while a server holds it.  Its snapshots keep their size (POOL.md 5.9). */
+int cc_clone_resize(struct cc_pool *p, const char *name, uint64_t size);
 int cc_clone_delete(struct cc_pool *p, const char *name);
 
+/* clone: one name or several, comma-separated ("vm1,vm2"): one snapshot of all of them at one
+ * instant.  Clones a server holds are snapshotted through its control socket, without
+ * stopping their clients (POOL.md 6.1); a list commits all or nothing (an intent, 6.3). */
 int cc_snapshot_create(struct cc_pool *p, const char *clone, const char *snap,
                        const char *description);
+/* The same, application-consistent: the guest agent on the QEMU chardev socket `agent` freezes
+ * the guest's file systems first (within freeze_timeout_ms) and thaws them after, always
+ * (pool/qga.h, POOL.md 6.5).  A freeze that fails or times out: no snapshot, the error says
+ * why.  A thaw that fails after the snapshot was taken: the error says the snapshot exists and
+ * the guest may still be frozen.  agent NULL: cc_snapshot_create. */
+int cc_snapshot_create_quiesced(struct cc_pool *p, const char *clones, const char *snap,
+                                const char *description, const char *agent, int freeze_timeout_ms);
 int cc_snapshot_revert(struct cc_pool *p, const char *clone, const char *snap);
+/* CC_REVERT_FORCE: a clone with connected clients is reverted after its server evicted them
+ * (their requests fail with ESHUTDOWN from then on); without it, such a revert is refused with
+ * the number of connections (POOL.md 6.4). */
+#define CC_REVERT_FORCE 1u
+int cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
+                             unsigned flags);
 /* Merge the snapshot's layer into its children and drop it, in the direction that writes less
  * (POOL.md 5.6). */
 int cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap,
@@ -251,6 +284,12 @@ struct cc_check_summary {
 typedef void (*cc_report_fn)(void *opaque, int severity, const char *msg);
 int cc_pool_check(struct cc_pool *p, const char *name, int repair, cc_report_fn report,
                   void *opaque, struct cc_check_summary *sum);
+/* cc_pool_check, then (deep) re-hash every raw template with a recorded hash (a changed one is
+ * an error) and read every byte of every layer's data (an unreadable layer is an error), with
+ * progress.  name limits both to that record's chain. */
+int cc_pool_check_deep(struct cc_pool *p, const char *name, int repair, cc_report_fn report,
+                       void *opaque, cc_progress_fn progress, void *popaque,
+                       struct cc_check_summary *sum);
 
 struct cc_du_entry {
   char name[CC_NAME_MAX + 1];

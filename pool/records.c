@@ -226,7 +226,7 @@ pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc
       if (*end)
         goto bad;
       have_size = 1;
-    } else {
+    } else if (pool_template_key(t, key, val) <= 0) {
       goto bad;
     }
   }
@@ -270,6 +270,7 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
              "cowchain-template 1\nkind layer\nlayer %s\ncreated %s\n"
              "size %" PRIu64 "\n",
              t->layer, when, t->size);
+  pool_template_extra(t, buf, sizeof buf);
   return pool_write_record(p, "templates", t->name, buf);
 }
 
@@ -353,7 +354,8 @@ pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_cl
     return cc_error_set(EUCLEAN, "%s: %s: clone record lacks top or size", op, name);
   }
   free(buf);
-  return 0;
+  /* A pending multi-clone snapshot's intent decides as the record does (live.c). */
+  return pool_intent_apply(p, op, c);
 
 bad:
   free(buf);

@@ -83,11 +83,12 @@ check_space(struct cc_pool *p, const char *file, uint64_t need)
 /* Produce tmp/... holding the raw bytes of `file`; returns its size. */
 static int
 import_data(struct cc_pool *p, const char *file, const char *abspath, const char *format,
-            int allow_refs, char *tmp, size_t tmplen, uint64_t *size, cc_progress_fn progress,
-            void *opaque)
+            int allow_refs, char *tmp, size_t tmplen, uint64_t *size, struct cc_template *t,
+            cc_progress_fn progress, void *opaque)
 {
+  struct pool_hash h;
   struct stat st;
-  int fd, r;
+  int fd, r, hashed = 0;
 
   if (strcmp(format, "raw") == 0) {
     /* A raw file names nothing; it costs its data blocks (the copy is sparse). */
@@ -103,7 +104,14 @@ import_data(struct cc_pool *p, const char *file, const char *abspath, const char
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd == -1)
       return cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
-    r = pool_copy_raw_sparse(abspath, fd, size, progress, opaque);
+    /* The content hash is computed from the bytes as they are copied (POOL.md 3.1.1). */
+    if ((r = pool_hash_init(&h)) < 0) {
+      close(fd);
+      unlink(tmp);
+      return r;
+    }
+    r = pool_copy_raw_sparse_hash(abspath, fd, size, &h, progress, opaque);
+    hashed = 1;
   } else {
     struct pool_image_facts facts;
     char *opts = NULL;
@@ -144,7 +152,7 @@ import_data(struct cc_pool *p, const char *file, const char *abspath, const char
       unlink(tmp);
       return r;
     }
-    fd = open(tmp, O_WRONLY | O_CLOEXEC);
+    fd = open(tmp, O_RDWR | O_CLOEXEC); /* read back for the hash */
     if (fd == -1 || fstat(fd, &st) == -1) {
       r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
       if (fd != -1)
@@ -158,15 +166,30 @@ import_data(struct cc_pool *p, const char *file, const char *abspath, const char
     r = cc_error_set(EINVAL, "template import: %s: empty image", file);
   /* Layers need a virtual size that is a multiple of 512: pad with zeroes (a hole). */
   if (r == 0 && *size % 512 != 0) {
+    if (hashed)
+      pool_hash_zero(&h, 512 - *size % 512);
     *size += 512 - *size % 512;
     if (ftruncate(fd, (off_t)*size) == -1)
       r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
   }
+  /* qemu-img wrote the file itself: its data extents are read once here (the page cache
+   * still holds what it just wrote); a raw import hashed during its copy. */
+  if (r == 0 && hashed)
+    pool_hash_final(&h, t->hash);
+  else if (r == 0)
+    r = pool_hash_fd(fd, tmp, t->hash, NULL, NULL);
+  if (hashed)
+    pool_hash_free(&h);
   /* qemu-img created its output under the umask: the pool's mode, read-only, is set here. */
   if (r == 0)
     r = pool_secure_fd(p, fd, tmp, 1);
   if (r == 0 && fsync(fd) == -1)
     r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+  /* The identity every open compares: rename keeps the inode and the mtime. */
+  if (r == 0 && fstat(fd, &st) == -1)
+    r = cc_error_set(errno, "template import: %s: %s", tmp, strerror(errno));
+  if (r == 0)
+    pool_template_set_identity(t, &st);
   close(fd);
   if (r < 0)
     unlink(tmp);
@@ -215,8 +238,9 @@ cc_template_import(struct cc_pool *p, const char *name, const char *file, const 
   if ((abspath = realpath(file, NULL)) == NULL)
     return cc_error_set(errno, "template import: %s: %s", file, strerror(errno));
 
+  memset(&t, 0, sizeof t);
   r = import_data(p, file, abspath, format, !!(flags & CC_IMPORT_ALLOW_BACKING), tmp, sizeof tmp,
-                  &size, progress, opaque);
+                  &size, &t, progress, opaque);
   free(abspath);
   if (r < 0)
     return r;
@@ -235,7 +259,6 @@ cc_template_import(struct cc_pool *p, const char *name, const char *file, const 
   if ((r = pool_fsync_dir(p, "images")) < 0)
     goto out;
   pool_step();
-  memset(&t, 0, sizeof t);
   snprintf(t.name, sizeof t.name, "%s", name);
   t.kind = CC_TEMPLATE_RAW;
   t.created = pool_now();

@@ -18,7 +18,7 @@
  *  - Every client's peer credentials (SO_PEERCRED) are checked: the server's own uid or root,
  *    anyone else gets "err 1 ..." (EPERM) instead of the greeting and is disconnected.
  *  - The protocol (common/control-proto.h, the man page's CONTROL SOCKET) is line-framed and
- *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume.
+ *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume, evict.
  *
  * A live snapshot of exports E1..En (one or several clones, one consistent instant):
  *
@@ -42,6 +42,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "common/time.h"
 #include "server/control.h"
 
 #include <errno.h>
@@ -104,24 +105,6 @@ control_socket_path(void)
   return sock_path;
 }
 
-static long long
-now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static long long
-now_us(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ---- one client's session ---- */
 
 struct held {
@@ -132,7 +115,7 @@ struct session {
   struct ccp_conn *conn;
   struct held held[MAX_EXPORTS];
   int nheld;
-  long long hold_deadline; /* now_ms() value, while nheld > 0 */
+  long long hold_deadline; /* cc_mono_ms() value, while nheld > 0 */
   long long closed_at_us;  /* when the first gate closed */
   char *line;              /* CCP_LINE_MAX + 1 */
 };
@@ -214,7 +197,7 @@ quiesce(struct session *s, char **names, int n)
       break;
     }
     if (s->nheld == 0)
-      s->closed_at_us = now_us();
+      s->closed_at_us = cc_mono_us();
     r = gate_close(&e->gate, DRAIN_TIMEOUT_MS);
     if (r < 0) {
       exports_release(e);
@@ -265,7 +248,7 @@ cmd_quiesce(struct session *s, char **w, int n)
   }
   if (quiesce(s, w + 2, n - 2) < 0)
     return;
-  s->hold_deadline = now_ms() + ms;
+  s->hold_deadline = cc_mono_ms() + ms;
   reply(s, "ok %d", s->nheld);
 }
 
@@ -335,7 +318,7 @@ cmd_push_top(struct session *s, char **w, int n)
     }
     switched++;
   }
-  stall = now_us() - s->closed_at_us;
+  stall = cc_mono_us() - s->closed_at_us;
   release_all(s);
   reply(s, "ok %d %lld", switched, stall);
 }
@@ -433,6 +416,48 @@ cmd_connections(struct session *s, char **w, int n)
   reply(s, "ok %u", conns);
 }
 
+/* evict NAME: for `snapshot revert --force`.  The gate is closed and drained (writes finish,
+ * the chain is flushed on close), then every connection's requests fail with ESHUTDOWN and the
+ * chain is closed, so its layer locks go and the pool may change the clone. */
+static void
+cmd_evict(struct session *s, char **w, int n)
+{
+  struct cc_export *e;
+  int r;
+
+  if (n != 2) {
+    reply_err(s, EINVAL, "usage: evict NAME");
+    return;
+  }
+  if (find_held(s, w[1])) {
+    reply_err(s, EBUSY, "evict: %s: its gate is held by this session (resume first)", w[1]);
+    return;
+  }
+  e = exports_hold_writable(w[1]);
+  if (e == NULL) {
+    reply(s, "ok 0"); /* nothing open: nobody to evict */
+    return;
+  }
+  r = gate_close(&e->gate, DRAIN_TIMEOUT_MS);
+  if (r < 0) {
+    exports_release(e);
+    reply_err(s, -r, "evict: %s: %s", w[1],
+              r == -ETIMEDOUT ? "requests in flight did not finish in time" : strerror(-r));
+    return;
+  }
+  r = exports_evict(e, DRAIN_TIMEOUT_MS);
+  gate_open(&e->gate); /* the writes that waited now fail: the entry is evicted */
+  exports_release(e);
+  if (r < 0) {
+    reply_err(s, -r,
+              "evict: %s: reads in flight did not finish in time (its requests fail "
+              "from now on; the chain closes with its last connection)",
+              w[1]);
+    return;
+  }
+  reply(s, "ok %d", r);
+}
+
 static void
 dispatch(struct session *s, char **w, int n)
 {
@@ -451,6 +476,8 @@ dispatch(struct session *s, char **w, int n)
     cmd_push_top(s, w, n);
   } else if (strcmp(w[0], "resume") == 0) {
     cmd_resume(s, w, n);
+  } else if (strcmp(w[0], "evict") == 0) {
+    cmd_evict(s, w, n);
   } else {
     char name[64];
 
@@ -475,13 +502,13 @@ session_run(int fd)
   if (ccp_write_line(fd, CCP_GREETING) < 0)
     goto out;
   for (;;) {
-    long long idle_end = now_ms() + IDLE_TIMEOUT_MS;
+    long long idle_end = cc_mono_ms() + IDLE_TIMEOUT_MS;
     int r, n;
 
     /* Wake at least once a second to notice a shutdown. */
     do {
       long long end = s.nheld ? s.hold_deadline : idle_end;
-      long long left = end - now_ms();
+      long long left = end - cc_mono_ms();
 
       if (atomic_load(&stopping)) {
         r = -ESHUTDOWN;

@@ -57,12 +57,16 @@
 
 /* Configuration, written only during .config/.config_complete/.get_ready (single-threaded). */
 static char *pool_dir; /* pool=, absolute */
-/* io=: CC_IO_SYNC (default) or 0 (uring).  pread is the default because it measured as fast
- * or faster on a warm page cache at every depth (docs/BENCHMARKS.md, io_uring ablation). */
-static unsigned io_flags = CC_IO_SYNC;
+/* io=: CC_IO_AUTO (default: one-piece reads by pread, several pieces as one io_uring batch),
+ * CC_IO_SYNC (pread only) or 0 (io_uring only); docs/BENCHMARKS.md measures the three. */
+static unsigned io_flags = CC_IO_AUTO;
 static char *default_name; /* default=, or NULL: the empty export name is refused */
 static char *cache_dir;    /* template-cache=, absolute, or NULL */
 static uint64_t cache_size = 1024ull << 20; /* template-cache-size= */
+/* index-cache=: bytes of idle chain indexes kept after their last connection closed, so a
+ * reconnect to a deep clone is a lookup, not a rebuild (chain/registry.c). */
+static int64_t index_cache = 64 << 20;
+static unsigned cache_flags; /* cache=: 0 (writeback, the default) or CC_DIRECT (none) */
 /* The pool handle is exports.c's (exports_pool()), opened in .get_ready. */
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
@@ -118,8 +122,11 @@ cowchain_config(const char *key, const char *value)
       io_flags = 0;
     else if (strcmp(value, "sync") == 0)
       io_flags = CC_IO_SYNC;
+    else if (strcmp(value, "auto") == 0)
+      io_flags = CC_IO_AUTO;
     else {
-      nbdkit_error("io=%s: unknown I/O mode; use io=sync (the default) or io=uring", value);
+      nbdkit_error("io=%s: unknown I/O mode; use io=auto (the default), io=sync or io=uring",
+                   value);
       return -1;
     }
   } else if (strcmp(key, "remote-timeout") == 0) {
@@ -149,6 +156,22 @@ cowchain_config(const char *key, const char *value)
     cache_size = (uint64_t)n;
     if (cache_dir)
       cc_remote_set_cache(cache_dir, cache_size);
+  } else if (strcmp(key, "cache") == 0) {
+    /* cache=none: the frozen layers' data read with O_DIRECT (chain.h, CC_DIRECT). */
+    if (strcmp(value, "none") == 0)
+      cache_flags = CC_DIRECT;
+    else if (strcmp(value, "writeback") == 0)
+      cache_flags = 0;
+    else {
+      nbdkit_error("cache=%s: unknown cache mode; use cache=writeback (the default) or "
+                   "cache=none",
+                   value);
+      return -1;
+    }
+  } else if (strcmp(key, "index-cache") == 0) {
+    index_cache = nbdkit_parse_size(value);
+    if (index_cache < 0)
+      return -1; /* nbdkit_parse_size said what is wrong */
   } else if (strcmp(key, "control") == 0) {
     if (control_config(value) < 0)
       return -1;
@@ -168,9 +191,9 @@ cowchain_config(const char *key, const char *value)
       return -1;
     }
   } else {
-    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=uring|sync, "
-                 "default=NAME, control=on|off, remote-timeout=SECS, template-cache=DIR and "
-                 "template-cache-size=SIZE",
+    nbdkit_error("unknown parameter '%s'; cowchain takes pool=DIR, io=auto|sync|uring, "
+                 "cache=writeback|none, index-cache=SIZE, default=NAME, control=on|off, "
+                 "remote-timeout=SECS, template-cache=DIR and template-cache-size=SIZE",
                  key);
     return -1;
   }
@@ -190,7 +213,9 @@ cowchain_config_complete(void)
 
 #define cowchain_config_help                                                                       \
   "pool=DIR              (required) The cowchain pool directory to serve.\n"                       \
-  "io=sync|uring         How reads reach the layers (default: sync).\n"                            \
+  "io=auto|sync|uring    How reads reach the layers (default: auto).\n"                            \
+  "cache=writeback|none  none: layer data read with O_DIRECT (default: writeback).\n"              \
+  "index-cache=SIZE      Idle chain indexes kept for reconnects (default: 64M).\n"                 \
   "default=NAME          Export served to clients that ask for the empty name.\n"                  \
   "control=on|off        The control socket POOL/run/nbdkit-PID.ctl (default: on).\n"              \
   "remote-timeout=SECS   A remote template's request fails with EIO after SECS (default: 30).\n"   \
@@ -201,8 +226,9 @@ static void
 cowchain_dump_plugin(void)
 {
   printf("cowchain_version=%s\n", COWCHAIN_VERSION);
-  printf("cowchain_io=uring,sync\n");
-  printf("cowchain_io_default=sync\n");
+  printf("cowchain_io=auto,sync,uring\n");
+  printf("cowchain_io_default=auto\n");
+  printf("cowchain_cache=writeback,none\n");
   printf("cowchain_exports=clone,snapshot,template\n");
   printf("cowchain_snapshot_separator=@\n");
   printf("cowchain_name_max=%d\n", CC_NAME_MAX);
@@ -214,8 +240,9 @@ cowchain_dump_plugin(void)
 static int
 cowchain_get_ready(void)
 {
-  if (exports_init(pool_dir, io_flags) < 0)
+  if (exports_init(pool_dir, io_flags | cache_flags) < 0)
     return -1;
+  cc_set_index_cache((uint64_t)index_cache);
   control_init(pool_dir, exports_pool());
   return 0;
 }
@@ -305,6 +332,47 @@ cowchain_default_export(int readonly, int is_tls)
   return default_name ? default_name : "";
 }
 
+/* An evicted export (snapshot revert --force, server/exports.h): every request fails with
+ * ESHUTDOWN, so the client learns that its disk is gone (nbdkit 1.32 has no
+ * nbdkit_disconnect: the plugin cannot close the connection itself). */
+static int
+evicted(struct handle *h, const char *call)
+{
+  nbdkit_error("%s: %s: this connection was disconnected from its disk by the pool "
+               "(snapshot revert --force); reconnect",
+               call, h->name);
+  nbdkit_set_error(ESHUTDOWN);
+  return -1;
+}
+
+/* Reads enter the chain counted (one atomic increment, no gate): the evictor waits for them. */
+static int
+read_enter(struct handle *h)
+{
+  atomic_fetch_add(&h->e->readers, 1);
+  if (atomic_load(&h->e->evicted)) {
+    atomic_fetch_sub(&h->e->readers, 1);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+read_leave(struct handle *h)
+{
+  atomic_fetch_sub(&h->e->readers, 1);
+}
+
+/* A write, zero, trim or flush entered the gate: is it still allowed into the chain? */
+static int
+write_evicted(struct handle *h)
+{
+  if (!atomic_load(&h->e->evicted))
+    return 0;
+  gate_leave(&h->e->gate);
+  return 1;
+}
+
 static int open_unavailable(struct handle *h);
 
 static void *
@@ -341,8 +409,17 @@ cowchain_open(int readonly)
     free(h);
     return NULL;
   }
-  if (h->e)
+  if (h->e) {
+    if (read_enter(h) < 0) {
+      /* Evicted between the acquire and here: this connection never had the disk. */
+      exports_release(h->e);
+      nbdkit_error("open: %s: the pool is changing this clone; try again", name);
+      free(h);
+      return NULL;
+    }
     h->readonly = readonly || !cc_chain_writable(h->e->chain);
+    read_leave(h);
+  }
   return h;
 }
 
@@ -438,18 +515,29 @@ static int64_t
 cowchain_get_size(void *handle)
 {
   struct handle *h = handle;
+  int64_t size;
 
   if (!h->e)
     return (int64_t)h->size;
-  return (int64_t)cc_chain_size(h->e->chain);
+  if (read_enter(h) < 0)
+    return evicted(h, "get_size");
+  size = (int64_t)cc_chain_size(h->e->chain);
+  read_leave(h);
+  return size;
 }
 
 static int
 cowchain_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
   struct handle *h = handle;
-  uint32_t bs = h->e ? cc_chain_block_size(h->e->chain) : 4096;
+  uint32_t bs = 4096;
 
+  if (h->e) {
+    if (read_enter(h) < 0)
+      return evicted(h, "block_size");
+    bs = cc_chain_block_size(h->e->chain);
+    read_leave(h);
+  }
   /* nbdkit insists on a power of two in [512, 32M] for the preferred size. */
   if (bs < 512 || bs > 32 * 1024 * 1024 || (bs & (bs - 1)) != 0)
     bs = 4096;
@@ -546,8 +634,11 @@ cowchain_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_
   (void)flags;
   if (!h->e)
     return unavailable(h, "pread");
+  if (read_enter(h) < 0)
+    return evicted(h, "pread");
   cc_error_clear();
   r = cc_chain_pread(h->e->chain, buf, count, offset);
+  read_leave(h);
   return r < 0 ? fail(h, "pread", r) : 0;
 }
 
@@ -573,6 +664,8 @@ cowchain_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset, 
     return refuse_readonly(h, "pwrite");
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "pwrite");
   r = cc_chain_pwrite(h->e->chain, buf, count, offset, flags & NBDKIT_FLAG_FUA ? CC_FUA : 0);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "pwrite", r) : 0;
@@ -589,6 +682,8 @@ cowchain_flush(void *handle, uint32_t flags)
     return 0; /* nothing of ours to make durable */
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "flush");
   r = cc_chain_flush(h->e->chain);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "flush", r) : 0;
@@ -609,6 +704,8 @@ cowchain_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     cf |= CC_FUA;
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "trim");
   r = cc_chain_zero(h->e->chain, count, offset, cf);
   gate_leave(&h->e->gate);
   return r < 0 ? fail(h, "trim", r) : 0;
@@ -630,6 +727,8 @@ cowchain_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     cf |= CC_FUA;
   cc_error_clear();
   gate_enter(&h->e->gate);
+  if (write_evicted(h))
+    return evicted(h, "zero");
   r = cc_chain_zero(h->e->chain, count, offset, cf);
   gate_leave(&h->e->gate);
   if ((r == -ENOTSUP || r == -EOPNOTSUPP) && (flags & NBDKIT_FLAG_FAST_ZERO)) {
@@ -670,8 +769,11 @@ cowchain_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 
   if (!h->e)
     return unavailable(h, "extents");
+  if (read_enter(h) < 0)
+    return evicted(h, "extents");
   cc_error_clear();
   r = cc_chain_extents(h->e->chain, count, offset, add_extent, &ctx);
+  read_leave(h);
   if (ctx.failed)
     return -1;
   return r < 0 ? fail(h, "extents", r) : 0;

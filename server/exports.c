@@ -61,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/error.h"
 #include "common/escape.h"
@@ -72,7 +73,7 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER; /* an entry left OPENING/CLOSING */
 static struct cc_export *table;                              /* under table_lock */
 static struct cc_pool *pool;   /* opened by exports_init before any connection, then only read */
-static unsigned pool_io_flags; /* CC_IO_SYNC or 0, likewise */
+static unsigned pool_io_flags; /* CC_IO_MASK bits (chain.h), likewise */
 
 /* The last chain/ or pool/ error (escaped into buf: it may quote paths and parent links with any
  * bytes, see common/error.h), or a generic one if chain/ left none. */
@@ -250,6 +251,13 @@ exports_release(struct cc_export *e)
     pthread_mutex_unlock(&table_lock);
     return;
   }
+  if (e->detached) {
+    /* Evicted: its chain is closed and it is out of the table already. */
+    pthread_mutex_unlock(&table_lock);
+    free(e->path);
+    free(e);
+    return;
+  }
   /* Last one: close without the lock (the final flush may take a while), but stay in the table
    * as CLOSING so that a reconnect waits for the layer lock to be released instead of being
    * refused by it. */
@@ -345,6 +353,34 @@ exports_retarget(struct cc_export *e, const char *path)
   pthread_mutex_unlock(&table_lock);
   free(old);
   return 0;
+}
+
+int
+exports_evict(struct cc_export *e, unsigned timeout_ms)
+{
+  struct timespec ts = {0, 1000000};
+  int conns;
+
+  atomic_store(&e->evicted, 1);
+  /* A reader either saw `evicted` (and left without the chain) or is counted in `readers`. */
+  for (unsigned ms = 0; atomic_load(&e->readers) > 0; ms++) {
+    if (ms >= timeout_ms)
+      return -ETIMEDOUT;
+    nanosleep(&ts, NULL);
+  }
+  /* Like the last close: CLOSING makes new connections wait for the layer locks to go. */
+  pthread_mutex_lock(&table_lock);
+  e->state = EXPORT_CLOSING;
+  pthread_mutex_unlock(&table_lock);
+  close_chain(e);
+  pthread_mutex_lock(&table_lock);
+  unlink_locked(e);
+  e->detached = 1;
+  conns = (int)e->refs - 1; /* the caller's reference is not a connection */
+  pthread_cond_broadcast(&table_cond);
+  pthread_mutex_unlock(&table_lock);
+  nbdkit_debug("exports: %s: evicted (%d connections' requests now fail)", e->name, conns);
+  return conns;
 }
 
 int

@@ -24,10 +24,17 @@ struct cc_export {
                                    * exports_retarget after a live top switch) */
   struct cc_chain *chain;         /* constant while OPEN; the chain does its own locking */
   struct gate gate;               /* write/zero/trim/flush of every connection (gate.c) */
+  /* Eviction (`evict NAME` on the control socket, for `snapshot revert --force`): once set,
+   * every request of the entry's connections fails with ESHUTDOWN without touching the chain;
+   * reads, extents and size queries count themselves in `readers` so the evictor can wait for
+   * the ones already inside the chain before it closes it. */
+  _Atomic int evicted;
+  _Atomic unsigned long readers;
+  int detached; /* evicted: out of the table, chain closed; freed by the last release */
 };
 
 /* Open the pool once before any connection (.get_ready); exports_acquire opens chains from it
- * with io_flags (CC_IO_SYNC or 0).  -1 after nbdkit_error. */
+ * with io_flags (CC_IO_MASK bits of chain.h).  -1 after nbdkit_error. */
 int exports_init(const char *pool_dir, unsigned io_flags);
 /* The pool opened by exports_init (NULL before it): the plugin's one handle on it. */
 struct cc_pool *exports_pool(void);
@@ -51,6 +58,12 @@ struct cc_export *exports_hold_writable(const char *name);
 /* After a live top switch: e's chain now sits on top file `path`, so new connections to the
  * name (which resolve to the new top) share e.  0 or -ENOMEM. */
 int exports_retarget(struct cc_export *e, const char *path);
+/* Evict e (a reference held, its gate closed and drained by the caller): its connections' requests
+ * fail from now on, the chain is closed (flushed, layer locks released) once the reads inside it
+ * have left, and the name is free for new connections, which open the chain afresh.  Returns the
+ * connections evicted, or -ETIMEDOUT if reads did not leave within timeout_ms (the requests
+ * fail, the chain stays until the last connection closes). */
+int exports_evict(struct cc_export *e, unsigned timeout_ms);
 /* A copy of the open entries (malloc'd; free() it). */
 struct exports_item {
   char name[2 * CC_NAME_MAX + 2];

@@ -13,6 +13,9 @@
 #                             template data the guest verifies
 #   guest_qemu_argv NAME DRIVE CONSOLE ARGS...
 #                             set the array GUEST_QEMU to a qemu-system-x86_64 command line
+#   guest_libvirt_xml NAME DISK-XML CONSOLE ARGS...
+#                             print the same guest as a libvirt domain (direct kernel boot)
+#                             whose disk is DISK-XML (`cowchain disk-xml` output)
 #
 # The guest's /sbin/init reads its orders from the kernel command line:
 #   cowchain.id=NAME      write NAME to /id and create /owners/NAME
@@ -319,4 +322,67 @@ guest_qemu_argv() {
   if [ -n "${GUEST_PIDFILE:-}" ]; then
     GUEST_QEMU+=(-pidfile "$GUEST_PIDFILE")
   fi
+}
+
+# guest_xml_escape TEXT: TEXT with & < > ' " escaped for XML.
+guest_xml_escape() {
+  local t=${1//&/&amp;}
+  t=${t//</&lt;}
+  t=${t//>/&gt;}
+  t=${t//\'/&apos;}
+  echo "${t//\"/&quot;}"
+}
+
+# guest_libvirt_xml NAME DISK-XML CONSOLE [EXTRA-APPEND...]: print a libvirt domain called NAME
+# that boots GUEST_KERNEL + GUEST_INITRD with the kernel arguments of guest_qemu_argv, TCG
+# (type 'qemu'; GUEST_ACCEL=kvm gives type 'kvm'), GUEST_MEM MiB, the disk element read from the
+# file DISK-XML (as `cowchain disk-xml` prints it) and the serial console logged to the file
+# CONSOLE (with GUEST_CONSOLE_SOCKET set, also on that unix socket).  Powering off ends it
+# (ACPI on: without it libvirt passes -no-acpi and the guest's poweroff only halts).
+guest_libvirt_xml() {
+  local name=$1 disk=$2 console=$3
+  shift 3
+  local append="console=ttyS0 root=/dev/vda rw panic=-1 quiet loglevel=3 mitigations=off no_timer_check"
+  append+=" i8042.noaux i8042.nokbd i8042.nopnp $*"
+  local type=qemu
+  [ "${GUEST_ACCEL:-tcg}" = kvm ] && type=kvm
+  cat <<EOF
+<domain type='$type'>
+  <name>$(guest_xml_escape "$name")</name>
+  <memory unit='MiB'>${GUEST_MEM:-256}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$(guest_xml_escape "$GUEST_KERNEL")</kernel>
+    <initrd>$(guest_xml_escape "$GUEST_INITRD")</initrd>
+    <cmdline>$(guest_xml_escape "$append")</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+$(sed 's/^/    /' "$disk")
+EOF
+  if [ -n "${GUEST_CONSOLE_SOCKET:-}" ]; then
+    cat <<EOF
+    <serial type='unix'>
+      <source mode='bind' path='$(guest_xml_escape "$GUEST_CONSOLE_SOCKET")'/>
+      <log file='$(guest_xml_escape "$console")'/>
+      <target port='0'/>
+    </serial>
+EOF
+  else
+    cat <<EOF
+    <serial type='file'>
+      <source path='$(guest_xml_escape "$console")'/>
+      <target port='0'/>
+    </serial>
+EOF
+  fi
+  cat <<EOF
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
 }

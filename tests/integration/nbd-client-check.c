@@ -301,6 +301,40 @@ cmd_hold(const char *sock, const char *name, const char *secs)
   return 0;
 }
 
+/* A client that is evicted (snapshot revert --force): write 0x63 and flush, create DIR/ready,
+ * wait for DIR/go, then write 0x64 and read, printing "write ok" or "write failed ERRNO" and the
+ * same for the read.  The connection must stay usable as far as the protocol goes. */
+static int
+cmd_evictee(const char *sock, const char *name, const char *dir)
+{
+  struct nbd_handle *h = connect_export(sock, name, false);
+  char buf[4096], path[4096];
+  FILE *f;
+
+  memset(buf, 0x63, sizeof buf);
+  CHECK(nbd_pwrite(h, buf, sizeof buf, 0, 0));
+  CHECK(nbd_flush(h, 0));
+  snprintf(path, sizeof path, "%s/ready", dir);
+  if ((f = fopen(path, "w")) == NULL)
+    FAIL("fopen ready");
+  fclose(f);
+  snprintf(path, sizeof path, "%s/go", dir);
+  while (access(path, F_OK) != 0)
+    usleep(20000);
+  memset(buf, 0x64, sizeof buf);
+  if (nbd_pwrite(h, buf, sizeof buf, 0, 0) < 0)
+    printf("write failed %d\n", nbd_get_errno());
+  else
+    printf("write ok\n");
+  if (nbd_pread(h, buf, sizeof buf, 0, 0) < 0)
+    printf("read failed %d\n", nbd_get_errno());
+  else
+    printf("read ok\n");
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+  return 0;
+}
+
 /* Fill the export until the server runs out of space: the failing write must report ENOSPC,
  * everything written before it must still read back, and after `filler` is deleted (space is
  * back) the same write must succeed. */
@@ -395,10 +429,13 @@ main(int argc, char **argv)
     return cmd_enospc(argv[2], argv[3], argv[4]);
   if (argc == 5 && strcmp(argv[1], "hold") == 0)
     return cmd_hold(argv[2], argv[3], argv[4]);
+  if (argc == 5 && strcmp(argv[1], "evictee") == 0)
+    return cmd_evictee(argv[2], argv[3], argv[4]);
   if (argc == 3 && strcmp(argv[1], "list") == 0)
     return cmd_list(argv[2]);
   fprintf(stderr, "usage: nbd-client-check rw|multiconn|readonly|open SOCK EXPORT\n"
                   "       nbd-client-check hold SOCK EXPORT SECONDS | list SOCK\n"
+                  "       nbd-client-check evictee SOCK EXPORT DIR\n"
                   "       nbd-client-check enospc SOCK EXPORT FILLER\n");
   return 2;
 }

@@ -2,18 +2,23 @@
 /* nbd-journal-writer: continuous tagged writes on 2 connections around a live top switch, and
  * the point-in-time check of what each side of the switch holds.
  *
- *   nbd-journal-writer write SOCK EXPORT SECONDS PUSH-AT-MS JOURNAL 'PUSH-COMMAND'
- *   nbd-journal-writer verify SOCK EXPORT JOURNAL frozen|final
+ *   nbd-journal-writer write SOCK EXPORT[,EXPORT2] SECONDS AT-MS[,AT-MS...] JOURNAL 'CMD'
+ * ['CMD'...] nbd-journal-writer verify SOCK EXPORT[,EXPORT2] JOURNAL frozen[:K]|final
  *
  * write: the first NBLK 4 KiB blocks of EXPORT are tagged (block number, sequence number,
  * repeated).  2 connections x 2 threads write them continuously, synchronously, each thread
  * owning the blocks b with b % 4 == its index, so a block has at most one write in flight and
- * its sequence numbers grow with time.  Every write's issue and completion times are kept.  At
- * PUSH-AT-MS the main thread runs PUSH-COMMAND (sh -c), noting when it was sent and when it
- * returned.  Afterwards, per block: lo = the last seq completed before the command was sent,
- * hi = the last seq issued before it returned, final = the last seq; written to JOURNAL.  Any
- * failed request or disconnect is an error (exit 1).  Printed: the write latency, max and p99,
- * of writes outside the command's window, and the max of writes overlapping it (the stall).
+ * its sequence numbers grow with time.  With two exports (a multi-disk VM), each gets 2
+ * connections: thread i writes through connection i / 2, which is on export (i / 2) % 2, so
+ * the blocks are split between the exports and verify reads each from its own.  Several
+ * commands run one after the other, each at its AT-MS (or as soon as the previous returned);
+ * each has its own window, and `frozen:K` verifies against the K-th (from 0).  Every write's issue
+ * and completion times are kept.  At PUSH-AT-MS the main thread runs PUSH-COMMAND (sh -c), noting
+ * when it was sent and when it returned.  Afterwards, per block: lo = the last seq completed before
+ * the command was sent, hi = the last seq issued before it returned, final = the last seq; written
+ * to JOURNAL.  Any failed request or disconnect is an error (exit 1).  Printed: the write latency,
+ * max and p99, of writes outside the command's window, and the max of writes overlapping it (the
+ * stall).
  *
  * verify: read every block of EXPORT; it must be an untorn tag of that block with
  * lo <= seq <= hi (frozen: the state at the switch, every write completed before the command in
@@ -37,9 +42,34 @@
 
 #define BLK 4096u
 #define NBLK 2048u /* 8 MiB */
-#define NCONN 2
+#define MAXEXP 2
+#define MAXCONN 4
 #define PER_CONN 2
-#define NTHREADS (NCONN * PER_CONN)
+#define MAXTHREADS (MAXCONN * PER_CONN)
+#define MAXCMDS 16
+
+static int nexp = 1, nconn = 2, nthreads = 4;
+static char *exports[MAXEXP];
+
+/* Split "a,b" into exports[] (at most MAXEXP) and size the writers to it. */
+static void
+set_exports(char *list)
+{
+  char *save = NULL;
+
+  nexp = 0;
+  for (char *t = strtok_r(list, ",", &save); t && nexp < MAXEXP; t = strtok_r(NULL, ",", &save))
+    exports[nexp++] = t;
+  nconn = 2 * nexp;
+  nthreads = nconn * PER_CONN;
+}
+
+/* The export whose connection writes block b. */
+static int
+export_of(uint32_t b)
+{
+  return (int)((b % (uint32_t)nthreads) / PER_CONN) % nexp;
+}
 
 struct rec {
   uint32_t block;
@@ -120,7 +150,7 @@ work(void *opaque)
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
-    b = (uint32_t)(rng % (NBLK / NTHREADS)) * NTHREADS + (uint32_t)w->idx;
+    b = (uint32_t)(rng % (NBLK / (uint32_t)nthreads)) * (uint32_t)nthreads + (uint32_t)w->idx;
     seq = ++next_seq[b];
     tag(buf, b, seq);
     t0 = now_us();
@@ -150,77 +180,90 @@ cmp_i64(const void *a, const void *b)
 }
 
 static int
-do_write(const char *sock, const char *name, int secs, int push_at_ms, const char *journal,
-         const char *cmd)
+do_write(const char *sock, int secs, char *at_list, const char *journal, char **cmds, int ncmds)
 {
-  struct nbd_handle *h[NCONN];
-  struct worker w[NTHREADS];
-  pthread_t t[NTHREADS];
-  static uint32_t lo[NBLK], hi[NBLK], fin[NBLK];
+  struct nbd_handle *h[MAXCONN];
+  struct worker w[MAXTHREADS];
+  pthread_t t[MAXTHREADS];
+  static uint32_t fin[NBLK];
   uint8_t *buf = malloc(BLK);
-  int64_t sent, replied, end, stall = 0, base_max = 0, *lat;
+  int64_t sent[MAXCMDS], replied[MAXCMDS], start, end, stall = 0, base_max = 0, *lat;
+  long at[MAXCMDS];
   size_t nlat = 0, total = 0, in_window = 0;
-  int rc = 0, st;
+  int rc = 0, st[MAXCMDS], nat = 0;
+  char *save = NULL;
   FILE *f;
 
-  for (int c = 0; c < NCONN; c++)
-    h[c] = connect_to(sock, name);
+  for (char *x = strtok_r(at_list, ",", &save); x && nat < MAXCMDS; x = strtok_r(NULL, ",", &save))
+    at[nat++] = atol(x);
+  if (nat != ncmds || ncmds > MAXCMDS) {
+    fprintf(stderr, "nbd-journal-writer: %d times for %d commands\n", nat, ncmds);
+    return 2;
+  }
+  for (int c = 0; c < nconn; c++)
+    h[c] = connect_to(sock, exports[c % nexp]);
   for (uint32_t b = 0; b < NBLK; b++) {
     tag(buf, b, 0);
-    if (nbd_pwrite(h[0], buf, BLK, (uint64_t)b * BLK, 0) < 0) {
+    if (nbd_pwrite(h[export_of(b)], buf, BLK, (uint64_t)b * BLK, 0) < 0) {
       fprintf(stderr, "nbd-journal-writer: initial write: %s\n", nbd_get_error());
       return 1;
     }
   }
-  if (nbd_flush(h[0], 0) < 0) {
-    fprintf(stderr, "nbd-journal-writer: flush: %s\n", nbd_get_error());
-    return 1;
-  }
-  for (int i = 0; i < NTHREADS; i++) {
+  for (int c = 0; c < nexp; c++)
+    if (nbd_flush(h[c], 0) < 0) {
+      fprintf(stderr, "nbd-journal-writer: flush: %s\n", nbd_get_error());
+      return 1;
+    }
+  start = now_us();
+  for (int i = 0; i < nthreads; i++) {
     w[i] = (struct worker){.h = h[i / PER_CONN], .idx = i};
     pthread_create(&t[i], NULL, work, &w[i]);
   }
-  usleep((useconds_t)push_at_ms * 1000);
-  sent = now_us();
-  st = system(cmd);
-  replied = now_us();
-  end = sent + (int64_t)secs * 1000000 - (int64_t)push_at_ms * 1000;
+  for (int k = 0; k < ncmds; k++) {
+    while (now_us() < start + (int64_t)at[k] * 1000)
+      usleep(1000);
+    sent[k] = now_us();
+    st[k] = system(cmds[k]);
+    replied[k] = now_us();
+  }
+  end = start + (int64_t)secs * 1000000;
   while (now_us() < end)
     usleep(10000);
   atomic_store(&stop, 1);
-  for (int i = 0; i < NTHREADS; i++)
+  for (int i = 0; i < nthreads; i++)
     pthread_join(t[i], NULL);
-  for (int i = 0; i < NTHREADS; i++) {
+  for (int i = 0; i < nthreads; i++) {
     if (w[i].err[0]) {
       fprintf(stderr, "nbd-journal-writer: writer %d: %s\n", i, w[i].err);
       rc = 1;
     }
     total += w[i].n;
   }
-  for (int c = 0; c < NCONN; c++) {
+  for (int c = 0; c < nconn; c++) {
     if (nbd_flush(h[c], 0) < 0 || nbd_shutdown(h[c], 0) < 0) {
       fprintf(stderr, "nbd-journal-writer: connection %d at the end: %s\n", c, nbd_get_error());
       rc = 1;
     }
     nbd_close(h[c]);
   }
-  if (st != 0) {
-    fprintf(stderr, "nbd-journal-writer: push command failed (status %d): %s\n", st, cmd);
-    rc = 1;
-  }
+  for (int k = 0; k < ncmds; k++)
+    if (st[k] != 0) {
+      fprintf(stderr, "nbd-journal-writer: command %d failed (status %d): %s\n", k, st[k], cmds[k]);
+      rc = 1;
+    }
   lat = malloc((total + 1) * sizeof *lat);
-  for (int i = 0; i < NTHREADS; i++) {
+  for (int i = 0; i < nthreads; i++) {
     for (size_t k = 0; k < w[i].n; k++) {
       const struct rec *r = &w[i].log[k];
       int64_t l = r->done_us - r->issue_us;
+      int during = 0;
 
-      if (r->done_us < sent && r->seq > lo[r->block])
-        lo[r->block] = r->seq;
-      if (r->issue_us < replied && r->seq > hi[r->block])
-        hi[r->block] = r->seq;
       if (r->seq > fin[r->block])
         fin[r->block] = r->seq;
-      if (r->issue_us < replied && r->done_us > sent) {
+      for (int c = 0; c < ncmds; c++)
+        if (r->issue_us < replied[c] && r->done_us > sent[c])
+          during = 1;
+      if (during) {
         in_window++;
         if (l > stall)
           stall = l;
@@ -232,9 +275,10 @@ do_write(const char *sock, const char *name, int secs, int push_at_ms, const cha
     }
   }
   qsort(lat, nlat, sizeof *lat, cmp_i64);
-  printf("writes %zu (%zu overlapping the push command), push command %.3f ms\n", total, in_window,
-         (double)(replied - sent) / 1000.0);
-  printf("write latency without the push: max %.3f ms, p99 %.3f ms; during the push: max %.3f ms "
+  printf("writes %zu (%zu overlapping a command), %d commands:", total, in_window, ncmds);
+  for (int k = 0; k < ncmds; k++)
+    printf(" %.3f ms", (double)(replied[k] - sent[k]) / 1000.0);
+  printf("\nwrite latency without a command: max %.3f ms, p99 %.3f ms; during one: max %.3f ms "
          "(the write stall)\n",
          (double)base_max / 1000.0, nlat ? (double)lat[nlat * 99 / 100] / 1000.0 : 0.0,
          (double)stall / 1000.0);
@@ -244,16 +288,18 @@ do_write(const char *sock, const char *name, int secs, int push_at_ms, const cha
     perror(journal);
     return 1;
   }
-  /* The window, the per-block summary, then every write (for the instant check). */
-  fprintf(f, "window %" PRId64 " %" PRId64 "\n", sent, replied);
+  /* The windows, the per-block last seq, then every write (verify derives the rest). */
+  fprintf(f, "layout %d %d\n", nexp, nthreads);
+  for (int k = 0; k < ncmds; k++)
+    fprintf(f, "window %" PRId64 " %" PRId64 "\n", sent[k], replied[k]);
   for (uint32_t b = 0; b < NBLK; b++)
-    fprintf(f, "block %u %u %u %u\n", b, lo[b], hi[b], fin[b]);
-  for (int i = 0; i < NTHREADS; i++)
+    fprintf(f, "block %u %u\n", b, fin[b]);
+  for (int i = 0; i < nthreads; i++)
     for (size_t k = 0; k < w[i].n; k++)
       fprintf(f, "write %u %u %" PRId64 " %" PRId64 "\n", w[i].log[k].block, w[i].log[k].seq,
               w[i].log[k].issue_us, w[i].log[k].done_us);
   fclose(f);
-  for (int i = 0; i < NTHREADS; i++)
+  for (int i = 0; i < nthreads; i++)
     free(w[i].log);
   free(buf);
   return rc;
@@ -266,29 +312,36 @@ struct times {
 };
 
 static int
-do_verify(const char *sock, const char *name, const char *journal, const char *mode)
+do_verify(const char *sock, char *names, const char *journal, const char *mode)
 {
-  struct nbd_handle *h = connect_to(sock, name);
+  struct nbd_handle *h[MAXEXP];
   uint8_t *buf = malloc(BLK);
   FILE *f = fopen(journal, "r");
   static unsigned lo[NBLK], hi[NBLK], fin[NBLK];
   static struct times tm[NBLK];
   static int64_t got[NBLK];
   unsigned b, seq, bad = 0, n = 0;
-  int frozen = strcmp(mode, "frozen") == 0;
-  int64_t sent, replied, is, dn, from = INT64_MIN, to = INT64_MAX;
-  char kind[16];
+  int frozen = strncmp(mode, "frozen", 6) == 0, want = 0, nwin = 0, jexp, jthreads;
+  int64_t sent = 0, replied = 0, is, dn, from = INT64_MIN, to = INT64_MAX;
+  char kind[16], name[512];
 
-  if (!f || fscanf(f, "window %" SCNd64 " %" SCNd64, &sent, &replied) != 2) {
-    perror(journal);
+  snprintf(name, sizeof name, "%s", names);
+  if (frozen && mode[6] == ':')
+    want = atoi(mode + 7);
+  set_exports(names);
+  if (!f || fscanf(f, "layout %d %d", &jexp, &jthreads) != 2 || jexp != nexp ||
+      jthreads != nthreads) {
+    fprintf(stderr, "nbd-journal-writer: %s: not a journal of %d export(s)\n", journal, nexp);
     return 1;
   }
   while (fscanf(f, "%15s", kind) == 1) {
-    unsigned x, y, z;
+    unsigned z;
+    int64_t x, y;
 
-    if (strcmp(kind, "block") == 0 && fscanf(f, "%u %u %u %u", &b, &x, &y, &z) == 4 && b < NBLK) {
-      lo[b] = x;
-      hi[b] = y;
+    if (strcmp(kind, "window") == 0 && fscanf(f, "%" SCNd64 " %" SCNd64, &x, &y) == 2) {
+      if (nwin++ == want)
+        sent = x, replied = y;
+    } else if (strcmp(kind, "block") == 0 && fscanf(f, "%u %u", &b, &z) == 2 && b < NBLK) {
       fin[b] = z;
       tm[b].n = fin[b] + 1;
       tm[b].issue = calloc(tm[b].n, sizeof(int64_t));
@@ -299,14 +352,26 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
                seq < tm[b].n) {
       tm[b].issue[seq] = is;
       tm[b].done[seq] = dn;
+      /* The window's bounds: the last write completed before the command was sent must be
+       * there, none issued after it returned may be. */
+      if (dn < sent && seq > lo[b])
+        lo[b] = seq;
+      if (is < replied && seq > hi[b])
+        hi[b] = seq;
     } else {
       fprintf(stderr, "nbd-journal-writer: %s: malformed\n", journal);
       return 1;
     }
   }
   fclose(f);
+  if (frozen && want >= nwin) {
+    fprintf(stderr, "nbd-journal-writer: %s: no window %d (%d commands)\n", journal, want, nwin);
+    return 1;
+  }
+  for (int e = 0; e < nexp; e++)
+    h[e] = connect_to(sock, exports[e]);
   for (b = 0; b < NBLK; b++) {
-    if (nbd_pread(h, buf, BLK, (uint64_t)b * BLK, 0) < 0) {
+    if (nbd_pread(h[export_of(b)], buf, BLK, (uint64_t)b * BLK, 0) < 0) {
       fprintf(stderr, "nbd-journal-writer: %s: read block %u: %s\n", name, b, nbd_get_error());
       return 1;
     }
@@ -332,8 +397,10 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
         to = z;
     }
   }
-  nbd_shutdown(h, 0);
-  nbd_close(h);
+  for (int e = 0; e < nexp; e++) {
+    nbd_shutdown(h[e], 0);
+    nbd_close(h[e]);
+  }
   free(buf);
   if (frozen && !bad && from >= to) {
     fprintf(stderr,
@@ -354,11 +421,15 @@ do_verify(const char *sock, const char *name, const char *journal, const char *m
 int
 main(int argc, char **argv)
 {
-  if (argc == 8 && strcmp(argv[1], "write") == 0)
-    return do_write(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argv[6], argv[7]);
+  if (argc >= 8 && strcmp(argv[1], "write") == 0) {
+    set_exports(argv[3]);
+    return do_write(argv[2], atoi(argv[4]), argv[5], argv[6], argv + 7, argc - 7);
+  }
   if (argc == 6 && strcmp(argv[1], "verify") == 0)
     return do_verify(argv[2], argv[3], argv[4], argv[5]);
-  fprintf(stderr, "usage: nbd-journal-writer write SOCK EXPORT SECONDS PUSH-AT-MS JOURNAL CMD\n"
-                  "       nbd-journal-writer verify SOCK EXPORT JOURNAL frozen|final\n");
+  fprintf(stderr,
+          "usage: nbd-journal-writer write SOCK EXPORT[,EXPORT] SECONDS AT-MS[,AT-MS...] "
+          "JOURNAL CMD [CMD...]\n"
+          "       nbd-journal-writer verify SOCK EXPORT[,EXPORT] JOURNAL frozen[:K]|final\n");
   return 2;
 }

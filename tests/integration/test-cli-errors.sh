@@ -81,7 +81,7 @@ bad "inside the pool" cc export vm1 "$POOL/images/base.raw"
 bad "inside the pool" cc export vm1 "$POOL/x.raw"
 
 # Usage.
-bad "missing arguments \(usage: cowchain snapshot create CLONE SNAP" cc snapshot create vm1
+bad "missing arguments \(usage: cowchain snapshot create CLONE\[,CLONE\.\.\.\] SNAP" cc snapshot create vm1
 bad "unexpected argument 'extra'" cc clone list extra
 bad "option '--format' needs a value" cc export vm1 "$WORK/x" --format
 bad "option '--json' takes no value" cc clone list --json=yes

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # Connections come and go without leaking: after many connections (each with nbdkit's worker
 # threads, each thread with its own io_uring ring) the server holds no more io_uring or layer
-# file descriptors than before the first one.
+# file descriptors than before the first one.  With index-cache=0; with the default cache the
+# idle indexes keep their files (unlocked), and another round of connections adds none.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires_client
@@ -28,7 +29,7 @@ settle() { # let nbdkit finish closing the last connections
 }
 
 for io in uring sync; do
-  start_server -- io=$io
+  start_server -- io=$io index-cache=0
   [ -d /proc/"$SERVER_PID"/fd ] || machine_limit "no /proc/PID/fd" "procfs is not mounted"
   rings0=$(count_fds 'anon_inode:\[io_uring\]')
   files0=$(count_fds "*$POOL/*")
@@ -55,4 +56,20 @@ for io in uring sync; do
   [ "$rings" -le $((rings0 + 4)) ] || fail "io=$io: io_uring fds grew from $rings0 to $rings"
   stop_server
 done
+# The default cache: the idle indexes' files stay open, the same ones round after round.
+start_server --
+rounds=""
+for round in 1 2 3; do
+  for i in $(seq 4); do
+    qemu-io -f raw -r -c 'read 0 64k' "$(uri vm1)" >/dev/null || fail "cache round $round"
+    qemu-io -f raw -r -c 'read -P 0x11 0 64k' "$(uri base)" >/dev/null || fail "base $round"
+  done
+  sleep 1
+  rounds="$rounds $(count_fds "*$POOL/*")"
+done
+echo "index-cache default: pool files open after each round:$rounds"
+set -- $rounds
+[ "$1" -eq "$2" ] && [ "$2" -eq "$3" ] || fail "idle index files grew between rounds:$rounds"
+[ "$1" -le 2 ] || fail "$1 pool files held by idle indexes (one raw template expected)"
+stop_server
 check_template_unchanged

@@ -25,19 +25,19 @@ retry cc snapshot create vm1 after-copy || fail "snapshot refused after all conn
 qemu-img compare -q -f raw -F raw "$(uri vm1@after-copy)" "$WORK/base.raw" ||
   fail "the snapshot does not hold the copied data"
 
-# While a connection is open, the same server hands new connections the same chain, and the
-# CLI is refused because the server holds the top.
+# While a connection is open, the same server hands new connections the same chain, and an
+# operation the server cannot do for the CLI is refused because the server holds the top.
 "$CLIENT" hold "$SOCK" vm1 20 >"$WORK/hold.out" &
 holder=$!
 for i in $(seq 100); do
   grep -q open "$WORK/hold.out" 2>/dev/null && break
   sleep 0.1
 done
-expect_fail cc snapshot create vm1 while-open
+expect_fail cc template promote vm1 while-open
 "$CLIENT" open "$SOCK" vm1 >/dev/null || fail "a second connection while one is held"
 kill "$holder"
 wait "$holder" 2>/dev/null || true
-retry cc snapshot create vm1 after-close || fail "the chain stayed open after the last connection closed"
+retry cc template promote vm1 after-close || fail "the chain stayed open after the last connection closed"
 # Churn: many connections opening and closing at once, to one clone and to several others,
 # so that opens race opens and closes (a loser would be refused by our own layer lock).
 for i in 1 2 3; do

@@ -6,14 +6,14 @@ source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 
 "${SERVER_ENV[@]}" nbdkit "$PLUGIN" --help >"$WORK/help"
-for word in 'pool=DIR' 'io=sync|uring' 'default=NAME'; do
+for word in 'pool=DIR' 'io=auto|sync|uring' 'cache=writeback|none' 'index-cache=SIZE' 'default=NAME'; do
   grep -qF -- "$word" "$WORK/help" || fail "--help does not mention $word"
 done
 
 "${SERVER_ENV[@]}" nbdkit "$PLUGIN" --dump-plugin >"$WORK/dump"
 for line in name=cowchain magic_config_key=pool thread_model=parallel errno_is_preserved=0 \
-  has_list_exports=1 has_extents=1 has_block_size=1 cowchain_io=uring,sync \
-  cowchain_io_default=sync cowchain_name_max=64; do
+  has_list_exports=1 has_extents=1 has_block_size=1 cowchain_io=auto,sync,uring \
+  cowchain_io_default=auto cowchain_cache=writeback,none cowchain_name_max=64; do
   grep -qxF -- "$line" "$WORK/dump" || fail "--dump-plugin lacks $line"
 done
 grep -q '^cowchain_version=' "$WORK/dump" || fail "--dump-plugin lacks cowchain_version"

@@ -306,7 +306,18 @@ def names(cc, pool, *args):
     return [e['name'] for e in json.loads(out)] if out.strip() else []
 
 
+def reidentify(cc, pool):
+    # Every pool here is a copy (cp -a, or files written anew by write_state): its template
+    # images have new inodes and mtimes, which opens refuse until `template verify` re-hashes
+    # them and records the new identity (POOL.md 3.1.1).  Template contents never change.
+    images = os.path.join(pool, 'images')
+    for f in sorted(os.listdir(images)) if os.path.isdir(images) else []:
+        if f.endswith('.raw') and os.path.exists(os.path.join(pool, 'templates', f[:-4])):
+            run(cc, pool, 'template', 'verify', f[:-4])
+
+
 def signature(cc, pool, tmp):
+    reidentify(cc, pool)
     sig = []
     exports = [('template', t) for t in names(cc, pool, 'template', 'list')]
     for c in names(cc, pool, 'clone', 'list'):
@@ -373,6 +384,7 @@ def main():
             states += 1
             where = f'{" ".join(op)}: cut {cuts} (after {name}), model {mode}'
             write_state(st, dest)
+            reidentify(cc, dest)
             r = run(cc, dest, 'check', check=False)
             if r.returncode != 0 or b', 0 errors' not in r.stdout:
                 print(f'powerloss: {where}: check finds errors:\n{r.stdout.decode()}{r.stderr.decode()}'

@@ -24,7 +24,7 @@
 struct round {
   uint64_t rng;
   char *dir;
-  unsigned io; /* CC_IO_SYNC or 0 */
+  unsigned io; /* CC_IO_SYNC, CC_IO_AUTO or 0 */
   uint32_t cluster;
   struct ctu_model m;
   uint8_t *scratch;
@@ -293,6 +293,16 @@ Test(chain_model, random_depths_uring)
   random_depths("chain_model/random_depths_uring", 0, 8);
 }
 
+Test(chain_model, random_depths_auto)
+{
+  random_depths("chain_model/random_depths_auto", CC_IO_AUTO, 8);
+}
+
+Test(chain_model, random_depths_direct)
+{
+  random_depths("chain_model/random_depths_direct", CC_IO_AUTO | CC_DIRECT, 4);
+}
+
 Test(chain_model, random_depths_sync)
 {
   random_depths("chain_model/random_depths_sync", CC_IO_SYNC, 8);
@@ -373,14 +383,14 @@ deep_chain(const char *name, size_t nfiles)
     freeze(&t);
   }
 
-  for (int pass = 0; pass < 3; pass++) {
-    unsigned io = pass == 1 ? CC_IO_SYNC : 0;
+  for (int pass = 0; pass < 4; pass++) {
+    unsigned io = pass == 1 ? CC_IO_SYNC : pass == 3 ? CC_IO_AUTO : 0;
     struct cc_chain *c;
 
     p = layer_path(&t, t.nlayers - 1);
     c = ctu_open(p, CC_RDWR | io);
     free(p);
-    cr_assert_eq(cc_chain_depth(c), nfiles + (size_t)pass);
+    cr_assert_eq(cc_chain_depth(c), nfiles + (size_t)(pass < 2 ? pass : 2));
     ctu_check_all(c, &t.m, 65536);
     ctu_check_extents(c, &t.m, 0, t.m.size);
     for (int k = 0; k < 40; k++)
