@@ -212,6 +212,11 @@ open_remote(const struct link *lk, struct cc_frozen *f)
   f->size = cc_remote_size(f->remote);
   f->dev = st.st_dev;
   f->ino = st.st_ino;
+  /* The descriptor is the remote bottom's identity in an idle index (registry.c revalidates
+   * it by path; the remote's own fingerprint is checked on every open). */
+  f->st_size = (uint64_t)st.st_size;
+  f->mtime = st.st_mtim;
+  f->ctime = st.st_ctim;
   return 0;
 }
 

@@ -30,7 +30,10 @@
  * the files, so a merge that replaced a layer is never served from a stale index.  Budget
  * exceeded (bytes, or a quarter of the descriptor limit): the least recently used idle index
  * goes first.  An idle index holding a file that was deleted meanwhile is dropped at the next
- * open or close of any chain (at most one check a second), so its disk space comes back.  An index
+ * open or close of any chain (at most one check a second), so its disk space comes back.  A
+ * remote template's bottom has no descriptor to fstat or lock: its descriptor file, stat'ed by
+ * path, must be the same inode, size and times, and the remote's fingerprint is checked by
+ * every open of a chain on it anyway (open.c).  An index
  * stacked by a live push (base != NULL) holds its base and is not kept.
  */
 #include "chain/internal.h"
@@ -75,6 +78,21 @@ set_lock(int fd, short type)
   return fcntl(fd, F_OFD_SETLK, &fl);
 }
 
+/* A remote bottom holds no descriptor of its file (fd -1): its identity is the descriptor file
+ * it was opened from, which must still be linked at its path, the same inode, size, st_mtim
+ * and st_ctim (a template deleted and added again under the same name is a new file).  What
+ * the remote serves is checked by its fingerprint on every open (open.c), not here. */
+static int
+remote_changed(const struct cc_frozen *f)
+{
+  struct stat st;
+
+  return stat(f->path, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
+         (uint64_t)st.st_size != f->st_size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
+         st.st_mtim.tv_nsec != f->mtime.tv_nsec || st.st_ctim.tv_sec != f->ctime.tv_sec ||
+         st.st_ctim.tv_nsec != f->ctime.tv_nsec;
+}
+
 /* Is every file of an idle index what it was when opened?  Relocks each one shared first:
  * then nobody can start writing it, and what we compare is final. */
 static int
@@ -84,6 +102,11 @@ revalidate(struct cc_index *idx)
     struct cc_frozen *f = &idx->layers[i];
     struct stat st;
 
+    if (f->remote) {
+      if (remote_changed(f))
+        return -1;
+      continue;
+    }
     if (set_lock(f->fd, F_RDLCK) < 0 && (errno == EAGAIN || errno == EACCES))
       return -1; /* a writer has it now */
     if (fstat(f->fd, &st) < 0 || st.st_nlink == 0 || (uint64_t)st.st_size != f->st_size ||
@@ -100,7 +123,8 @@ static void
 unlock_files(struct cc_index *idx)
 {
   for (size_t i = 0; i < idx->nlayers; i++)
-    set_lock(idx->layers[i].fd, F_UNLCK);
+    if (idx->layers[i].fd >= 0)
+      set_lock(idx->layers[i].fd, F_UNLCK);
 }
 
 /* Caller holds registry_lock: take the idle index at *p out of the list and the accounts. */
@@ -125,6 +149,11 @@ holds_unlinked(const struct cc_index *idx)
   for (size_t i = 0; i < idx->nlayers; i++) {
     struct stat st;
 
+    if (idx->layers[i].remote) {
+      if (remote_changed(&idx->layers[i]))
+        return 1;
+      continue;
+    }
     if (fstat(idx->layers[i].fd, &st) < 0 || st.st_nlink == 0)
       return 1;
   }
