@@ -228,8 +228,9 @@ cmd_check(int argc, char **argv)
       "(warnings: owner-only, or the group of `pool init --group`).  --repair removes\n"
       "leftovers, reclaims leaked space and tightens modes; errors are only reported.\n"
       "A template image whose size, mtime or inode differs from its import is an error.\n"
-      "--deep also re-hashes every template image against the hash recorded at import and\n"
-      "reads all data of every layer (progress on a terminal).\n"
+      "--deep also re-hashes every template image against the hash recorded at import, asks\n"
+      "every remote template's remote again (as `template verify`), and reads all data of\n"
+      "every layer (progress on a terminal).\n"
       "Exit status: 0 clean (leaks and warnings are reported but are not errors), 1 errors.",
       0,
       1,

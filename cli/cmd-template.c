@@ -274,8 +274,12 @@ do_template_verify(struct cc_pool *p, const char *const *pos, void *arg)
   cli_progress_done();
   if (r < 0)
     return r;
-  printf("template %s: contents match the hash recorded at import%s\n", pos[0],
-         updated ? "; the new file identity is recorded" : "");
+  if (updated & CC_VERIFY_REMOTE)
+    printf("template %s: the remote serves the recorded export (size, sampled fingerprint%s)\n",
+           pos[0], updated & CC_VERIFY_WHOLE ? ", whole-content hash" : "");
+  else
+    printf("template %s: contents match the hash recorded at import%s\n", pos[0],
+           updated & CC_VERIFY_IDENTITY ? "; the new file identity is recorded" : "");
   return 0;
 }
 
@@ -287,7 +291,9 @@ template_verify(int argc, char **argv)
       "NAME",
       "Re-hash the image of raw template NAME and compare it with the content hash recorded at\n"
       "import.  Exit status 0 if it is unchanged (a new file identity, after the pool was\n"
-      "copied, is recorded so the template can be served again), 1 if it changed.",
+      "copied, is recorded so the template can be served again), 1 if it changed.  A remote\n"
+      "template is asked again: size and sampled fingerprint, and the whole content if\n"
+      "`template add --verify` recorded its hash.",
       1,
       1,
       NULL};

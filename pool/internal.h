@@ -92,6 +92,9 @@ int pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c,
 /* remote.c: images/NAME.nbd; the parent link of a layer on a remote template; unlink the
  * descriptor of a deleted remote template (best effort: check reports a leftover). */
 int pool_remote_path(const struct cc_pool *p, const char *name, char *buf, size_t len);
+/* Ask remote template `name`'s remote again (size, fingerprint, and the whole content when a
+ * hash was recorded: *whole = 1): 0 if it still serves what was added, -EUCLEAN if not. */
+int pool_remote_verify(struct cc_pool *p, const char *name, int *whole);
 int pool_parent_of_remote(struct cc_pool *p, const struct cc_template *t, struct ovl_parent *par,
                           char *pathbuf, size_t pathlen);
 void pool_remote_forget(struct cc_pool *p, const char *name);

@@ -170,9 +170,15 @@ int cc_template_remote_desc(struct cc_pool *p, const char *name, struct cc_remot
 int cc_template_import(struct cc_pool *p, const char *name, const char *file, const char *format,
                        unsigned flags, cc_progress_fn progress, void *opaque);
 /* Re-hash template `name`'s image and compare with the hash recorded at import: 0 if equal
- * (and a changed identity, e.g. after the pool was copied, is recorded anew: *updated = 1),
- * -EUCLEAN with a message naming the template if its contents changed, -ENOTSUP if no hash
- * was recorded (a layer template, or imported before hashes).  verify.c. */
+ * (and a changed identity, e.g. after the pool was copied, is recorded anew: *updated has
+ * CC_VERIFY_IDENTITY), -EUCLEAN with a message naming the template if its contents changed,
+ * -ENOTSUP if no hash was recorded (a layer template, or imported before hashes).  A remote
+ * template has no image here: its remote is asked again (size and sampled fingerprint, and the
+ * whole content when `template add --verify` recorded a hash: CC_VERIFY_WHOLE), *updated has
+ * CC_VERIFY_REMOTE.  verify.c. */
+#define CC_VERIFY_IDENTITY 1
+#define CC_VERIFY_REMOTE 2
+#define CC_VERIFY_WHOLE 4
 int cc_template_verify(struct cc_pool *p, const char *name, cc_progress_fn progress, void *opaque,
                        int *updated);
 /* A blank template: a parentless empty layer of `size` bytes (rounded up to 512). */

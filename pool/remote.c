@@ -163,3 +163,50 @@ pool_remote_forget(struct cc_pool *p, const char *name)
   if (pool_remote_path(p, name, path, sizeof path) == 0 && unlink(path) == 0)
     pool_fsync_dir(p, "images");
 }
+
+/* template verify and check --deep of a remote template.  There is no image here to re-hash:
+ * the descriptor is the record, and what can change is the remote.  So the remote is asked
+ * again, as `template add` asked it: its size and sampled fingerprint (what every open checks)
+ * and, when `--verify` recorded a content hash, the whole content hashed again.  A writable
+ * export is a fault unless it was added with --allow-writable. */
+int
+pool_remote_verify(struct cc_pool *p, const char *name, int *whole)
+{
+  static const char add[] = "template add: ";
+  struct cc_remote_desc d, now;
+  char msg[1024];
+  int r;
+
+  *whole = 0;
+  if ((r = cc_template_remote_desc(p, name, &d)) < 0)
+    return r;
+  r = cc_remote_probe(
+      name, d.uri,
+      (d.content[0] ? CC_PROBE_VERIFY : 0) | (d.writable ? CC_PROBE_ALLOW_WRITABLE : 0), &now);
+  if (r < 0) {
+    /* The probe speaks for `template add`; say which command this is. */
+    const char *m = cc_error_get();
+
+    snprintf(msg, sizeof msg, "%s", strncmp(m, add, sizeof add - 1) == 0 ? m + sizeof add - 1 : m);
+    return cc_error_set(-r, "template verify: %s", msg);
+  }
+  if (now.size != d.size)
+    return cc_error_set(EUCLEAN,
+                        "template verify: %s: %s: the remote now serves %llu bytes, recorded "
+                        "%llu: its clones cannot be opened until it serves the recorded export",
+                        name, d.uri, (unsigned long long)now.size, (unsigned long long)d.size);
+  if (strcmp(now.fingerprint, d.fingerprint) != 0)
+    return cc_error_set(EUCLEAN,
+                        "template verify: %s: %s: the remote serves OTHER CONTENT (fingerprint "
+                        "%s, recorded %s): its clones cannot be opened until it serves the "
+                        "recorded export",
+                        name, d.uri, now.fingerprint, d.fingerprint);
+  if (d.content[0] && strcmp(now.content, d.content) != 0)
+    return cc_error_set(EUCLEAN,
+                        "template verify: %s: %s: the remote's content CHANGED (content hash %s, "
+                        "recorded %s; the sampled fingerprint still matches): every clone on it "
+                        "reads bytes it was not made from",
+                        name, d.uri, now.content, d.content);
+  *whole = d.content[0] != 0;
+  return 0;
+}

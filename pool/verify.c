@@ -18,6 +18,9 @@
  *     new identity is recorded, and opens work again.  Different contents is an error that
  *     only the user can resolve (restore the image, or delete the clones made on it).
  *
+ * A remote template (remote.c) has no image here: nothing to fstat at open (the remote's size
+ * and fingerprint are checked by every open instead), and verify asks the remote again.
+ *
  * The identity check is cheap but not proof: `touch -d` can put an mtime back after a write.
  * That is what the deep check is for.  Templates recorded without a hash (a layer template,
  * or imported by an older cowchain) are not checked; `check --deep` says so in a note.
@@ -175,6 +178,14 @@ cc_template_verify(struct cc_pool *p, const char *name, cc_progress_fn progress,
   *updated = 0;
   if ((r = pool_get_template(p, "template verify", name, &t)) < 0)
     return r;
+  if (t.kind == CC_TEMPLATE_REMOTE) {
+    int whole;
+
+    if ((r = pool_remote_verify(p, name, &whole)) < 0)
+      return r;
+    *updated = CC_VERIFY_REMOTE | (whole ? CC_VERIFY_WHOLE : 0);
+    return 0;
+  }
   if (t.kind != CC_TEMPLATE_RAW || !t.hash[0])
     return cc_error_set(
         ENOTSUP, "template verify: %s: no content hash recorded (%s); nothing to compare", name,
@@ -208,7 +219,7 @@ cc_template_verify(struct cc_pool *p, const char *name, cc_progress_fn progress,
       strcmp(again.hash, t.hash) == 0) {
     pool_template_set_identity(&again, &st);
     if ((r = pool_write_template(p, &again)) == 0)
-      *updated = 1;
+      *updated = CC_VERIFY_IDENTITY;
   }
   pool_unlock(p);
   return r;
@@ -287,12 +298,20 @@ out:
   ovl_close(l);
 }
 
-/* Re-hash raw template `tname`, reporting the outcome. */
+/* Re-hash raw template `tname`, or ask a remote one's remote again, reporting the outcome. */
 static void
 deep_template(struct cc_pool *p, struct deep *d, const struct cc_template *t)
 {
   int updated;
 
+  if (t->kind == CC_TEMPLATE_REMOTE) {
+    if (cc_template_verify(p, t->name, d->progress, d->popaque, &updated) < 0)
+      deep_say(d, 2, "%s", cc_error_get());
+    else
+      deep_say(d, 0, "template %s: the remote serves the recorded export (size, fingerprint%s)",
+               t->name, updated & CC_VERIFY_WHOLE ? ", whole-content hash" : "");
+    return;
+  }
   if (t->kind != CC_TEMPLATE_RAW)
     return;
   if (!t->hash[0]) {
@@ -303,7 +322,7 @@ deep_template(struct cc_pool *p, struct deep *d, const struct cc_template *t)
     deep_say(d, 2, "%s", cc_error_get());
   else
     deep_say(d, 0, "template %s: contents match the hash recorded at import%s", t->name,
-             updated ? " (new file identity recorded)" : "");
+             updated & CC_VERIFY_IDENTITY ? " (new file identity recorded)" : "");
 }
 
 int
@@ -331,10 +350,11 @@ cc_pool_check_deep(struct cc_pool *p, const char *name, int repair, cc_report_fn
   } else {
     struct pool_node *n = t.layer[0] ? pool_graph_find(&g, t.layer) : NULL;
 
-    if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
+    if (t.kind == CC_EXPORT_TEMPLATE &&
+        (t.tmpl.kind == CC_TEMPLATE_RAW || t.tmpl.kind == CC_TEMPLATE_REMOTE))
       image = t.tmpl.name;
     for (size_t depth = 0; n && !n->bad && depth <= g.n; depth++) {
-      if (n->parent_kind == OVL_PARENT_RAW)
+      if (n->parent_kind == OVL_PARENT_RAW || n->parent_kind == OVL_PARENT_NBD)
         image = n->parent_image;
       n = n->parent_kind == OVL_PARENT_LAYER ? pool_graph_find(&g, n->parent) : NULL;
     }

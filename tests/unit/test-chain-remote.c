@@ -132,10 +132,10 @@ open_read_close(unsigned flags, uint64_t chunk)
   struct cc_chain *c = ctu_open(top, flags);
 
   ctu_check_all(c, &model, chunk);
-  ctu_check_read(c, &model, 4095, 3);                       /* unaligned, one run */
-  ctu_check_read(c, &model, (1u << 20) - 100, 200);         /* data then hole: a plan */
-  ctu_check_read(c, &model, (3u << 20) - 4096 + 7, 8192);   /* hole then data */
-  ctu_check_read(c, &model, 0, SIZE);                       /* every run at once */
+  ctu_check_read(c, &model, 4095, 3);                     /* unaligned, one run */
+  ctu_check_read(c, &model, (1u << 20) - 100, 200);       /* data then hole: a plan */
+  ctu_check_read(c, &model, (3u << 20) - 4096 + 7, 8192); /* hole then data */
+  ctu_check_read(c, &model, 0, SIZE);                     /* every run at once */
   cr_assert_eq(cc_chain_close(c), 0);
   free(top);
   return cc_chain_index_builds() - b;
@@ -148,8 +148,8 @@ TestSuite(chain_remote, .init = setup_remote, .fini = cleanup, .timeout = 120);
  * descriptor file itself with O_DIRECT. */
 Test(chain_remote, reads_in_every_io_mode)
 {
-  const unsigned modes[] = {CC_IO_AUTO, CC_IO_SYNC, 0, CC_IO_AUTO | CC_DIRECT, CC_IO_SYNC | CC_DIRECT,
-                            CC_DIRECT};
+  const unsigned modes[] = {
+      CC_IO_AUTO, CC_IO_SYNC, 0, CC_IO_AUTO | CC_DIRECT, CC_IO_SYNC | CC_DIRECT, CC_DIRECT};
 
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
     open_read_close(modes[i], 4096);
