@@ -65,9 +65,17 @@ def main():
     except FileNotFoundError:
         pass
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    os.chmod(path, 0o600)
+    # Bind and listen under a temporary name, then rename: the tests wait for `path` to exist
+    # and connect at once, and a socket file that exists before listen() refuses them.
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    srv.bind(tmp)
+    os.chmod(tmp, 0o600)
     srv.listen(1)
+    os.rename(tmp, path)
     # Bounded in time whatever the test does: gone after 5 minutes.
     signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
     signal.alarm(300)
