@@ -11,7 +11,8 @@
  * each cut point must keep.  Writes 0-3 are flushed; write 4 is not (only the snapshot's
  * quiesce flush makes it durable); then READY is created and, in mode "pause", the writer waits
  * for GO (the driver creates it once the CLI returned); then writes and flushes go on until
- * STOP exists.  The constants are powerloss.py's (BS, BASE, NBLOCKS).
+ * STOP exists; then it creates STOP.idle and stays connected, idle, until STOP.quit exists.  The
+ * constants are powerloss.py's (BS, BASE, NBLOCKS).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,7 +30,9 @@
 
 static int journal;
 
-static void note(const char *what, const char *e, int i) {
+static void
+note(const char *what, const char *e, int i)
+{
   char line[256];
   int n = snprintf(line, sizeof line, "%s %s %d\n", what, e, i);
   if (write(journal, line, n) != n) {
@@ -38,12 +41,16 @@ static void note(const char *what, const char *e, int i) {
   }
 }
 
-static void nap(long ms) {
+static void
+nap(long ms)
+{
   struct timespec ts = {0, ms * 1000000L};
   nanosleep(&ts, NULL);
 }
 
-int main(int argc, char **argv) {
+int
+main(int argc, char **argv)
+{
   if (argc < 8 || argc - 7 > MAXEXP) {
     fprintf(stderr, "usage: live-writer SOCK JOURNAL READY GO STOP pause|during EXPORT...\n");
     return 2;
@@ -92,6 +99,17 @@ int main(int argc, char **argv) {
     nap(5); /* pacing: a few writes during a command, not hundreds */
   }
   while (access(stop, F_OK) != 0)
+    nap(10);
+  /* Idle and connected until STOP.quit: the driver stops tracing meanwhile, so that nothing
+   * the server does when the connections close (flush, the layer marked clean) happens
+   * untraced while the replay is compared with the pool as tracing ended. */
+  char path[4096];
+  snprintf(path, sizeof path, "%s.idle", stop);
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0)
+    close(fd);
+  snprintf(path, sizeof path, "%s.quit", stop);
+  while (access(path, F_OK) != 0)
     nap(10);
   for (int k = 0; k < nexp; k++) {
     nbd_shutdown(h[k], 0);

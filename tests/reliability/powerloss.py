@@ -3,6 +3,10 @@
 """Power loss in the middle of a pool operation, replayed from an strace of the CLI.
 
     powerloss.py COWCHAIN ORIG-POOL TRACE WORKDIR -- OP...
+    powerloss.py --live COWCHAIN ORIG-POOL POOL TRACE JOURNAL WORKDIR CLONES SNAP [options]
+
+The second form replays a live `snapshot create` of served clones: the server, the CLI and a
+client traced together (see "Live mode" below and test-powerloss-live.sh).  The first:
 
 TRACE is `strace -f -qq -X raw -xx -s 2^26` of `cowchain --pool POOL OP...` run on a copy of
 ORIG-POOL at the path POOL (the path is read from the trace).  Every call that changes the
@@ -498,6 +502,8 @@ def live_main(argv):
     ap.add_argument('--seed', type=int, default=1)
     # A copy of the pool taken as tracing ended: the replay must reach it (nothing untraced)
     ap.add_argument('--final')
+    # Print every cut point (its phase: before the command, during it, after it returned)
+    ap.add_argument('--list', action='store_true')
     # Self-test: leave out the server's syncs made while the command ran.
     ap.add_argument('--drop-server-syncs', action='store_true')
     a = ap.parse_args(argv)
@@ -508,7 +514,10 @@ def live_main(argv):
     # Pass 1: name the distinct states (by file versions: cheap), and choose those to check.
     seen, order = set(), []
 
-    def count(cut, where, mode, key, *_):
+    def count(cut, where, mode, key, model, entries, content, facts):
+        if a.list and mode == 'drop':
+            phase = 'before' if facts[1] is None else 'during' if facts[2] is None else 'after'
+            print(f'cut {cut}: {phase} the command, after {where}')
         if key not in seen:
             seen.add(key)
             order.append((cut, mode))

@@ -18,9 +18,12 @@
 #   - "after": the snapshot holds every write that completed before the command started (the
 #     unflushed one too: the quiesce flush made it durable), none issued after the command
 #     returned, and the clone holds them too.
-# The same checks are made again after `check --repair`.  States past MAX_STATES are sampled
-# (the seed is printed).  Self-test: the same trace with the server's syncs inside the
-# command removed (the quiesce flush of the old top, the freeze) must be caught.
+# The same checks are made again after `check --repair`.  The replay must end on the pool as
+# it was when tracing stopped (copied while the client is still connected, idle), so no change
+# went untraced (e.g. by a thread strace did not attach).  States past MAX_STATES are sampled
+# (the seed is printed; a run has fewer, so all are checked).  Self-test: the same trace with
+# the server's syncs inside the command left out (the quiesce flush of the old top, the
+# freeze) must be caught.  `powerloss.py --live ... --list` prints every cut point.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
@@ -51,7 +54,7 @@ TRACED=(openat open creat write pwrite64 pwritev writev rename renameat renameat
 # live_case MODE CLONES SNAP: one traced live snapshot and its replay.
 live_case() {
   local mode=$1 clones=$2 snap=$3 j=$WORK/journal
-  rm -f "$j" "$WORK"/{ready,go,stop} "$WORK/trace"
+  rm -f "$j" "$WORK"/{ready,go,stop,stop.idle,stop.quit} "$WORK/trace"
   start_server
   # The pool as tracing begins: the server is idle and everything synced.
   sync
@@ -59,6 +62,7 @@ live_case() {
   cp -a --sparse=always "$POOL" "$WORK/pool.orig"
   find "$WORK/pool.orig/run" -type s -delete
   TIDS=$(ls /proc/"$SERVER_PID"/task | paste -sd,)
+  echo "$TIDS" >"$WORK/tids"
   # (LeakSanitizer refuses to run under ptrace.)
   ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
     timeout 120 strace -I 1 -f -qq -X raw -xx -s 67108864 -o "$WORK/trace" -p "$SERVER_PID" \
@@ -75,16 +79,18 @@ live_case() {
       n=$(( $(grep -c "^flushed" "$j") + 3 * $(echo ${clones//,/ } | wc -w) ))
       while [ "$(grep -c "^flushed" "$j")" -lt $n ]; do kill -0 $pid; sleep 0.01; done
       touch "$work/stop"
-      wait $pid
+      while [ ! -e "$work/stop.idle" ]; do kill -0 $pid; sleep 0.01; done
       echo end >>"$j"
       # strace would go on tracing the server it attached to: SIGINT makes it detach and exit.
       kill -INT $PPID' driver "$LIVE_WRITER" "$SOCK" "$j" "$WORK" "$mode" "$clones" "$snap" \
     "$COWCHAIN" "$POOL" || true
   grep -qx end "$j" || fail "$clones: the traced live snapshot failed"
-  # The pool as tracing ended (the replay must reach it: no change went untraced).
+  # The pool as tracing ended, the client still connected and idle (the replay must reach it:
+  # no change went untraced); then the client disconnects.
   rm -rf "$WORK/pool.end"
   cp -a --sparse=always "$POOL" "$WORK/pool.end"
   find "$WORK/pool.end/run" -type s -delete
+  touch "$WORK/stop.quit"
   stop_server
   say "$clones ($mode): traced, $(wc -l <"$WORK/trace") trace lines, $(grep -c '^wrote' "$j") writes"
   SECONDS=0
