@@ -92,7 +92,7 @@ live_case() {
   find "$WORK/pool.end/run" -type s -delete
   touch "$WORK/stop.quit"
   stop_server
-  say "$clones ($mode): traced, $(wc -l <"$WORK/trace") trace lines, $(grep -c '^wrote' "$j") writes"
+  say "$clones ($mode): $(wc -l <"$WORK/trace") trace lines, $(grep -c "^wrote" "$j") writes"
   SECONDS=0
   timeout 280 python3 "$PL" --live "$COWCHAIN" "$WORK/pool.orig" "$POOL" "$WORK/trace" "$j" \
     "$WORK" "$clones" "$snap" --server-tids "$TIDS" --max-states "$MAX_STATES" --seed "$SEED" \
