@@ -445,6 +445,15 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
 {
   uint64_t alloc = 0, zero = 0;
 
+  ovl_get_header_info(l, info);
+  count_states(l, &alloc, &zero);
+  info->allocated_bytes = alloc * l->sc_size;
+  info->zero_bytes = zero * l->sc_size;
+}
+
+void
+ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info)
+{
   memset(info, 0, sizeof *info);
   pthread_mutex_lock(&l->lock);
   memcpy(info->uuid, l->hdr.uuid, OVL_UUID_LEN);
@@ -463,9 +472,6 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
   info->file_size = l->file_size;
   info->file_blocks_bytes = l->file_blocks_bytes;
   pthread_mutex_unlock(&l->lock);
-  count_states(l, &alloc, &zero);
-  info->allocated_bytes = alloc * l->sc_size;
-  info->zero_bytes = zero * l->sc_size;
 }
 
 int

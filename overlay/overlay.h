@@ -105,6 +105,9 @@ struct ovl_info {
 };
 
 void ovl_get_info(struct ovl_layer *l, struct ovl_info *info);
+/* The same without allocated_bytes and zero_bytes (left 0): those cost a pass over the whole
+ * map, which opening a chain of hundreds of layers does not need. */
+void ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info);
 const char *ovl_path(const struct ovl_layer *l);
 int ovl_fd(const struct ovl_layer *l); /* for reads of allocated data by chain/ */
 uint64_t ovl_virtual_size(const struct ovl_layer *l);

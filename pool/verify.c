@@ -227,16 +227,11 @@ struct deep {
 static void __attribute__((format(printf, 3, 4)))
 deep_say(struct deep *d, int severity, const char *fmt, ...)
 {
-  char msg[1536];
   va_list ap;
 
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  pool_vreport(d->report, d->opaque, d->sum, severity, fmt, ap);
   va_end(ap);
-  if (severity == 2)
-    d->sum->errors++;
-  if (d->report)
-    d->report(d->opaque, severity, msg);
 }
 
 /* Read every allocated byte of layer `uuid`: media errors and truncation show up here. */
