@@ -3,6 +3,10 @@
 """Power loss in the middle of a pool operation, replayed from an strace of the CLI.
 
     powerloss.py COWCHAIN ORIG-POOL TRACE WORKDIR -- OP...
+    powerloss.py --live COWCHAIN ORIG-POOL POOL TRACE JOURNAL WORKDIR CLONES SNAP [options]
+
+The second form replays a live `snapshot create` of served clones: the server, the CLI and a
+client traced together (see "Live mode" below and test-powerloss-live.sh).  The first:
 
 TRACE is `strace -f -qq -X raw -xx -s 2^26` of `cowchain --pool POOL OP...` run on a copy of
 ORIG-POOL at the path POOL (the path is read from the trace).  Every call that changes the
@@ -78,6 +82,8 @@ class Inode:
         self.cur = bytearray(data)
         self.dur = bytes(data)
         self.mode = mode  # permission bits (templates must stay read-only); not versioned
+        # Versions of cur and dur (live mode names states by them instead of hashing bytes)
+        self.ver = self.dver = 0
 
 
 class Model:
@@ -88,6 +94,8 @@ class Model:
         for d, dirs, files in os.walk(self.root):
             ents = {n: None for n in dirs}
             for n in files:
+                if not os.path.isfile(os.path.join(d, n)):
+                    continue  # a server's control socket (live mode): not data
                 with open(os.path.join(d, n), 'rb') as f:
                     ents[n] = Inode(f.read(), os.stat(f.fileno()).st_mode & 0o7777)
             self.cur[d] = ents
@@ -130,6 +138,7 @@ class Model:
                 changed = True
             if flags & O_TRUNC and ino.cur:
                 del ino.cur[:]
+                ino.ver += 1
                 changed = True
             self.fds[ret] = ['file', ino, len(ino.cur) if flags & O_APPEND else 0]
             return changed
@@ -160,6 +169,7 @@ class Model:
                 return False
             size = int(a[1])
             ino = f[1]
+            ino.ver += 1
             if size < len(ino.cur):
                 del ino.cur[size:]
             else:
@@ -170,6 +180,7 @@ class Model:
                 return False
             mode, off, ln = int(a[1], 0), int(a[2]), int(a[3])
             ino = f[1]
+            ino.ver += 1
             if mode & FALLOC_FL_PUNCH_HOLE:
                 end = min(off + ln, len(ino.cur))
                 if off < end:
@@ -213,7 +224,8 @@ class Model:
             if not f:
                 return False
             if f[0] == 'file':
-                f[1].dur = bytes(f[1].cur)
+                if f[1].dver != f[1].ver:
+                    f[1].dur, f[1].dver = bytes(f[1].cur), f[1].ver
             else:
                 self.dur[f[1]] = dict(self.cur[f[1]])
             return False
@@ -254,9 +266,25 @@ class Model:
 
     @staticmethod
     def put(ino, off, data):
+        ino.ver += 1
         if off > len(ino.cur):
             ino.cur.extend(bytes(off - len(ino.cur)))
         ino.cur[off:off + len(data)] = data
+
+    def key(self, entries, content):
+        """A name of the state that state() would write, from versions, not bytes."""
+        out = []
+
+        def walk(d, rel):
+            for n, ino in sorted((entries.get(d) or {}).items()):
+                p, r = os.path.join(d, n), os.path.join(rel, n)
+                if ino is None:
+                    out.append((r,))
+                    walk(p, r)
+                else:
+                    out.append((r, id(ino), ino.dver if content == 'dur' else ino.ver, ino.mode))
+        walk(self.root, '')
+        return tuple(out)
 
     def state(self, entries, content):
         """{relative path: bytes or None (directory)} of a crash state."""
@@ -332,7 +360,252 @@ def signature(cc, pool, tmp):
     return '\n'.join(sorted(sig))
 
 
+# ---- Live mode: a served clone, its client and `snapshot create` traced together ----------
+#
+# One strace (`-f -p NBDKIT-PID -- bash DRIVER`) traces the running server (every thread) and
+# a driver that starts the writer below, runs the CLI and waits for the writer.  One tracer
+# prints every call when it handles the call's exit stop, before it lets that thread go on, so
+# the order of the lines is one linearization of all the processes' calls that respects
+# causality: a call the server makes after reading the CLI's `quiesce` comes after the CLI's
+# write of it, the writer's "flushed" journal line comes after the server's fdatasync that
+# answered the flush, and so on.  Each call is applied when its result line is printed (a call
+# split into "<unfinished ...>" and "<... resumed>" takes effect at the resumed line): a call
+# in progress at a cut has not happened, which a power cut allows.  Threads share one
+# descriptor table (clone with CLONE_FILES), processes get a copy (fork) or a fresh one (exec).
+
+BS = 65536             # one write of live-writer.c: one cluster, at BASE + i * BS
+BASE = 4 << 20
+NBLOCKS = 128          # 4 MiB + 128 * 64 KiB = 12 MiB < 16 MiB, the clones' size in the test
+CLONE_FILES = 0x400
+
+
+def pattern(i):
+    return bytes([(i % 250) + 1]) * BS
+
+
+def read_live_trace(path):
+    """(tid, name, raw args, ret) per finished call, in the order strace printed the results."""
+    calls, pending = [], {}
+    res = re.compile(r'^(\d+) +<\.\.\. (\w+) resumed>(.*)$')
+    with open(path, errors='replace') as f:
+        for line in f:
+            line = line.rstrip('\n')
+            if line.endswith('<unfinished ...>'):
+                tid = line.split(None, 1)[0]
+                pending[tid] = line[:-len('<unfinished ...>')].rstrip()
+                continue
+            m = res.match(line)
+            if m:
+                head = pending.pop(m.group(1), None)
+                if head is None:
+                    continue  # begun before strace attached: nothing of it is known
+                line = head + m.group(3)
+            m = LINE.match(line)
+            if m:
+                calls.append((line.split(None, 1)[0], m.group(1), m.group(2), m.group(3)))
+    return calls
+
+
+def live_replay(a, calls, server_tids, visit):
+    """Replay the trace into a fresh model; call visit(cut, where, mode, key, model, entries,
+    content, facts) for each of the three crash states after every changing call."""
+    model = Model(a.orig)
+    old_root = model.root
+    model.root = a.pool.rstrip('/')
+    model.cur = {model.root + d[len(old_root):]: e for d, e in model.cur.items()}
+    model.dur = {model.root + d[len(old_root):]: e for d, e in model.dur.items()}
+    clones, journal = a.clones.split(','), os.path.normpath(a.journal)
+    server = {}
+    tabs = {t: server for t in server_tids}
+    jr = {w: {c: -1 for c in clones} for w in ('issue', 'wrote', 'flushed')}
+    at = {'start': None, 'done': None}
+    cli, cut, dropped = set(), 0, 0
+    for tid, name, raw, ret in calls:
+        tabs.setdefault(tid, {})
+        args = args_of(raw)
+        if name in ('clone', 'clone3', 'fork', 'vfork'):
+            if ret != '?' and int(ret) > 0:
+                m = re.search(r'flags=(0x[0-9a-f]+|\d+)', raw)
+                flags = int(m.group(1), 0) if m else 0
+                early = tabs.get(ret)  # the child's lines printed before its parent's result
+                if name in ('clone', 'clone3') and flags & CLONE_FILES:
+                    tabs[ret] = tabs[tid]
+                else:
+                    tabs[ret] = dict(tabs[tid])
+                if early:
+                    tabs[ret].update(early)
+            continue
+        if name == 'execve':
+            if ret == '0':
+                tabs[tid] = {}
+                if args[0].endswith(b'/cowchain'):
+                    cli.add(tid)
+            continue
+        model.fds = tabs[tid]
+        if name == 'write' and re.fullmatch(r'\d+', args[0]):
+            f = model.fds.get(int(args[0]))
+            if f and f[0] == 'ext' and os.path.normpath(f[1]) == journal:
+                for ln in args[1].decode().split('\n'):
+                    w = ln.split()
+                    if len(w) == 1 and w[0] in at:
+                        at[w[0]] = {k: dict(v) for k, v in jr.items()}
+                    elif len(w) == 3 and w[0] in jr and w[1] in jr[w[0]]:
+                        jr[w[0]][w[1]] = max(jr[w[0]][w[1]], int(w[2]))
+                continue
+        if (a.drop_server_syncs and name in ('fsync', 'fdatasync') and tabs[tid] is server
+                and at['start'] is not None and at['done'] is None):
+            dropped += 1
+            continue
+        if not model.apply(name, args, ret):
+            continue
+        cut += 1
+        who = 'cli' if tid in cli else 'server' if tabs[tid] is server else 'pid ' + tid
+        facts = ({k: dict(v) for k, v in jr.items()}, at['start'], at['done'])
+        for mode, entries, content in (('drop', model.dur, 'dur'), ('meta', model.cur, 'dur'),
+                                       ('data', model.dur, 'cur')):
+            visit(cut, f'{name} by {who}', mode, model.key(entries, content), model, entries,
+                  content, facts)
+    if at['start'] is None or at['done'] is None:
+        raise SystemExit('powerloss: the journal has no start/done: the command did not run')
+    if not cli:
+        raise SystemExit('powerloss: no traced cowchain in the trace')
+    if not any(t is server for t in tabs.values()) or not server:
+        raise SystemExit('powerloss: no traced server file (was strace attached?)')
+    if a.drop_server_syncs and not dropped:
+        raise SystemExit('powerloss: no server sync inside the command to drop')
+    if a.final and not a.drop_server_syncs:
+        # Every change must have been seen: the replay's current state is the pool's.
+        end = Model(a.final).state(Model(a.final).cur, 'cur')
+        now = model.state(model.cur, 'cur')
+        now = {k: v for k, v in now.items() if not k.startswith('run/')}
+        end = {k: v for k, v in end.items() if not k.startswith('run/')}
+        if now != end:
+            diff = sorted(k for k in set(now) | set(end) if now.get(k) != end.get(k))
+            raise SystemExit(f'powerloss: the replay does not reach the traced pool: {diff}')
+    return cut
+
+
+def live_main(argv):
+    import argparse
+    import random
+    ap = argparse.ArgumentParser(prog='powerloss.py --live')
+    ap.add_argument('cowchain')
+    ap.add_argument('orig')      # the pool as it was when tracing began (all of it durable)
+    ap.add_argument('pool')      # the traced pool's path
+    ap.add_argument('trace')
+    ap.add_argument('journal')   # live-writer's and the driver's journal
+    ap.add_argument('work')
+    ap.add_argument('clones')    # CLONE[,CLONE...]
+    ap.add_argument('snap')
+    ap.add_argument('--server-tids', default='')  # the server's threads when strace attached
+    ap.add_argument('--max-states', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=1)
+    # A copy of the pool taken as tracing ended: the replay must reach it (nothing untraced)
+    ap.add_argument('--final')
+    # Print every cut point (its phase: before the command, during it, after it returned)
+    ap.add_argument('--list', action='store_true')
+    # Self-test: leave out the server's syncs made while the command ran.
+    ap.add_argument('--drop-server-syncs', action='store_true')
+    a = ap.parse_args(argv)
+    cc, clones, snap = a.cowchain, a.clones.split(','), a.snap
+    calls = read_live_trace(a.trace)
+    tids = [t for t in a.server_tids.split(',') if t]
+
+    # Pass 1: name the distinct states (by file versions: cheap), and choose those to check.
+    seen, order = set(), []
+
+    def count(cut, where, mode, key, model, entries, content, facts):
+        if a.list and mode == 'drop':
+            phase = 'before' if facts[1] is None else 'during' if facts[2] is None else 'after'
+            print(f'cut {cut}: {phase} the command, after {where}')
+        if key not in seen:
+            seen.add(key)
+            order.append((cut, mode))
+    cuts = live_replay(a, calls, tids, count)
+    total = len(order)
+    chosen = order
+    if a.max_states and total > a.max_states:
+        chosen = random.Random(a.seed).sample(order, a.max_states)
+    chosen = set(chosen)
+
+    # Pass 2: replay again, write out and check each chosen state.
+    dest = os.path.join(a.work, 'state')
+    tmp = os.path.join(a.work, 'sig.raw')
+    tally = {'before': 0, 'after': 0}
+
+    def check(cut, who, mode, key, model, entries, content, facts):
+        if (cut, mode) not in chosen:
+            return
+        chosen.discard((cut, mode))
+        now, start, done = facts
+        where = f'live snapshot create {a.clones} {snap}: cut {cut} of {cuts} (after {who}), ' \
+                f'model {mode}'
+
+        def bad(msg):
+            print(f'powerloss: {where}: {msg}\nstate kept in {dest}', file=sys.stderr)
+            sys.exit(1)
+
+        def blocks(export, rnd):
+            img = export_bytes(cc, dest, export, tmp)
+            for b in range(NBLOCKS):
+                blk = img[BASE + b * BS:BASE + (b + 1) * BS]
+                if blk != pattern(b) and blk.count(0) != BS:
+                    bad(f'{export}: block {b} is torn or foreign ({rnd})')
+                yield b, blk == pattern(b)
+        write_state(model.state(entries, content), dest)
+        reidentify(cc, dest)
+        r = run(cc, dest, 'check', check=False)
+        if r.returncode != 0 or b', 0 errors' not in r.stdout:
+            bad(f'check finds errors:\n{r.stdout.decode()}{r.stderr.decode()}')
+        for rnd in ('as left', 'after check --repair'):
+            has = [snap in names(cc, dest, 'snapshot', 'list', c) for c in clones]
+            if any(has) and not all(has):
+                bad(f'{snap} exists on some of {a.clones} only ({rnd})')
+            after = all(has)
+            if done is not None and not after:
+                bad(f'the command had returned, yet the pool is "before" ({rnd})')
+            for c in clones:
+                for b, there in blocks(c, rnd):
+                    if not there and b <= now['flushed'][c]:
+                        bad(f'{c}: write {b}, flushed before the cut, is lost ({rnd})')
+                    if not there and after and b <= start['wrote'][c]:
+                        bad(f'{c}: write {b}, completed before the command, is lost ({rnd})')
+                if not after:
+                    continue
+                for b, there in blocks(f'{c}@{snap}', rnd):
+                    if not there and b <= start['wrote'][c]:
+                        bad(f'{c}@{snap}: write {b}, completed before the command, is not in '
+                            f'it ({rnd})')
+                    if there and done is not None and b > done['issue'][c]:
+                        bad(f'{c}@{snap}: write {b}, issued after the command returned, is in '
+                            f'it ({rnd})')
+                    if there and b > now['issue'][c]:
+                        bad(f'{c}@{snap}: write {b} was never issued ({rnd})')
+            if rnd == 'as left':
+                run(cc, dest, 'check', '--repair')
+                r = run(cc, dest, 'check')
+                if b', 0 errors, 0 leaks' not in r.stdout:
+                    bad(f'leaks remain after check --repair:\n{r.stdout.decode()}')
+        tally['after' if after else 'before'] += 1
+    live_replay(a, calls, tids, check)
+    shutil.rmtree(dest, ignore_errors=True)
+    checked = tally['before'] + tally['after']
+    sampled = f', {checked} checked (sampled, seed {a.seed})' if checked < total else ''
+    print(f'powerloss: live snapshot create {a.clones} {snap}: {cuts} cut points, {total} '
+          f'distinct states{sampled}, {tally["before"]} before, {tally["after"]} after, all safe')
+
+
+def export_bytes(cc, pool, export, tmp):
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    run(cc, pool, 'export', export, tmp)
+    with open(tmp, 'rb') as f:
+        return f.read()
+
+
 def main():
+    if sys.argv[1:2] == ['--live']:
+        return live_main(sys.argv[2:])
     cc, orig, trace, work = sys.argv[1:5]
     assert sys.argv[5] == '--'
     op = sys.argv[6:]
