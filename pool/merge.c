@@ -34,6 +34,13 @@
  * Data moves file to file with ovl_copy_in (FORMAT.md 7.6); each changed L2 table is written
  * once, at the flush that ends the copy.
  *
+ * Live (POOL.md 6.2, merge_live): when a server holds S or a child, the locks of step 1 are
+ * refused and the merge goes into the children with the servers: a served top is filled by its
+ * server piece by piece with its write gate closed (so a guest write always wins) and relinked
+ * by it; frozen children are locked shared and written through an unlocked handle (their
+ * readers get the same bytes through S); every server then forgets S (its chains through S are
+ * rebuilt from the files) before the record drops the snapshot.
+ *
  * Both layers must use the same sub-cluster size so that every copied unit is a whole
  * sub-cluster of Ci (no copy-up from below is ever needed); every layer the pool creates
  * does, and a pool layer that doesn't is refused with that reason.
