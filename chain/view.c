@@ -479,7 +479,10 @@ cc_chain_refresh_frozen(struct cc_chain *c)
     if (!f->ovl)
       flags |= CC_RAW;
   }
-  if (fpath && (r = cc_chain_open(fpath, flags, &ro)) < 0)
+  /* A chain opened within a root (a pool's) stays within it: the links may have changed. */
+  if (fpath &&
+      (r = old->idx && old->idx->root ? cc_chain_open_within(fpath, flags, old->idx->root, &ro)
+                                      : cc_chain_open(fpath, flags, &ro)) < 0)
     goto out;
   rov = ro ? atomic_load(&ro->view) : NULL;
   if (old->top && rov &&
