@@ -594,8 +594,12 @@ cmd_forget(struct session *s, char **w, int n)
     reply_err(s, EINVAL, "usage: forget LAYER");
     return;
   }
+  if (s->merge_src && strcmp(s->merge_path, w[1]) == 0) {
+    ovl_close(s->merge_src); /* merge-top's copy of it is done */
+    s->merge_src = NULL;
+  }
   if (stat(w[1], &st) < 0) {
-    reply(s, "ok 0"); /* already gone: an index holding it reads it through its fd */
+    reply(s, "ok 0 0"); /* already gone: an index holding it reads it through its fd */
     return;
   }
   cc_chain_forget_file(st.st_dev, st.st_ino);
