@@ -10,15 +10,23 @@
  * next run's start), which keeps a run at 24 bytes; memory grows with the number of runs,
  * i.e. with what was written, never with the virtual size.
  *
- * Building goes bottom-up: the bottom gives the first array (a raw image through
- * SEEK_DATA/SEEK_HOLE, a parentless layer as one HOLE), then every layer above is merged in
- * one linear pass: its own DATA and ZERO extents (ovl_map) replace what is below, its
- * unallocated extents copy the runs below, clipped.  Runs are merged on insert when they are
- * the same kind and, for DATA, the same layer with contiguous file offsets, so a read of a
- * contiguous range in one file is one piece.  Cost: O(layers x runs), done once per frozen
- * part and shared by every chain on it (registry.c).
+ * Building from files (open.c, cc_builder_*): the chain is walked from the top down, and each
+ * file, as soon as it is open, gives its own extents that decide something (DATA and ZERO of a
+ * layer through ovl_map, DATA and HOLE of a raw image through SEEK_DATA/SEEK_HOLE, and HOLE
+ * beyond the file's size); then its map is dropped, so at most one layer's map is in memory.
+ * One sweep over all extents in start order, with a heap of the active ones keyed by depth,
+ * gives each stretch to the topmost file that has it (none: HOLE).  Cost O(E log E) for E
+ * extents, instead of merging layer by layer (O(layers x runs): at depth 256 of 1% layers
+ * that copied ~5 million runs per open).
  *
- * Lookups never lock: the array is immutable after cc_index_build returns.
+ * A live push (cc_index_stack) adds one layer on an existing index in one linear pass: its
+ * DATA and ZERO extents replace what is below, its unallocated extents copy the runs below,
+ * clipped.  Runs are merged on insert when they are the same kind and, for DATA, the same
+ * layer with contiguous file offsets, so a read of a contiguous range in one file is one piece.
+ * Either way the index is built once per frozen part and shared by every chain on it
+ * (registry.c), and kept after the last chain closes (the idle cache there).
+ *
+ * Lookups never lock: the array is immutable once built.
  */
 #include "chain/internal.h"
 
@@ -215,43 +223,6 @@ finish_runs(struct cc_index *idx, struct cc_runvec *cur, uint64_t size)
   cur->v = NULL;
 }
 
-/* Build idx->runs from idx->layers (bottom first).  On failure the index keeps no runs. */
-int
-cc_index_build(struct cc_index *idx)
-{
-  struct cc_runvec cur = {0}, next = {0};
-  uint64_t size = 0;
-  int r = 0;
-
-  idx->nowned = idx->nlayers;
-  for (size_t i = 0; i < idx->nlayers; i++) {
-    const struct cc_frozen *f = &idx->layers[i];
-
-    if (!f->ovl) {
-      /* A raw image is always the bottom (open.c stops there). */
-      if ((r = scan_raw(&cur, f, 0)) < 0)
-        goto out;
-      size = f->size;
-      continue;
-    }
-    if ((r = stack_layer(&cur, &next, &size, (uint32_t)i, f)) < 0)
-      goto out;
-  }
-  finish_runs(idx, &cur, size);
-  /* The runs now hold everything the frozen maps said; keeping the maps too would cost their
-   * memory once per layer of history.  Only the fds (and locks) are still needed. */
-  for (size_t i = 0; i < idx->nlayers; i++)
-    if (idx->layers[i].ovl)
-      ovl_drop_map(idx->layers[i].ovl);
-  /* glibc keeps the freed maps' pages otherwise: 36 MiB of RSS for a depth-256 clone went to
-   * 6.4 MiB with this (docs/BENCHMARKS.md) */
-  malloc_trim(0);
-out:
-  free(cur.v);
-  free(next.v);
-  return r;
-}
-
 void
 cc_builder_init(struct cc_builder *b)
 {
@@ -261,9 +232,8 @@ cc_builder_init(struct cc_builder *b)
 void
 cc_builder_free(struct cc_builder *b)
 {
-  free(b->cur.v);
-  free(b->next.v);
   free(b->layer.v);
+  free(b->e);
   memset(b, 0, sizeof *b);
 }
 
@@ -305,75 +275,147 @@ own_runs(struct cc_runvec *out, const struct cc_frozen *f, uint32_t pos)
   return 0;
 }
 
+static int
+bext_push(struct cc_builder *b, uint64_t start, uint64_t end, uint32_t kind, uint32_t pos,
+          uint64_t phys)
+{
+  if (start >= end)
+    return 0;
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    struct cc_bext *v = realloc(b->e, cap * sizeof *v);
+
+    if (!v)
+      return cc_error_set(ENOMEM, "open: resolution index: out of memory");
+    b->e = v;
+    b->cap = cap;
+  }
+  b->e[b->n++] = (struct cc_bext){start, end, phys, pos, kind};
+  return 0;
+}
+
 int
 cc_builder_add(struct cc_builder *b, const struct cc_frozen *f, uint32_t pos)
 {
-  struct cc_runvec *lr = &b->layer, *out = &b->next;
-  size_t ci = 0;
+  struct cc_runvec *lr = &b->layer;
+  uint64_t fsize;
   int r;
 
   if (!b->started) {
     b->started = 1;
     b->size = f->size;
-    b->cur.n = 0;
-    if ((r = rv_push(&b->cur, 0, CC_RUN_UNRES, 0, 0)) < 0)
-      return r;
-    b->unresolved = 1;
   }
-  if (b->unresolved == 0 || b->size == 0)
-    return 0; /* everything is decided above: this file only needs to stay open */
+  fsize = f->size < b->size ? f->size : b->size;
   if ((r = own_runs(lr, f, pos)) < 0)
     return r;
-  /* A layer with nothing of its own, as large as the index (a fresh snapshot), changes
-   * nothing. */
-  if (lr->n == 1 && lr->v[0].kind == CC_RUN_UNRES && f->size >= b->size)
-    return 0;
-  out->n = 0;
-  b->unresolved = 0;
-  for (size_t i = 0; i < b->cur.n; i++) {
-    const struct cc_run *run = &b->cur.v[i];
-    uint64_t a = run->start, e = run_end(b->cur.v, b->cur.n, i, b->size);
+  for (size_t i = 0; i < lr->n; i++) {
+    const struct cc_run *run = &lr->v[i];
+    uint64_t e = run_end(lr->v, lr->n, i, f->size);
 
-    if (run->kind != CC_RUN_UNRES) {
-      if ((r = rv_push(out, a, run->kind, run->layer, run->phys)) < 0)
-        return r;
+    if (run->kind == CC_RUN_UNRES || run->start >= fsize)
       continue;
-    }
-    /* Unresolved: this file decides it where it reaches; beyond its size it reads as zero. */
-    if (a < f->size && (r = copy_below(out, lr, f->size, &ci, a, e < f->size ? e : f->size)) < 0)
-      return r;
-    if (e > f->size && (r = rv_push(out, a > f->size ? a : f->size, CC_RUN_HOLE, 0, 0)) < 0)
+    if ((r = bext_push(b, run->start, e < fsize ? e : fsize, run->kind, pos, run->phys)) < 0)
       return r;
   }
-  for (size_t i = 0; i < out->n; i++)
-    b->unresolved += out->v[i].kind == CC_RUN_UNRES;
-  struct cc_runvec t = b->cur;
-  b->cur = *out;
-  *out = t;
-  return 0;
+  /* Beyond this layer's size nothing below shows through: it reads as zero. */
+  return bext_push(b, fsize, b->size, CC_RUN_HOLE, pos, 0);
 }
 
+static int
+cmp_bext(const void *a, const void *b)
+{
+  const struct cc_bext *x = a, *y = b;
+
+  if (x->start != y->start)
+    return x->start < y->start ? -1 : 1;
+  return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* A binary min-heap of extent indexes ordered by pos (the topmost file first). */
+static void
+heap_push(size_t *h, size_t *n, const struct cc_bext *e, size_t x)
+{
+  size_t i = (*n)++;
+
+  while (i > 0 && e[h[(i - 1) / 2]].pos > e[x].pos) {
+    h[i] = h[(i - 1) / 2];
+    i = (i - 1) / 2;
+  }
+  h[i] = x;
+}
+
+static void
+heap_pop(size_t *h, size_t *n, const struct cc_bext *e)
+{
+  size_t x = h[--(*n)], i = 0;
+
+  for (;;) {
+    size_t c = 2 * i + 1;
+
+    if (c >= *n)
+      break;
+    if (c + 1 < *n && e[h[c + 1]].pos < e[h[c]].pos)
+      c++;
+    if (e[h[c]].pos >= e[x].pos)
+      break;
+    h[i] = h[c];
+    i = c;
+  }
+  if (*n > 0)
+    h[i] = x;
+}
+
+/* One sweep over every file's extents in start order: at each boundary the active extent of
+ * the topmost file decides the run (none: a HOLE).  O(E log E) for E extents, where merging
+ * layer by layer costs O(layers x runs) (docs/BENCHMARKS.md, finding A). */
 int
 cc_builder_finish(struct cc_builder *b, struct cc_index *idx)
 {
-  struct cc_runvec *out = &b->next;
-  int r;
+  struct cc_runvec out = {0};
+  size_t *heap = NULL, nh = 0, i = 0;
+  uint64_t x = 0;
+  int r = 0;
 
   idx->nowned = idx->nlayers;
-  out->n = 0;
-  for (size_t i = 0; i < b->cur.n; i++) {
-    const struct cc_run *run = &b->cur.v[i];
-    uint32_t kind = run->kind == CC_RUN_UNRES ? CC_RUN_HOLE : run->kind;
-    uint32_t layer = kind == CC_RUN_DATA ? (uint32_t)(idx->nlayers - 1 - run->layer) : 0;
-
-    if ((r = rv_push(out, run->start, kind, layer, kind == CC_RUN_DATA ? run->phys : 0)) < 0)
-      return r;
+  if (b->n > 0) {
+    qsort(b->e, b->n, sizeof *b->e, cmp_bext);
+    if (!(heap = malloc(b->n * sizeof *heap))) {
+      r = cc_error_set(ENOMEM, "open: resolution index: out of memory");
+      goto out;
+    }
   }
-  finish_runs(idx, out, b->size);
+  while (x < b->size) {
+    const struct cc_bext *w;
+    uint64_t next = b->size;
+
+    while (i < b->n && b->e[i].start <= x)
+      heap_push(heap, &nh, b->e, i++);
+    while (nh > 0 && b->e[heap[0]].end <= x)
+      heap_pop(heap, &nh, b->e);
+    w = nh > 0 ? &b->e[heap[0]] : NULL;
+    if (i < b->n && b->e[i].start < next)
+      next = b->e[i].start;
+    if (w && w->end < next)
+      next = w->end;
+    if (!w || w->kind == CC_RUN_HOLE)
+      r = rv_push(&out, x, CC_RUN_HOLE, 0, 0);
+    else if (w->kind == CC_RUN_ZERO)
+      r = rv_push(&out, x, CC_RUN_ZERO, 0, 0);
+    else
+      r = rv_push(&out, x, CC_RUN_DATA, (uint32_t)(idx->nlayers - 1 - w->pos),
+                  w->phys + (x - w->start));
+    if (r < 0)
+      goto out;
+    x = next;
+  }
+  finish_runs(idx, &out, b->size);
+out:
+  free(out.v);
+  free(heap);
   cc_builder_free(b);
   /* The maps were freed as they were merged; glibc would keep their pages otherwise. */
   malloc_trim(0);
-  return 0;
+  return r;
 }
 
 int
@@ -412,7 +454,7 @@ cc_index_stack(struct cc_index *below, const struct cc_frozen *top, struct cc_in
     goto fail;
   finish_runs(idx, &cur, size);
   free(next.v);
-  ovl_get_info(top->ovl, info);
+  ovl_get_header_info(top->ovl, info);
   memcpy(idx->uuid, info->uuid, OVL_UUID_LEN);
   free(info);
   idx->dev = top->dev;

@@ -61,7 +61,7 @@ enum cc_run_kind {
   CC_RUN_HOLE = 0,  /* reads zero: raw hole, no parent, or beyond a parent's size */
   CC_RUN_ZERO = 1,  /* reads zero: a zero sub-cluster in some layer hides what is below */
   CC_RUN_DATA = 2,  /* bytes at `phys` in layers[layer] */
-  CC_RUN_UNRES = 3, /* only while building top-down: not resolved yet, ask the layer below */
+  CC_RUN_UNRES = 3, /* only while building: this file has nothing here, what is below shows */
 };
 
 /* A run covers [start, next run's start), the last one [start, index size).  24 bytes. */
@@ -143,20 +143,25 @@ struct cc_seg {
 typedef int (*cc_seg_fn)(void *opaque, const struct cc_seg *seg);
 
 /* index.c */
-int cc_index_build(struct cc_index *idx);
-/* Top-down build (open.c): the topmost frozen file first, then each parent as it is opened,
- * so its map can be dropped at once (the peak is one layer's map).  add merges file f (the
- * pos-th from the top) into what is still unresolved; finish turns the rest into holes and
- * hands the runs to idx, whose layers are bottom first (pos p becomes nlayers - 1 - p). */
+/* Build while walking (open.c): the topmost frozen file first (pos 0), then each parent as
+ * it is opened, so its map can be dropped at once (the peak is one layer's map).  add records
+ * file f's own extents; finish resolves them all in one sweep (the topmost extent covering a
+ * byte wins) and hands the runs to idx, whose layers are bottom first (pos p becomes
+ * nlayers - 1 - p). */
 struct cc_runvec {
   struct cc_run *v;
   size_t n, cap;
 };
+struct cc_bext {
+  uint64_t start, end, phys;
+  uint32_t pos, kind; /* DATA, ZERO, or HOLE (a raw hole, or beyond this layer's size) */
+};
 struct cc_builder {
-  struct cc_runvec cur, next, layer; /* runs so far (top-down), scratch, one file's own runs */
-  uint64_t size;                     /* of the topmost frozen file: the index's size */
+  struct cc_runvec layer; /* one file's own runs (scratch) */
+  struct cc_bext *e;      /* every file's extents that decide something */
+  size_t n, cap;
+  uint64_t size; /* of the topmost frozen file: the index's size */
   int started;
-  size_t unresolved; /* UNRES runs in cur: 0 means nothing below can matter */
 };
 void cc_builder_init(struct cc_builder *b);
 int cc_builder_add(struct cc_builder *b, const struct cc_frozen *f, uint32_t pos);

@@ -210,7 +210,7 @@ open_layer(const struct link *lk, struct cc_frozen *f, struct ovl_info *info)
     return link_error(lk, -r, "%s", msg);
   }
   f->fd = ovl_fd(f->ovl);
-  ovl_get_info(f->ovl, info);
+  ovl_get_header_info(f->ovl, info);
   f->size = info->virtual_size;
   if (fstat(f->fd, &st) < 0)
     return link_error(lk, errno, "fstat: %s", strerror(errno));
@@ -407,9 +407,9 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
         return 0;
       }
     }
-    /* Merge this file into the index now and drop its map: the peak is one layer's map, not
-     * the whole chain's (docs/BENCHMARKS.md, finding B).  `info` is read below, and the
-     * header stays. */
+    /* Take this file's extents now and drop its map: the peak is one layer's map, not the
+     * whole chain's (docs/BENCHMARKS.md, finding B).  `info` is read below, and the header
+     * stays. */
     if ((r = cc_builder_add(&b, f, (uint32_t)(n - 1))) < 0)
       goto fail;
     if (f->ovl)
@@ -439,7 +439,7 @@ acquire_index(const char *top, struct link *lk, const struct ident *above, size_
   idx->dev = v[n - 1].dev;
   idx->ino = v[n - 1].ino;
   if (v[n - 1].ovl) {
-    ovl_get_info(v[n - 1].ovl, info);
+    ovl_get_header_info(v[n - 1].ovl, info);
     memcpy(idx->uuid, info->uuid, OVL_UUID_LEN);
   }
   v = NULL;
@@ -524,7 +524,7 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
       goto fail;
     }
     v->top_fd = ovl_fd(v->top);
-    ovl_get_info(v->top, info);
+    ovl_get_header_info(v->top, info);
     c->size = info->virtual_size;
     if (fstat(v->top_fd, &st) < 0) {
       r = cc_error_set(errno, "open: %s: fstat: %s", top_path, strerror(errno));

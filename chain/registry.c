@@ -28,8 +28,10 @@
  * generation (every writer bumps it when it sets the dirty bit; the timestamps catch in-place
  * writes, which do not).  Any difference drops the index and the open builds a new one from
  * the files, so a merge that replaced a layer is never served from a stale index.  Budget
- * exceeded: the least recently used idle index goes first.  An index stacked by a live push
- * (base != NULL) holds its base and is not kept.
+ * exceeded (bytes, or a quarter of the descriptor limit): the least recently used idle index
+ * goes first.  An idle index holding a file that was deleted meanwhile is dropped at the next
+ * open or close of any chain (at most one check a second), so its disk space comes back.  An index
+ * stacked by a live push (base != NULL) holds its base and is not kept.
  */
 #include "chain/internal.h"
 
@@ -38,7 +40,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -47,6 +51,9 @@ static uint64_t cache_budget;          /* bytes of idle indexes to keep; 0: keep
 static uint64_t cache_used;            /* protected by registry_lock, like the two below */
 static uint64_t cache_stamp;
 static size_t cache_idle;
+static size_t cache_fds;     /* descriptors the idle indexes hold */
+static size_t cache_fds_max; /* a quarter of RLIMIT_NOFILE, set with the budget */
+static struct timespec last_sweep;
 
 /* Memory an idle index holds: its runs, its layers (an ovl_layer with a dropped map is its
  * header and a few fields, ~4.5 KiB with the parent path) and their paths. */
@@ -96,14 +103,60 @@ unlock_files(struct cc_index *idx)
     set_lock(idx->layers[i].fd, F_UNLCK);
 }
 
+/* Caller holds registry_lock: take the idle index at *p out of the list and the accounts. */
+static struct cc_index *
+idle_unlink_locked(struct cc_index **p)
+{
+  struct cc_index *v = *p;
+
+  *p = v->next;
+  v->next = NULL;
+  cache_used -= v->cost;
+  cache_fds -= v->nlayers;
+  cache_idle--;
+  return v;
+}
+
+/* Does an idle index hold a file that was deleted meanwhile (a merged-away snapshot)?  Then it
+ * can never be reused, and its descriptors keep the file's disk space. */
+static int
+holds_unlinked(const struct cc_index *idx)
+{
+  for (size_t i = 0; i < idx->nlayers; i++) {
+    struct stat st;
+
+    if (fstat(idx->layers[i].fd, &st) < 0 || st.st_nlink == 0)
+      return 1;
+  }
+  return 0;
+}
+
 /* Caller holds registry_lock.  Unlink idle indexes, least recently used first, until the
- * idle ones fit in the budget; returns them as a list (through `next`) to free unlocked. */
+ * idle ones fit in the budget (bytes and descriptors); and, at most once a second, every idle
+ * index holding a deleted file, so the space of a layer a pool operation removed is given
+ * back at the next open or close of any chain rather than when the index is evicted.  Returns
+ * them as a list (through `next`) to free unlocked. */
 static struct cc_index *
 evict_locked(void)
 {
   struct cc_index *out = NULL;
+  struct timespec now;
 
-  while (cache_used > cache_budget) {
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  if (cache_idle > 0 && now.tv_sec != last_sweep.tv_sec) {
+    last_sweep = now;
+    for (struct cc_index **p = &registry_head; *p;) {
+      if ((*p)->refs == 0 && holds_unlinked(*p)) {
+        struct cc_index *v = idle_unlink_locked(p);
+
+        v->next = out;
+        out = v;
+      } else {
+        p = &(*p)->next;
+      }
+    }
+  }
+  while (cache_used > cache_budget || cache_fds > cache_fds_max) {
     struct cc_index **victim = NULL;
 
     for (struct cc_index **p = &registry_head; *p; p = &(*p)->next)
@@ -111,10 +164,8 @@ evict_locked(void)
         victim = p;
     if (!victim)
       break;
-    struct cc_index *v = *victim;
-    *victim = v->next;
-    cache_used -= v->cost;
-    cache_idle--;
+    struct cc_index *v = idle_unlink_locked(victim);
+
     v->next = out;
     out = v;
   }
@@ -136,8 +187,17 @@ cc_set_index_cache(uint64_t bytes)
 {
   struct cc_index *gone;
 
+  struct rlimit rl;
+  size_t fds = 1024;
+
+  /* The descriptors too: idle indexes must leave most of the limit to open chains. */
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY)
+    fds = (size_t)rl.rlim_max;
+  else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    fds = 1u << 20;
   pthread_mutex_lock(&registry_lock);
   cache_budget = bytes;
+  cache_fds_max = fds / 4;
   gone = evict_locked();
   pthread_mutex_unlock(&registry_lock);
   free_list(gone);
@@ -187,13 +247,15 @@ find_locked(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN], uint64_t siz
 struct cc_index *
 cc_registry_get(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN], uint64_t size)
 {
-  struct cc_index *idx;
+  struct cc_index *idx, *gone;
 
   pthread_mutex_lock(&registry_lock);
+  gone = evict_locked();
   idx = find_locked(dev, ino, uuid, size);
   if (idx && idx->refs > 0) {
     idx->refs++;
     pthread_mutex_unlock(&registry_lock);
+    free_list(gone);
     return idx;
   }
   if (idx) {
@@ -201,14 +263,13 @@ cc_registry_get(dev_t dev, ino_t ino, const uint8_t uuid[OVL_UUID_LEN], uint64_t
      * racing open of the same chain misses and builds its own, and publish sorts it out. */
     for (struct cc_index **p = &registry_head; *p; p = &(*p)->next) {
       if (*p == idx) {
-        *p = idx->next;
+        idle_unlink_locked(p);
         break;
       }
     }
-    cache_used -= idx->cost;
-    cache_idle--;
   }
   pthread_mutex_unlock(&registry_lock);
+  free_list(gone);
   if (!idx)
     return NULL;
   if (revalidate(idx) < 0) {
@@ -230,13 +291,10 @@ cc_registry_publish(struct cc_index *idx)
      * stale): drop it. */
     for (struct cc_index **p = &registry_head; *p; p = &(*p)->next) {
       if (*p == old) {
-        *p = old->next;
+        idle_unlink_locked(p);
         break;
       }
     }
-    cache_used -= old->cost;
-    cache_idle--;
-    old->next = NULL;
     pthread_mutex_unlock(&registry_lock);
     cc_index_free(old);
     return cc_registry_publish(idx);
@@ -294,6 +352,7 @@ cc_index_put(struct cc_index *idx)
       unlock_files(idx);
       idx->stamp = ++cache_stamp;
       cache_used += idx->cost;
+      cache_fds += idx->nlayers;
       cache_idle++;
       gone = evict_locked();
       pthread_mutex_unlock(&registry_lock);

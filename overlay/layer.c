@@ -294,9 +294,15 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   l->data_start = l->hdr.l1_offset + ovl_l1_region(l->hdr.l1_entries);
   l->dirty_on_disk = l->hdr.incompat & OVL_INCOMPAT_DIRTY;
 
-  r = ovl_map_load(l);
-  if (r < 0)
+  if (flags & OVL_HEADER_ONLY) {
+    if (rw) {
+      r = cc_error_set(EINVAL, "open: %s: a header-only open cannot be for writing", path);
+      goto fail;
+    }
+    l->map_dropped = true; /* as after ovl_drop_map: map calls fail with -EINVAL */
+  } else if ((r = ovl_map_load(l)) < 0) {
     goto fail;
+  }
 
   if (rw && l->hdr.autoclear) {
     /* FORMAT.md 4.2: a writer clears the autoclear bits it does not know (all of them, today) */
@@ -439,6 +445,15 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
 {
   uint64_t alloc = 0, zero = 0;
 
+  ovl_get_header_info(l, info);
+  count_states(l, &alloc, &zero);
+  info->allocated_bytes = alloc * l->sc_size;
+  info->zero_bytes = zero * l->sc_size;
+}
+
+void
+ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info)
+{
   memset(info, 0, sizeof *info);
   pthread_mutex_lock(&l->lock);
   memcpy(info->uuid, l->hdr.uuid, OVL_UUID_LEN);
@@ -457,9 +472,6 @@ ovl_get_info(struct ovl_layer *l, struct ovl_info *info)
   info->file_size = l->file_size;
   info->file_blocks_bytes = l->file_blocks_bytes;
   pthread_mutex_unlock(&l->lock);
-  count_states(l, &alloc, &zero);
-  info->allocated_bytes = alloc * l->sc_size;
-  info->zero_bytes = zero * l->sc_size;
 }
 
 int

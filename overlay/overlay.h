@@ -36,6 +36,10 @@ struct ovl_layer;
 #define OVL_RDONLY 0u
 #define OVL_RDWR 1u
 #define OVL_NOLOCK 2u /* take no OFD lock: inspection tools only, never for I/O */
+/* Read and validate the header only, not the map (with OVL_RDONLY): O(1) whatever the layer
+ * holds, for walking parent links.  The layer is as after ovl_drop_map, with unknown (0)
+ * allocated and zero byte counts: ovl_get_info's header fields, ovl_fd and ovl_close work. */
+#define OVL_HEADER_ONLY 4u
 
 /* flags for writes */
 #define OVL_FUA 1u      /* flush before returning (docs/FORMAT.md section 7.2) */
@@ -101,6 +105,9 @@ struct ovl_info {
 };
 
 void ovl_get_info(struct ovl_layer *l, struct ovl_info *info);
+/* The same without allocated_bytes and zero_bytes (left 0): those cost a pass over the whole
+ * map, which opening a chain of hundreds of layers does not need. */
+void ovl_get_header_info(struct ovl_layer *l, struct ovl_info *info);
 const char *ovl_path(const struct ovl_layer *l);
 int ovl_fd(const struct ovl_layer *l); /* for reads of allocated data by chain/ */
 uint64_t ovl_virtual_size(const struct ovl_layer *l);

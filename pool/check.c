@@ -50,23 +50,31 @@ struct checker {
 static void say(struct checker *k, int severity, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+void
+pool_vreport(cc_report_fn report, void *opaque, struct cc_check_summary *sum, int severity,
+             const char *fmt, va_list ap)
+{
+  char msg[1536];
+
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  if (severity == 2)
+    sum->errors++;
+  else if (severity == 1)
+    sum->leaks++;
+  else if (severity == 3)
+    sum->warnings++;
+  if (report)
+    report(opaque, severity, msg);
+}
+
 static void
 say(struct checker *k, int severity, const char *fmt, ...)
 {
-  char msg[768];
   va_list ap;
 
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  pool_vreport(k->report, k->opaque, k->sum, severity, fmt, ap);
   va_end(ap);
-  if (severity == 2)
-    k->sum->errors++;
-  else if (severity == 1)
-    k->sum->leaks++;
-  else if (severity == 3)
-    k->sum->warnings++;
-  if (k->report)
-    k->report(k->opaque, severity, msg);
 }
 
 /* ovl_check one layer (check_chain calls it once per layer), unless a server holds it. */

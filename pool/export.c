@@ -7,9 +7,9 @@
  * records fresh each time (a clone created a second ago is visible at once) and never take the
  * pool lock: a record is replaced by rename, so each read sees a complete old or new file.
  *
- * Access rules (DESIGN.md "Interfaces"): a clone is its writable top; a snapshot and a template
- * are read-only, always, whatever the client asks.  A template's raw image or layer is never
- * opened for writing by anyone; a snapshot's layer only by `snapshot delete` (merge), which
+ * Access rules (the plugin's man page, DESCRIPTION): a clone is its writable top; a snapshot and a
+ * template are read-only, always, whatever the client asks.  A template's raw image or layer is
+ * never opened for writing by anyone; a snapshot's layer only by `snapshot delete` (merge), which
  * refuses while a server holds it.
  */
 #include "pool/internal.h"

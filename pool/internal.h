@@ -7,6 +7,7 @@
 #define COWCHAIN_POOL_INTERNAL_H
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -274,5 +275,10 @@ int pool_inspect_image(const char *shown, const char *abspath, const char *forma
                        struct pool_image_facts *out);
 /* The --image-opts string that opens `abspath` as `format` with every reference disabled. */
 int pool_image_opts(const char *abspath, const char *format, char **out);
+
+/* One finding of check (and check --deep): formatted, counted in sum by severity (0 ok, 1 leak,
+ * 2 error, 3 warning), and given to report (if any). */
+void pool_vreport(cc_report_fn report, void *opaque, struct cc_check_summary *sum, int severity,
+                  const char *fmt, va_list ap);
 
 #endif

@@ -269,7 +269,7 @@ chain_depth(struct cc_pool *p, const char *what, const char *top, size_t *depth)
 
     if (++d > CC_MAX_DEPTH)
       break;
-    if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK, what, &l)) < 0)
+    if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, what, &l)) < 0)
       return r;
     ovl_get_info(l, &info);
     ovl_close(l);

@@ -639,8 +639,9 @@ pool_parent_of_layer(struct cc_pool *p, const char *uuid, struct ovl_parent *par
   struct ovl_info info;
   int r;
 
-  /* Open without a lock: we only need its identity, and a server may hold it. */
-  if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK, "parent", &l)) < 0)
+  /* Open without a lock and without its map: we only need its identity (O(1) however much the
+   * layer holds), and a server may hold it. */
+  if ((r = pool_open_layer(p, uuid, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, "parent", &l)) < 0)
     return r;
   ovl_get_info(l, &info);
   ovl_close(l);

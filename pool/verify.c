@@ -227,16 +227,11 @@ struct deep {
 static void __attribute__((format(printf, 3, 4)))
 deep_say(struct deep *d, int severity, const char *fmt, ...)
 {
-  char msg[1536];
   va_list ap;
 
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  pool_vreport(d->report, d->opaque, d->sum, severity, fmt, ap);
   va_end(ap);
-  if (severity == 2)
-    d->sum->errors++;
-  if (d->report)
-    d->report(d->opaque, severity, msg);
 }
 
 /* Read every allocated byte of layer `uuid`: media errors and truncation show up here. */
@@ -311,32 +306,29 @@ cc_pool_check_deep(struct cc_pool *p, const char *name, int repair, cc_report_fn
                    void *opaque, cc_progress_fn progress, void *popaque,
                    struct cc_check_summary *sum)
 {
-  struct deep d = {report, opaque, progress, popaque, sum};
+  struct cc_check_summary pre = {0};
+  struct deep d = {report, opaque, progress, popaque, &pre};
   struct pool_target t;
   struct pool_graph g;
+  const char *image = NULL;
   size_t i;
-  int r = cc_pool_check(p, name, repair, report, opaque, sum);
+  int r;
 
-  if (r < 0 && r != -EUCLEAN)
-    return r;
   if (name && (r = pool_resolve(p, "check", name, &t)) < 0)
     return r;
   if ((r = pool_graph_load(p, &g)) < 0)
     return r;
+  /* Templates first: a copied pool's images get their new identity recorded (contents
+   * permitting) before the plain checks compare identities. */
   if (!name) {
     for (i = 0; i < g.ntmpls; i++)
       deep_template(p, &d, &g.tmpls[i]);
-    for (i = 0; i < g.n; i++)
-      if (!g.nodes[i].bad)
-        deep_layer(p, &d, g.nodes[i].uuid);
   } else {
-    /* The chain of that record only: its layers, top first, then the image it ends in. */
-    const char *image =
-        t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW ? t.tmpl.name : NULL;
     struct pool_node *n = t.layer[0] ? pool_graph_find(&g, t.layer) : NULL;
 
+    if (t.kind == CC_EXPORT_TEMPLATE && t.tmpl.kind == CC_TEMPLATE_RAW)
+      image = t.tmpl.name;
     for (size_t depth = 0; n && !n->bad && depth <= g.n; depth++) {
-      deep_layer(p, &d, n->uuid);
       if (n->parent_kind == OVL_PARENT_RAW)
         image = n->parent_image;
       n = n->parent_kind == OVL_PARENT_LAYER ? pool_graph_find(&g, n->parent) : NULL;
@@ -344,6 +336,26 @@ cc_pool_check_deep(struct cc_pool *p, const char *name, int repair, cc_report_fn
     for (i = 0; image && i < g.ntmpls; i++)
       if (strcmp(g.tmpls[i].name, image) == 0)
         deep_template(p, &d, &g.tmpls[i]);
+  }
+  r = cc_pool_check(p, name, repair, report, opaque, sum); /* resets *sum */
+  sum->errors += pre.errors;
+  if (r < 0 && r != -EUCLEAN) {
+    pool_graph_free(&g);
+    return r;
+  }
+  /* Then every byte of the layers' data: all readable layers, or NAME's chain, top first. */
+  d.sum = sum;
+  if (!name) {
+    for (i = 0; i < g.n; i++)
+      if (!g.nodes[i].bad)
+        deep_layer(p, &d, g.nodes[i].uuid);
+  } else {
+    struct pool_node *n = t.layer[0] ? pool_graph_find(&g, t.layer) : NULL;
+
+    for (size_t depth = 0; n && !n->bad && depth <= g.n; depth++) {
+      deep_layer(p, &d, n->uuid);
+      n = n->parent_kind == OVL_PARENT_LAYER ? pool_graph_find(&g, n->parent) : NULL;
+    }
   }
   pool_graph_free(&g);
   if (sum->errors)

@@ -25,7 +25,7 @@
  *
  * Errors: chain/ returns -errno and leaves a "call: object: reason" message in cc_error_get();
  * we log it once with the export name and send the client EIO, ENOSPC, EPERM, ENOMEM or EINVAL
- * (anything else would reach the client as a misleading EINVAL, see NBDKIT-NOTES §1.4).
+ * (nbdkit 1.32 maps any other errno to EINVAL on the wire, which would mislead the client).
  */
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -69,8 +69,8 @@ static unsigned cache_flags; /* cache=: 0 (writeback, the default) or CC_DIRECT 
 
 /* One per connection: just the shared export.  An *unavailable* handle (e == NULL) stands for
  * an export of the pool this server cannot open (a clone another process holds, a broken
- * layer): nbdinfo --list opens every listed export and fails as a whole if one open fails
- * (NBDKIT-NOTES §0.5), and nbdkit 1.32 cannot tell its probe from a real client, so such an
+ * layer): nbdinfo --list opens every listed export and fails as a whole if one open fails,
+ * and nbdkit 1.32 cannot tell its probe from a real client, so such an
  * export opens read-only with its recorded size, describes why it is unavailable, and fails
  * every read with EIO and that reason. */
 struct handle {

@@ -49,22 +49,39 @@ def main():
               f"{build['clusters_per_layer']} clusters of {build['cluster'] >> 10} KiB; chains "
               f"identical: {build['chains_identical']}.  fio {meta['config']['runtime_s']} s "
               "per run, one job, one connection; randread 4 KiB iodepth 32, seqread 1 MiB "
-              "iodepth 8; one round.")
+              "iodepth 8; best of " + str(max([r.get("round", 1) for r in res
+                                              if str(r.get("section", "")).startswith("rp-")
+                                              and "round" in r] or [1])) + " round(s).")
     print()
 
     # Open time.
     opens = sorted((r for r in res if r.get("section") == "rp-open"), key=lambda r: r["depth"])
     if opens:
         print("**Open time by depth** (`nbdinfo --size` on clone cD, whole command, ms: first "
-              "connection builds the index; reconnect = median of 9 later connections; "
+              "connection to a fresh server builds the index (median of 5 servers); reconnect = median of 9 later connections; "
               "index-cache=0 = median of 5 reconnects without the cache, i.e. the behaviour "
               "before; nbdkit file = the same command against the file plugin, the floor)")
         print()
-        print("| depth | first open | reconnect | reconnect, index-cache=0 | nbdkit file |")
+        print("| depth | first open (min) | reconnect (min) | reconnect, index-cache=0 | "
+              "nbdkit file |")
         print("|---|---|---|---|---|")
         for r in opens:
-            print(f"| {r['depth']} | {fmt(r['first_ms'], 1)} | {fmt(r['reconnect_ms'], 1)} | "
+            print(f"| {r['depth']} | {fmt(r['first_ms'], 1)} ({fmt(r.get('first_min_ms'), 1)}) "
+                  f"| {fmt(r['reconnect_ms'], 1)} ({fmt(r.get('reconnect_min_ms'), 1)}) | "
                   f"{fmt(r['nocache_ms'], 1)} | {fmt(r['file_ms'], 1)} |")
+        print()
+
+    ot = sorted((r for r in res if r.get("section") == "rp-opentime"), key=lambda r: r["depth"])
+    if ot:
+        print("**Open inside one process** (scripts/bench/opentime.c: `cc_pool_open_export` + "
+              "close of clone cD, 9 times each, ms, median (min)): *build* = idle cache off, every "
+              "open builds the index; *cached* = a cache hit, the files revalidated")
+        print()
+        print("| depth | build | cached |")
+        print("|---|---|---|")
+        for r in ot:
+            print(f"| {r['depth']} | {fmt(r['build_ms'], 2)} ({fmt(r['build_min_ms'], 2)}) | "
+                  f"{fmt(r['cached_ms'], 2)} ({fmt(r['cached_min_ms'], 2)}) |")
         print()
 
     # Memory.
@@ -86,11 +103,11 @@ def main():
            and r.get("section") != "rp-open"]
 
     def get(series, peer, depth, wl):
-        for r in fio:
-            if (r["section"] == f"rp-{series}" and r["peer"] == peer and r["depth"] == depth
-                    and r["workload"] == wl):
-                return r
-        return None
+        # The best of the rounds: interference from other processes only slows a run down.
+        key = "iops" if wl == "randread" else "mib_s"
+        runs = [r for r in fio if r["section"] == f"rp-{series}" and r["peer"] == peer
+                and r["depth"] == depth and r["workload"] == wl]
+        return max(runs, key=lambda r: r[key]) if runs else None
 
     peers = ["cc-auto", "cc-sync", "cc-uring", "qemu-nbd"]
     titles = {"warm": "warm page cache", "cold": "cold: the bench files' pages dropped before "
@@ -134,16 +151,15 @@ def main():
 
     if "warm" in series_present:
         worst = None
-        for r in fio:
-            if r["section"] != "rp-warm" or r["peer"] != "cc-auto":
-                continue
-            key = "iops" if r["workload"] == "randread" else "mib_s"
-            s_ = get("warm", "cc-sync", r["depth"], r["workload"])
-            u_ = get("warm", "cc-uring", r["depth"], r["workload"])
-            best = max([x[key] for x in (s_, u_) if x], default=None)
-            if best:
-                v = r[key] / best
-                worst = v if worst is None else min(worst, v)
+        for d in sorted({r["depth"] for r in fio if r["section"] == "rp-warm"}):
+            for wl, key in (("randread", "iops"), ("seqread", "mib_s")):
+                a_ = get("warm", "cc-auto", d, wl)
+                s_ = get("warm", "cc-sync", d, wl)
+                u_ = get("warm", "cc-uring", d, wl)
+                best = max([x[key] for x in (s_, u_) if x], default=None)
+                if a_ and best:
+                    v = a_[key] / best
+                    worst = v if worst is None else min(worst, v)
         print(judge("warm: io=auto >= 0.97x best of sync/uring, worst depth and workload",
                     worst, 0.97))
         d1 = get("warm", "cc-auto", 1, "randread")
@@ -173,8 +189,11 @@ def main():
         lo, hi = min(by), max(by)
         print(judge(f"reconnect at depth {hi} within 1.5x of depth {lo}",
                     by[hi]["reconnect_ms"] / by[lo]["reconnect_ms"], 1.5, higher=False))
-        print(judge(f"first open at depth {hi} under 50 ms (whole nbdinfo command)",
+        print(judge(f"first open at depth {hi} under 50 ms (whole nbdinfo command, median)",
                     by[hi]["first_ms"], 50, higher=False, unit=" ms"))
+        if by[hi].get("first_min_ms") is not None:
+            print(judge(f"first open at depth {hi} under 50 ms (fastest of 5)",
+                        by[hi]["first_min_ms"], 50, higher=False, unit=" ms"))
     if per_cluster is not None:
         print(judge("memory: under 100 bytes of RSS per allocated cluster", per_cluster, 100,
                     higher=False, unit=" B"))

@@ -237,6 +237,7 @@ for _ in $(seq $((GUEST_TIMEOUT * 5))); do
 done
 tr -d '\r' <"$LABPOOL/lab/lab1.console" | grep -q "GUEST: LAB-READY" || fail "the lab guest did not come up"
 [ "$(vsh domstate cowchain-lab1)" = running ] || fail "the lab guest is not a running libvirt domain"
+[ -S "$LABPOOL/lab/lab1.console.sock" ] || fail "the lab guest has no console socket"
 vsh dumpxml cowchain-lab1 >"$WORK/lab1.xml" || fail "virsh dumpxml cowchain-lab1"
 grep -q "<source protocol='nbd' name='lab1'[ >]" "$WORK/lab1.xml" || fail "lab1's disk is not the NBD export: $(cat "$WORK/lab1.xml")"
 lab --status >"$WORK/status.out" 2>&1 || fail "lab --status failed: $(cat "$WORK/status.out")"

@@ -4,9 +4,9 @@
  * fuzz-layer-open.c covers one file's header and map; this covers what only chain/ checks: the
  * parent links between files (a link to itself or to a child: a cycle; a missing parent; a
  * uuid or size that does not match; a raw parent; a parent bigger than its child) and the reads
- * and writes that fall through the layers.  The promise under test (DESIGN.md, "Durability and
- * safety"): a malformed chain is a clear error naming the file and the fault, never a crash,
- * never an out-of-bounds access, never a leaked index or descriptor.
+ * and writes that fall through the layers.  The promise under test (docs/RELIABILITY.md section 1):
+ * a malformed chain is a clear error naming the file and the fault, never a crash, never an
+ * out-of-bounds access, never a leaked index or descriptor.
  *
  * Input layout (every field is clamped, so any byte string is a valid input):
  *   byte 0       flags: bit 0 open the top CC_RDWR (and write to it), bit 1 read with io_uring

@@ -27,6 +27,9 @@ expect_fail cc clone create small --from base --size 32M
 grep -q "smaller than the source" "$WORK/expect_fail.out" || fail "no reason: $(cat "$WORK/expect_fail.out")"
 expect_fail cc clone create bad --from base --size lots
 has '"size": 134217728' cc clone list --json || fail "clone list does not show 128 MiB"
+cc clone create fullbig --from base --full --size 128M
+cc export fullbig "$WORK/fullbig.raw"
+cmp "$WORK/fullbig.raw" "$WORK/ref.raw" || fail "a full clone with --size differs from template + zeroes"
 
 start_server
 [ "$(size_of big)" = 134217728 ] || fail "big is not 128 MiB over NBD"

@@ -69,6 +69,14 @@ has "new file identity is recorded" cc template verify base || fail "verify afte
 qemu-img compare -q -f raw -F raw "$(uri vm1)" "$WORK/base.raw" || fail "vm1 after the restore"
 stop_server
 
+say "a copied pool: check --deep records the new identities and passes"
+cp -a "$POOL" "$WORK/pool3"
+rm -f "$WORK/pool3/cowchain.sock"
+"$COWCHAIN" --pool "$WORK/pool3" check --deep >"$WORK/deep3.out" || fail "check --deep of a copied pool: $(cat "$WORK/deep3.out")"
+grep -q "new file identity recorded" "$WORK/deep3.out" || fail "check --deep did not record: $(cat "$WORK/deep3.out")"
+"$COWCHAIN" --pool "$WORK/pool3" export vm1 "$WORK/vm1-3.raw" || fail "export from the checked copy"
+cmp "$WORK/vm1-3.raw" "$WORK/base.raw" || fail "vm1 in the checked copy"
+
 say "a copied pool: new inodes, refused until verify"
 cp -a "$POOL" "$WORK/pool2"
 POOL=$WORK/pool2

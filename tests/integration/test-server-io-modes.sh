@@ -4,12 +4,14 @@
 # cache=none (O_DIRECT, with its bounce buffer for unaligned requests) against io=sync, on a
 # clone over a history of snapshots whose writes are unaligned and scattered.  Whole-disk copies
 # (nbdcopy: large requests of many pieces, the io_uring batch) and unaligned small reads
-# (qemu-io read -v: one piece, the fast path, the bounce buffer) must match byte for byte.
+# (qemu-io read -v: one piece, the fast path, the bounce buffer) must match byte for byte, and
+# cache=none must leave the template's pages out of the page cache (fincore).
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-img
 requires qemu-io
 requires nbdcopy
+requires fincore
 setup_pool
 
 # cache=none needs O_DIRECT from the file system holding the pool.
@@ -51,12 +53,31 @@ done
 printf '%s\n' -c "read -v $((size - 4097)) 4097" >>"$reads"
 mapfile -t readargs <"$reads"
 
+# The template image's pages in the page cache, in bytes (fincore), and dropping them.
+resident() { fincore -b -n -o RES "$POOL"/images/*.raw | awk '{ s += $1 } END { print s + 0 }'; }
+drop_pages() {
+  python3 -c 'import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY); os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$POOL"/images/*.raw
+}
+
 snapshot() { # snapshot NAME PLUGIN-ARGS...: whole-disk copy and the unaligned reads' dump
-  local name=$1
+  local name=$1 res
   shift
+  drop_pages
+  [ "$(resident)" -lt 262144 ] || fail "cannot drop the template's pages ($(resident) bytes stay)"
   # -v: chain/'s messages (an O_DIRECT or io_uring fallback) are nbdkit debug lines.
   start_server -v -- "$@"
   nbdcopy "$(uri vm1)" "$WORK/$name.raw" || fail "$name: nbdcopy"
+  # The template holds 3 MiB of data (make_template_file): a buffered copy brings it into the
+  # page cache, cache=none (O_DIRECT) must not.
+  res=$(resident)
+  case " $* " in
+  *" cache=none "*)
+    [ "$res" -lt 524288 ] || fail "$name: $res bytes of the template in the page cache after an O_DIRECT copy" ;;
+  *) [ "$res" -gt 2097152 ] || fail "$name: a buffered copy left only $res bytes in the page cache (the check is blind)" ;;
+  esac
   qemu-io -f raw -r "${readargs[@]}" "$(uri vm1)" | grep -Ev '^read |ops; [0-9]' >"$WORK/$name.dump" ||
     fail "$name: qemu-io reads"
   if [ "$name" = sync ]; then

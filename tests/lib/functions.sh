@@ -38,7 +38,8 @@ CLIENT=${CLIENT:-$BUILDDIR/tests/integration/nbd-client-check}
 HOSTILE_CLIENT=${HOSTILE_CLIENT:-$BUILDDIR/tests/reliability/hostile-client}
 CRASH_WRITER=${CRASH_WRITER:-$BUILDDIR/tests/reliability/crash-writer}
 FAULT_SHIM=${FAULT_SHIM:-$BUILDDIR/tests/reliability/fault-shim.so}
-# nbdsh runs `python3` from PATH; only the system one has the nbd module (NBDKIT-NOTES §0.12).
+# nbdsh runs `python3` from PATH; only the system one (/usr/bin) has the nbd module, and a
+# user-installed python (pyenv) may come first in PATH.
 # mke2fs, debugfs and e2fsck live in /usr/sbin, which a user's PATH may lack.
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH
 
@@ -221,7 +222,7 @@ check_template_unchanged() {
 }
 
 # A plugin built with -DCOWCHAIN_SANITIZE=ON needs the ASan runtime loaded first into nbdkit
-# (NBDKIT-NOTES §4.4); only the server gets the preload, never the clients.  Leak checking is
+# (ASan must be the first library of the process, and nbdkit is not built with it); only the server gets the preload, never the clients.  Leak checking is
 # off for the server: nbdkit dlcloses the plugin, so leak stacks would be unreadable, and
 # nbdkit itself leaks a little; valgrind is the leak tool for the plugin.
 SERVER_ENV=(env)

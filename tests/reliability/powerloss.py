@@ -17,7 +17,7 @@ call (every cut point) the pool a power loss would leave is written out in three
          (ext4 data=writeback; the classic "renamed before its data was synced" file);
   data   durable entries, current bytes: data survives, un-synced directory changes do not.
 
-Each distinct state must satisfy DESIGN.md's promise for pool operations: `check` finds no
+Each distinct state must satisfy the promise of every pool operation (docs/POOL.md section 4): `check` finds no
 errors, the pool is exactly "before" or "after" (every export's name and bytes), `check
 --repair` leaves no leaks, and from "before" the operation runs again and reaches "after".
 Prints one summary line: "powerloss: OP: K cut points, S distinct states, all safe".

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: BSD-3-Clause
-# EIO from the disk (DESIGN.md "Durability and safety": the request fails with that errno to the
+# EIO from the disk (docs/RELIABILITY.md: the request fails with that errno to the
 # NBD client; nothing already written is lost; the export works again once the fault is gone).
 # fault-shim.so, preloaded into nbdkit, fails reads, writes or syncs of the pool's layer files
 # with EIO while a trigger file says so (no root, no device-mapper); io=sync because io_uring

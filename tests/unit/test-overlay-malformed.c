@@ -1007,3 +1007,37 @@ Test(overlay_malformed, offsets_that_wrap)
   free(p);
   otu_rmtree(dir);
 }
+
+/* OVL_HEADER_ONLY (a parent-link walk): the header is still validated, the map is not read, so
+ * a layer with a broken map opens header-only (and reports its identity) but not for I/O; a
+ * broken header is refused as by a full open; a header-only open cannot be for writing. */
+Test(overlay_malformed, header_only_open)
+{
+  char *dir = otu_tmpdir();
+  char *p = mk_data(dir, "l.cow", DATA_VSIZE);
+  struct ovl_layer *l = NULL;
+  struct ovl_info full, hdr;
+  char buf[512];
+
+  l = otu_open(p, OVL_RDONLY);
+  ovl_get_info(l, &full);
+  ovl_close(l);
+  otu_l1_set(p, 0, otu_l1_get(p, 0) + 512); /* the map is now invalid */
+  expect_refused(p, OVL_RDONLY, "L1 entry misaligned", "L1", "align", NULL);
+  cr_assert_eq(ovl_open(p, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, &l), 0, "%s", cc_error_get());
+  ovl_get_info(l, &hdr);
+  cr_assert_eq(memcmp(hdr.uuid, full.uuid, OVL_UUID_LEN), 0);
+  cr_assert_eq(hdr.virtual_size, full.virtual_size);
+  cr_assert_eq(hdr.generation, full.generation);
+  cr_assert_eq(hdr.parent_kind, full.parent_kind);
+  cr_assert_eq(ovl_pread(l, buf, sizeof buf, 0, NULL, NULL), -EINVAL, "I/O on a header-only open");
+  ovl_close(l);
+  cr_assert_eq(ovl_open(p, OVL_RDWR | OVL_HEADER_ONLY, &l), -EINVAL);
+  cr_assert(strstr(cc_error_get(), "header-only"), "%s", cc_error_get());
+  otu_write_at(p, "XXXXXXXX", 8, 0); /* slot 0's magic */
+  otu_write_at(p, "XXXXXXXX", 8, OTU_SLOT_SIZE);
+  cr_assert_lt(ovl_open(p, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, &l), 0,
+               "a broken header opened header-only");
+  free(p);
+  otu_rmtree(dir);
+}
