@@ -407,15 +407,15 @@ cc_chain_forget_file(dev_t dev, ino_t ino)
       p = &idx->next;
       continue;
     }
-    *p = idx->next;
-    idx->next = NULL;
     idx->stale = 1;
     n++;
     if (idx->refs == 0) {
-      cache_used -= idx->cost;
-      cache_idle--;
+      idle_unlink_locked(p);
       idx->next = gone;
       gone = idx;
+    } else {
+      *p = idx->next;
+      idx->next = NULL;
     }
   }
   pthread_mutex_unlock(&registry_lock);
