@@ -51,6 +51,14 @@
  * Known cost: each push keeps the previous index's run array alive as the base of the next
  * one, so memory grows with pushes x runs until the chain is reopened or its frozen part
  * replaced (cc_chain_replace_frozen with an index built from the files).
+ *
+ * Live merge (POOL.md 6.2): cc_chain_fill_top copies a frozen layer into the top's holes (the
+ * caller has stopped writes, so "a hole" cannot change under it; reads may run: a hole being
+ * filled reads the same through the frozen part); cc_chain_relink_top rewrites the top's
+ * parent link (the old view still reads the same bytes); cc_chain_refresh_frozen rebuilds the
+ * frozen part from the files as the links now say (after cc_chain_forget_file no index
+ * holding the merged layer can be found in the registry) and publishes it like a push,
+ * readers never paused.
  */
 #include "chain/internal.h"
 

@@ -296,6 +296,7 @@ out:
 /* ---- live merge (POOL.md 6.2) ---- */
 
 #define LIVE_PIECE (2ull << 20) /* bytes of the snapshot per merge-top request: one gate stall */
+#define MERGE_RETRIES 30        /* x 100 ms: a server opening or closing a clone while we looked */
 
 struct live_kid {
   char uuid[CC_UUID_STR], path[PATH_MAX], name[2 * CC_NAME_MAX + 2];
@@ -369,7 +370,9 @@ merge_live(struct cc_pool *p, struct pool_graph *g, struct cc_clone *c, struct m
         if ((r = pool_open_layer(p, x->uuid, OVL_RDONLY, what, &x->lock)) < 0) {
           char msg[CC_ERROR_MAX];
           snprintf(msg, sizeof msg, "%s", cc_error_get());
-          r = cc_error_set(EBUSY,
+          /* -EAGAIN: nothing changed yet; a connection opening the clone, or the last one
+           * closing it (its final flush), holds the top without being listed by `held`. */
+          r = cc_error_set(EAGAIN,
                            "%s (it is written by a process that is not a cowchain server "
                            "with a control socket)",
                            msg);
@@ -456,8 +459,11 @@ merge_live(struct cc_pool *p, struct pool_graph *g, struct cc_clone *c, struct m
             ccp_append(req, CCP_LINE_MAX, num);
             snprintf(num, sizeof num, "%llu", (unsigned long long)len);
             ccp_append(req, CCP_LINE_MAX, num);
-            if ((r = pool_live_call(L, k[i].srv, what, req, ok, &nok)) < 0)
+            if ((r = pool_live_call(L, k[i].srv, what, req, ok, &nok)) < 0) {
+              if (r == -ENOENT)
+                r = -EAGAIN; /* its last connection left: nothing relinked yet, start again */
               goto out;
+            }
             if (nok >= 1)
               copied += strtoull(ok[0], NULL, 10);
             if (ext[e].state == OVL_DATA)
@@ -701,9 +707,19 @@ busy:
       ovl_close(kids[--nopen]);
     ovl_close(s);
     s = NULL;
-    cc_error_clear();
-    mark_children(&g, suuid);
-    r = merge_live(p, &g, &c, &m, suuid, what, &res);
+    for (int attempt = 0;; attempt++) {
+      cc_error_clear();
+      mark_children(&g, suuid);
+      r = merge_live(p, &g, &c, &m, suuid, what, &res);
+      if (r != -EAGAIN || attempt + 1 == MERGE_RETRIES)
+        break;
+      usleep(100000);
+    }
+    if (r == -EAGAIN) {
+      char last[CC_ERROR_MAX];
+      snprintf(last, sizeof last, "%s", cc_error_get());
+      r = cc_error_set(EBUSY, "%s", last);
+    }
     if (r == -EBUSY && !cc_error_get()[0])
       r = cc_error_set(EBUSY, "%s", msg);
   }
