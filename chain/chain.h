@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct cc_chain;
 
@@ -96,6 +97,32 @@ int cc_chain_push_check(struct cc_chain *c, const char *new_top_path);
  * already name that file, and it must read the same bytes as the old frozen part (a merge
  * rewrote the layers without changing what they read).  Reads may run throughout; writes too. */
 int cc_chain_replace_frozen(struct cc_chain *c, const char *frozen_top_path);
+
+/* Live merge into a served chain (docs/POOL.md 6.2).  The caller guarantees that no write, zero
+ * or flush is in flight for fill_top and relink_top (the server's write gate is closed); reads
+ * may run throughout.
+ *
+ * cc_chain_fill_top: copy the layer `src` (an open read-only layer of the same sub-cluster
+ * size) into the writable top over [offset, offset + length), only where the top is
+ * unallocated: a sub-cluster the guest wrote or zeroed is never touched, so a guest write
+ * always wins over the older data.  *copied (may be NULL) gets the bytes written.
+ * cc_chain_relink_top: flush the top (data before map), then point its parent link at `link`
+ * (relative to the top, as the pool writes links; kind OVL_PARENT_*), checked by opening it.
+ * The view is unchanged: the old frozen part reads the same bytes under the top.
+ * cc_chain_refresh_frozen: rebuild the frozen part from the files as the top's (or, for a
+ * read-only chain, the topmost frozen file's) link names them now, and switch readers to it
+ * (a grace period, no pause).
+ * cc_chain_forget_file: no chain opened from now on may reuse an index that holds the file
+ * (dev, ino): every such index leaves the registry (idle ones are freed, used ones live on
+ * with their chains, unshared).  Returns how many.  cc_chain_uses_file: 1 if the chain's
+ * frozen part holds that file. */
+struct ovl_layer;
+int cc_chain_fill_top(struct cc_chain *c, struct ovl_layer *src, uint64_t offset, uint64_t length,
+                      uint64_t *copied);
+int cc_chain_relink_top(struct cc_chain *c, int kind, const char *link);
+int cc_chain_refresh_frozen(struct cc_chain *c);
+size_t cc_chain_forget_file(dev_t dev, ino_t ino);
+int cc_chain_uses_file(struct cc_chain *c, dev_t dev, ino_t ino);
 
 /* Report [offset, offset + length) as ascending contiguous extents through `fn`, merged over the
  * whole chain: data (0), zero (CC_EXTENT_ZERO), hole (CC_EXTENT_HOLE|CC_EXTENT_ZERO).  May stop

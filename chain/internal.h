@@ -101,6 +101,8 @@ struct cc_index {
    * nowned == nlayers. */
   struct cc_index *base;
   size_t nowned;
+  /* Forgotten (cc_chain_forget_file): out of the registry, never kept idle. */
+  int stale;
 };
 
 /* What a reader of a chain uses, published as one pointer (view.c).  Immutable: a change of

@@ -371,7 +371,8 @@ cc_index_put(struct cc_index *idx)
   if (!idx)
     return;
   pthread_mutex_lock(&registry_lock);
-  if (--idx->refs == 0 && cache_budget > 0 && idx->base == NULL && idx->nowned == idx->nlayers) {
+  if (--idx->refs == 0 && cache_budget > 0 && !idx->stale && idx->base == NULL &&
+      idx->nowned == idx->nlayers) {
     idx->cost = index_cost(idx);
     if (idx->cost <= cache_budget) {
       struct cc_index *gone;
@@ -411,5 +412,42 @@ cc_chain_index_count(void)
   for (struct cc_index *i = registry_head; i; i = i->next)
     n += i->refs > 0;
   pthread_mutex_unlock(&registry_lock);
+  return n;
+}
+
+/* A live merge relinked layers under this file's chains, and will delete it (POOL.md 6.2):
+ * an index holding it still reads the right bytes, but a chain opened later must be built
+ * from the files as they are now.  The key cannot tell (a relink deep below the topmost
+ * frozen file changes nothing of that file), so the indexes holding it leave the list. */
+size_t
+cc_chain_forget_file(dev_t dev, ino_t ino)
+{
+  struct cc_index *gone = NULL;
+  size_t n = 0;
+
+  pthread_mutex_lock(&registry_lock);
+  for (struct cc_index **p = &registry_head; *p;) {
+    struct cc_index *idx = *p;
+    int holds = 0;
+
+    for (size_t i = 0; i < idx->nlayers && !holds; i++)
+      holds = idx->layers[i].dev == dev && idx->layers[i].ino == ino;
+    if (!holds) {
+      p = &idx->next;
+      continue;
+    }
+    idx->stale = 1;
+    n++;
+    if (idx->refs == 0) {
+      idle_unlink_locked(p);
+      idx->next = gone;
+      gone = idx;
+    } else {
+      *p = idx->next;
+      idx->next = NULL;
+    }
+  }
+  pthread_mutex_unlock(&registry_lock);
+  free_list(gone);
   return n;
 }

@@ -51,6 +51,14 @@
  * Known cost: each push keeps the previous index's run array alive as the base of the next
  * one, so memory grows with pushes x runs until the chain is reopened or its frozen part
  * replaced (cc_chain_replace_frozen with an index built from the files).
+ *
+ * Live merge (POOL.md 6.2): cc_chain_fill_top copies a frozen layer into the top's holes (the
+ * caller has stopped writes, so "a hole" cannot change under it; reads may run: a hole being
+ * filled reads the same through the frozen part); cc_chain_relink_top rewrites the top's
+ * parent link (the old view still reads the same bytes); cc_chain_refresh_frozen rebuilds the
+ * frozen part from the files as the links now say (after cc_chain_forget_file no index
+ * holding the merged layer can be found in the registry) and publishes it like a push,
+ * readers never paused.
  */
 #include "chain/internal.h"
 
@@ -324,4 +332,206 @@ out:
   free(info);
   pthread_mutex_unlock(&c->switch_lock);
   return r;
+}
+
+/* ---- live merge (POOL.md 6.2) ---- */
+
+int
+cc_chain_fill_top(struct cc_chain *c, struct ovl_layer *src, uint64_t offset, uint64_t length,
+                  uint64_t *copied)
+{
+  struct ovl_extent se[64], te[64];
+  struct cc_view *v;
+  uint64_t end, done = 0;
+  int r = 0;
+
+  pthread_mutex_lock(&c->switch_lock);
+  v = atomic_load(&c->view);
+  if (!v->top) {
+    r = cc_error_set(EPERM, "merge: %s: chain is read-only", v->path);
+    goto out;
+  }
+  if (ovl_sc_size(src) != ovl_sc_size(v->top)) {
+    r = cc_error_set(EINVAL, "merge: %s: sub-cluster size differs from %s's", ovl_path(src),
+                     v->path);
+    goto out;
+  }
+  end = offset + length;
+  if (end > ovl_virtual_size(src))
+    end = ovl_virtual_size(src);
+  if (end > c->size)
+    end = c->size;
+  /* The source's allocated and zero runs, and inside each the top's unallocated ones: with no
+   * write in flight, "unallocated" cannot change under us, and a write that comes after the
+   * gate reopens lands on top of what we copied (a newer write wins). */
+  while (offset < end && r == 0) {
+    int n = ovl_map(src, offset, end - offset, se, 64);
+    if (n <= 0) {
+      r = n;
+      break;
+    }
+    for (int i = 0; i < n && r == 0; i++) {
+      uint64_t so = se[i].offset, send = so + se[i].length;
+      offset = send;
+      if (se[i].state == OVL_UNALLOCATED)
+        continue;
+      while (so < send && r == 0) {
+        int m = ovl_map(v->top, so, send - so, te, 64);
+        if (m <= 0) {
+          r = m;
+          break;
+        }
+        for (int k = 0; k < m && r == 0; k++) {
+          uint64_t to = te[k].offset, tl = te[k].length;
+          so = to + tl;
+          if (te[k].state != OVL_UNALLOCATED)
+            continue;
+          if (se[i].state == OVL_ZERO)
+            r = ovl_zero(v->top, tl, to, 0, NULL, NULL);
+          else
+            r = ovl_copy_in(v->top, to, tl, ovl_fd(src), se[i].phys + (to - se[i].offset),
+                            ovl_path(src));
+          done += tl;
+        }
+      }
+    }
+  }
+out:
+  pthread_mutex_unlock(&c->switch_lock);
+  if (copied)
+    *copied = done;
+  return r < 0 ? r : 0;
+}
+
+int
+cc_chain_relink_top(struct cc_chain *c, int kind, const char *link)
+{
+  struct ovl_parent par = {.kind = (enum ovl_parent_kind)kind};
+  struct ovl_layer *pl = NULL;
+  struct cc_view *v;
+  char *abs = NULL;
+  int r;
+
+  pthread_mutex_lock(&c->switch_lock);
+  v = atomic_load(&c->view);
+  if (!v->top) {
+    r = cc_error_set(EPERM, "relink: %s: chain is read-only", v->path);
+    goto out;
+  }
+  if (kind != OVL_PARENT_NONE) {
+    struct stat st;
+
+    if (!link || !(abs = cc_join_parent(v->path, link))) {
+      r = cc_error_set(ENOMEM, "relink: %s: out of memory", v->path);
+      goto out;
+    }
+    par.path = link;
+    if (kind == OVL_PARENT_LAYER) {
+      struct ovl_info info;
+
+      if ((r = ovl_open(abs, OVL_RDONLY | OVL_NOLOCK, &pl)) < 0)
+        goto out;
+      ovl_get_info(pl, &info);
+      memcpy(par.uuid, info.uuid, OVL_UUID_LEN);
+      par.size = info.virtual_size;
+    } else if (stat(abs, &st) < 0) {
+      r = cc_error_set(errno, "relink: %s: %s", abs, strerror(errno));
+      goto out;
+    } else {
+      par.size = (uint64_t)st.st_size;
+    }
+  }
+  /* What was copied into the top must be durable before the link stops reaching it. */
+  if ((r = ovl_flush(v->top)) < 0)
+    goto out;
+  r = ovl_set_parent(v->top, &par);
+out:
+  if (pl)
+    ovl_close(pl);
+  free(abs);
+  pthread_mutex_unlock(&c->switch_lock);
+  return r;
+}
+
+int
+cc_chain_refresh_frozen(struct cc_chain *c)
+{
+  struct cc_chain *ro = NULL;
+  struct cc_view *old, *nv = NULL, *rov;
+  struct ovl_info *info = NULL;
+  char *fpath = NULL;
+  unsigned flags = c->flags & CC_IO_MASK;
+  int r = 0;
+
+  pthread_mutex_lock(&c->switch_lock);
+  old = atomic_load(&c->view);
+  if (old->top) {
+    if (!(info = malloc(sizeof *info))) {
+      r = cc_error_set(ENOMEM, "refresh: %s: out of memory", old->path);
+      goto out;
+    }
+    ovl_get_info(old->top, info);
+    if (info->parent_kind != OVL_PARENT_NONE &&
+        !(fpath = cc_join_parent(old->path, info->parent_path))) {
+      r = cc_error_set(ENOMEM, "refresh: %s: out of memory", old->path);
+      goto out;
+    }
+    if (info->parent_kind == OVL_PARENT_RAW)
+      flags |= CC_RAW;
+  } else {
+    const struct cc_frozen *f = &old->idx->layers[old->idx->nlayers - 1];
+    if (!(fpath = strdup(f->path))) {
+      r = cc_error_set(ENOMEM, "refresh: %s: out of memory", old->path);
+      goto out;
+    }
+    if (!f->ovl)
+      flags |= CC_RAW;
+  }
+  /* A chain opened within a root (a pool's) stays within it: the links may have changed. */
+  if (fpath &&
+      (r = old->idx && old->idx->root ? cc_chain_open_within(fpath, flags, old->idx->root, &ro)
+                                      : cc_chain_open(fpath, flags, &ro)) < 0)
+    goto out;
+  rov = ro ? atomic_load(&ro->view) : NULL;
+  if (old->top && rov &&
+      (info->parent_size != rov->idx->size ||
+       (info->parent_kind == OVL_PARENT_LAYER &&
+        memcmp(info->parent_uuid, rov->idx->uuid, OVL_UUID_LEN) != 0))) {
+    r = cc_error_set(EINVAL, "refresh: %s: its parent link does not name %s", old->path, fpath);
+    goto out;
+  }
+  if (!(nv = calloc(1, sizeof *nv)) || !(nv->path = strdup(old->path))) {
+    r = cc_error_set(ENOMEM, "refresh: %s: out of memory", old->path);
+    goto out;
+  }
+  nv->top = old->top;
+  nv->top_fd = old->top_fd;
+  if (rov) {
+    nv->idx = rov->idx; /* steal ro's reference */
+    rov->idx = NULL;
+  }
+  publish(c, nv);
+  nv = NULL;
+  cc_view_free(old); /* drops the old index, after the grace period */
+out:
+  cc_chain_close(ro);
+  cc_view_free(nv);
+  free(info);
+  free(fpath);
+  pthread_mutex_unlock(&c->switch_lock);
+  return r;
+}
+
+int
+cc_chain_uses_file(struct cc_chain *c, dev_t dev, ino_t ino)
+{
+  struct cc_view *v;
+  int hit = 0;
+
+  pthread_mutex_lock(&c->switch_lock);
+  v = atomic_load(&c->view);
+  for (size_t i = 0; v->idx && i < v->idx->nlayers && !hit; i++)
+    hit = v->idx->layers[i].dev == dev && v->idx->layers[i].ino == ino;
+  pthread_mutex_unlock(&c->switch_lock);
+  return hit;
 }

@@ -411,7 +411,11 @@ snapshot_delete(int argc, char **argv)
       "The merge copies whichever side is smaller: the snapshot's blocks that the layers\n"
       "above lack, into them; or, when one layer sits on the snapshot (and it is the same\n"
       "size), that layer's blocks into the snapshot's file, which then takes its place.\n"
-      "The output says which direction was taken and how much was copied.",
+      "The output says which direction was taken and how much was copied.\n"
+      "On a clone a server is serving (a running guest), the merge is live: it always goes\n"
+      "into the layers above, into the live top through the server so the guest's newer\n"
+      "writes win, always finishes however fast the guest writes, and the connections\n"
+      "switch to the new chain without a pause.",
       2,
       2,
       NULL};

@@ -203,6 +203,19 @@ int pool_intent_roll_forward(struct cc_pool *p, unsigned *done);
 int pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int force,
                         const char *why, int *served);
 
+/* The pool's servers for a live merge (live.c; POOL.md 6.2): open connects to every control
+ * socket and asks each `held`; top_holder finds the server (an index) holding top file
+ * `top_path` for writing and its export name, or -1; call sends one request (ok words in
+ * `ok`, valid until the next call). */
+struct pool_live;
+int pool_live_open(struct cc_pool *p, struct pool_live **out);
+void pool_live_close(struct pool_live *l);
+size_t pool_live_servers(const struct pool_live *l);
+int pool_live_top_holder(struct pool_live *l, const char *top_path, char *name, size_t len);
+long pool_live_pid(const struct pool_live *l, int srv);
+int pool_live_call(struct pool_live *l, int srv, const char *what, const char *req, char **ok,
+                   int *nok);
+
 /* copy.c */
 /* hash.c: the content hash of a template image (POOL.md 3.1.1): XXH64 of 64 KiB chunks,
  * chained; holes and zero chunks hash alike.  Feed the bytes in file order. */

@@ -860,3 +860,72 @@ out:
   live_close(&s);
   return r;
 }
+
+/* ---- live merge (POOL.md 6.2): the servers, for merge.c ---- */
+
+struct pool_live {
+  struct live_set s;
+};
+
+int
+pool_live_open(struct cc_pool *p, struct pool_live **out)
+{
+  struct pool_live *l = calloc(1, sizeof *l);
+  int r;
+
+  *out = NULL;
+  if (!l)
+    return cc_error_set(ENOMEM, "out of memory");
+  if ((r = live_open(p, &l->s)) < 0) {
+    live_close(&l->s);
+    free(l);
+    return r;
+  }
+  for (size_t i = 0; i < l->s.n; i++)
+    if (l->s.srv[i].nex) {
+      pool_step_victim((pid_t)l->s.srv[i].pid, l->s.srv[i].conn->fd);
+      break;
+    }
+  *out = l;
+  return 0;
+}
+
+void
+pool_live_close(struct pool_live *l)
+{
+  if (!l)
+    return;
+  pool_step_victim(0, -1);
+  live_close(&l->s);
+  free(l);
+}
+
+size_t
+pool_live_servers(const struct pool_live *l)
+{
+  return l->s.n;
+}
+
+int
+pool_live_top_holder(struct pool_live *l, const char *top_path, char *name, size_t len)
+{
+  for (size_t i = 0; i < l->s.n; i++)
+    for (size_t k = 0; k < l->s.srv[i].nex; k++)
+      if (l->s.srv[i].ex[k].rw && strcmp(l->s.srv[i].ex[k].top, top_path) == 0) {
+        snprintf(name, len, "%s", l->s.srv[i].ex[k].name);
+        return (int)i;
+      }
+  return -1;
+}
+
+long
+pool_live_pid(const struct pool_live *l, int srv)
+{
+  return l->s.srv[srv].pid;
+}
+
+int
+pool_live_call(struct pool_live *l, int srv, const char *what, const char *req, char **ok, int *nok)
+{
+  return live_call(&l->s, &l->s.srv[srv], what, req, NULL, NULL, ok, nok);
+}

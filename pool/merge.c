@@ -34,11 +34,20 @@
  * Data moves file to file with ovl_copy_in (FORMAT.md 7.6); each changed L2 table is written
  * once, at the flush that ends the copy.
  *
+ * Live (POOL.md 6.2, merge_live): when a server holds S or a child, the locks of step 1 are
+ * refused and the merge goes into the children with the servers: a served top is filled by its
+ * server piece by piece with its write gate closed (so a guest write always wins) and relinked
+ * by it; frozen children are locked shared and written through an unlocked handle (their
+ * readers get the same bytes through S); every server then forgets S (its chains through S are
+ * rebuilt from the files) before the record drops the snapshot.
+ *
  * Both layers must use the same sub-cluster size so that every copied unit is a whole
  * sub-cluster of Ci (no copy-up from below is ever needed); every layer the pool creates
  * does, and a pool layer that doesn't is refused with that reason.
  */
 #include "pool/internal.h"
+
+#include "common/control-proto.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -284,6 +293,253 @@ out:
   return r;
 }
 
+/* ---- live merge (POOL.md 6.2) ---- */
+
+#define LIVE_PIECE (2ull << 20) /* bytes of the snapshot per merge-top request: one gate stall */
+#define MERGE_RETRIES 30        /* x 100 ms: a server opening or closing a clone while we looked */
+
+struct live_kid {
+  char uuid[CC_UUID_STR], path[PATH_MAX], name[2 * CC_NAME_MAX + 2];
+  struct ovl_layer *lock; /* our lock on it: exclusive (offline child) or shared (frozen) */
+  struct ovl_layer *w;    /* where we write it: lock itself, or an unlocked handle; NULL: served */
+  int srv;                /* served top: the server's index, else -1 */
+};
+
+static const char *
+kind_word(int kind)
+{
+  return kind == OVL_PARENT_LAYER ? "layer" : kind == OVL_PARENT_RAW ? "raw" : "none";
+}
+
+/* The snapshot's layer S is held by a server (it is in a served chain), or one of its children
+ * is: copy into the children with the servers (POOL.md 6.2).  Always into the children: the
+ * other direction would write S, which a server may be reading as CLONE@SNAP, and move a
+ * served top.  Called under the pool lock with the record copy `c` already without the
+ * snapshot; g's children of S marked. */
+static int
+merge_live(struct cc_pool *p, struct pool_graph *g, struct cc_clone *c, struct merge *m,
+           const char *suuid, const char *what, struct cc_merge_info *res)
+{
+  struct pool_live *L = NULL;
+  struct live_kid *k = NULL;
+  struct ovl_layer *s = NULL;
+  struct ovl_info sinfo;
+  struct ovl_parent par;
+  char spath[PATH_MAX], *req = NULL, *ok[CCP_MAX_WORDS];
+  size_t i, nk = 0;
+  uint64_t copied = 0; /* bytes the copy wrote (a served top: as its server counted them) */
+  int r, nok;
+
+  if ((r = pool_live_open(p, &L)) < 0)
+    goto out;
+  if (pool_live_servers(L) == 0) {
+    r = -EBUSY; /* not a server's: refused as offline (the caller keeps the lock's message) */
+    goto out;
+  }
+  if (!(k = calloc(g->n + 1, sizeof *k)) || !(req = malloc(CCP_LINE_MAX))) {
+    r = cc_error_set(ENOMEM, "%s: out of memory", what);
+    goto out;
+  }
+  /* Step 1: S shared (no writer can have it), each child as it can be had. */
+  if ((r = pool_layer_path(p, suuid, spath, sizeof spath)) < 0 ||
+      (r = pool_open_layer(p, suuid, OVL_RDONLY, what, &s)) < 0)
+    goto out;
+  ovl_get_info(s, &sinfo);
+  for (i = 0; i < g->n; i++) {
+    struct live_kid *x;
+    struct ovl_layer *probe;
+
+    if (!g->nodes[i].mark)
+      continue;
+    x = &k[nk++];
+    x->srv = -1;
+    snprintf(x->uuid, sizeof x->uuid, "%s", g->nodes[i].uuid);
+    if ((r = pool_layer_path(p, x->uuid, x->path, sizeof x->path)) < 0)
+      goto out;
+    x->srv = pool_live_top_holder(L, x->path, x->name, sizeof x->name);
+    if (x->srv >= 0) {
+      /* A served top: the server writes it (merge-top); we only look at its geometry. */
+      if ((r = pool_open_layer(p, x->uuid, OVL_RDONLY | OVL_NOLOCK, what, &probe)) < 0)
+        goto out;
+    } else {
+      r = pool_open_layer(p, x->uuid, OVL_RDWR, what, &x->lock);
+      if (r == -EBUSY) {
+        /* Frozen, read by a server: a shared lock proves nobody writes it, and we write only
+         * holes whose bytes its readers get from S (POOL.md 6.2). */
+        cc_error_clear();
+        if ((r = pool_open_layer(p, x->uuid, OVL_RDONLY, what, &x->lock)) < 0) {
+          char msg[CC_ERROR_MAX];
+          snprintf(msg, sizeof msg, "%s", cc_error_get());
+          /* -EAGAIN: nothing changed yet; a connection opening the clone, or the last one
+           * closing it (its final flush), holds the top without being listed by `held`. */
+          r = cc_error_set(EAGAIN,
+                           "%s (it is written by a process that is not a cowchain server "
+                           "with a control socket)",
+                           msg);
+          goto out;
+        }
+        if ((r = pool_open_layer(p, x->uuid, OVL_RDWR | OVL_NOLOCK, what, &x->w)) < 0)
+          goto out;
+      } else if (r < 0) {
+        goto out;
+      } else {
+        x->w = x->lock;
+      }
+      probe = x->w;
+    }
+    if (ovl_sc_size(probe) != ovl_sc_size(s) || ovl_virtual_size(probe) < sinfo.virtual_size ||
+        (x->srv >= 0 && ovl_virtual_size(probe) != sinfo.virtual_size &&
+         sinfo.virtual_size % ovl_sc_size(s) != 0)) {
+      r = cc_error_set(EINVAL,
+                       "%s: layer %s has a different cluster size or disk size; cannot merge", what,
+                       x->uuid);
+      if (x->srv >= 0)
+        ovl_close(probe);
+      goto out;
+    }
+    if (x->srv >= 0)
+      ovl_close(probe);
+  }
+  /* What the copy writes at most: a served top's map changes under the guest, so S's data. */
+  m->count_only = 1;
+  m->from = s;
+  m->done = 0;
+  for (i = 0; i < nk; i++) {
+    if (k[i].srv >= 0) {
+      m->done += sinfo.allocated_bytes;
+    } else {
+      m->into = k[i].w;
+      if ((r = merge_walk(m, k[i].w, 1)) < 0)
+        goto out;
+    }
+  }
+  res->direction = CC_MERGE_INTO_CHILDREN;
+  res->into_children_bytes = res->written_bytes = m->total = m->done;
+  res->into_snapshot_bytes = 0;
+  m->count_only = 0;
+  m->done = 0;
+
+  /* Step 2: every child's holes from S; a served top's through its server, piece by piece
+   * (the guest's writes win, and the copy ends: S is frozen and finite). */
+  for (i = 0; i < nk; i++) {
+    if (k[i].srv < 0) {
+      uint64_t before = m->done;
+      m->into = k[i].w;
+      if ((r = merge_walk(m, k[i].w, 1)) < 0)
+        goto out;
+      copied += m->done - before;
+      pool_step();
+      continue;
+    }
+    {
+      struct ovl_extent ext[MAX_EXT];
+      uint64_t off = 0, size = sinfo.virtual_size;
+
+      while (off < size) {
+        int n = ovl_map(s, off, size - off, ext, MAX_EXT), e;
+        if (n < 0) {
+          r = n;
+          goto out;
+        }
+        if (n == 0)
+          break;
+        for (e = 0; e < n; e++) {
+          uint64_t eo = ext[e].offset, ee = eo + ext[e].length;
+          off = ee;
+          if (ext[e].state == OVL_UNALLOCATED)
+            continue;
+          while (eo < ee) {
+            uint64_t len = ee - eo < LIVE_PIECE ? ee - eo : LIVE_PIECE;
+            char num[32];
+            req[0] = '\0';
+            ccp_append(req, CCP_LINE_MAX, "merge-top");
+            ccp_append(req, CCP_LINE_MAX, k[i].name);
+            ccp_append(req, CCP_LINE_MAX, spath);
+            snprintf(num, sizeof num, "%llu", (unsigned long long)eo);
+            ccp_append(req, CCP_LINE_MAX, num);
+            snprintf(num, sizeof num, "%llu", (unsigned long long)len);
+            ccp_append(req, CCP_LINE_MAX, num);
+            if ((r = pool_live_call(L, k[i].srv, what, req, ok, &nok)) < 0) {
+              if (r == -ENOENT)
+                r = -EAGAIN; /* its last connection left: nothing relinked yet, start again */
+              goto out;
+            }
+            if (nok >= 1)
+              copied += strtoull(ok[0], NULL, 10);
+            if (ext[e].state == OVL_DATA)
+              m->done += len;
+            merge_report(m);
+            eo += len;
+          }
+        }
+      }
+    }
+    pool_step();
+  }
+
+  /* Step 3: each child onto S's parent (a served top: flushed, then relinked, by its server). */
+  memset(&par, 0, sizeof par);
+  par.kind = sinfo.parent_kind;
+  par.path = sinfo.parent_kind == OVL_PARENT_NONE ? NULL : sinfo.parent_path;
+  memcpy(par.uuid, sinfo.parent_uuid, OVL_UUID_LEN);
+  par.size = sinfo.parent_size;
+  for (i = 0; i < nk; i++) {
+    if (k[i].srv < 0) {
+      r = ovl_set_parent(k[i].w, &par);
+    } else {
+      req[0] = '\0';
+      ccp_append(req, CCP_LINE_MAX, "relink-top");
+      ccp_append(req, CCP_LINE_MAX, k[i].name);
+      ccp_append(req, CCP_LINE_MAX, kind_word(sinfo.parent_kind));
+      ccp_append(req, CCP_LINE_MAX, par.path ? par.path : "-");
+      r = pool_live_call(L, k[i].srv, what, req, ok, &nok);
+    }
+    if (r < 0)
+      goto out;
+    pool_step();
+  }
+
+  /* Step 4: every server drops the indexes holding S and rebuilds its chains through it. */
+  for (i = 0; i < pool_live_servers(L); i++) {
+    req[0] = '\0';
+    ccp_append(req, CCP_LINE_MAX, "forget");
+    ccp_append(req, CCP_LINE_MAX, spath);
+    if ((r = pool_live_call(L, (int)i, what, req, ok, &nok)) < 0)
+      goto out;
+  }
+  pool_step();
+
+  res->written_bytes = copied;
+  /* Step 5: the snapshot is gone (commit point). */
+  if ((r = pool_write_clone(p, c)) < 0)
+    goto out;
+
+  /* Step 6: S is unreachable; the servers' old indexes may still hold it open (its space
+   * returns when their last reader leaves). */
+  if (unlink(spath) == 0) {
+    pool_fsync_dir(p, "layers");
+    pool_step();
+  }
+out:
+  for (i = 0; i < nk; i++) {
+    int rc = 0;
+    if (k[i].w && k[i].w != k[i].lock)
+      rc = ovl_close(k[i].w);
+    if (k[i].lock) {
+      int rc2 = ovl_close(k[i].lock);
+      rc = rc < 0 ? rc : rc2;
+    }
+    if (r == 0 && rc < 0)
+      r = rc;
+  }
+  if (s)
+    ovl_close(s);
+  free(k);
+  free(req);
+  pool_live_close(L);
+  return r;
+}
+
 int
 cc_snapshot_delete(struct cc_pool *p, const char *clone, const char *snap, cc_progress_fn progress,
                    void *opaque)
@@ -346,13 +602,13 @@ cc_snapshot_delete_info(struct cc_pool *p, const char *clone, const char *snap,
     }
   }
   if ((r = pool_open_layer(p, suuid, OVL_RDWR, what, &s)) < 0)
-    goto out;
+    goto busy;
   ovl_get_info(s, &sinfo);
   for (i = 0; i < g.n; i++) {
     if (!g.nodes[i].mark)
       continue;
     if ((r = pool_open_layer(p, g.nodes[i].uuid, OVL_RDWR, what, &kids[nopen])) < 0)
-      goto out;
+      goto busy;
     if (ovl_sc_size(kids[nopen]) != ovl_sc_size(s) ||
         ovl_virtual_size(kids[nopen]) < sinfo.virtual_size) {
       nopen++;
@@ -437,6 +693,35 @@ cc_snapshot_delete_info(struct cc_pool *p, const char *clone, const char *snap,
       pool_fsync_dir(p, "layers");
       pool_step();
     }
+  }
+
+  goto out;
+
+busy:
+  /* A layer is in use: by a server we can talk to, a live merge (POOL.md 6.2). */
+  if (r == -EBUSY) {
+    char msg[CC_ERROR_MAX];
+
+    snprintf(msg, sizeof msg, "%s", cc_error_get());
+    while (nopen)
+      ovl_close(kids[--nopen]);
+    ovl_close(s);
+    s = NULL;
+    for (int attempt = 0;; attempt++) {
+      cc_error_clear();
+      mark_children(&g, suuid);
+      r = merge_live(p, &g, &c, &m, suuid, what, &res);
+      if (r != -EAGAIN || attempt + 1 == MERGE_RETRIES)
+        break;
+      usleep(100000);
+    }
+    if (r == -EAGAIN) {
+      char last[CC_ERROR_MAX];
+      snprintf(last, sizeof last, "%s", cc_error_get());
+      r = cc_error_set(EBUSY, "%s", last);
+    }
+    if (r == -EBUSY && !cc_error_get()[0])
+      r = cc_error_set(EBUSY, "%s", msg);
   }
 
 out:

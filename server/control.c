@@ -18,7 +18,8 @@
  *  - Every client's peer credentials (SO_PEERCRED) are checked: the server's own uid or root,
  *    anyone else gets "err 1 ..." (EPERM) instead of the greeting and is disconnected.
  *  - The protocol (common/control-proto.h, the man page's CONTROL SOCKET) is line-framed and
- *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume, evict.
+ *    versioned.  Commands: hello, held, connections, quiesce, push-top, resume, evict, and for
+ *    a live merge (POOL.md 6.2) merge-top, relink-top, forget.
  *
  * A live snapshot of exports E1..En (one or several clones, one consistent instant):
  *
@@ -62,6 +63,7 @@
 #include <unistd.h>
 
 #include "chain/chain.h"
+#include "overlay/overlay.h"
 #include "common/control-proto.h"
 #include "common/error.h"
 #include "server/exports.h"
@@ -115,9 +117,11 @@ struct session {
   struct ccp_conn *conn;
   struct held held[MAX_EXPORTS];
   int nheld;
-  long long hold_deadline; /* cc_mono_ms() value, while nheld > 0 */
-  long long closed_at_us;  /* when the first gate closed */
-  char *line;              /* CCP_LINE_MAX + 1 */
+  long long hold_deadline;     /* cc_mono_ms() value, while nheld > 0 */
+  long long closed_at_us;      /* when the first gate closed */
+  char *line;                  /* CCP_LINE_MAX + 1 */
+  struct ovl_layer *merge_src; /* merge-top's source layer, kept open between pieces */
+  char merge_path[PATH_MAX];
 };
 
 static int reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -458,6 +462,173 @@ cmd_evict(struct session *s, char **w, int n)
   reply(s, "ok %d", r);
 }
 
+/* ---- live merge (docs/POOL.md 6.2) ---- */
+
+/* merge-top NAME SRC OFFSET LENGTH: copy layer SRC into NAME's top over the range, only where
+ * the top is unallocated, with the export's write gate closed for this one piece (so no guest
+ * write is in flight while "unallocated" is checked and filled: a guest write always wins).
+ * The client sends pieces of a few MiB, so each stall is one piece's copy.  SRC stays open in
+ * the session between pieces. */
+static void
+cmd_merge_top(struct session *s, char **w, int n)
+{
+  unsigned long long off, len;
+  uint64_t copied = 0;
+  struct cc_export *e;
+  long long t0;
+  char *end1, *end2;
+  int r;
+
+  if (n != 5) {
+    reply_err(s, EINVAL, "usage: merge-top NAME SRC-LAYER OFFSET LENGTH");
+    return;
+  }
+  off = strtoull(w[3], &end1, 10);
+  len = strtoull(w[4], &end2, 10);
+  if (*end1 || *end2 || len == 0) {
+    reply_err(s, EINVAL, "merge-top: %s: bad range %s %s", w[1], w[3], w[4]);
+    return;
+  }
+  if (find_held(s, w[1])) {
+    reply_err(s, EBUSY, "merge-top: %s: its gate is held by this session (resume first)", w[1]);
+    return;
+  }
+  if (!s->merge_src || strcmp(s->merge_path, w[2]) != 0) {
+    if (s->merge_src)
+      ovl_close(s->merge_src);
+    s->merge_src = NULL;
+    cc_error_clear();
+    /* Shared lock: nobody may write the layer we copy (the pool holds the pool lock). */
+    if ((r = ovl_open(w[2], OVL_RDONLY, &s->merge_src)) < 0) {
+      reply_err(s, -r, "merge-top: %s: %s", w[1], cc_error_get());
+      return;
+    }
+    snprintf(s->merge_path, sizeof s->merge_path, "%s", w[2]);
+  }
+  if ((e = exports_hold_writable(w[1])) == NULL) {
+    reply_err(s, ENOENT, "merge-top: %s: not open for writing on this server", w[1]);
+    return;
+  }
+  t0 = cc_mono_us();
+  if ((r = gate_close(&e->gate, DRAIN_TIMEOUT_MS)) < 0) {
+    exports_release(e);
+    reply_err(s, -r, "merge-top: %s: %s", w[1],
+              r == -ETIMEDOUT ? "requests in flight did not finish in time" : strerror(-r));
+    return;
+  }
+  cc_error_clear();
+  r = cc_chain_fill_top(e->chain, s->merge_src, off, len, &copied);
+  gate_open(&e->gate);
+  exports_release(e);
+  if (r < 0)
+    reply_err(s, -r, "merge-top: %s: %s", w[1], cc_error_get());
+  else
+    reply(s, "ok %llu %lld", (unsigned long long)copied, cc_mono_us() - t0);
+}
+
+/* relink-top NAME KIND LINK: flush NAME's top and point its parent link at LINK (kind none,
+ * layer or raw; LINK relative to the top, "%" for none), gate closed for the flush and the
+ * header write; then refresh the frozen part (no pause: readers switch views). */
+static void
+cmd_relink_top(struct session *s, char **w, int n)
+{
+  struct cc_export *e;
+  long long t0, stall;
+  int kind, r;
+
+  if (n != 4) {
+    reply_err(s, EINVAL, "usage: relink-top NAME none|layer|raw LINK");
+    return;
+  }
+  kind = strcmp(w[2], "none") == 0    ? OVL_PARENT_NONE
+         : strcmp(w[2], "layer") == 0 ? OVL_PARENT_LAYER
+         : strcmp(w[2], "raw") == 0   ? OVL_PARENT_RAW
+                                      : -1;
+  if (kind < 0) {
+    reply_err(s, EINVAL, "relink-top: %s: kind %s: give none, layer or raw", w[1], w[2]);
+    return;
+  }
+  if (find_held(s, w[1])) {
+    reply_err(s, EBUSY, "relink-top: %s: its gate is held by this session (resume first)", w[1]);
+    return;
+  }
+  if ((e = exports_hold_writable(w[1])) == NULL) {
+    reply_err(s, ENOENT, "relink-top: %s: not open for writing on this server", w[1]);
+    return;
+  }
+  t0 = cc_mono_us();
+  if ((r = gate_close(&e->gate, DRAIN_TIMEOUT_MS)) < 0) {
+    exports_release(e);
+    reply_err(s, -r, "relink-top: %s: %s", w[1],
+              r == -ETIMEDOUT ? "requests in flight did not finish in time" : strerror(-r));
+    return;
+  }
+  cc_error_clear();
+  r = cc_chain_relink_top(e->chain, kind, kind == OVL_PARENT_NONE ? NULL : w[3]);
+  gate_open(&e->gate);
+  stall = cc_mono_us() - t0;
+  if (r == 0) {
+    cc_error_clear();
+    r = cc_chain_refresh_frozen(e->chain);
+  }
+  exports_release(e);
+  if (r < 0)
+    reply_err(s, -r, "relink-top: %s: %s", w[1], cc_error_get());
+  else
+    reply(s, "ok %lld", stall);
+}
+
+/* forget LAYER: a live merge is about to delete LAYER.  No chain opened from now on may reuse
+ * an index that holds it (chain/registry.c), and every open export whose frozen part holds it
+ * is rebuilt from the files as they are now (readers switch views; nothing pauses). */
+static void
+cmd_forget(struct session *s, char **w, int n)
+{
+  struct exports_item *v = NULL;
+  struct stat st;
+  size_t k = 0;
+  int refreshed = 0, failed = 0;
+  char msg[1024] = "";
+
+  if (n != 2) {
+    reply_err(s, EINVAL, "usage: forget LAYER");
+    return;
+  }
+  if (s->merge_src && strcmp(s->merge_path, w[1]) == 0) {
+    ovl_close(s->merge_src); /* merge-top's copy of it is done */
+    s->merge_src = NULL;
+  }
+  if (stat(w[1], &st) < 0) {
+    reply(s, "ok 0 0"); /* already gone: an index holding it reads it through its fd */
+    return;
+  }
+  cc_chain_forget_file(st.st_dev, st.st_ino);
+  if (exports_snapshot(&v, &k) < 0) {
+    reply_err(s, ENOMEM, "forget: out of memory");
+    return;
+  }
+  for (size_t i = 0; i < k; i++) {
+    struct cc_export *e = exports_hold_open(v[i].name);
+    if (!e)
+      continue;
+    if (cc_chain_uses_file(e->chain, st.st_dev, st.st_ino)) {
+      cc_error_clear();
+      if (cc_chain_refresh_frozen(e->chain) == 0) {
+        refreshed++;
+      } else {
+        /* It still reads the same bytes through the old index: not fatal, only the space
+         * of the deleted layer stays held until its last connection closes. */
+        failed++;
+        snprintf(msg, sizeof msg, "%s: %s", e->name, cc_error_get());
+        nbdkit_error("control: forget: %s", msg);
+      }
+    }
+    exports_release(e);
+  }
+  free(v);
+  reply(s, "ok %d %d", refreshed, failed);
+}
+
 static void
 dispatch(struct session *s, char **w, int n)
 {
@@ -478,6 +649,12 @@ dispatch(struct session *s, char **w, int n)
     cmd_resume(s, w, n);
   } else if (strcmp(w[0], "evict") == 0) {
     cmd_evict(s, w, n);
+  } else if (strcmp(w[0], "merge-top") == 0) {
+    cmd_merge_top(s, w, n);
+  } else if (strcmp(w[0], "relink-top") == 0) {
+    cmd_relink_top(s, w, n);
+  } else if (strcmp(w[0], "forget") == 0) {
+    cmd_forget(s, w, n);
   } else {
     char name[64];
 
@@ -541,6 +718,8 @@ session_run(int fd)
 out:
   if (s.nheld)
     abandon_hold(&s, "control channel closed");
+  if (s.merge_src)
+    ovl_close(s.merge_src);
   free(s.line);
   free(conn);
   close(fd);

@@ -340,6 +340,22 @@ exports_hold_writable(const char *name)
   return e;
 }
 
+/* Any open export named `name` (read-only ones too), for a live merge refreshing its chain. */
+struct cc_export *
+exports_hold_open(const char *name)
+{
+  struct cc_export *e;
+
+  pthread_mutex_lock(&table_lock);
+  for (e = table; e; e = e->next)
+    if (e->state == EXPORT_OPEN && strcmp(e->name, name) == 0 && !e->evicted)
+      break;
+  if (e)
+    e->refs++;
+  pthread_mutex_unlock(&table_lock);
+  return e;
+}
+
 int
 exports_retarget(struct cc_export *e, const char *path)
 {

@@ -55,6 +55,8 @@ int exports_holds(const char *path);
 /* For the control channel (control.c). */
 /* A new reference to the open, writable export `name`, or NULL. */
 struct cc_export *exports_hold_writable(const char *name);
+/* A new reference to any open export `name` (read-only too), or NULL. */
+struct cc_export *exports_hold_open(const char *name);
 /* After a live top switch: e's chain now sits on top file `path`, so new connections to the
  * name (which resolve to the new top) share e.  0 or -ENOMEM. */
 int exports_retarget(struct cc_export *e, const char *path);

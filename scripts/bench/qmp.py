@@ -7,6 +7,8 @@
       new qcow2 overlay DIR/snap-I.qcow2 (node s-I), as `virsh snapshot-create-as --disk-only`
       does.  Prints one line per snapshot: "I MS" (the command's round trip, in ms, timed
       inside this process: no process start counted).
+  qmp.py SOCK snapshot NODE FILE NEW_NODE
+      One blockdev-snapshot-sync of NODE onto a new qcow2 overlay FILE (node NEW_NODE).
   qmp.py SOCK commit TOP_NODE BASE_NODE
       block-commit of the active layer TOP_NODE into BASE_NODE (virsh blockcommit --active
       --pivot): job started, waited for READY, completed (pivot), waited for COMPLETED.
@@ -73,6 +75,9 @@ def main():
                                                 "format": "qcow2"})
             print(i, "%.3f" % ((time.monotonic() - t0) * 1000), flush=True)
             node = "s-%d" % i
+    elif a[1] == "snapshot":
+        q.cmd("blockdev-snapshot-sync", **{"node-name": a[2], "snapshot-file": a[3],
+                                            "snapshot-node-name": a[4], "format": "qcow2"})
     elif a[1] == "commit":
         top, base = a[2], a[3]
         t0 = time.monotonic()
