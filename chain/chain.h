@@ -92,12 +92,6 @@ int cc_chain_push_top(struct cc_chain *c, const char *new_top_path);
  * several chains at once checks them all first. */
 int cc_chain_push_check(struct cc_chain *c, const char *new_top_path);
 
-/* Live merge: replace the frozen part under the writable top with the one whose topmost file is
- * `frozen_top_path` (opened read-only, shared through the registry).  The top's parent link must
- * already name that file, and it must read the same bytes as the old frozen part (a merge
- * rewrote the layers without changing what they read).  Reads may run throughout; writes too. */
-int cc_chain_replace_frozen(struct cc_chain *c, const char *frozen_top_path);
-
 /* Live merge into a served chain (docs/POOL.md 6.2).  The caller guarantees that no write, zero
  * or flush is in flight for fill_top and relink_top (the server's write gate is closed); reads
  * may run throughout.

@@ -22,7 +22,7 @@
  * Views (view.c): a chain's top, index and top path form one immutable `struct cc_view`,
  * published as one pointer.  Every request enters the view (cc_view_enter: two atomic
  * increments on a per-chain counter, no lock), uses only that view, and leaves.  A live top
- * switch (cc_chain_push_top) or frozen-part replacement (cc_chain_replace_frozen) publishes a
+ * switch (cc_chain_push_top) or a rebuild after a live merge publishes a
  * new view and frees what only the old one used after an SRCU-like two-epoch grace period.
  * `switch_lock` serializes switches; readers never take it.
  */

@@ -7,9 +7,9 @@
  * index of the frozen part, the top's path) is one immutable `struct cc_view`, published in
  * c->view as one pointer.  A request loads the pointer once, between cc_view_enter and
  * cc_view_leave, and uses only that view, so it sees either the chain before a switch or the
- * chain after it, never a mix.  A switch (cc_chain_push_top, cc_chain_replace_frozen) builds
- * the new view completely, stores the pointer, then waits for a *grace period* before it frees
- * what only the old view used.
+ * chain after it, never a mix.  A switch (cc_chain_push_top, or a rebuild after a live merge)
+ * builds the new view completely, stores the pointer, then waits for a *grace period* before it
+ * frees what only the old view used.
  *
  * Grace periods are a two-counter scheme in the manner of SRCU, per chain:
  *
@@ -49,8 +49,8 @@
  * layers' files instead of reopening them.
  *
  * Known cost: each push keeps the previous index's run array alive as the base of the next
- * one, so memory grows with pushes x runs until the chain is reopened or its frozen part
- * replaced (cc_chain_replace_frozen with an index built from the files).
+ * one, so memory grows with pushes x runs until the chain is reopened or rebuilt (a live
+ * merge's `forget` rebuilds the chains it touches from the files).
  *
  * Live merge (POOL.md 6.2): cc_chain_fill_top copies a frozen layer into the top's holes (the
  * caller has stopped writes, so "a hole" cannot change under it; reads may run: a hole being
@@ -281,55 +281,6 @@ out:
   cc_view_free(nv);
   free(ni);
   free(ti);
-  pthread_mutex_unlock(&c->switch_lock);
-  return r;
-}
-
-int
-cc_chain_replace_frozen(struct cc_chain *c, const char *frozen_top_path)
-{
-  struct cc_chain *ro = NULL;
-  struct cc_view *old, *nv = NULL, *rov;
-  struct ovl_info *info = NULL;
-  int r;
-
-  pthread_mutex_lock(&c->switch_lock);
-  old = atomic_load(&c->view);
-  if (!old->top) {
-    r = cc_error_set(EPERM, "replace frozen: %s: chain is read-only", old->path);
-    goto out;
-  }
-  /* The frozen part as the files say, found in or added to the registry. */
-  if ((r = cc_chain_open(frozen_top_path, c->flags & CC_IO_MASK, &ro)) < 0)
-    goto out;
-  rov = atomic_load(&ro->view);
-  info = malloc(sizeof *info);
-  nv = calloc(1, sizeof *nv);
-  if (!info || !nv || !(nv->path = strdup(old->path))) {
-    r = cc_error_set(ENOMEM, "replace frozen: %s: out of memory", old->path);
-    goto out;
-  }
-  /* The top must already read through the new frozen part: its link names that file. */
-  ovl_get_info(old->top, info);
-  if (info->parent_kind != OVL_PARENT_LAYER ||
-      memcmp(info->parent_uuid, rov->idx->uuid, OVL_UUID_LEN) != 0 ||
-      info->parent_size != rov->idx->size) {
-    r = cc_error_set(EINVAL, "replace frozen: %s: its parent link does not name %s", old->path,
-                     frozen_top_path);
-    goto out;
-  }
-  nv->top = old->top;
-  nv->top_fd = old->top_fd;
-  nv->idx = rov->idx; /* steal ro's reference */
-  rov->idx = NULL;
-  publish(c, nv);
-  nv = NULL;
-  cc_view_free(old); /* drops the old index, after the grace period */
-  r = 0;
-out:
-  cc_chain_close(ro);
-  cc_view_free(nv);
-  free(info);
   pthread_mutex_unlock(&c->switch_lock);
   return r;
 }
