@@ -221,10 +221,18 @@ vsh undefine cc-e2e-vm1 >/dev/null || fail "virsh undefine"
 # --- 5. scripts/lab --libvirt ------------------------------------------------------------------------
 say "scripts/lab 1 --libvirt (as $LVUSER)"
 LABPOOL=$WORK/guest/labpool
+# The user may not reach the source or build tree (a checkout under /root is 0700): it runs
+# copies of the lab, the guest library it sources, the CLI and the plugin.
+LABTREE=$WORK/lv/tree
+mkdir -p "$LABTREE/scripts" "$LABTREE/tests/e2e" "$LABTREE/bin"
+cp "$SRCDIR/scripts/lab" "$LABTREE/scripts/"
+cp "$SRCDIR/tests/e2e/guest-lib.sh" "$LABTREE/tests/e2e/"
+cp "$COWCHAIN" "$PLUGIN" "$LABTREE/bin/"
+chmod -R a+rX "$LABTREE"
 lab() {
   timeout 300 setpriv --reuid="$LVUID" --regid="$LVGID" --init-groups "${LVENV[@]}" \
-    "COWCHAIN=$COWCHAIN" "PLUGIN=$PLUGIN" "GUEST_KERNEL=$GUEST_KERNEL" \
-    bash "$SRCDIR/scripts/lab" "$@" --pool "$LABPOOL"
+    "COWCHAIN=$LABTREE/bin/$(basename "$COWCHAIN")" "PLUGIN=$LABTREE/bin/$(basename "$PLUGIN")" \
+    "GUEST_KERNEL=$GUEST_KERNEL" bash "$LABTREE/scripts/lab" "$@" --pool "$LABPOOL"
 }
 lab_down() {
   [ -d "$LABPOOL/lab" ] && lab --down >>"$WORK/lab.out" 2>&1
