@@ -297,7 +297,14 @@ cc_pool_open(const char *dir, struct cc_pool **out)
   }
   fclose(f);
   p = calloc(1, sizeof *p);
-  if (p == NULL || (p->dir = strndup(dir, len)) == NULL) {
+  /* Absolute and canonical, as the plugin's pool= (nbdkit_realpath): paths the CLI and a
+   * server exchange over the control socket, and compare, must name files the same way
+   * whatever directory the CLI was started in. */
+  if (p)
+    p->dir = realpath(dir, NULL);
+  if (p && p->dir == NULL)
+    p->dir = strndup(dir, len);
+  if (p == NULL || p->dir == NULL) {
     free(p);
     return cc_error_set(ENOMEM, "pool: %s: out of memory", dir);
   }

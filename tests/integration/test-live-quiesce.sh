@@ -10,7 +10,8 @@
 #     and the guest is thawed anyway;
 #   - an agent whose freeze outlives --quiesce-timeout: no snapshot, a thaw follows;
 #   - an agent that does not answer, or no agent at all: no snapshot, one clear line;
-#   - --quiesce-timeout without --quiesce, or a bad value: usage errors.
+#   - --quiesce-timeout without --quiesce, or a bad value: usage errors;
+#   - a live snapshot with a relative --pool (paths exchanged with the server agree).
 # The clone is served, with a connection open, in every case.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
@@ -82,6 +83,12 @@ grep -q "is qemu-guest-agent running in the guest?" "$WORK/expect_fail.out" || f
 expect_fail cc snapshot create vm1 q5 --quiesce "$WORK/nothing.sock"
 grep -q "cannot connect to the guest agent" "$WORK/expect_fail.out" || fail "missing agent"
 [ "$(nsnaps)" = "$n" ] || fail "a failed quiesce made a snapshot"
+
+# A relative --pool: the CLI and the server must agree on the paths they exchange.
+(cd "$(dirname "$POOL")" && "$COWCHAIN" --pool "./$(basename "$POOL")" snapshot create vm1 rel1) ||
+  fail "a live snapshot with a relative --pool"
+qemu-io -r -f raw -c 'read -P 0x61 0 64k' "$(uri vm1@rel1)" | grep -q '^read 65536' ||
+  fail "vm1@rel1 (relative --pool) does not hold the data"
 
 # usage
 expect_fail cc snapshot create vm1 q6 --quiesce-timeout 3
