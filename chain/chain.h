@@ -87,6 +87,18 @@ int cc_chain_flush(struct cc_chain *c);
  * throughout and see the chain before or after, never a mix (view.c).  On failure the chain
  * is unchanged.  Returns 0 or -errno. */
 int cc_chain_push_top(struct cc_chain *c, const char *new_top_path);
+/* cc_chain_push_top in two halves, for a caller whose writers wait meanwhile (a live
+ * snapshot: the write gate is closed only for the switch).  cc_chain_switch_top does
+ * everything but make T durable: T is sealed (ovl_seal: no more writes, exclusive lock kept,
+ * so no other process reads its map before it is complete) and the switch cannot fail after
+ * that.  cc_chain_settle finishes the freeze: T's data and map are made durable, its dirty bit
+ * cleared, its lock made shared, its in-memory map dropped.  Every cc_chain_flush settles
+ * first (a flush covers the writes that went to T), and so do cc_chain_close and the next
+ * switch.  A failed settle leaves T unsettled and returns the error again on every call: the
+ * client's flushes fail rather than promise what is not durable.  cc_chain_settle returns 0 at
+ * once when nothing is unsettled. */
+int cc_chain_switch_top(struct cc_chain *c, const char *new_top_path);
+int cc_chain_settle(struct cc_chain *c);
 /* The checks cc_chain_push_top makes before it changes anything (the new top can be opened for
  * writing and names the current top as parent), without changing anything: a caller switching
  * several chains at once checks them all first. */

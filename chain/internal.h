@@ -29,6 +29,7 @@
 #ifndef COWCHAIN_CHAIN_INTERNAL_H
 #define COWCHAIN_CHAIN_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -127,6 +128,12 @@ struct cc_chain {
   } readers[2] __attribute__((aligned(64)));
   /* Serializes view changes (push, replace); never taken by readers. */
   pthread_mutex_t switch_lock;
+  /* The old top of the last cc_chain_switch_top while it is sealed but not yet durable
+   * (view.c), or NULL.  settle_lock serializes finishing it (the control thread, a client's
+   * flush); it is taken after switch_lock when both are. */
+  _Atomic(struct ovl_layer *) unsettled;
+  bool unsettled_owned; /* no index owns it (another chain's index was shared): close it */
+  pthread_mutex_t settle_lock;
 };
 
 /* view.c: the read side of a chain's view.  enter returns the current view and a ticket that

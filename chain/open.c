@@ -597,6 +597,8 @@ cc_chain_open_within(const char *top_path, unsigned flags, const char *root_dir,
     goto fail;
   }
   pthread_mutex_init(&c->switch_lock, NULL);
+  pthread_mutex_init(&c->settle_lock, NULL);
+  atomic_init(&c->unsettled, NULL);
   atomic_init(&c->view, v);
   free(lk);
   free(root);
@@ -623,12 +625,18 @@ cc_chain_close(struct cc_chain *c)
 
   if (!c)
     return 0;
-  /* No reader may still be inside (the caller's contract, as for any close). */
+  /* No reader may still be inside (the caller's contract, as for any close).  A sealed old
+   * top is made durable first, as its flush was promised. */
+  r = cc_chain_settle(c);
   v = atomic_load(&c->view);
-  if (v->top)
-    r = ovl_close(v->top);
+  if (v->top) {
+    int r2 = ovl_close(v->top);
+    if (r == 0)
+      r = r2;
+  }
   cc_view_free(v);
   pthread_mutex_destroy(&c->switch_lock);
+  pthread_mutex_destroy(&c->settle_lock);
   free(c);
   return r;
 }

@@ -39,9 +39,22 @@
  *   1. open N exclusively and check its link names T (same file, uuid and size);
  *   2. build the index of the new frozen part (the old index's runs with T's map on top, one
  *      pass: cost O(runs of the chain), not O(depth x runs));
- *   3. freeze T (ovl_freeze: flush, clear the dirty bit, exclusive -> shared lock in one step);
+ *   3. seal T (ovl_seal: writes refused from now on, nothing flushed, lock still exclusive);
  *   4. register the index (other chains on T now share it), publish {N, new index};
- *   5. after the grace period: drop T's in-memory map (the index holds it) and the old view.
+ *   5. after the grace period: free the old view; T is now the chain's `unsettled` layer;
+ *   6. settle (cc_chain_settle, called by the caller once its writers run again, by any
+ *      flush of the chain, by close and by the next switch): freeze T (ovl_freeze: flush,
+ *      clear the dirty bit, exclusive -> shared lock in one step), then drop its in-memory map
+ *      (the index holds it).
+ *
+ * Settling: T's flush is the slow part of a switch (an fdatasync of everything the guests
+ * wrote since their last flush; on ext4 it also waits for the journal commit), and nothing
+ * needs it before the guests write again: their new writes go to N.  What does need it: a
+ * client's flush (it covers the writes it sent to T, so cc_chain_flush settles first); another
+ * open of T (it would read T's map from the file, which lacks every unflushed first write: the
+ * exclusive lock, kept until the settle, makes such an open fail as it would on a served top);
+ * and the promise that a snapshot is durable once the command that made it returns (the
+ * server settles before it answers push-top, after it has reopened the gates).
  *
  * Any failure before step 4 leaves the chain as it was (T still its writable top); step 4
  * cannot fail.  T's lock is never released, only converted, so no other writer can open it in
@@ -207,6 +220,38 @@ cc_chain_push_check(struct cc_chain *c, const char *new_top_path)
 int
 cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
 {
+  int r = cc_chain_switch_top(c, new_top_path);
+
+  return r < 0 ? r : cc_chain_settle(c);
+}
+
+int
+cc_chain_settle(struct cc_chain *c)
+{
+  struct ovl_layer *t;
+  int r = 0;
+
+  if (!atomic_load(&c->unsettled))
+    return 0;
+  pthread_mutex_lock(&c->settle_lock);
+  t = atomic_load(&c->unsettled);
+  if (t && c->unsettled_owned) {
+    /* Closed even if the flush fails (nothing else can make it durable later), and the
+     * error is the caller's: the writes T held may not be durable. */
+    r = ovl_close(t);
+    atomic_store(&c->unsettled, NULL);
+  } else if (t && (r = ovl_freeze(t)) == 0) {
+    /* Only the shared index reads T now (the grace period of the switch has passed). */
+    ovl_drop_map(t);
+    atomic_store(&c->unsettled, NULL);
+  }
+  pthread_mutex_unlock(&c->settle_lock);
+  return r;
+}
+
+int
+cc_chain_switch_top(struct cc_chain *c, const char *new_top_path)
+{
   struct ovl_info *ni = NULL, *ti = NULL;
   struct ovl_layer *n = NULL;
   struct cc_index *idx = NULL, *shared;
@@ -221,6 +266,9 @@ cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
     r = cc_error_set(EPERM, "push: %s: chain is read-only", old->path);
     goto out;
   }
+  /* The previous switch's old top first: a chain has at most one layer unsettled. */
+  if ((r = cc_chain_settle(c)) < 0)
+    goto out;
   ni = malloc(sizeof *ni);
   ti = malloc(sizeof *ti);
   nv = calloc(1, sizeof *nv);
@@ -239,8 +287,8 @@ cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
   f.ino = tst.st_ino;
   if ((r = cc_index_stack(old->idx, &f, &idx)) < 0)
     goto out;
-  /* 3. Freeze T: durable and clean, shared lock.  After this nothing can fail. */
-  if ((r = ovl_freeze(old->top)) < 0)
+  /* 3. Seal T: no more writes; its flush is cc_chain_settle's.  After this nothing can fail. */
+  if ((r = ovl_seal(old->top)) < 0)
     goto out;
   /* 4. Share it, publish. */
   idx->nowned = 1; /* T (and f.path) now belong to the index */
@@ -261,12 +309,14 @@ cc_chain_push_top(struct cc_chain *c, const char *new_top_path)
   nv = NULL;
   /* 5. Nobody reads through the old view now. */
   if (shared) {
-    ovl_close(idx->layers[idx->nlayers - 1].ovl);
+    /* Our T is nobody's now: cc_chain_settle closes it, which makes a sealed layer durable. */
+    c->unsettled_owned = true;
     free(idx->layers[idx->nlayers - 1].path);
     cc_index_free(idx);
   } else {
-    ovl_drop_map(old->top);
+    c->unsettled_owned = false; /* the index owns T; settle drops its map when durable */
   }
+  atomic_store(&c->unsettled, old->top);
   cc_view_free(old);
   idx = NULL;
   r = 0;
@@ -415,6 +465,9 @@ cc_chain_refresh_frozen(struct cc_chain *c)
   int r = 0;
 
   pthread_mutex_lock(&c->switch_lock);
+  /* Reopening the files below needs a settled old top (its lock shared, its map on disk). */
+  if ((r = cc_chain_settle(c)) < 0)
+    goto out;
   old = atomic_load(&c->view);
   if (old->top) {
     if (!(info = malloc(sizeof *info))) {

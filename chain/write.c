@@ -75,10 +75,16 @@ int
 cc_chain_flush(struct cc_chain *c)
 {
   unsigned ticket;
-  struct cc_view *v = cc_view_enter(c, &ticket);
-  /* A read-only chain has nothing unflushed: flush is a successful no-op, as NBD expects. */
-  int r = v->top ? ovl_flush(v->top) : 0;
+  struct cc_view *v;
+  /* A client's flush covers the writes it sent before a live snapshot, which went to the old
+   * top: that layer must be durable first (view.c, "Settling"). */
+  int r = cc_chain_settle(c);
 
+  if (r < 0)
+    return r;
+  v = cc_view_enter(c, &ticket);
+  /* A read-only chain has nothing unflushed: flush is a successful no-op, as NBD expects. */
+  r = v->top ? ovl_flush(v->top) : 0;
   cc_view_leave(c, ticket);
   return r;
 }

@@ -89,6 +89,9 @@ struct ovl_layer {
    * (the durable map never referenced the lost data, so a reopen is consistent).  Set under
    * `lock`, read without it. */
   _Atomic int sync_error;
+  /* ovl_seal: writes refused (OVL_RDWR cleared) but nothing made durable yet and the lock
+   * still exclusive; ovl_freeze (or ovl_close) finishes the freeze. */
+  bool sealed;
   bool map_dropped;                     /* ovl_drop_map: l1 is NULL, counts below are kept */
   uint64_t dropped_alloc, dropped_zero; /* sub-cluster counts at the drop */
 };

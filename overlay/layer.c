@@ -380,7 +380,7 @@ ovl_close(struct ovl_layer *l)
 
   if (!l)
     return 0;
-  if (l->flags & OVL_RDWR) {
+  if ((l->flags & OVL_RDWR) || l->sealed) {
     pthread_mutex_lock(&l->lock);
     r = make_clean_locked(l, "close");
     pthread_mutex_unlock(&l->lock);
@@ -400,7 +400,7 @@ ovl_freeze(struct ovl_layer *l)
   struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
   int r;
 
-  if (!(l->flags & OVL_RDWR))
+  if (!(l->flags & OVL_RDWR) && !l->sealed)
     return cc_error_set(EINVAL, "freeze: %s: layer is not open for writing", l->path);
   pthread_mutex_lock(&l->lock);
   r = make_clean_locked(l, "freeze");
@@ -408,10 +408,24 @@ ovl_freeze(struct ovl_layer *l)
    * instant without a lock, so no other writer can slip in. */
   if (r == 0 && !(l->flags & OVL_NOLOCK) && fcntl(l->fd, F_OFD_SETLK, &fl) == -1)
     r = cc_error_set(errno, "freeze: %s: downgrading the lock: %s", l->path, strerror(errno));
-  if (r == 0)
+  if (r == 0) {
     l->flags &= ~OVL_RDWR;
+    l->sealed = false;
+  }
   pthread_mutex_unlock(&l->lock);
   return r;
+}
+
+int
+ovl_seal(struct ovl_layer *l)
+{
+  if (!(l->flags & OVL_RDWR))
+    return cc_error_set(EINVAL, "seal: %s: layer is not open for writing", l->path);
+  pthread_mutex_lock(&l->lock);
+  l->flags &= ~OVL_RDWR;
+  l->sealed = true;
+  pthread_mutex_unlock(&l->lock);
+  return 0;
 }
 
 /* Sub-clusters in state allocated and zero, over the whole map. */
@@ -503,7 +517,7 @@ ovl_revalidate(struct ovl_layer *l)
 int
 ovl_drop_map(struct ovl_layer *l)
 {
-  if (l->flags & OVL_RDWR)
+  if ((l->flags & OVL_RDWR) || l->sealed)
     return cc_error_set(EINVAL, "drop map: %s: layer is open for writing", l->path);
   if (!l->map_dropped) {
     count_states(l, &l->dropped_alloc, &l->dropped_zero);

@@ -173,6 +173,15 @@ int ovl_flush(struct ovl_layer *l);
  * writable (and may be dirty). */
 int ovl_freeze(struct ovl_layer *l);
 
+/* The first half of ovl_freeze, which cannot fail on a writable layer: from now on refuse
+ * writes, but make nothing durable and keep the exclusive lock (so no other open file
+ * description can read the file's map before it holds every completed write).  A live
+ * snapshot seals the old top while the write gate is closed and finishes with ovl_freeze after
+ * the gate reopened, so the old top's flush is not part of the guests' stall.  ovl_freeze,
+ * ovl_close and ovl_drop_map treat a sealed layer as still writable: freeze flushes and
+ * converts the lock, close flushes, drop refuses. */
+int ovl_seal(struct ovl_layer *l);
+
 /* For a read-only layer whose contents chain/ has copied into its resolution index: free the
  * in-memory map, keeping the fd, the lock and the header.  Afterwards ovl_map and ovl_pread
  * fail with -EINVAL; ovl_get_info still reports the allocated and zero byte counts taken at the

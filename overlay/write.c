@@ -308,7 +308,7 @@ ovl_flush(struct ovl_layer *l)
 {
   int r;
 
-  if (!(l->flags & OVL_RDWR))
+  if (!(l->flags & OVL_RDWR) && !l->sealed)
     return 0;
   pthread_mutex_lock(&l->lock);
   r = ovl_map_flush_locked(l);

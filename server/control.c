@@ -23,11 +23,18 @@
  *
  * A live snapshot of exports E1..En (one or several clones, one consistent instant):
  *
- *   quiesce MS E1..En   close every Ei's write gate (gate.c) and drain it, flush every chain;
- *                       all or nothing.  The gates stay closed for this client for at most MS.
+ *   quiesce MS E1..En   close every Ei's write gate (gate.c) and drain it; all or nothing.
+ *                       The gates stay closed for this client for at most MS.
  *   (the client makes the pool records durable: the commit point, docs/POOL.md section 6)
  *   push-top E1 N1 ...  check every new top first (cc_chain_push_check), then switch each chain
- *                       (cc_chain_push_top) and retarget its export entry, reopen the gates.
+ *                       (cc_chain_switch_top: the old top sealed, not yet flushed) and
+ *                       retarget its export entry, reopen the gates, then settle each chain
+ *                       (the old tops made durable, cc_chain_settle) and only then answer.
+ *
+ * The old tops' flush is the slow part (an fdatasync of what the guests wrote since their last
+ * flush), so it runs after the gates reopen: the clients' stall is the drain, the records'
+ * commit and the switch.  A client's flush that arrives before the settle has finished waits
+ * for it (cc_chain_flush), so no flush is answered while a write it covers is not durable.
  *
  * push-top without a prior quiesce does both in one request (for callers that need no commit
  * point in between).  If the client disappears or the hold expires while the gates are closed,
@@ -164,18 +171,37 @@ find_held(struct session *s, const char *name)
   return NULL;
 }
 
-/* Reopen every held gate and drop the references. */
-static void
-release_all(struct session *s)
+/* Reopen every held gate, then settle every chain a push-top switched (its old top made
+ * durable while the clients already write again, chain.h), and drop the references.  Returns
+ * 0, or the first settle error with its message in msg. */
+static int
+release_all(struct session *s, char *msg, size_t len)
 {
-  for (int i = 0; i < s->nheld; i++) {
+  int err = 0;
+
+  for (int i = 0; i < s->nheld; i++)
     gate_open(&s->held[i].e->gate);
-    exports_release(s->held[i].e);
+  for (int i = 0; i < s->nheld; i++) {
+    struct cc_export *e = s->held[i].e;
+    int r;
+
+    cc_error_clear();
+    if ((r = cc_chain_settle(e->chain)) < 0) {
+      nbdkit_error("control: %s: switched, but the old top could not be made durable: %s", e->name,
+                   cc_error_get());
+      if (!err && msg)
+        snprintf(msg, len, "%s: switched, but the old top could not be made durable: %s", e->name,
+                 cc_error_get());
+      if (!err)
+        err = r;
+    }
+    exports_release(e);
   }
   s->nheld = 0;
+  return err;
 }
 
-/* Close the gates of names[0..n) not held yet, drain them, flush their chains; all or nothing
+/* Close the gates of names[0..n) not held yet and drain them; all or nothing
  * (on failure the ones this call closed are reopened and the reply is sent). */
 static int
 quiesce(struct session *s, char **names, int n)
@@ -212,17 +238,8 @@ quiesce(struct session *s, char **names, int n)
     }
     s->held[s->nheld++].e = e;
   }
-  /* Everything the clients had completed must be durable before the commit point. */
-  for (int i = first; i < s->nheld && !err; i++) {
-    int r;
-
-    cc_error_clear();
-    r = cc_chain_flush(s->held[i].e->chain);
-    if (r < 0) {
-      err = -r;
-      snprintf(msg, sizeof msg, "quiesce: %s: %s", s->held[i].e->name, cc_error_get());
-    }
-  }
+  /* No flush here: the old tops are made durable after the gates reopen (release_all), so
+   * that fdatasync is not part of the clients' stall (docs/POOL.md 6.1). */
   if (err) {
     for (int i = first; i < s->nheld; i++) {
       gate_open(&s->held[i].e->gate);
@@ -263,7 +280,7 @@ switch_one(struct cc_export *e, const char *path, char *msg, size_t len)
   int r;
 
   cc_error_clear();
-  r = cc_chain_push_top(e->chain, path);
+  r = cc_chain_switch_top(e->chain, path); /* settled by release_all */
   if (r < 0) {
     snprintf(msg, len, "push-top: %s: %s", e->name, cc_error_get());
     return r;
@@ -301,7 +318,7 @@ cmd_push_top(struct session *s, char **w, int n)
     r = cc_chain_push_check(h->e->chain, w[2 + 2 * i]);
     if (r < 0) {
       if (!had)
-        release_all(s); /* our own quiesce: undo it */
+        release_all(s, NULL, 0); /* our own quiesce: undo it */
       reply_err(s, -r, "push-top: %s: %s (nothing switched)", names[i], cc_error_get());
       return;
     }
@@ -315,7 +332,7 @@ cmd_push_top(struct session *s, char **w, int n)
        * stay closed if the client quiesced first: its records may already name the new tops,
        * and it must retry or put them back, then resume. */
       if (!had)
-        release_all(s);
+        release_all(s, NULL, 0);
       reply_err(s, -r, "%s (%d of %d switched%s)", msg, switched, pairs,
                 had ? "; gates still closed" : "");
       return;
@@ -323,7 +340,12 @@ cmd_push_top(struct session *s, char **w, int n)
     switched++;
   }
   stall = cc_mono_us() - s->closed_at_us;
-  release_all(s);
+  /* The reply waits for the settle, so that the snapshot is durable when the command returns;
+   * the clients write again before it (the stall reported ends at the reopening). */
+  if (release_all(s, msg, sizeof msg) < 0) {
+    reply_err(s, EIO, "push-top: %s", msg);
+    return;
+  }
   reply(s, "ok %d %lld", switched, stall);
 }
 
@@ -334,7 +356,7 @@ cmd_resume(struct session *s, char **w, int n)
   (void)n;
   int k = s->nheld;
 
-  release_all(s);
+  release_all(s, NULL, 0);
   reply(s, "ok %d", k);
 }
 
@@ -361,7 +383,7 @@ abandon_hold(struct session *s, const char *why)
       nbdkit_debug("control: %s: %s; nothing changed", e->name, why);
     }
   }
-  release_all(s);
+  release_all(s, NULL, 0);
 }
 
 static void

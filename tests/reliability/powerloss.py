@@ -568,12 +568,18 @@ def live_main(argv):
                 for b, there in blocks(c, rnd):
                     if not there and b <= now['flushed'][c]:
                         bad(f'{c}: write {b}, flushed before the cut, is lost ({rnd})')
-                    if not there and after and b <= start['wrote'][c]:
+                    # Once the command has returned, its old top is settled (POOL.md 6.1):
+                    # every write completed before the command is durable, flushed or not.
+                    # During it, an unflushed one may still be lost, as on any disk.
+                    if not there and done is not None and b <= start['wrote'][c]:
                         bad(f'{c}: write {b}, completed before the command, is lost ({rnd})')
                 if not after:
                     continue
                 for b, there in blocks(f'{c}@{snap}', rnd):
-                    if not there and b <= start['wrote'][c]:
+                    if not there and b <= min(start['wrote'][c], now['flushed'][c]):
+                        bad(f'{c}@{snap}: write {b}, completed before the command and flushed '
+                            f'before the cut, is not in it ({rnd})')
+                    if not there and done is not None and b <= start['wrote'][c]:
                         bad(f'{c}@{snap}: write {b}, completed before the command, is not in '
                             f'it ({rnd})')
                     if there and done is not None and b > done['issue'][c]:

@@ -8,6 +8,8 @@
  *   model, a tagged region against "never older than a completed write, never torn") while 2
  *   writer threads are paused around each push and resumed after; after each push the frozen
  *   layer reads exactly the writers' state at the pause.
+ * - cc_chain_switch_top leaves the old top sealed (not flushed, locked exclusively) until the
+ *   chain's first flush or its close settles it.
  * - Refusals leave the chain unchanged: a new top whose parent is not the top, a read-only
  *   chain.
  * - Push time at depth 1 and 64 of a populated chain, logged (no assertion on time).
@@ -368,6 +370,88 @@ Test(chain_push, frozen_state_new_top_reopen_share)
   free(p0);
   free(p1);
   free(p2);
+  cleanup();
+}
+
+/* What ovl_open (no lock) reads of the file at `path` now: dirty bit and allocated bytes. */
+static void
+on_disk(const char *path, int *dirty, uint64_t *alloc)
+{
+  struct ovl_layer *l;
+  struct ovl_info info;
+
+  cr_assert_eq(ovl_open(path, OVL_RDONLY | OVL_NOLOCK, &l), 0, "%s", cc_error_get());
+  ovl_get_info(l, &info);
+  *dirty = info.dirty;
+  *alloc = info.allocated_bytes;
+  ovl_close(l);
+}
+
+/* A live snapshot's switch leaves the old top sealed: reads right, nothing flushed, the
+ * exclusive lock kept (another open would read an incomplete map); the first flush of the
+ * chain settles it (its writes durable, clean, shared), and close settles it too. */
+Test(chain_push, switch_leaves_old_top_sealed_until_settled)
+{
+  char *dir = otu_tmpdir(), *p0, *p1, *p2, *p3;
+  uint8_t uuids[4][OVL_UUID_LEN];
+  struct ctu_model m;
+  uint64_t rng = otu_seed("chain_push_settle"), alloc;
+  struct cc_chain *c, *ro = NULL;
+  uint8_t buf[8192];
+  int dirty;
+
+  live_dir = dir;
+  ctu_model_init(&m, SIZE, 4096);
+  make_layer(dir, 0, uuids, SIZE);
+  p0 = lpath(dir, 0);
+  populate_base(p0, &m, &rng);
+  make_layer(dir, 1, uuids, SIZE);
+  p1 = lpath(dir, 1);
+  c = ctu_open(p1, CC_RDWR | CC_IO_SYNC);
+  for (int k = 0; k < 20; k++) {
+    uint64_t off = otu_rand_below(&rng, SIZE - sizeof buf);
+    for (size_t j = 0; j < sizeof buf; j++)
+      buf[j] = (uint8_t)otu_rand(&rng);
+    cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, off, 0), 0, "%s", cc_error_get());
+    ctu_model_write(&m, buf, sizeof buf, off);
+  }
+  make_layer(dir, 2, uuids, SIZE);
+  p2 = lpath(dir, 2);
+  cr_assert_eq(cc_chain_switch_top(c, p2), 0, "%s", cc_error_get());
+  ctu_check_all(c, &m, 65536);
+  /* Not flushed: the file's map lacks every write, the dirty bit is set. */
+  on_disk(p1, &dirty, &alloc);
+  cr_assert(dirty, "the sealed old top was made clean by the switch");
+  cr_assert_eq(alloc, 0, "the sealed old top's map reached the file before the settle");
+  cr_assert_eq(cc_chain_open(p1, CC_IO_SYNC, &ro), -EBUSY,
+               "the sealed old top could be opened while its map is incomplete on disk");
+  /* The chain's first flush settles it. */
+  cr_assert_eq(cc_chain_flush(c), 0, "%s", cc_error_get());
+  on_disk(p1, &dirty, &alloc);
+  cr_assert(!dirty, "the flush did not settle the old top");
+  cr_assert_gt(alloc, 0);
+  ro = ctu_open(p1, CC_IO_SYNC);
+  ctu_check_all(ro, &m, 65536);
+  cr_assert_eq(cc_chain_close(ro), 0);
+  cr_assert_eq(cc_chain_settle(c), 0, "settling twice");
+  /* Again, and this time close settles. */
+  cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, 0, 0), 0, "%s", cc_error_get());
+  ctu_model_write(&m, buf, sizeof buf, 0);
+  make_layer(dir, 3, uuids, SIZE);
+  p3 = lpath(dir, 3);
+  cr_assert_eq(cc_chain_switch_top(c, p3), 0, "%s", cc_error_get());
+  cr_assert_eq(cc_chain_close(c), 0, "%s", cc_error_get());
+  on_disk(p2, &dirty, &alloc);
+  cr_assert(!dirty, "close did not settle the old top");
+  ro = ctu_open(p2, CC_IO_SYNC);
+  ctu_check_all(ro, &m, 65536);
+  cr_assert_eq(cc_chain_close(ro), 0);
+  cr_assert_eq(cc_chain_index_count(), 0);
+  ctu_model_free(&m);
+  free(p0);
+  free(p1);
+  free(p2);
+  free(p3);
   cleanup();
 }
 
