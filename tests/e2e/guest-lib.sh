@@ -24,10 +24,19 @@
 #                         /data.sha256
 #   cowchain.mode=lab     stay up with a shell on the serial console instead of powering off
 #   cowchain.mode=hold    stay up, idle, with / read-only (the disk stays open in qemu)
+#   cowchain.marker=TOKEN write TOKEN to /marker, sync, print MARKER-SYNCED
+#   cowchain.mode=busy    stay up writing, / read-write, until killed: round K creates
+#                         /busy/r.K holding "round K", deletes /busy/r.(K-8), rewrites
+#                         /busy/big (1 MiB), syncs, prints BUSY-SYNCED=K
+#   cowchain.expect=TOKEN print MARKER-OK if /marker holds TOKEN, else MARKER-BAD=what it holds
+#   cowchain.synced=K     print BUSY-LAST= (the highest K of the /busy/r.K found, 0 if none) and
+#                         BUSY-BAD= (how many /busy/r.J with J <= K do not hold "round J")
 # and prints, on the serial console, lines starting "GUEST: ": TEMPLATE-OK (or TEMPLATE-BAD),
-# PREV-ID=, STATE=, OWNERS=, DATA-OK (or DATA-BAD) and DATA-SHA= (of the data found), WROTE-*=,
-# REMOUNT-RO-OK, DONE (or HOLDING, LAB-READY).  Before powering off it remounts / read-only, so
-# the file system on the disk is clean and debugfs reads it without a journal replay.
+# JOURNAL-REPLAYED (only when the kernel recovered the root file system's journal at mount, as
+# after a power cut), PREV-ID=, STATE=, OWNERS=, DATA-OK (or DATA-BAD) and DATA-SHA= (of the
+# data found), WROTE-*=, REMOUNT-RO-OK, DONE (or HOLDING, LAB-READY, BUSY-SYNCED=).  Before
+# powering off it remounts / read-only, so the file system on the disk is clean and debugfs
+# reads it without a journal replay.
 #
 # Environment: GUEST_KERNEL (a vmlinuz; its modules must be in /lib/modules/VERSION),
 # GUEST_BUSYBOX (a static busybox), GUEST_ACCEL (qemu accelerator, default tcg),
@@ -235,13 +244,16 @@ export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 say() { echo "GUEST: $*"; }
-id= write= mode=test data=2
+id= write= mode=test data=2 marker= expect= synced=
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cowchain.id=*) id=${w#*=} ;;
     cowchain.write=*) write=${w#*=} ;;
     cowchain.mode=*) mode=${w#*=} ;;
     cowchain.data=*) data=${w#*=} ;;
+    cowchain.marker=*) marker=${w#*=} ;;
+    cowchain.expect=*) expect=${w#*=} ;;
+    cowchain.synced=*) synced=${w#*=} ;;
   esac
 done
 if [ "$(cat /etc/cowchain-template 2>/dev/null)" = "@MARK@" ] &&
@@ -249,6 +261,24 @@ if [ "$(cat /etc/cowchain-template 2>/dev/null)" = "@MARK@" ] &&
   say TEMPLATE-OK
 else
   say TEMPLATE-BAD
+fi
+# ext4 logs this (KERN_INFO: in the ring buffer, not on a quiet console) when the journal
+# needed recovery at mount.
+if dmesg | grep -q 'EXT4-fs (vda): recovery complete'; then say JOURNAL-REPLAYED; fi
+if [ -n "$expect" ]; then
+  got=$(cat /marker 2>/dev/null || echo none)
+  if [ "$got" = "$expect" ]; then say MARKER-OK; else say "MARKER-BAD=$got"; fi
+fi
+if [ -n "$synced" ]; then
+  last=0 bad=0
+  for f in /busy/r.*; do
+    [ -e "$f" ] || continue
+    k=${f#/busy/r.}
+    [ "$k" -le "$last" ] || last=$k
+    if [ "$k" -le "$synced" ] && [ "$(cat "$f")" != "round $k" ]; then bad=$((bad + 1)); fi
+  done
+  say "BUSY-LAST=$last"
+  say "BUSY-BAD=$bad"
 fi
 say "PREV-ID=$(cat /id 2>/dev/null || echo none)"
 say "STATE=$(cat /state 2>/dev/null || echo none)"
@@ -266,7 +296,24 @@ if [ -n "$write" ]; then
   dd if=/dev/urandom of=/data.bin bs=64k count=$((data * 16)) 2>/dev/null &&
     sha256sum /data.bin >/data.sha256 && say "WROTE-DATA-SHA=$(cut -d' ' -f1 /data.sha256)"
 fi
+if [ -n "$marker" ]; then
+  echo "$marker" >/marker && sync && say MARKER-SYNCED
+fi
 sync
+if [ "$mode" = busy ]; then
+  # A writer that never stops: every round changes metadata (a new file, a deleted one) and
+  # data, then syncs, so the journal always holds commits and the disk always has writes.
+  mkdir -p /busy
+  k=0
+  while :; do
+    k=$((k + 1))
+    echo "round $k" >"/busy/r.$k"
+    rm -f "/busy/r.$((k - 8))"
+    dd if=/dev/zero of=/busy/big bs=64k count=16 2>/dev/null
+    sync
+    say "BUSY-SYNCED=$k"
+  done
+fi
 if [ "$mode" = lab ]; then
   say "LAB-READY id=$id (poweroff -f to stop)"
   while :; do
