@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* live-writer: the client of the live power-cut test (test-powerloss-live.sh).
+/* live-writer: the client of the live power-cut tests (test-powerloss-live.sh, and
+ * test-powerloss-live-merge.sh).
  *
  *   live-writer SOCK JOURNAL READY GO STOP pause|during EXPORT...
  *
@@ -12,7 +13,8 @@
  * quiesce flush makes it durable); then READY is created and, in mode "pause", the writer waits
  * for GO (the driver creates it once the CLI returned); then writes and flushes go on until
  * STOP exists; then it creates STOP.idle and stays connected, idle, until STOP.quit exists.  The
- * constants are powerloss.py's (BS, BASE, NBLOCKS).
+ * constants are powerloss.py's (BS, BASE, NBLOCKS).  LIVE_WRITER_PACE_MS in the environment
+ * sets the pause between two blocks (5 ms by default).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -67,6 +69,11 @@ main(int argc, char **argv)
       return 1;
     }
   }
+  /* A slower client for the live merge test: its writes go on while the merge copies. */
+  const char *pace_env = getenv("LIVE_WRITER_PACE_MS");
+  long pace = pace_env ? strtol(pace_env, NULL, 10) : 5;
+  if (pace < 0 || pace > 999)
+    pace = 5;
   journal = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (journal < 0) {
     perror(argv[2]);
@@ -96,7 +103,7 @@ main(int argc, char **argv)
       while (pause && access(go, F_OK) != 0)
         nap(10);
     }
-    nap(5); /* pacing: a few writes during a command, not hundreds */
+    nap(pace); /* pacing: a few writes during a command, not hundreds */
   }
   while (access(stop, F_OK) != 0)
     nap(10);

@@ -4,9 +4,13 @@
 
     powerloss.py COWCHAIN ORIG-POOL TRACE WORKDIR -- OP...
     powerloss.py --live COWCHAIN ORIG-POOL POOL TRACE JOURNAL WORKDIR CLONES SNAP [options]
+    powerloss.py --live-merge COWCHAIN ORIG-POOL POOL TRACE JOURNAL WORKDIR CLONE SNAP
+                 --position top|frozen [options]
 
 The second form replays a live `snapshot create` of served clones: the server, the CLI and a
-client traced together (see "Live mode" below and test-powerloss-live.sh).  The first:
+client traced together (see "Live mode" below and test-powerloss-live.sh); the third a live
+`snapshot delete` (a merge) of a served clone's snapshot, traced the same way ("Live merge
+mode" below, test-powerloss-live-merge.sh).  The first:
 
 TRACE is `strace -f -qq -X raw -xx -s 2^26` of `cowchain --pool POOL OP...` run on a copy of
 ORIG-POOL at the path POOL (the path is read from the trace).  Every call that changes the
@@ -609,9 +613,335 @@ def export_bytes(cc, pool, export, tmp):
         return f.read()
 
 
+# ---- Live merge mode: `snapshot delete` of a served clone's snapshot (POOL.md 6.2) ---------
+#
+# Traced as live mode is, with the CLI running `snapshot delete CLONE SNAP` while live-writer
+# writes the clone ("during"), and replayed by live_replay.  The control requests (`send`,
+# traced as sendto) change no file; they are read from the trace only to learn what the CLI had
+# asked when: the journal as of its `relink-top` request (every write completed by then was
+# drained and then flushed by the relink, before the record could drop the snapshot).  The
+# expected bytes of every export come from ORIG-POOL: a block the client issued reads its
+# pattern or what the clone read before; every other byte reads as before, whatever the state.
+
+JLINE = re.compile(rb'(issue|wrote|flushed) (\S+) (\d+)\n')
+MERGE_VERBS = ('merge-top', 'relink-top', 'forget')
+
+
+def merge_marks(calls, clone):
+    """What the CLI asked, when, from the trace: a dict with the journal of CLONE as of the
+    first relink-top request ('relink', None if none) and that request's index in calls
+    ('where'), the requests per verb ('verbs'), the threads that answered requests during the
+    command ('session'), the CLI's threads ('cli'), and per block the client wrote over a
+    merge-top piece, whether it wrote it before that piece was copied ('order')."""
+    jr = {w: -1 for w in ('issue', 'wrote', 'flushed')}
+    relink, where, verbs, session, inside = None, None, dict.fromkeys(MERGE_VERBS, 0), set(), 0
+    cli, wrote_at, pieces = set(), {}, []
+    for i, (tid, name, raw, ret) in enumerate(calls):
+        if name == 'execve' and ret == '0' and args_of(raw)[0].endswith(b'/cowchain'):
+            cli.add(tid)
+        if name not in ('write', 'sendto') or ret == '?' or int(ret) <= 0:
+            continue
+        a = args_of(raw)
+        if len(a) < 2 or not isinstance(a[1], bytes):
+            continue
+        data = a[1][:int(ret)]
+        m = JLINE.fullmatch(data)
+        if name == 'write' and m and m.group(2).decode() == clone:
+            w = m.group(1).decode()
+            jr[w] = max(jr[w], int(m.group(3)))
+            if w == 'wrote':
+                wrote_at.setdefault(int(m.group(3)), i)
+        elif name == 'write' and data in (b'start\n', b'done\n'):
+            inside = data == b'start\n'
+        elif name == 'sendto':
+            verb = data.split(b' ', 1)[0].decode(errors='replace')
+            if verb in verbs:
+                verbs[verb] += 1
+            if verb == 'relink-top' and relink is None:
+                relink, where = dict(jr), i
+            if verb == 'merge-top':
+                w = data.split()
+                pieces.append((int(w[3]), int(w[4]), i))
+            if inside and data.startswith(b'ok'):
+                session.add(tid)
+    order = {}
+    for off, ln, i in pieces:
+        for b in range(NBLOCKS):
+            if off < BASE + (b + 1) * BS and BASE + b * BS < off + ln and b in wrote_at:
+                order[b] = wrote_at[b] < i
+    return {'relink': relink, 'where': where, 'verbs': verbs, 'session': session, 'cli': cli,
+            'order': order}
+
+
+def merge_self_test(calls, where, session):
+    """The self-test's trace: the relink's header write (the last write at a header slot by the
+    thread that answers `relink-top`, before its reply) moved to just after the request, before
+    the flush that should come first.  None if there is no such write."""
+    if where is None:
+        return None
+    for j in range(where + 1, len(calls)):
+        tid, name, raw, ret = calls[j]
+        if name == 'sendto' and tid in session:
+            break  # the reply
+    head = None
+    for k in range(where + 1, j):
+        tid, name, raw, ret = calls[k]
+        if tid in session and name == 'pwrite64' and int(args_of(raw)[3]) in (0, 4096):
+            head = k
+    if head is None:
+        return None
+    out = list(calls)
+    out.insert(where + 1, out.pop(head))
+    return out, where + 1, j
+
+
+def listing(out):
+    """The findings of `check --json`, one line each."""
+    return '\n'.join(f"{x['severity']}: {x['message']}" for x in out['findings'])
+
+
+def looks(blk):
+    """A block's bytes in a few words: 'all 0xfb', or the runs of its first bytes."""
+    runs, i = [], 0
+    while i < len(blk) and len(runs) < 4:
+        j = i
+        while j < len(blk) and blk[j] == blk[i]:
+            j += 1
+        runs.append(f'{j - i} x 0x{blk[i]:02x}')
+        i = j
+    if len(runs) == 1:
+        return f'all 0x{blk[0]:02x}'
+    return ', '.join(runs) + (', ...' if i < len(blk) else '')
+
+
+def layer_of(record, key):
+    """The uuid a clone record names for `top` or for snapshot `key`."""
+    for ln in record.splitlines():
+        w = ln.split()
+        if w[:1] == ['top'] and key is None or len(w) >= 3 and w[0] == 'snapshot' and w[1] == key:
+            return w[1] if key is None else w[2]
+    raise SystemExit(f'powerloss: no {key or "top"} in the clone record')
+
+
+def live_merge_main(argv):
+    import argparse
+    import random
+    ap = argparse.ArgumentParser(prog='powerloss.py --live-merge')
+    ap.add_argument('cowchain')
+    ap.add_argument('orig')      # the pool as it was when tracing began (all of it durable)
+    ap.add_argument('pool')      # the traced pool's path
+    ap.add_argument('trace')
+    ap.add_argument('journal')   # live-writer's and the driver's journal
+    ap.add_argument('work')
+    ap.add_argument('clone')
+    ap.add_argument('snap')
+    ap.add_argument('--position', choices=('top', 'frozen'), required=True)
+    ap.add_argument('--server-tids', default='')
+    ap.add_argument('--max-states', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=1)
+    ap.add_argument('--final')
+    ap.add_argument('--list', action='store_true')
+    # Self-test (top position): the relink's header written before the flush of what the
+    # merge copied into the top; only the states inside `relink-top` are checked.
+    ap.add_argument('--relink-first', action='store_true')
+    a = ap.parse_args(argv)
+    a.clones, a.drop_server_syncs = a.clone, False
+    cc, clone, snap = a.cowchain, a.clone, a.snap
+    calls = read_live_trace(a.trace)
+    tids = [t for t in a.server_tids.split(',') if t]
+    marks = merge_marks(calls, clone)
+    relink, verbs, session, where = marks['relink'], marks['verbs'], marks['session'], \
+        marks['where']
+    own_tids = marks['cli'] | session  # the merge's own calls: the CLI's, the control session's
+    if a.position == 'top' and (relink is None or not verbs['merge-top']):
+        raise SystemExit('powerloss: no merge-top and relink-top requests in the trace (is '
+                         'sendto traced? was the snapshot right below the served top?)')
+    if a.position == 'frozen' and (verbs['merge-top'] or relink is not None):
+        raise SystemExit('powerloss: merge-top or relink-top in a merge into a frozen layer')
+    if not verbs['forget']:
+        raise SystemExit('powerloss: no forget request: not a live merge')
+    window, pos = None, [0]
+    if a.relink_first:
+        st = merge_self_test(calls, where, session)
+        if st is None:
+            raise SystemExit('powerloss: no header write inside relink-top to move')
+        calls, lo, hi = st
+        a.final = None
+        window = (lo, hi)
+
+    def indexed(cs):
+        """The calls, noting in pos which one live_replay is at (a visit is of its result)."""
+        for i, c in enumerate(cs):
+            pos[0] = i
+            yield c
+
+    # What every export read before the command (a copy of ORIG: its templates re-identified).
+    tmp = os.path.join(a.work, 'sig.raw')
+    ref = os.path.join(a.work, 'ref')
+    shutil.rmtree(ref, ignore_errors=True)
+    shutil.copytree(a.orig, ref, symlinks=True)
+    reidentify(cc, ref)
+    snaps = names(cc, ref, 'snapshot', 'list', clone)
+    if snap not in snaps:
+        raise SystemExit(f'powerloss: {clone}@{snap} is not in the original pool')
+    old = {e: export_bytes(cc, ref, e, tmp) for e in [clone] + [f'{clone}@{s}' for s in snaps]}
+    with open(os.path.join(ref, 'clones', clone)) as f:
+        record = f.read()
+    suuid = layer_of(record, snap)
+    later = snaps[snaps.index(snap) + 1:]
+    child = layer_of(record, later[0]) if a.position == 'frozen' else layer_of(record, None)
+    if a.position == 'frozen' and not later:
+        raise SystemExit(f'powerloss: no snapshot above {snap}: not the frozen position')
+    written = {layer_of(record, None), child}  # the layers written while the command runs
+    shutil.rmtree(ref, ignore_errors=True)
+
+    seen = set()
+
+    # Pass 1: the distinct states.  Those made by the merge's own calls are all checked (up
+    # to MAX_STATES); the client's writes (before, during and after the command) fill the rest
+    # of MAX_STATES, sampled with the seed.
+    def count(cut, who, mode, key, model, entries, content, facts):
+        if window and not window[0] <= pos[0] < window[1]:
+            return
+        if a.list and mode == 'drop':
+            phase = 'before' if facts[1] is None else 'during' if facts[2] is None else 'after'
+            print(f'cut {cut}: {phase} the command, after {who}')
+        if key not in seen:
+            seen.add(key)
+            (own if calls[pos[0]][0] in own_tids else other).append((cut, mode))
+    own, other = [], []
+    cuts = live_replay(a, indexed(calls), tids, count)
+    total = len(own) + len(other)
+    rng = random.Random(a.seed)
+    if a.max_states and total > a.max_states and not window:
+        if len(own) >= a.max_states:
+            chosen = rng.sample(own, a.max_states)
+        else:
+            chosen = own + rng.sample(other, a.max_states - len(own))
+    else:
+        chosen = own + other
+    chosen = set(chosen)
+    nown = len(own)
+
+    dest = os.path.join(a.work, 'state')
+    tally = {'before': 0, 'after': 0}
+    leaks = dict.fromkeys(('S left over', 'dirty or leaked space', 'stale tmp/ file'), 0)
+    desc = f'live merge {clone}@{snap} ({a.position})'
+
+    def check(cut, who, mode, key, model, entries, content, facts):
+        if (cut, mode) not in chosen:
+            return
+        chosen.discard((cut, mode))
+        now, start, done = facts
+        at = f'{desc}: cut {cut} of {cuts} (after {who}), model {mode}'
+
+        def bad(msg):
+            print(f'powerloss: {at}: {msg}\nstate kept in {dest}', file=sys.stderr)
+            sys.exit(1)
+
+        def findings():
+            r = run(cc, dest, 'check', '--json', check=False)
+            try:
+                out = json.loads(r.stdout)
+            except ValueError:
+                bad(f'check --json: exit {r.returncode}: {r.stdout.decode()}{r.stderr.decode()}')
+            return out
+        write_state(model.state(entries, content), dest)
+        reidentify(cc, dest)
+        out = findings()
+        if out['errors']:
+            bad('check finds errors:\n' + listing(out))
+        have = names(cc, dest, 'snapshot', 'list', clone)
+        if have == snaps:
+            after = False
+        elif have == [s for s in snaps if s != snap]:
+            after = True
+        else:
+            bad(f'snapshots {have}: neither before {snaps} nor after')
+        # Only the leaks POOL.md names for a crash in this operation.
+        for x in out['findings']:
+            msg, m = x['message'], re.match(r'layer (\S+): ', x['message'])
+            if x['severity'] != 'leak':
+                continue
+            if m and 'no record reaches it' in msg and m.group(1) == suuid and after:
+                leaks['S left over'] += 1  # 6.2 step 6: after + leftover S
+            elif m and ('dirty' in msg or 'leaked bytes' in msg) and m.group(1) in written:
+                leaks['dirty or leaked space'] += 1  # section 7: a layer being written
+            elif msg.startswith('tmp/') and 'stale file' in msg:
+                leaks['stale tmp/ file'] += 1  # section 2: a tmp/ file of the dead CLI
+            else:
+                bad(f'a leak POOL.md does not name for this operation: {msg}')
+
+        def verify(rnd):
+            has = names(cc, dest, 'snapshot', 'list', clone)
+            if has != ([s for s in snaps if s != snap] if after else snaps):
+                bad(f'snapshots {has} ({rnd})')
+            if done is not None and not after:
+                bad(f'the command had returned, yet the pool is "before" ({rnd})')
+            for s in has:
+                if export_bytes(cc, dest, f'{clone}@{s}', tmp) != old[f'{clone}@{s}']:
+                    bad(f'{clone}@{s} does not read as before the command ({rnd})')
+            img, was = export_bytes(cc, dest, clone, tmp), old[clone]
+            if len(img) != len(was):
+                bad(f'{clone}: size {len(img)}, was {len(was)} ({rnd})')
+            for off in range(0, len(was), BS):
+                blk, prev = img[off:off + BS], was[off:off + BS]
+                b = (off - BASE) // BS if BASE <= off < BASE + NBLOCKS * BS else None
+                if b is None or blk != pattern(b):
+                    if blk != prev:
+                        bad(f'{clone}: 64 KiB at {off} read {looks(blk)}: neither what the clone '
+                            f'read before ({looks(prev)}) nor a write of the client (torn or '
+                            f'foreign) ({rnd})')
+                    if b is not None and b <= now['flushed'][clone]:
+                        bad(f'{clone}: write {b}, flushed before the cut, is lost ({rnd})')
+                    if b is not None and after and relink and b <= relink['wrote']:
+                        bad(f'{clone}: write {b}, completed before relink-top, is lost: the '
+                            f'merged layer\'s block won over it ({rnd})')
+                elif b > now['issue'][clone]:
+                    bad(f'{clone}: write {b} was never issued ({rnd})')
+            return img
+        img = verify('as left')
+        run(cc, dest, 'check', '--repair')
+        out = findings()
+        if out['errors'] or out['leaks']:
+            bad('check --repair leaves:\n' + listing(out))
+        if verify('after check --repair') != img:
+            bad(f'{clone}: check --repair changed its bytes')
+        if not after:
+            # From "before", the delete runs again (offline) and reaches "after".
+            run(cc, dest, 'snapshot', 'delete', clone, snap)
+            after_run = names(cc, dest, 'snapshot', 'list', clone)
+            if after_run != [s for s in snaps if s != snap]:
+                bad(f'the rerun of the delete leaves snapshots {after_run}')
+            if export_bytes(cc, dest, clone, tmp) != img:
+                bad(f'{clone}: the rerun of the delete changed its bytes')
+            for s in after_run:
+                if export_bytes(cc, dest, f'{clone}@{s}', tmp) != old[f'{clone}@{s}']:
+                    bad(f'{clone}@{s}: the rerun of the delete changed it')
+            out = findings()
+            if out['errors'] or out['leaks']:
+                bad('check after the rerun:\n' + listing(out))
+        tally['after' if after else 'before'] += 1
+    live_replay(a, indexed(calls), tids, check)
+    shutil.rmtree(dest, ignore_errors=True)
+    checked = tally['before'] + tally['after']
+    sampled = f', {checked} checked (sampled, seed {a.seed})' if checked < total else ''
+    scope = ' inside relink-top (self-test: relink first)' if window else ''
+    first = sum(marks['order'].values())
+    race = (f'; of the blocks of S the client wrote, {first} before their piece was copied, '
+            f'{len(marks["order"]) - first} after' if marks['order'] else '')
+    print(f'powerloss: {desc}: {cuts} cut points, {total} distinct states{scope} ({nown} of the '
+          f'merge\'s own calls, {total - nown} of the client\'s){sampled}, {tally["before"]} '
+          f'before, {tally["after"]} after; requests: '
+          + ', '.join(f'{v} {n}' for v, n in verbs.items()) + f'{race}; leaks: '
+          + ', '.join(f'{k} {n}' for k, n in leaks.items()) + '; all safe')
+
+
 def main():
     if sys.argv[1:2] == ['--live']:
         return live_main(sys.argv[2:])
+    if sys.argv[1:2] == ['--live-merge']:
+        return live_merge_main(sys.argv[2:])
     cc, orig, trace, work = sys.argv[1:5]
     assert sys.argv[5] == '--'
     op = sys.argv[6:]
