@@ -105,8 +105,8 @@ ovl_uuid_str(const uint8_t u[OVL_UUID_LEN], char out[37])
            u[15]);
 }
 
-static int
-make_uuid(uint8_t u[OVL_UUID_LEN])
+int
+ovl_uuid_random(uint8_t u[OVL_UUID_LEN])
 {
   size_t got = 0;
 
@@ -171,8 +171,9 @@ ovl_create(const char *path, const struct ovl_create_opts *o, uint8_t uuid_out[O
     if (o->parent.kind == OVL_PARENT_LAYER)
       memcpy(h.parent_uuid, o->parent.uuid, OVL_UUID_LEN);
   }
-  r = make_uuid(h.uuid);
-  if (r < 0)
+  if (o->uuid)
+    memcpy(h.uuid, o->uuid, OVL_UUID_LEN);
+  else if ((r = ovl_uuid_random(h.uuid)) < 0)
     return cc_error_set(-r, "create: %s: getrandom: %s", path, strerror(-r));
   r = ovl_header_validate(path, &h);
   if (r < 0)

@@ -67,9 +67,14 @@ struct ovl_create_opts {
   uint64_t virtual_size; /* multiple of 512 */
   uint32_t cluster_size; /* 0 = OVL_DEFAULT_CLUSTER_SIZE */
   struct ovl_parent parent;
-  unsigned mode; /* permission bits of the new file, set with fchmod (umask does not apply);
-                  * 0 = 0644 */
+  unsigned mode;       /* permission bits of the new file, set with fchmod (umask does not apply);
+                        * 0 = 0644 */
+  const uint8_t *uuid; /* the new layer's uuid (from ovl_uuid_random), or NULL for a new one:
+                        * the pool names a layer in its records while the file is being made */
 };
+
+/* A random (RFC 4122 version 4) layer uuid, as ovl_create makes one; -errno of getrandom. */
+int ovl_uuid_random(uint8_t uuid[OVL_UUID_LEN]);
 
 /* Create a new layer file at `path` (O_EXCL: fails with -EEXIST if it exists) and make it
  * durable.  O(1) in the virtual size.  The new layer's uuid is stored in uuid_out if not NULL.

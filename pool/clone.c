@@ -4,11 +4,14 @@
  * Design notes
  * ------------
  * A linked clone, a snapshot and a revert are each one new empty layer plus one record
- * replacement: O(1) whatever the disk size.  The steps (POOL.md section 5):
+ * replacement: O(1) whatever the disk size.  The steps (POOL.md section 5), one batch
+ * (durable.c) in three rounds of syncs:
  *
- *   1. create the new layer in tmp/ and make it durable          (crash: garbage in tmp/)
- *   2. rename it into layers/, fsync layers/                     (crash: unreferenced layer)
- *   3. replace the clone record, which now names the new layer   (the operation happened)
+ *   1. at once: the new layer created in tmp/ and made durable; the new record written to
+ *      its tmp/ file and made durable; the old top, if the record freezes it, flushed
+ *                                                                (crash: garbage in tmp/)
+ *   2. the new layer renamed into layers/, fsync layers/         (crash: unreferenced layer)
+ *   3. the clone record renamed into place, fsync clones/        (the operation happened)
  *   4. remove what no record reaches any more (revert, delete)   (crash: unreferenced layer)
  *
  * Before step 1 the operation takes the exclusive OFD lock on the clone's current top and
@@ -75,6 +78,7 @@ cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int 
   char ppath[PATH_MAX], tmp[PATH_MAX] = "";
   struct ovl_parent par;
   struct pool_target t;
+  struct pool_batch b;
   struct cc_clone c;
   int r;
 
@@ -101,6 +105,7 @@ cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int 
       return r;
     pool_step();
   }
+  pool_batch_init(&b, p);
   if ((r = pool_lock(p, "clone create")) < 0)
     goto fail;
   /* The name may have been taken while we were not holding the lock; a linked clone's source
@@ -109,24 +114,29 @@ cc_clone_create_size(struct cc_pool *p, const char *name, const char *from, int 
       (!full && (r = pool_resolve(p, "clone create", from, &t)) < 0))
     goto fail;
   if (full) {
-    if ((r = pool_install_layer(p, tmp, c.top)) < 0)
+    if ((r = pool_batch_adopt_layer(&b, tmp, c.top)) < 0)
       goto fail;
   } else {
     if (t.kind == CC_EXPORT_TEMPLATE)
       r = pool_parent_of_template(p, &t.tmpl, &par, ppath, sizeof ppath);
     else
       r = pool_parent_of_layer(p, t.layer, &par, ppath, sizeof ppath);
-    if (r < 0 || (r = pool_new_layer(p, size > t.size ? size : t.size, &par, c.top)) < 0)
+    if (r < 0 || (r = pool_batch_layer(&b, size > t.size ? size : t.size, &par, c.top)) < 0)
       goto fail;
   }
+  /* The record names the new layer: prepared while the layer is made, renamed after it. */
   c.created = pool_now();
-  r = pool_write_clone(p, &c);
+  if ((r = pool_batch_clone(&b, &c)) < 0 || (r = pool_batch_prepare(&b)) < 0)
+    goto fail;
+  r = pool_batch_commit(&b);
+  pool_batch_free(&b);
   pool_unlock(p);
   return r;
 
 fail:
+  pool_batch_free(&b);
   if (tmp[0])
-    unlink(tmp);
+    unlink(tmp); /* a full copy not installed (installed: the name is gone, this fails) */
   pool_unlock(p);
   return r;
 }
@@ -211,7 +221,7 @@ unlock:
 
 int
 pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
-                struct ovl_layer **held, char newtop[CC_UUID_STR])
+                struct pool_batch *b, struct ovl_layer **held, char newtop[CC_UUID_STR])
 {
   char ppath[64], what[CC_NAME_MAX + 32];
   struct ovl_parent par;
@@ -221,7 +231,8 @@ pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, con
   snprintf(what, sizeof what, "%s: %s", op, c->name);
   if ((r = pool_open_layer(p, c->top, OVL_RDWR, what, held)) < 0 ||
       (r = pool_parent_of_layer(p, base, &par, ppath, sizeof ppath)) < 0 ||
-      (r = pool_new_layer(p, c->size, &par, newtop)) < 0) {
+      (r = pool_batch_layer(b, c->size, &par, newtop)) < 0 ||
+      (r = pool_batch_freeze(b, *held)) < 0) {
     ovl_close(*held);
     *held = NULL;
     return r;
@@ -288,10 +299,12 @@ cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
 {
   char newtop[CC_UUID_STR], oldtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
+  struct pool_batch b;
   struct pool_graph g;
   struct cc_clone c;
   int r, i, served = 0;
 
+  pool_batch_init(&b, p);
   if ((r = pool_lock(p, "snapshot revert")) < 0)
     return r;
   if ((r = pool_get_clone(p, "snapshot revert", clone, &c)) < 0)
@@ -308,7 +321,7 @@ cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
                                &served)) < 0)
     goto out;
   for (int t = 0;; t++) {
-    r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &top, newtop);
+    r = pool_freeze_top(p, "snapshot revert", &c, c.snaps[i].layer, &b, &top, newtop);
     if (r != -EBUSY || !served || t == POOL_BUSY_RETRIES)
       break;
     usleep(100000); /* the server is closing the chain of its last connection */
@@ -317,20 +330,24 @@ cc_snapshot_revert_flags(struct cc_pool *p, const char *clone, const char *snap,
     goto out;
   strcpy(oldtop, c.top);
   strcpy(c.top, newtop);
-  if ((r = pool_write_clone(p, &c)) < 0)
+  /* The old top is frozen too (in the same round as the new layer, so at no cost in time):
+   * its discarded data is flushed for nothing, but its close below then does no I/O. */
+  if ((r = pool_batch_clone(&b, &c)) < 0 || (r = pool_batch_prepare(&b)) < 0 ||
+      (r = pool_batch_commit(&b)) < 0)
     goto out;
   /* The old top's writes since the last snapshot are discarded; its file goes unless a record
-   * or another layer still reaches it. */
+   * or another layer still reaches it.  Without a sync of layers/: one per directory per
+   * operation, and a power loss that brings the file back leaves a leftover, which check
+   * reports and --repair removes (POOL.md 5.7). */
   if (pool_graph_load(p, &g) == 0) {
     struct pool_node *n = pool_graph_find(&g, oldtop);
     char path[PATH_MAX];
-    if (n && !n->live && pool_layer_path(p, oldtop, path, sizeof path) == 0 && unlink(path) == 0) {
-      pool_fsync_dir(p, "layers");
-      pool_step();
-    }
+    if (n && !n->live && pool_layer_path(p, oldtop, path, sizeof path) == 0)
+      unlink(path);
     pool_graph_free(&g);
   }
 out:
+  pool_batch_free(&b);
   ovl_close(top);
   cc_clone_free(&c);
 unlock:

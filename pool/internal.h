@@ -61,34 +61,85 @@ int pool_secure_group(const struct cc_pool *p, const char *path);
  * `st_mode`: directories the pool's dir_mode, sockets rw for the group too, files file_mode. */
 unsigned pool_allowed_mode(const struct cc_pool *p, unsigned st_mode);
 
-int pool_fsync_dir(const struct cc_pool *p, const char *sub);
-/* Write `data` to SUB/NAME atomically: tmp/ file, fsync, rename, fsync SUB. */
-int pool_write_record(struct cc_pool *p, const char *sub, const char *name, const char *data);
-/* Unlink SUB/NAME and fsync SUB. */
-int pool_remove_record(struct cc_pool *p, const char *sub, const char *name);
 /* A unique path in tmp/ for a new file: tmp/PREFIX-PID-COUNTER.SUFFIX */
 int pool_tmp_path(const struct cc_pool *p, const char *prefix, const char *suffix, char *buf,
                   size_t len);
 
+/* durable.c: the durable steps of one operation (POOL.md 4), as one batch.  Describe every
+ * change first (no I/O: new layers, whose uuids are chosen at once so records can name them;
+ * layers already made in tmp/; records; layers to freeze), then:
+ *
+ *   pool_batch_prepare  everything nobody reads yet, at once (one thread per item): new layers
+ *                       created and synced, then renamed into layers/ and layers/ synced once;
+ *                       each record complete and synced in its own tmp/ file; each layer to
+ *                       freeze flushed and frozen (ovl_freeze: data and map durable, clean, its
+ *                       lock shared from then on, so ovl_close does no I/O).  A crash during or
+ *                       after it leaves "before" plus leftovers.
+ *   pool_batch_commit   the records renamed into place in the order added, one sync per
+ *                       directory, each directory's renames durable before the next
+ *                       directory's first rename: the commit point(s).  Records added
+ *                       one after the other into one directory may become durable in any
+ *                       subset after a crash: batch only records that are each a commit of
+ *                       their own.  On failure b->committed counts the records (in the order
+ *                       added) known to be in place and durable.
+ *   pool_batch_free     always: removes what is still in tmp/ (never an installed layer, never
+ *                       an adopted file: that stays the caller's until installed).
+ *
+ * The prepare step is one pool_step (crash hook), and each directory of the commit one more.
+ * Every record and every new layer is written through a batch; pool_write_record,
+ * pool_write_clone, pool_write_template, pool_new_layer and pool_install_layer are batches of
+ * one, for the operations whose steps depend on each other. */
+struct pool_item;
+struct pool_batch {
+  struct cc_pool *p;
+  struct pool_item *items;
+  size_t n, cap;
+  int prepared;
+  size_t committed;
+};
+void pool_batch_init(struct pool_batch *b, struct cc_pool *p);
+/* A new empty layer of `size` on `parent` (NULL: none; copied), created in the prepare. */
+int pool_batch_layer(struct pool_batch *b, uint64_t size, const struct ovl_parent *parent,
+                     char uuid_out[CC_UUID_STR]);
+/* A complete, durable layer file in tmp/ (full clone, resize copy), installed in the prepare. */
+int pool_batch_adopt_layer(struct pool_batch *b, const char *tmp_path, const char *uuid);
+/* Record SUB/NAME with contents `data` (copied): written in the prepare, in place at commit. */
+int pool_batch_record(struct pool_batch *b, const char *sub, const char *name, const char *data);
+/* A layer open for writing that the records will call frozen (a snapshot's, a template's):
+ * ovl_freeze'd in the prepare, so it is durable before any record names it so. */
+int pool_batch_freeze(struct pool_batch *b, struct ovl_layer *l);
+int pool_batch_prepare(struct pool_batch *b);
+int pool_batch_commit(struct pool_batch *b);
+void pool_batch_free(struct pool_batch *b);
+
+int pool_fsync_dir(const struct cc_pool *p, const char *sub);
+/* A batch of one record: SUB/NAME written atomically (tmp/ file, fsync, rename, fsync SUB). */
+int pool_write_record(struct cc_pool *p, const char *sub, const char *name, const char *data);
+/* Unlink SUB/NAME and fsync SUB. */
+int pool_remove_record(struct cc_pool *p, const char *sub, const char *name);
+
 /* Does SUB/NAME exist as a clone or template? -EEXIST with "OP: NAME: already exists". */
 int pool_name_free(struct cc_pool *p, const char *op, const char *name);
 
-/* Create an empty layer on `parent` in tmp/, make it durable, then rename it into layers/ and
- * fsync layers/.  uuid_out gets the new layer's uuid as a string. */
+/* A batch of one new layer: an empty layer on `parent` created in tmp/, made durable, renamed
+ * into layers/, layers/ fsync'ed.  uuid_out gets the new layer's uuid as a string. */
 int pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
                    char uuid_out[CC_UUID_STR]);
-/* Move a finished file from tmp/ into layers/UUID.cow (rename + fsync layers/). */
+/* A batch of one adopted layer: a finished file from tmp/ into layers/UUID.cow (rename + fsync
+ * layers/); tmp_path stays the caller's to remove on failure. */
 int pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid);
 
-/* clone.c: the first steps of every operation that gives clone `c` a new top (snapshot create,
- * snapshot revert, template promote).  Take the current top's exclusive lock (a server holding
- * the clone makes us refuse here, before anything changed, naming "OP: CLONE" and the holder),
- * then create a new empty layer on layer `base` (the top itself, or a snapshot's layer) and
- * make it durable.  The caller writes its records, then closes *held: until then no server can
- * open the old top, so cc_pool_open_export's re-read of the record sees the switch (export.c).
- * On failure nothing is held and only an unnamed layer may be left (POOL.md 2). */
+/* clone.c: the first steps of every operation that gives clone `c` a new top (snapshot revert,
+ * template promote).  Take the current top's exclusive lock (a server holding the clone makes
+ * us refuse here, before anything changed, naming "OP: CLONE" and the holder), then add to batch
+ * `b` a new empty layer on layer `base` (the top itself, or a snapshot's layer) and the freeze
+ * of the old top (its data durable before a record calls it a snapshot or template; its lock
+ * shared from then on, which still keeps every writer out).  The caller adds its records,
+ * prepares and commits the batch, then closes *held: until then no server can open the old top
+ * for writing, so cc_pool_open_export's re-read of the record sees the switch (export.c).  On
+ * failure nothing is held (the caller frees the batch). */
 int pool_freeze_top(struct cc_pool *p, const char *op, const struct cc_clone *c, const char *base,
-                    struct ovl_layer **held, char newtop[CC_UUID_STR]);
+                    struct pool_batch *b, struct ovl_layer **held, char newtop[CC_UUID_STR]);
 
 /* remote.c: images/NAME.nbd; the parent link of a layer on a remote template; unlink the
  * descriptor of a deleted remote template (best effort: check reports a leftover). */
@@ -133,6 +184,9 @@ int pool_parse_parent_link(int parent_kind, const char *link, char uuid[CC_UUID_
 int pool_get_clone(struct cc_pool *p, const char *op, const char *name, struct cc_clone *c);
 int pool_get_template(struct cc_pool *p, const char *op, const char *name, struct cc_template *t);
 int pool_format_clone(const struct cc_clone *c, char **out);
+/* The record of c / t added to batch b (durable.c); the write_ forms are batches of one. */
+int pool_batch_clone(struct pool_batch *b, const struct cc_clone *c);
+int pool_batch_template(struct pool_batch *b, const struct cc_template *t);
 int pool_write_clone(struct cc_pool *p, const struct cc_clone *c);
 int pool_write_template(struct cc_pool *p, const struct cc_template *t);
 /* Index of snapshot `snap` in c, or -1. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* cowchain pool: the directory layout, names, locking and the durable-step primitives every
- * pool operation is built from.
+/* cowchain pool: the directory layout, names, locking and the crash-test hook of the durable
+ * steps (the steps themselves, batched per operation: durable.c).
  *
  * Design notes
  * ------------
@@ -15,7 +15,8 @@
  * The order of steps in each operation (POOL.md section 5) is chosen so that after every step
  * the records describe either the old state or the new one; what a crash can leave behind is
  * only garbage that no record reaches (a file in tmp/, a layer or image nobody names), which
- * `check` reports as a leak and `check --repair` removes.
+ * `check` reports as a leak and `check --repair` removes.  durable.c makes the independent
+ * steps of one operation together (struct pool_batch), so their syncs overlap.
  *
  * pool_step() counts the steps of the process; COWCHAIN_CRASH_AT=N kills the process right
  * after step N so the crash tests can try every point.
@@ -430,95 +431,12 @@ pool_step(void)
 }
 
 int
-pool_fsync_dir(const struct cc_pool *p, const char *sub)
-{
-  char path[PATH_MAX];
-  int fd, r;
-
-  if ((r = pool_path(p, path, sizeof path, "%s", sub)) < 0)
-    return r;
-  fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd == -1)
-    return cc_error_set(errno, "fsync: %s: %s", path, strerror(errno));
-  if (fsync(fd) == -1) {
-    int e = errno;
-    close(fd);
-    return cc_error_set(e, "fsync: %s: %s", path, strerror(e));
-  }
-  close(fd);
-  return 0;
-}
-
-int
 pool_tmp_path(const struct cc_pool *p, const char *prefix, const char *suffix, char *buf,
               size_t len)
 {
   static unsigned counter;
 
   return pool_path(p, buf, len, "tmp/%s-%ld-%u%s", prefix, (long)getpid(), counter++, suffix);
-}
-
-int
-pool_write_record(struct cc_pool *p, const char *sub, const char *name, const char *data)
-{
-  char tmp[PATH_MAX], final[PATH_MAX];
-  size_t len = strlen(data), done = 0;
-  int fd, r;
-
-  if ((r = pool_tmp_path(p, "rec", "", tmp, sizeof tmp)) < 0 ||
-      (r = pool_path(p, final, sizeof final, "%s/%s", sub, name)) < 0)
-    return r;
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd == -1)
-    return cc_error_set(errno, "write record: %s: %s", tmp, strerror(errno));
-  if ((r = pool_secure_fd(p, fd, tmp, 0)) < 0)
-    goto fail;
-  while (done < len) {
-    ssize_t w = write(fd, data + done, len - done);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      r = cc_error_set(errno, "write record: %s: %s", tmp, strerror(errno));
-      goto fail;
-    }
-    done += (size_t)w;
-  }
-  if (fsync(fd) == -1) {
-    r = cc_error_set(errno, "write record: %s: fsync: %s", tmp, strerror(errno));
-    goto fail;
-  }
-  close(fd);
-  pool_step();
-  if (rename(tmp, final) == -1) {
-    r = cc_error_set(errno, "write record: %s: %s", final, strerror(errno));
-    unlink(tmp);
-    return r;
-  }
-  if ((r = pool_fsync_dir(p, sub)) < 0)
-    return r;
-  pool_step();
-  return 0;
-
-fail:
-  close(fd);
-  unlink(tmp);
-  return r;
-}
-
-int
-pool_remove_record(struct cc_pool *p, const char *sub, const char *name)
-{
-  char path[PATH_MAX];
-  int r;
-
-  if ((r = pool_path(p, path, sizeof path, "%s/%s", sub, name)) < 0)
-    return r;
-  if (unlink(path) == -1)
-    return cc_error_set(errno, "remove record: %s: %s", path, strerror(errno));
-  if ((r = pool_fsync_dir(p, sub)) < 0)
-    return r;
-  pool_step();
-  return 0;
 }
 
 int
@@ -537,58 +455,6 @@ pool_name_free(struct cc_pool *p, const char *op, const char *name)
     return r;
   if (access(path, F_OK) == 0)
     return cc_error_set(EEXIST, "%s: %s: already exists (a template)", op, name);
-  return 0;
-}
-
-int
-pool_install_layer(struct cc_pool *p, const char *tmp_path, const char *uuid)
-{
-  char final[PATH_MAX];
-  int r;
-
-  if ((r = pool_layer_path(p, uuid, final, sizeof final)) < 0)
-    return r;
-  /* A uuid collision would be a bug in the generator; never replace a layer. */
-  if (access(final, F_OK) == 0)
-    return cc_error_set(EEXIST, "install layer: %s: already exists", final);
-  if (rename(tmp_path, final) == -1)
-    return cc_error_set(errno, "install layer: %s: %s", final, strerror(errno));
-  if ((r = pool_fsync_dir(p, "layers")) < 0)
-    return r;
-  pool_step();
-  return 0;
-}
-
-int
-pool_new_layer(struct cc_pool *p, uint64_t size, const struct ovl_parent *parent,
-               char uuid_out[CC_UUID_STR])
-{
-  struct ovl_create_opts opts = {.virtual_size = size, .cluster_size = 0, .mode = p->file_mode};
-  uint8_t uuid[OVL_UUID_LEN];
-  char tmp[PATH_MAX];
-  int r;
-
-  if (parent)
-    opts.parent = *parent;
-  if ((r = pool_tmp_path(p, "layer", ".cow", tmp, sizeof tmp)) < 0)
-    return r;
-  /* ovl_create makes the file durable; the parent path is relative to the layer's directory,
-   * and tmp/ and layers/ are siblings, so "../images/X.raw" means the same in both and a
-   * "UUID.cow" link is only followed once the file is in layers/. */
-  if ((r = ovl_create(tmp, &opts, uuid)) < 0) {
-    unlink(tmp);
-    return r;
-  }
-  if ((r = pool_secure_group(p, tmp)) < 0) {
-    unlink(tmp);
-    return r;
-  }
-  pool_step();
-  ovl_uuid_str(uuid, uuid_out);
-  if ((r = pool_install_layer(p, tmp, uuid_out)) < 0) {
-    unlink(tmp);
-    return r;
-  }
   return 0;
 }
 

@@ -4,7 +4,7 @@
  * Design notes
  * ------------
  * A record is a small text file (POOL.md section 3): a version line, then one "key value" per
- * line.  Records are read whole and replaced whole (pool_write_record), never edited in place,
+ * line.  Records are read whole and replaced whole (a batch, durable.c), never edited in place,
  * so a reader sees the old file or the new one.  Parsing is strict: an unknown key, a malformed
  * uuid or a bad name is an error naming the record and the line, because a record that says
  * something we don't understand must not be silently rewritten without it.
@@ -250,7 +250,7 @@ cc_pool_get_template(struct cc_pool *p, const char *name, struct cc_template *t)
 }
 
 int
-pool_write_template(struct cc_pool *p, const struct cc_template *t)
+pool_batch_template(struct pool_batch *b, const struct cc_template *t)
 {
   char buf[512], when[32];
 
@@ -271,7 +271,20 @@ pool_write_template(struct cc_pool *p, const struct cc_template *t)
              "size %" PRIu64 "\n",
              t->layer, when, t->size);
   pool_template_extra(t, buf, sizeof buf);
-  return pool_write_record(p, "templates", t->name, buf);
+  return pool_batch_record(b, "templates", t->name, buf);
+}
+
+int
+pool_write_template(struct cc_pool *p, const struct cc_template *t)
+{
+  struct pool_batch b;
+  int r;
+
+  pool_batch_init(&b, p);
+  if ((r = pool_batch_template(&b, t)) == 0 && (r = pool_batch_prepare(&b)) == 0)
+    r = pool_batch_commit(&b);
+  pool_batch_free(&b);
+  return r;
 }
 
 void
@@ -396,15 +409,28 @@ pool_format_clone(const struct cc_clone *c, char **out)
 }
 
 int
-pool_write_clone(struct cc_pool *p, const struct cc_clone *c)
+pool_batch_clone(struct pool_batch *b, const struct cc_clone *c)
 {
   char *buf;
   int r;
 
   if ((r = pool_format_clone(c, &buf)) < 0)
     return r;
-  r = pool_write_record(p, "clones", c->name, buf);
+  r = pool_batch_record(b, "clones", c->name, buf);
   free(buf);
+  return r;
+}
+
+int
+pool_write_clone(struct cc_pool *p, const struct cc_clone *c)
+{
+  struct pool_batch b;
+  int r;
+
+  pool_batch_init(&b, p);
+  if ((r = pool_batch_clone(&b, c)) == 0 && (r = pool_batch_prepare(&b)) == 0)
+    r = pool_batch_commit(&b);
+  pool_batch_free(&b);
   return r;
 }
 

@@ -276,6 +276,7 @@ fail:
 int
 cc_template_create(struct cc_pool *p, const char *name, uint64_t size)
 {
+  struct pool_batch b;
   struct cc_template t;
   int r;
 
@@ -293,10 +294,13 @@ cc_template_create(struct cc_pool *p, const char *name, uint64_t size)
   t.kind = CC_TEMPLATE_LAYER;
   t.created = pool_now();
   t.size = size;
-  /* A parentless empty layer: O(1) whatever the size, and reads as zeroes. */
-  if ((r = pool_new_layer(p, size, NULL, t.layer)) < 0)
-    goto out;
-  r = pool_write_template(p, &t);
+  /* A parentless empty layer: O(1) whatever the size, and reads as zeroes; its record
+   * prepared while it is made. */
+  pool_batch_init(&b, p);
+  if ((r = pool_batch_layer(&b, size, NULL, t.layer)) == 0 &&
+      (r = pool_batch_template(&b, &t)) == 0 && (r = pool_batch_prepare(&b)) == 0)
+    r = pool_batch_commit(&b);
+  pool_batch_free(&b);
 out:
   pool_unlock(p);
   return r;
@@ -307,17 +311,19 @@ cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
 {
   char newtop[CC_UUID_STR];
   struct ovl_layer *top = NULL;
+  struct pool_batch b;
   struct cc_template t;
   struct cc_clone c;
   int r;
 
+  pool_batch_init(&b, p);
   if ((r = pool_lock(p, "template promote")) < 0)
     return r;
   if ((r = pool_name_free(p, "template promote", name)) < 0)
     goto unlock;
   if ((r = pool_get_clone(p, "template promote", clone, &c)) < 0)
     goto unlock;
-  if ((r = pool_freeze_top(p, "template promote", &c, c.top, &top, newtop)) < 0)
+  if ((r = pool_freeze_top(p, "template promote", &c, c.top, &b, &top, newtop)) < 0)
     goto out;
   memset(&t, 0, sizeof t);
   snprintf(t.name, sizeof t.name, "%s", name);
@@ -327,12 +333,15 @@ cc_template_promote(struct cc_pool *p, const char *clone, const char *name)
   strcpy(t.layer, c.top);
   /* Clone record first: until the template record exists the old top is an unnamed frozen
    * layer under the clone (the clone reads the same).  The other order would, for one step,
-   * make a template's layer the writable top of a clone. */
+   * make a template's layer the writable top of a clone.  One batch: both records are
+   * prepared with the new layer and the freeze of the old top, then committed in this order
+   * (clones/ synced before the template record's rename). */
   strcpy(c.top, newtop);
-  if ((r = pool_write_clone(p, &c)) < 0)
-    goto out;
-  r = pool_write_template(p, &t);
+  if ((r = pool_batch_clone(&b, &c)) == 0 && (r = pool_batch_template(&b, &t)) == 0 &&
+      (r = pool_batch_prepare(&b)) == 0)
+    r = pool_batch_commit(&b);
 out:
+  pool_batch_free(&b);
   ovl_close(top);
   cc_clone_free(&c);
 unlock:

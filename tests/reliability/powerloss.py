@@ -17,8 +17,10 @@ ORIG-POOL at the path POOL (the path is read from the trace).  Every call that c
 pool's files (openat with O_CREAT/O_TRUNC, write, pwrite64, ftruncate, fallocate, rename,
 unlink, mkdir, copy_file_range) is applied to a model of the pool that keeps, per file, its
 current bytes and its *durable* bytes (as of its last fsync/fdatasync), and per directory its
-current entries and its durable entries (as of the directory's last fsync).  After every such
-call (every cut point) the pool a power loss would leave is written out in three ways:
+current entries and its durable entries (as of the directory's last fsync).  The CLI's threads
+(one batch's syncs run at once, pool/durable.c) are followed as in live mode (below): each call
+takes effect when it returns, and threads share one descriptor table.  After every such call
+(every cut point) the pool a power loss would leave is written out in three ways:
 
   drop   durable entries, durable bytes: every un-synced write and rename is lost;
   meta   current entries, durable bytes: renames and creates survive, un-synced data does not
@@ -28,6 +30,8 @@ call (every cut point) the pool a power loss would leave is written out in three
 Each distinct state must satisfy the promise of every pool operation (docs/POOL.md section 4): `check` finds no
 errors, the pool is exactly "before" or "after" (every export's name and bytes), `check
 --repair` leaves no leaks, and from "before" the operation runs again and reaches "after".
+One last cut follows the last call (the power fails as the command returns): its three states
+must be "after", so a commit whose directory was never synced is caught too.
 Prints one summary line: "powerloss: OP: K cut points, S distinct states, all safe".
 Exit 1 on the first unsafe state (its directory is kept in WORKDIR and named).
 """
@@ -387,6 +391,39 @@ def pattern(i):
     return bytes([(i % 250) + 1]) * BS
 
 
+class Tasks:
+    """Descriptor tables per traced task: threads share one (clone with CLONE_FILES: the CLI's
+    sync threads, pool/durable.c; the server's workers), processes get a copy (fork) or a
+    fresh one (exec)."""
+
+    def __init__(self, tabs=None):
+        self.tabs = tabs if tabs is not None else {}  # tid -> its descriptor table
+
+    def table(self, tid):
+        return self.tabs.setdefault(tid, {})
+
+    def event(self, tid, name, raw, ret):
+        """Apply a clone, fork or exec to the tables; True if the call was one of them."""
+        tab = self.table(tid)
+        if name in ('clone', 'clone3', 'fork', 'vfork'):
+            if ret != '?' and int(ret) > 0:
+                m = re.search(r'flags=(0x[0-9a-f]+|\d+)', raw)
+                flags = int(m.group(1), 0) if m else 0
+                early = self.tabs.get(ret)  # the child's lines printed before its parent's result
+                if name in ('clone', 'clone3') and flags & CLONE_FILES:
+                    self.tabs[ret] = tab
+                else:
+                    self.tabs[ret] = dict(tab)
+                if early:
+                    self.tabs[ret].update(early)
+            return True
+        if name == 'execve':
+            if ret == '0':
+                self.tabs[tid] = {}
+            return True
+        return False
+
+
 def read_live_trace(path):
     """(tid, name, raw args, ret) per finished call, in the order strace printed the results."""
     calls, pending = [], {}
@@ -420,30 +457,16 @@ def live_replay(a, calls, server_tids, visit):
     model.dur = {model.root + d[len(old_root):]: e for d, e in model.dur.items()}
     clones, journal = a.clones.split(','), os.path.normpath(a.journal)
     server = {}
-    tabs = {t: server for t in server_tids}
+    tasks = Tasks({t: server for t in server_tids})
+    tabs = tasks.tabs
     jr = {w: {c: -1 for c in clones} for w in ('issue', 'wrote', 'flushed')}
     at = {'start': None, 'done': None}
     cli, cut, dropped = set(), 0, 0
     for tid, name, raw, ret in calls:
-        tabs.setdefault(tid, {})
         args = args_of(raw)
-        if name in ('clone', 'clone3', 'fork', 'vfork'):
-            if ret != '?' and int(ret) > 0:
-                m = re.search(r'flags=(0x[0-9a-f]+|\d+)', raw)
-                flags = int(m.group(1), 0) if m else 0
-                early = tabs.get(ret)  # the child's lines printed before its parent's result
-                if name in ('clone', 'clone3') and flags & CLONE_FILES:
-                    tabs[ret] = tabs[tid]
-                else:
-                    tabs[ret] = dict(tabs[tid])
-                if early:
-                    tabs[ret].update(early)
-            continue
-        if name == 'execve':
-            if ret == '0':
-                tabs[tid] = {}
-                if args[0].endswith(b'/cowchain'):
-                    cli.add(tid)
+        if name == 'execve' and ret == '0' and args[0].endswith(b'/cowchain'):
+            cli.add(tid)
+        if tasks.event(tid, name, raw, ret):
             continue
         model.fds = tabs[tid]
         if name == 'write' and re.fullmatch(r'\d+', args[0]):
@@ -948,17 +971,12 @@ def main():
     tmp = os.path.join(work, 'sig.raw')
     before = signature(cc, orig, tmp)
 
-    # The traced run's pool path: the first pool file the CLI opened.
-    calls = []
-    with open(trace, errors='replace') as f:
-        for line in f:
-            m = LINE.match(line)
-            if m:
-                calls.append((m.group(1), m.group(2), m.group(3)))
-            elif 'unfinished' in line or 'resumed' in line:
-                raise SystemExit('powerloss: interleaved threads in the trace are not modelled')
+    # The traced run's pool path: the first pool file the CLI opened.  Its threads (the syncs
+    # of one batch run at once, pool/durable.c) print interleaved lines: each call is applied
+    # when it returns, as in live mode.
+    calls = read_live_trace(trace)
     pool = None
-    for name, raw, _ in calls:
+    for _, name, raw, _ in calls:
         if name == 'openat':
             p = args_of(raw)[1].decode(errors='replace')
             if p.endswith('/cowchain-pool'):
@@ -977,48 +995,67 @@ def main():
     model.cur = {pool + d[len(old_root):]: e for d, e in model.cur.items()}
     model.dur = {pool + d[len(old_root):]: e for d, e in model.dur.items()}
 
-    seen, cuts, states = set(), 0, 0
+    seen, cuts = {}, 0  # state key -> its signature
     dest = os.path.join(work, 'state')
-    for name, raw, ret in calls:
+
+    def examine(where, st):
+        """Check one crash state (once per distinct state); its signature."""
+        key = hashlib.sha256(repr(sorted((k, v) for k, v in st.items())).encode()).hexdigest()
+        if key in seen:
+            return seen[key]
+        write_state(st, dest)
+        reidentify(cc, dest)
+        r = run(cc, dest, 'check', check=False)
+        if r.returncode != 0 or b', 0 errors' not in r.stdout:
+            print(f'powerloss: {where}: check finds errors:\n{r.stdout.decode()}{r.stderr.decode()}'
+                  f'state kept in {dest}', file=sys.stderr)
+            sys.exit(1)
+        now = signature(cc, dest, tmp)
+        if now not in (before, after):
+            print(f'powerloss: {where}: the pool is neither before nor after:\n{now}\n'
+                  f'--- before:\n{before}\n--- after:\n{after}\nstate kept in {dest}',
+                  file=sys.stderr)
+            sys.exit(1)
+        run(cc, dest, 'check', '--repair')
+        r = run(cc, dest, 'check')
+        if b', 0 errors, 0 leaks' not in r.stdout:
+            print(f'powerloss: {where}: leaks remain after check --repair:\n{r.stdout.decode()}',
+                  file=sys.stderr)
+            sys.exit(1)
+        if now == before:
+            run(cc, dest, *op)
+            if signature(cc, dest, tmp) != after:
+                print(f'powerloss: {where}: a rerun from "before" does not reach "after"',
+                      file=sys.stderr)
+                sys.exit(1)
+        seen[key] = now
+        return now
+
+    models = (('drop', 'dur', 'dur'), ('meta', 'cur', 'dur'), ('data', 'dur', 'cur'))
+    tasks = Tasks()
+    for tid, name, raw, ret in calls:
+        if tasks.event(tid, name, raw, ret):
+            continue
+        model.fds = tasks.table(tid)
         if not model.apply(name, args_of(raw), ret):
             continue
         cuts += 1
-        for mode, entries, content in (('drop', model.dur, 'dur'), ('meta', model.cur, 'dur'),
-                                       ('data', model.dur, 'cur')):
-            st = model.state(entries, content)
-            key = hashlib.sha256(repr(sorted((k, v) for k, v in st.items())).encode()).hexdigest()
-            if key in seen:
-                continue
-            seen.add(key)
-            states += 1
-            where = f'{" ".join(op)}: cut {cuts} (after {name}), model {mode}'
+        for mode, entries, content in models:
+            st = model.state(model.dur if entries == 'dur' else model.cur, content)
+            examine(f'{" ".join(op)}: cut {cuts} (after {name}), model {mode}', st)
+    # One more cut after the last call: the power fails right after the command returned, before
+    # anything else reaches the disk.  The syncs after the last change (the commit's directory
+    # fsync) are only judged here, and the command said it succeeded: the pool must be "after".
+    for mode, entries, content in models:
+        st = model.state(model.dur if entries == 'dur' else model.cur, content)
+        where = f'{" ".join(op)}: after the command returned, model {mode}'
+        if examine(where, st) != after:
             write_state(st, dest)
-            reidentify(cc, dest)
-            r = run(cc, dest, 'check', check=False)
-            if r.returncode != 0 or b', 0 errors' not in r.stdout:
-                print(f'powerloss: {where}: check finds errors:\n{r.stdout.decode()}{r.stderr.decode()}'
-                      f'state kept in {dest}', file=sys.stderr)
-                sys.exit(1)
-            now = signature(cc, dest, tmp)
-            if now not in (before, after):
-                print(f'powerloss: {where}: the pool is neither before nor after:\n{now}\n'
-                      f'--- before:\n{before}\n--- after:\n{after}\nstate kept in {dest}',
-                      file=sys.stderr)
-                sys.exit(1)
-            run(cc, dest, 'check', '--repair')
-            r = run(cc, dest, 'check')
-            if b', 0 errors, 0 leaks' not in r.stdout:
-                print(f'powerloss: {where}: leaks remain after check --repair:\n{r.stdout.decode()}',
-                      file=sys.stderr)
-                sys.exit(1)
-            if now == before:
-                run(cc, dest, *op)
-                if signature(cc, dest, tmp) != after:
-                    print(f'powerloss: {where}: a rerun from "before" does not reach "after"',
-                          file=sys.stderr)
-                    sys.exit(1)
+            print(f'powerloss: {where}: the command returned, yet the pool is "before" (an un-synced '
+                  f'commit)\nstate kept in {dest}', file=sys.stderr)
+            sys.exit(1)
     shutil.rmtree(dest, ignore_errors=True)
-    print(f'powerloss: {" ".join(op)}: {cuts} cut points, {states} distinct states, all safe')
+    print(f'powerloss: {" ".join(op)}: {cuts} cut points, {len(seen)} distinct states, all safe')
 
 
 if __name__ == '__main__':
