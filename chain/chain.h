@@ -148,6 +148,10 @@ struct cc_chain_run {
   int fd;           /* data: the file holding the bytes; -1 otherwise */
   uint64_t phys;    /* data: offset in fd of byte `offset` */
   const char *path; /* data: that file, for messages */
+  /* data: the cluster size of the layer file holding it (its physical clusters are that big
+   * and aligned with the virtual ones: phys - offset % cluster_size starts one), 0 for a raw
+   * image (phys == offset) */
+  uint32_t cluster_size;
 };
 typedef int (*cc_run_fn)(void *opaque, const struct cc_chain_run *run);
 int cc_chain_runs(struct cc_chain *c, uint64_t length, uint64_t offset, cc_run_fn fn, void *opaque);

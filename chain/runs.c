@@ -56,6 +56,7 @@ seg_run(void *opaque, const struct cc_seg *s)
     r.fd = s->file->fd;
     r.phys = s->phys;
     r.path = s->file->path;
+    r.cluster_size = s->file->ovl ? ovl_cluster_size(s->file->ovl) : 0;
     break;
   case CC_RUN_ZERO:
     r.type = CC_EXTENT_ZERO;
@@ -77,6 +78,7 @@ top_run(void *opaque, const struct ovl_extent *e)
     r.fd = x->v->top_fd;
     r.phys = e->phys;
     r.path = x->v->path;
+    r.cluster_size = ovl_cluster_size(x->v->top);
     return add(x, &r);
   case OVL_ZERO:
     r.type = CC_EXTENT_ZERO;

@@ -5,6 +5,7 @@
 #ifndef COWCHAIN_OVERLAY_IO_H
 #define COWCHAIN_OVERLAY_IO_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 struct ovl_io_ops {
@@ -16,6 +17,10 @@ struct ovl_io_ops {
    * a table written before this member existed records every byte of a bulk fill too. */
   ssize_t (*copy_file_range)(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
                              unsigned flags);
+  /* Bulk fills that bridge source gaps (bulk.c): share len bytes of fd_in at off_in into fd_out
+   * at off_out (FICLONERANGE), or fail; never a byte copy.  NULL in a test's table: no bridging,
+   * every fill is copied piece by piece as above. */
+  int (*clone_range)(int fd_in, uint64_t off_in, uint64_t len, int fd_out, uint64_t off_out);
 };
 
 /* The table in use; points at the real system calls unless a test replaced it. */

@@ -552,6 +552,12 @@ ovl_sc_size(const struct ovl_layer *l)
   return (uint32_t)l->sc_size;
 }
 
+uint32_t
+ovl_cluster_size(const struct ovl_layer *l)
+{
+  return (uint32_t)l->cluster_size;
+}
+
 int
 ovl_writable(const struct ovl_layer *l)
 {

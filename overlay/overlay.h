@@ -118,6 +118,7 @@ const char *ovl_path(const struct ovl_layer *l);
 int ovl_fd(const struct ovl_layer *l); /* for reads of allocated data by chain/ */
 uint64_t ovl_virtual_size(const struct ovl_layer *l);
 uint32_t ovl_sc_size(const struct ovl_layer *l);
+uint32_t ovl_cluster_size(const struct ovl_layer *l);
 int ovl_writable(const struct ovl_layer *l);
 
 enum ovl_state { OVL_UNALLOCATED = 0, OVL_ZERO = 1, OVL_DATA = 2 };
@@ -167,6 +168,29 @@ int ovl_zero(struct ovl_layer *l, uint64_t length, uint64_t offset, unsigned fla
  * durable before it writes each changed L2 table once.  `src_name` names the source in errors. */
 int ovl_copy_in(struct ovl_layer *l, uint64_t offset, uint64_t length, int src_fd,
                 uint64_t src_offset, const char *src_name);
+
+/* Many bulk fills at once, for a layer nobody else holds (a full clone's new layer): the same
+ * rules as ovl_copy_in per fill, under one hold of the layer lock.  New clusters are bound in
+ * the order of the array (after every new L2 table the batch needs), so a caller that orders
+ * its fills by (source file, source offset) gets clusters that are neighbours in a source file
+ * as neighbours in the layer, and each run of them copied by one call (bulk.c).  Fills are
+ * disjoint, non-empty, whole sub-clusters (an end may be the virtual size).
+ * OVL_FILL_BRIDGE on a fill: the source bytes between the end of the previous fill of the same
+ * file (in the array) and this fill's start hold nothing private (the caller vouches, POOL.md
+ * 5.4), so on a file system that shares extents they may be shared into space of the layer no
+ * entry references, making both fills and the gap one FICLONERANGE (FORMAT.md 7.6).
+ * `progress` (may be NULL) is called after each call with the data bytes copied so far. */
+#define OVL_FILL_BRIDGE 1u
+struct ovl_fill {
+  uint64_t offset, length; /* virtual range of the layer */
+  int src_fd;
+  uint64_t src_offset;
+  const char *src_name; /* for messages */
+  unsigned flags;       /* OVL_FILL_BRIDGE */
+};
+typedef void (*ovl_fill_progress_fn)(void *opaque, uint64_t done);
+int ovl_copy_in_fills(struct ovl_layer *l, const struct ovl_fill *fills, size_t n,
+                      ovl_fill_progress_fn progress, void *opaque);
 
 /* Make every completed write durable, in the order of docs/FORMAT.md section 7.2. */
 int ovl_flush(struct ovl_layer *l);

@@ -5,11 +5,20 @@
  * ------------
  * Copies move only data: a raw source is walked with SEEK_DATA/SEEK_HOLE and its data extents
  * copied with copy_file_range (which may share blocks on reflink file systems), falling back to
- * read/write; a chain is walked with cc_chain_extents and only its data extents are read.
- * Inside data extents, blocks of zeroes are not written either, so a guest disk that was
- * zero-filled still copies sparse.  The destination is always a fresh file in tmp/ (or the
- * user's output file), made durable by the caller, so a copy that dies half-way leaves only
- * a file that no record names.
+ * read/write; a chain is walked with cc_chain_runs and only its data runs are copied, file to
+ * file.  Inside data extents, blocks of zeroes are not written by the read/write fallback
+ * either, so a guest disk that was zero-filled still copies sparse.  The destination is always
+ * a fresh file in tmp/ (or the user's output file), made durable by the caller, so a copy that
+ * dies half-way leaves only a file that no record names.
+ *
+ * Into a layer (full clone, POOL.md 5.4) the data runs are gathered, FILL_WINDOW at a time, and
+ * handed to ovl_copy_in_fills ordered by (source file, source offset): the new layer's clusters
+ * are laid out in the order they have in the source files, so one copy_file_range (one remap on
+ * XFS) moves each run that is contiguous in a source file, however scattered its clusters are
+ * in the virtual disk.  Where it is safe to share the bytes between two runs of one file along
+ * with them (mark_bridges: map tables of a source layer, and up to BRIDGE_MAX of the template's
+ * own bytes that upper layers hide, never more than the data around them), the runs and the gap
+ * are one clone on a file system that shares extents; elsewhere the gap is simply not copied.
  */
 #include "pool/internal.h"
 
@@ -28,6 +37,8 @@
 #define COPY_CHUNK (1u << 20)   /* bytes read per request (pread + pwrite fallback) */
 #define COPY_STEP (64ull << 20) /* bytes per copy call between two progress reports */
 #define PROGRESS_STEP (8ull << 20)
+#define FILL_WINDOW 65536u      /* data runs gathered before a layer copy sorts and copies them */
+#define BRIDGE_MAX (1ull << 20) /* the longest gap of a template shared along with its data */
 
 static int
 is_zero(const char *buf, size_t len)
@@ -38,7 +49,7 @@ is_zero(const char *buf, size_t len)
 static void
 report(cc_progress_fn progress, void *opaque, uint64_t done, uint64_t total, uint64_t *last)
 {
-  if (progress && (done - *last >= PROGRESS_STEP || done == total)) {
+  if (progress && done >= *last && (done - *last >= PROGRESS_STEP || done == total)) {
     *last = done;
     progress(opaque, done, total);
   }
@@ -203,18 +214,31 @@ out:
   return r;
 }
 
+/* A data run waiting for its window's copy (layer sink): the fill, and the cluster size of the
+ * file it comes from (cc_chain_run.cluster_size). */
+struct pend {
+  struct ovl_fill f;
+  uint32_t cluster;
+};
+
 /* Output of a chain copy: a fresh layer (full clone) or a fresh file (export). */
 struct sink {
   struct cc_chain *c;
   struct ovl_layer *layer;
   int fd;
   const char *name;
-  uint64_t size, done_to; /* layer: sub-clusters before done_to are written */
+  uint64_t size, done_to; /* layer: sub-clusters before done_to are written or pending */
   uint64_t last;
   int use_cfr;
   char *buf; /* one sub-cluster, for the partial ones at a run's ends */
   cc_progress_fn progress;
   void *opaque;
+  /* layer: the window of pending fills, and for progress the virtual range they come from
+   * (win_from to done_to) and their bytes */
+  struct pend *pend;
+  struct ovl_fill *fills;
+  size_t npend;
+  uint64_t win_from, win_bytes;
 };
 
 /* Write the sub-cluster of the layer that holds byte `off` whole, read through the chain: the
@@ -274,6 +298,85 @@ sink_read(struct sink *s, const struct cc_chain_run *run)
   return r < 0 ? r : 0;
 }
 
+static int
+pend_cmp(const void *pa, const void *pb)
+{
+  const struct pend *a = pa, *b = pb;
+
+  if (a->f.src_fd != b->f.src_fd)
+    return a->f.src_fd < b->f.src_fd ? -1 : 1;
+  return a->f.src_offset < b->f.src_offset ? -1 : a->f.src_offset > b->f.src_offset;
+}
+
+/* Which gaps between two runs of one source file (p sorted by file and offset) may be shared
+ * into the new layer with them (OVL_FILL_BRIDGE, POOL.md 5.4), so that on a file system that
+ * shares extents the runs and the gap are one clone:
+ *   - a layer file: a gap shorter than its cluster between the end of one physical cluster and
+ *     the start of another holds no cluster, only map tables (FORMAT.md 6);
+ *   - a raw image (the template): its own bytes that upper layers hide, every clone of it can
+ *     read them anyway; at most BRIDGE_MAX per gap, and never more gap than data in a row of
+ *     bridged runs, so the new layer holds at most twice the data it names.
+ * A layer's hidden clusters (what a snapshot overwrote or zeroed) are never bridged. */
+static void
+mark_bridges(struct pend *p, size_t n)
+{
+  uint64_t data = 0, gaps = 0;
+
+  for (size_t i = 0; i < n; i++) {
+    int go_on = 0;
+
+    if (i > 0 && p[i].f.src_fd == p[i - 1].f.src_fd) {
+      const struct pend *q = &p[i - 1];
+      uint64_t g = p[i].f.src_offset - (q->f.src_offset + q->f.length);
+      uint32_t cl = p[i].cluster;
+
+      if (g == 0)
+        go_on = 1;
+      else if (cl == 0)
+        go_on = g <= BRIDGE_MAX && gaps + g <= data + p[i].f.length;
+      else
+        go_on = g < cl && (q->f.offset + q->f.length) % cl == 0 && p[i].f.offset % cl == 0;
+      if (go_on && g > 0) {
+        p[i].f.flags |= OVL_FILL_BRIDGE;
+        gaps += g;
+      }
+    }
+    if (!go_on)
+      data = gaps = 0;
+    data += p[i].f.length;
+  }
+}
+
+/* ovl_copy_in_fills' progress: data bytes of the window -> position in the virtual disk. */
+static void
+fill_progress(void *opaque, uint64_t done)
+{
+  struct sink *s = opaque;
+  double part = s->win_bytes ? (double)done / (double)s->win_bytes : 1.0;
+
+  report(s->progress, s->opaque,
+         s->win_from + (uint64_t)(part * (double)(s->done_to - s->win_from)), s->size, &s->last);
+}
+
+/* Copy the pending window into the layer, in source order. */
+static int
+sink_flush(struct sink *s)
+{
+  int r;
+
+  if (s->npend == 0)
+    return 0;
+  qsort(s->pend, s->npend, sizeof *s->pend, pend_cmp);
+  mark_bridges(s->pend, s->npend);
+  for (size_t i = 0; i < s->npend; i++)
+    s->fills[i] = s->pend[i].f;
+  r = ovl_copy_in_fills(s->layer, s->fills, s->npend, fill_progress, s);
+  s->npend = 0;
+  s->win_from = s->done_to;
+  s->win_bytes = 0;
+  return r;
+}
+
 /* One run of the source: data goes file to file, zeroes and holes stay unallocated (a layer
  * without parent, or a sparse file, reads them as zero). */
 static int
@@ -299,7 +402,10 @@ sink_run(void *opaque, const struct cc_chain_run *run)
     return 0;
   }
   {
-    uint64_t sc = ovl_sc_size(s->layer), zdown = z == s->size ? z : z / sc * sc;
+    /* A run may end inside a sub-cluster only at the layer's own end (a bigger layer reads
+     * zero past the chain: sink_partial completes that sub-cluster). */
+    uint64_t sc = ovl_sc_size(s->layer);
+    uint64_t zdown = z == ovl_virtual_size(s->layer) ? z : z / sc * sc;
     if (a < s->done_to)
       a = s->done_to;
     if (a < z && a % sc != 0) {
@@ -307,13 +413,14 @@ sink_run(void *opaque, const struct cc_chain_run *run)
         return r;
       a = s->done_to;
     }
-    while (a < zdown) {
-      uint64_t n = zdown - a < COPY_STEP ? zdown - a : COPY_STEP;
-      if ((r = ovl_copy_in(s->layer, a, n, run->fd, run->phys + (a - run->offset), run->path)) < 0)
+    if (a < zdown) {
+      if (s->npend == FILL_WINDOW && (r = sink_flush(s)) < 0)
         return r;
-      a += n;
-      s->done_to = a;
-      report(s->progress, s->opaque, a, s->size, &s->last);
+      s->pend[s->npend++] =
+          (struct pend){.f = {a, zdown - a, run->fd, run->phys + (a - run->offset), run->path, 0},
+                        .cluster = run->cluster_size};
+      s->win_bytes += zdown - a;
+      a = s->done_to = zdown;
     }
     if (a < z && (r = sink_partial(s, a, &s->done_to)) < 0)
       return r;
@@ -331,7 +438,16 @@ copy_chain(struct cc_chain *c, struct sink *s, cc_progress_fn progress, void *op
   s->use_cfr = 1;
   s->progress = progress;
   s->opaque = opaque;
+  if (s->layer && (!(s->pend = malloc(FILL_WINDOW * sizeof *s->pend)) ||
+                   !(s->fills = malloc(FILL_WINDOW * sizeof *s->fills)))) {
+    free(s->pend);
+    return cc_error_set(ENOMEM, "copy: %s: out of memory", s->name);
+  }
   r = cc_chain_runs(c, s->size, 0, sink_run, s);
+  if (r == 0 && s->layer)
+    r = sink_flush(s); /* the runs' files stay open as long as the chain (chain.h) */
+  free(s->pend);
+  free(s->fills);
   free(s->buf);
   if (r == 0)
     report(progress, opaque, s->size, s->size, &s->last);

@@ -311,7 +311,8 @@ int pool_copy_raw_sparse_hash(const char *src, int dst_fd, uint64_t *size_out, s
 int pool_copy_raw_sparse(const char *src, int dst_fd, uint64_t *size_out, cc_progress_fn progress,
                          void *opaque);
 /* Copy the chain `c` into a layer / file: its data runs file to file (copy_file_range; into a
- * layer through ovl_copy_in), zero and hole runs left unallocated / as holes (POOL.md 5.4). */
+ * layer through ovl_copy_in_fills, in source order, with bridges), zero and hole runs left
+ * unallocated / as holes (POOL.md 5.4). */
 int pool_copy_chain_to_layer(struct cc_chain *c, struct ovl_layer *dst, cc_progress_fn progress,
                              void *opaque);
 int pool_copy_chain_to_fd(struct cc_chain *c, int fd, const char *file, cc_progress_fn progress,

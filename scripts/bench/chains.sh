@@ -147,7 +147,7 @@ build_mkchain() {
     libs+=("$BUILD/$a")
   done
   ${CC:-cc} -O2 -Wall -D_GNU_SOURCE -I"$ROOT" -o "$RUNDIR/mkchain" "$BENCH/mkchain.c" "${libs[@]}" \
-    $(pkg-config --libs liburing) -lpthread 2>"$RUNDIR/mkchain.log"
+    $(pkg-config --libs liburing libnbd nettle) -lpthread 2>"$RUNDIR/mkchain.log"
 }
 
 CHAINS_READY=

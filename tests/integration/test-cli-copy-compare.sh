@@ -5,7 +5,8 @@
 # have holes, zeroes (write-zeroes, discard), writes that fill sub-clusters only in part, and a
 # raw template whose size ends inside a sub-cluster.  Full clone, export to raw, and snapshot
 # delete in each direction (into the child; the child into the snapshot's layer, with and
-# without layers above the child) must all read the same as the oracle.
+# without layers above the child) must all read the same as the oracle; so must a full clone
+# made bigger than its source.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
@@ -83,6 +84,12 @@ retry cc clone create f4 --from vm3@o1 --full
 qemu-img compare -q -f raw -F raw "$(uri f4)" "$WORK/odd-ref.raw" || fail "full clone of vm3@o1"
 cc export vm3@o1 "$WORK/o1.raw"
 qemu-img compare -q -f raw -F raw "$WORK/o1.raw" "$WORK/odd-ref.raw" || fail "export of vm3@o1"
+# A full clone bigger than its source: the source's partial last sub-cluster is not the end of
+# the new layer (it was refused as "not whole sub-clusters" before); the rest reads zero.
+retry cc clone create f5 --from vm3@o1 --full --size 16M
+cp --sparse=always "$WORK/odd-ref.raw" "$WORK/odd-16m.raw"
+truncate -s 16M "$WORK/odd-16m.raw"
+qemu-img compare -q -f raw -F raw "$(uri f5)" "$WORK/odd-16m.raw" || fail "full clone f5 (16M)"
 
 # Merge into the child: s1 holds less than what s2's layer would have to give it.
 retry cc snapshot delete vm1 s1 >"$WORK/d1.out"

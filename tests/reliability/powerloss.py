@@ -15,7 +15,7 @@ mode" below, test-powerloss-live-merge.sh).  The first:
 TRACE is `strace -f -qq -X raw -xx -s 2^26` of `cowchain --pool POOL OP...` run on a copy of
 ORIG-POOL at the path POOL (the path is read from the trace).  Every call that changes the
 pool's files (openat with O_CREAT/O_TRUNC, write, pwrite64, ftruncate, fallocate, rename,
-unlink, mkdir, copy_file_range) is applied to a model of the pool that keeps, per file, its
+unlink, mkdir, copy_file_range, ioctl FICLONERANGE) is applied to a model of the pool that keeps, per file, its
 current bytes and its *durable* bytes (as of its last fsync/fdatasync), and per directory its
 current entries and its durable entries (as of the directory's last fsync).  The CLI's threads
 (one batch's syncs run at once, pool/durable.c) are followed as in live mode (below): each call
@@ -218,6 +218,27 @@ class Model:
             if a[3] == 'NULL':
                 dst[2] += ret
             return ret > 0
+        if name == 'ioctl':
+            # FICLONERANGE (bulk fills that bridge gaps, overlay/bulk.c): the shared bytes are
+            # the source's, as for copy_file_range.  Other ioctls change no file.
+            if a[1] not in ('0x4020940d', 'BTRFS_IOC_CLONE_RANGE or FICLONERANGE') or not f:
+                return False
+            m = re.fullmatch(r'\{src_fd=(\d+), src_offset=(\d+), src_length=(\d+), '
+                             r'dest_offset=(\d+)\}', a[2])
+            if not m or f[0] != 'file':
+                raise SystemExit(f'powerloss: cannot model ioctl {a}')
+            sfd, soff, ln, doff = map(int, m.groups())
+            src = self.fds.get(sfd)
+            if not src:
+                raise SystemExit('powerloss: FICLONERANGE from an unknown descriptor')
+            if src[0] == 'file':
+                data = bytes(src[1].cur[soff:soff + ln])
+            else:
+                with open(src[1], 'rb') as sf:
+                    sf.seek(soff)
+                    data = sf.read(ln)
+            self.put(f[1], doff, data)
+            return ln > 0
         if name == 'fchmod':
             if f and f[0] == 'file':
                 f[1].mode = int(a[1], 8)

@@ -48,7 +48,7 @@ cc clone create vm2 --from base
 cc clone create vm3 --from base
 
 TRACED=(openat open creat write pwrite64 pwritev writev rename renameat renameat2 unlink unlinkat
-  rmdir fsync fdatasync ftruncate fallocate mkdir mkdirat copy_file_range sendfile splice link
+  rmdir fsync fdatasync ftruncate fallocate mkdir mkdirat copy_file_range ioctl sendfile splice link
   linkat symlink close lseek dup dup2 dup3 fchmod chmod fchmodat clone clone3 fork vfork execve)
 
 # live_case MODE CLONES SNAP: one traced live snapshot and its replay.

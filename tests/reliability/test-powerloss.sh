@@ -62,7 +62,7 @@ powerloss() {
   # (LeakSanitizer refuses to run under ptrace: no leak check for the traced run of an ASan CLI.)
   ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
     strace -f -qq -X raw -xx -s 67108864 -o "$WORK/trace" \
-    -e trace=openat,open,creat,write,pwrite64,pwritev,writev,rename,renameat,renameat2,unlink,unlinkat,rmdir,fsync,fdatasync,ftruncate,fallocate,mkdir,mkdirat,copy_file_range,sendfile,splice,link,linkat,symlink,close,lseek,dup,dup2,dup3,fchmod,chmod,fchmodat,clone,clone3,fork,vfork,execve \
+    -e trace=openat,open,creat,write,pwrite64,pwritev,writev,rename,renameat,renameat2,unlink,unlinkat,rmdir,fsync,fdatasync,ftruncate,fallocate,mkdir,mkdirat,copy_file_range,ioctl,sendfile,splice,link,linkat,symlink,close,lseek,dup,dup2,dup3,fchmod,chmod,fchmodat,clone,clone3,fork,vfork,execve \
     "$COWCHAIN" --pool "$run" "$@" || fail "$*: the traced run failed"
   timeout 280 python3 "$(dirname "$0")/powerloss.py" "$COWCHAIN" "$WORK/pool.orig" \
     "$WORK/trace" "$WORK" -- "$@" >"$WORK/pl.out" || {
