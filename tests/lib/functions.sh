@@ -467,6 +467,53 @@ with_shim() {
   SERVER_ENV=("${e[@]}" "FAULT_MATCH=$POOL/layers/" "$@")
 }
 
+# fio_verify SEED ARGS...: fio's nbd engine on vm1 of the current server: random writes from
+# seed SEED with crc32c verification (--do_verify=1, --verify_only=1 and the block sizes are the
+# caller's ARGS; a verify-only pass must repeat the ARGS and SEED of the writes it checks).  Any
+# error fio reports fails the test, with fio's output.
+fio_verify() {
+  local seed=$1
+  shift
+  # fio saves verify state into the current directory; keep it in the work dir
+  (cd "$WORK" && timeout "$SERVER_TIMEOUT" fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" \
+    --size=48M --rw=randwrite --iodepth=16 --numjobs=1 --verify=crc32c --verify_fatal=1 \
+    --randseed="$seed" "$@" --output="$WORK/fio.out") || {
+    cat "$WORK/fio.out" >&2
+    fail "fio --randseed=$seed $*"
+  }
+  grep -q 'err= 0' "$WORK/fio.out" || {
+    cat "$WORK/fio.out" >&2
+    fail "fio reported errors"
+  }
+}
+
+# loop_during STEP CMD...: run CMD (e.g. fio_verify) while `STEP N` runs for N = 1, 2, ... in a
+# background loop, 0.1 s apart, until CMD is done.  STEP fails the test (`fail`) when its
+# operation fails: that ends the loop and, once CMD is done, the test.  What STEP prints names the
+# operations it did; DURING is set to the number of those done while CMD was still running.
+loop_during() {
+  local step=$1 loop
+  shift
+  touch "$WORK/loop.go"
+  rm -f "$WORK/during"
+  (
+    n=0
+    while [ -e "$WORK/loop.go" ]; do
+      n=$((n + 1))
+      "$step" "$n" >"$WORK/step.out" || exit 1
+      # Counted only when CMD was still running once the operation was done.
+      [ ! -e "$WORK/loop.go" ] || cat "$WORK/step.out" >>"$WORK/during"
+      sleep 0.1
+    done
+  ) &
+  loop=$!
+  "$@"
+  rm -f "$WORK/loop.go"
+  wait "$loop" || fail "$step failed while $1 ran"
+  DURING=0
+  [ ! -e "$WORK/during" ] || DURING=$(wc -l <"$WORK/during")
+}
+
 # allocated_bytes FILE: bytes the file occupies on disk.
 allocated_bytes() {
   echo $(($(stat -c %b "$1") * $(stat -c %B "$1")))
