@@ -19,28 +19,19 @@
 
 #define MiB (1024u * 1024u)
 
-static char *dir;
-
-static void
-setup(void)
-{
-  dir = otu_tmpdir();
-}
-
 static void
 teardown(void)
 {
-  otu_rmtree(dir);
-  dir = NULL;
+  otu_dir_fini();
   cc_chain_set_max_depth(0);
 }
 
-TestSuite(chain_open, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(chain_open, .init = otu_dir_init, .fini = teardown, .timeout = 120);
 
 static char *
 path(const char *name)
 {
-  return otu_join(dir, name);
+  return otu_join(otu_dir, name);
 }
 
 static void

@@ -51,6 +51,12 @@ char *otu_tmpdir(void);
 void otu_rmtree(char *dir);
 /* dir + "/" + name, malloc'd. */
 char *otu_join(const char *dir, const char *name);
+/* The fixture of a suite whose every test works in a new temporary directory, otu_dir:
+ * TestSuite(name, .init = otu_dir_init, .fini = otu_dir_fini) (the fini also runs after a
+ * failed assertion, so nothing is left in /tmp). */
+extern char *otu_dir;
+void otu_dir_init(void);
+void otu_dir_fini(void);
 
 /* ---- encoding ---- */
 
