@@ -19,19 +19,17 @@
 #include "pool/pool.h"
 #include "tests/unit/util-chain.h"
 #include "tests/unit/util-overlay.h"
+#include "tests/unit/util-pool.h"
 
 #define DISK (1u << 20)
 
-static char *dir, *pooldir;
+static char *pooldir;
 static struct cc_pool *pool;
 
 static void
 setup(void)
 {
-  dir = otu_tmpdir();
-  pooldir = otu_join(dir, "pool");
-  cr_assert_eq(cc_pool_init(pooldir, NULL), 0, "%s", cc_error_get());
-  cr_assert_eq(cc_pool_open(pooldir, &pool), 0, "%s", cc_error_get());
+  ptu_pool_new(&pooldir, &pool);
   cr_assert_eq(cc_template_create(pool, "base", DISK), 0, "%s", cc_error_get());
   cr_assert_eq(cc_clone_create(pool, "vm1", "base", 0, NULL, NULL), 0, "%s", cc_error_get());
   cr_assert_eq(cc_clone_create(pool, "vm2", "base", 0, NULL, NULL), 0, "%s", cc_error_get());
@@ -40,9 +38,7 @@ setup(void)
 static void
 teardown(void)
 {
-  cc_pool_close(pool);
-  free(pooldir);
-  otu_rmtree(dir);
+  ptu_pool_remove(&pooldir, &pool);
 }
 
 TestSuite(pool_live, .init = setup, .fini = teardown);
