@@ -72,7 +72,7 @@ static void
 make_pool(struct pool *p)
 {
   memset(p, 0, sizeof *p);
-  ctu_no_sync();
+  otu_io_nosync();
   p->rng = otu_seed("chain_cache");
   p->dir = otu_tmpdir();
   live_dir = p->dir;

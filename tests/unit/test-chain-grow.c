@@ -30,7 +30,7 @@ static void
 setup(void)
 {
   otu_dir_init();
-  ctu_no_sync();
+  otu_io_nosync();
 }
 
 TestSuite(chain_grow, .init = setup, .fini = otu_dir_fini, .timeout = 60);

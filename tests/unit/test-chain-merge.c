@@ -94,7 +94,7 @@ Test(chain_merge, fill_relink_refresh_into_the_top)
   struct stat st1;
 
   merge_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   build(dir, uuids, &m, &rng, &c);
   p1 = ctu_stack_path(dir, "t", 1);
@@ -157,7 +157,7 @@ Test(chain_merge, forget_unshares_and_refresh_rebuilds_read_only)
   struct stat st0;
 
   merge_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   build(dir, uuids, &m, &rng, &c);
   cr_assert_eq(cc_chain_close(c), 0);

@@ -256,7 +256,7 @@ Test(chain_push, frozen_state_new_top_reopen_share)
   uint8_t buf[8192];
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
   p0 = ctu_stack_path(dir, "t", 0);
@@ -356,7 +356,7 @@ Test(chain_push, refusals_leave_the_chain_unchanged)
   uint8_t buf[4096];
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
   ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
   p0 = ctu_stack_path(dir, "t", 0);
@@ -397,7 +397,7 @@ Test(chain_push, hundred_pushes_under_readers_and_writers)
   char *p;
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
   p = ctu_stack_path(dir, "t", 0);
@@ -495,7 +495,7 @@ time_push(int depth)
   double t0, t1;
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   for (int i = 0; i < depth; i++) {
     ctu_stack_layer(dir, "t", i, size, NULL, uuids);
     p = ctu_stack_path(dir, "t", i);

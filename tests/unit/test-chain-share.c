@@ -62,7 +62,7 @@ make_pool(struct pool *p, int nclones)
   uint8_t buf[8192];
 
   memset(p, 0, sizeof *p);
-  ctu_no_sync();
+  otu_io_nosync();
   p->rng = otu_seed("chain_share");
   p->dir = otu_tmpdir();
   live_dir = p->dir;

@@ -17,7 +17,6 @@
 #include "common/error.h"
 #include "overlay/overlay.h"
 #include "pool/pool.h"
-#include "tests/unit/util-chain.h"
 #include "tests/unit/util-overlay.h"
 #include "tests/unit/util-pool.h"
 
@@ -114,7 +113,7 @@ Test(pool_live, depth_limit, .timeout = 300)
 {
   char top[CC_UUID_STR], before[CC_UUID_STR];
 
-  ctu_no_sync();
+  otu_io_nosync();
   /* vm1 is its top on the template's layer: 2 files.  4093 more make 4095. */
   top_of("vm1", top);
   for (int i = 0; i < CC_MAX_DEPTH - 3; i++)

@@ -14,7 +14,6 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "overlay/io.h"
 #include "tests/unit/util-overlay.h"
 
 void
@@ -317,21 +316,4 @@ ctu_count_fds(const char *prefix)
   }
   closedir(d);
   return n;
-}
-
-static int
-no_fdatasync(int fd)
-{
-  (void)fd;
-  return 0;
-}
-
-void
-ctu_no_sync(void)
-{
-  static struct ovl_io_ops ops;
-
-  ops = ovl_io_default;
-  ops.fdatasync = no_fdatasync;
-  ovl_io = &ops;
 }

@@ -77,11 +77,6 @@ void ctu_check_all(struct cc_chain *c, const struct ctu_model *m, uint64_t chunk
  * the model as described above. */
 void ctu_check_extents(struct cc_chain *c, const struct ctu_model *m, uint64_t off, uint64_t len);
 
-/* Make the overlay's fdatasync a no-op for this test process.  Durability is tested by the
- * overlay's crash tests; here it only costs time (a 1,000-layer chain is thousands of syncs,
- * seconds each on a loaded machine). */
-void ctu_no_sync(void);
-
 /* Number of open file descriptors of this process whose target (readlink of /proc/self/fd/N)
  * starts with `prefix`: a directory, or e.g. "anon_inode:[io_uring]". */
 int ctu_count_fds(const char *prefix);

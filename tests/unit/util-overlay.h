@@ -136,7 +136,9 @@ int otu_below_pattern(void *opaque, void *buf, uint64_t length, uint64_t offset)
 /* ---- I/O ---- */
 
 /* Point overlay/'s ovl_io at a table whose fdatasync does nothing (the rest are the real
- * calls): for suites that never look at durability, since syncs are slow on a shared disk. */
+ * calls), for this test process: for suites that never look at durability (the overlay's crash
+ * tests do), since syncs are slow on a shared disk (a 1,000-layer chain is thousands of syncs,
+ * seconds each on a loaded machine). */
 void otu_io_nosync(void);
 
 /* ---- layers ---- */
