@@ -30,7 +30,7 @@ snap_round() {
 }
 
 start_server
-loop_during snap_round run_fio --do_verify=1 --verify_backlog=64
+loop_during snap_round 4 run_fio --do_verify=1 --verify_backlog=64
 say "$DURING live deletes done while fio wrote"
 [ "$DURING" -ge 4 ] || fail "fio finished before four live deletes were done (make it write more)"
 run_fio --verify_only=1

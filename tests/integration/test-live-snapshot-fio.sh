@@ -22,7 +22,7 @@ snap_round() {
 }
 
 start_server
-loop_during snap_round run_fio --do_verify=1 --verify_backlog=64
+loop_during snap_round 2 run_fio --do_verify=1 --verify_backlog=64
 say "$DURING live snapshots taken while fio wrote"
 [ "$DURING" -ge 2 ] || fail "fio finished before two snapshots were taken (make it write more)"
 run_fio --verify_only=1
