@@ -10,48 +10,13 @@
 # before the command, `check` finds no errors, a rerun of the delete completes it, and a
 # surviving or restarted server goes on serving.  Finally `check --repair` leaves no leaks.
 source "$(dirname "$0")/../lib/functions.sh"
+source "$(dirname "$0")/../lib/live-crash.sh"
 requires_plugin
 requires_client
 setup_pool
 
 ROUND=0
-HOLDERS=()
 PREV8=0 # what vm1 holds at 8M before a round (the template has nothing there)
-
-wait_socket() {
-  local i
-  CTL=$POOL/run/nbdkit-$SERVER_PID.ctl
-  for i in $(seq 50); do [ -S "$CTL" ] && return 0; sleep 0.1; done
-  fail "no control socket $CTL"
-}
-
-alive() {
-  local st
-  st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-
-hold() { # EXPORT...
-  local e i
-  for e in "$@"; do
-    "$CLIENT" hold "$SOCK" "$e" 60 >"$WORK/hold-$e.out" 2>&1 &
-    HOLDERS+=($!)
-  done
-  for e in "$@"; do
-    for i in $(seq 100); do grep -q open "$WORK/hold-$e.out" 2>/dev/null && break; sleep 0.05; done
-    grep -q open "$WORK/hold-$e.out" || fail "holder of $e did not connect"
-  done
-}
-
-unhold() {
-  local h
-  for h in "${HOLDERS[@]}"; do
-    kill "$h" 2>/dev/null || true
-    wait "$h" 2>/dev/null || true
-  done
-  HOLDERS=()
-}
-on_stop unhold
 
 write_at() { # EXPORT PATTERN OFFSET LENGTH
   qemu-io -f raw -c "write -P $2 $3 $4" "$(uri "$1")" >/dev/null || fail "round $ROUND: write $1"
@@ -80,7 +45,7 @@ verify_round() { # WHERE P Q T
 
 # one_round MODE WHICH N: 0 when the delete ran to its end without a crash.
 one_round() {
-  local mode=$1 which=$2 n=$3 i rc=0 done_=0 killed=0 p q t snap where
+  local mode=$1 which=$2 n=$3 p q t snap where
   ROUND=$((ROUND + 1))
   p=$(((ROUND * 3) % 250 + 1)) q=$(((ROUND * 3 + 1) % 250 + 1)) t=$(((ROUND * 3 + 2) % 250 + 1))
   write_at vm1 $p 4M 64k
@@ -90,34 +55,13 @@ one_round() {
   write_at vm1 $t 4160k 32k
   hold vm1 "vm1@b$ROUND"
   [ "$which" = frozen ] && snap=a$ROUND || snap=b$ROUND
-  if [ "$mode" = cli ]; then
-    COWCHAIN_CRASH_AT=$n cc snapshot delete vm1 $snap >"$WORK/cmd.out" 2>&1 || rc=$?
-    case $rc in
-      0) done_=1 ;;
-      99) ;;
-      *) cat "$WORK/cmd.out"; fail "round $ROUND (cli, $which, step $n): exit $rc" ;;
-    esac
-  else
-    COWCHAIN_KILL_SERVER_AT=$n cc snapshot delete vm1 $snap >"$WORK/cmd.out" 2>&1 || rc=$?
-    [ $rc -lt 124 ] || fail "round $ROUND (server, $which, step $n): the CLI crashed (exit $rc)"
-    # A server killed at the last step may still be exiting when the CLI returns.
-    for i in $(seq 50); do { [ $rc = 0 ] || ! alive "$SERVER_PID"; } && break; sleep 0.1; done
-    if alive "$SERVER_PID"; then
-      [ $rc = 0 ] || { cat "$WORK/cmd.out"; fail "round $ROUND: failed with the server alive"; }
-      done_=1
-    else
-      killed=1
-      forget_server "$SERVER_PID"
-    fi
-  fi
-  if [ $killed = 1 ]; then
-    unhold
-    start_server
-    wait_socket
+  crash_run "round $ROUND ($mode, $which, step $n)" $mode $n cc snapshot delete vm1 $snap
+  if [ $CRASH_KILLED = 1 ]; then
     if has_snap "b$ROUND"; then hold vm1 "vm1@b$ROUND"; else hold vm1; fi
   fi
   has_snap $snap && where=before || where=after
-  [ $done_ = 0 ] || [ $where = after ] || fail "round $ROUND: the delete succeeded, $snap still there"
+  [ $CRASH_DONE = 0 ] || [ $where = after ] ||
+    fail "round $ROUND: the delete succeeded, $snap still there"
   if [ "$which" = top ] && [ $where = after ]; then
     # b is gone: its bytes now live in the top; check the frozen a instead.
     reads vm1 $p 4M 32k && reads vm1 $t 4160k 32k && reads vm1 $q 8M 64k ||
@@ -143,23 +87,12 @@ one_round() {
   PREV8=$q
   write_at vm1 $t 4160k 32k
   reads vm1 $t 4160k 32k || fail "round $ROUND: the server does not go on"
-  return $((1 - done_))
+  return $((1 - CRASH_DONE))
 }
 
 start_server
-wait_socket
-for mode in cli server; do
-  for which in frozen top; do
-    for n in $(seq 1 30); do
-      if one_round $mode $which $n; then
-        say "$mode crash, $which: $((n - 1)) crash points, then the command completed"
-        [ $n -gt 3 ] || fail "$mode $which: only $((n - 1)) steps (the hook does not fire?)"
-        break
-      fi
-      [ $n -lt 30 ] || fail "$mode $which: still crashing at step 30"
-    done
-  done
-done
+wait_control_socket
+crash_every_step one_round 3 30 frozen top
 stop_server
 start_server
 reads vm1 $PREV8 8M 64k || fail "after a restart: vm1"

@@ -14,43 +14,25 @@ requires fio --enghelp=nbd
 setup_pool
 
 run_fio() {
-  (cd "$WORK" && timeout 250 fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" --size=48M \
-    --rw=randwrite --bsrange=4k-128k --iodepth=16 --numjobs=1 --loops=6 \
-    --verify=crc32c --verify_fatal=1 --randseed=1415 "$@" --output="$WORK/fio.out") || {
-    cat "$WORK/fio.out" >&2
-    fail "fio $*"
-  }
-  grep -q 'err= 0' "$WORK/fio.out" || {
-    cat "$WORK/fio.out" >&2
-    fail "fio reported errors"
-  }
+  fio_verify 1415 --bsrange=4k-128k --loops=6 "$@"
+}
+
+# snap_round N: snapshot f(N), then (from N = 2) delete one, which is merged live.
+snap_round() {
+  local victim
+  cc snapshot create vm1 "f$1" >/dev/null || fail "snapshot f$1 failed"
+  [ "$1" -ge 2 ] || return 0
+  # Even rounds: f(n), right below the live top.  Odd: f(n-2), the one left below f(n), merged
+  # into that frozen layer.
+  if [ $(($1 % 2)) = 1 ]; then victim=f$(($1 - 2)); else victim=f$1; fi
+  cc snapshot delete vm1 "$victim" >/dev/null || fail "delete $victim failed"
+  echo "$victim"
 }
 
 start_server
-touch "$WORK/go"
-(
-  n=0
-  while [ -e "$WORK/go" ]; do
-    n=$((n + 1))
-    cc snapshot create vm1 "f$n" || { echo "snapshot f$n failed" >"$WORK/snap.err"; exit 1; }
-    if [ $n -ge 2 ]; then
-      # Even rounds: f(n), right below the live top.  Odd: f(n-2), the one left below f(n),
-      # merged into that frozen layer.
-      if [ $((n % 2)) = 1 ]; then victim=f$((n - 2)); else victim=f$n; fi
-      cc snapshot delete vm1 "$victim" >/dev/null ||
-        { echo "delete $victim failed" >"$WORK/snap.err"; exit 1; }
-      [ ! -e "$WORK/go" ] || echo "$victim" >>"$WORK/during"
-    fi
-    sleep 0.1
-  done
-) &
-snapper=$!
-run_fio --do_verify=1 --verify_backlog=64
-rm -f "$WORK/go"
-wait "$snapper" || { cat "$WORK/snap.err" 2>/dev/null; fail "a live snapshot or delete failed under fio"; }
-during=$(wc -l <"$WORK/during" 2>/dev/null || echo 0)
-say "$during live deletes done while fio wrote"
-[ "$during" -ge 4 ] || fail "fio finished before four live deletes were done (make it write more)"
+loop_during snap_round 4 run_fio --do_verify=1 --verify_backlog=64
+say "$DURING live deletes done while fio wrote"
+[ "$DURING" -ge 4 ] || fail "fio finished before four live deletes were done (make it write more)"
 run_fio --verify_only=1
 stop_server
 start_server

@@ -13,6 +13,7 @@
 # and the rounds go on until the command completes without a crash.  Finally, after a
 # restart, everything is read again and `check --repair` leaves no leaks.
 source "$(dirname "$0")/../lib/functions.sh"
+source "$(dirname "$0")/../lib/live-crash.sh"
 requires_plugin
 requires_client
 setup_pool
@@ -21,14 +22,6 @@ cc clone create vm2 --from base
 declare -A SNAPS # clone -> "snap:pattern ..." committed so far
 declare -A DATA  # clone -> the pattern it holds now
 ROUND=0
-HOLDERS=()
-
-wait_socket() {
-  local i
-  CTL=$POOL/run/nbdkit-$SERVER_PID.ctl
-  for i in $(seq 50); do [ -S "$CTL" ] && return 0; sleep 0.1; done
-  fail "no control socket $CTL"
-}
 
 # write_pattern CLONE: a new pattern at 4 MiB, through the server.
 write_pattern() {
@@ -40,36 +33,6 @@ write_pattern() {
 read_is() { # EXPORT PATTERN
   qemu-io -r -f raw -c "read -P $2 4M 64k" "$(uri "$1")" >"$WORK/read.out" 2>&1 &&
     ! grep -q 'Pattern verification failed' "$WORK/read.out"
-}
-
-hold() { # CLONE...
-  local c
-  HOLDERS=()
-  for c in "$@"; do
-    "$CLIENT" hold "$SOCK" "$c" 60 >"$WORK/hold-$c.out" 2>&1 &
-    HOLDERS+=($!)
-  done
-  for c in "$@"; do
-    for i in $(seq 100); do grep -q open "$WORK/hold-$c.out" 2>/dev/null && break; sleep 0.05; done
-    grep -q open "$WORK/hold-$c.out" || fail "holder of $c did not connect"
-  done
-}
-
-unhold() {
-  local h
-  for h in "${HOLDERS[@]}"; do
-    kill "$h" 2>/dev/null || true
-    wait "$h" 2>/dev/null || true
-  done
-  HOLDERS=()
-}
-on_stop unhold
-
-# alive PID: running (a killed server stays a zombie until its parent, timeout(1), reaps it).
-alive() {
-  local st
-  st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
 }
 
 has_snap() { # CLONE SNAP
@@ -91,34 +54,13 @@ verify_state() { # WHERE
 
 # one_round MODE CLONES N: returns 0 when the command ran to its end without a crash.
 one_round() {
-  local mode=$1 clones=$2 n=$3 snap c rc=0 done_=0 killed=0 any=0 all=1
+  local mode=$1 clones=$2 n=$3 snap c any=0 all=1
   ROUND=$((ROUND + 1))
   snap=r$ROUND
   for c in ${clones//,/ }; do write_pattern "$c"; done
   hold ${clones//,/ }
-  if [ "$mode" = cli ]; then
-    COWCHAIN_CRASH_AT=$n cc snapshot create "$clones" "$snap" >"$WORK/cmd.out" 2>&1 || rc=$?
-    case $rc in
-      0) done_=1 ;;
-      99) ;;
-      *) cat "$WORK/cmd.out"; fail "round $ROUND (cli, step $n): exit $rc" ;;
-    esac
-  else
-    COWCHAIN_KILL_SERVER_AT=$n cc snapshot create "$clones" "$snap" >"$WORK/cmd.out" 2>&1 || rc=$?
-    [ $rc -lt 124 ] || fail "round $ROUND (server, step $n): the CLI crashed (exit $rc)"
-    if alive "$SERVER_PID"; then
-      [ $rc = 0 ] || { cat "$WORK/cmd.out"; fail "round $ROUND: failed with the server alive"; }
-      done_=1
-    else
-      killed=1
-      forget_server "$SERVER_PID"
-    fi
-  fi
+  crash_run "round $ROUND ($mode, step $n)" $mode $n cc snapshot create "$clones" "$snap"
   unhold
-  if [ $killed = 1 ]; then
-    start_server
-    wait_socket
-  fi
   # Before or after, for all the clones together.
   for c in ${clones//,/ }; do
     if has_snap "$c" "$snap"; then any=1; else all=0; fi
@@ -130,7 +72,8 @@ one_round() {
   if [ $all = 1 ]; then
     for c in ${clones//,/ }; do SNAPS[$c]="${SNAPS[$c]:-} $snap:${DATA[$c]}"; done
   fi
-  [ $done_ = 0 ] || [ $all = 1 ] || fail "round $ROUND: the command succeeded without a snapshot"
+  [ $CRASH_DONE = 0 ] || [ $all = 1 ] ||
+    fail "round $ROUND: the command succeeded without a snapshot"
   verify_state "round $ROUND ($mode, step $n, $([ $all = 1 ] && echo after || echo before))"
   cc check >"$WORK/check.out" 2>&1 || { cat "$WORK/check.out"; fail "round $ROUND: check"; }
   ! ls "$POOL/tmp" | grep -q '^intent-' || fail "round $ROUND: an intent is left after check"
@@ -142,24 +85,13 @@ one_round() {
   done
   # A surviving or restarted server goes on.
   for c in ${clones//,/ }; do write_pattern "$c"; read_is "$c" "${DATA[$c]}" || fail "reread $c"; done
-  return $((1 - done_))
+  return $((1 - CRASH_DONE))
 }
 
 start_server
-wait_socket
+wait_control_socket
 for c in vm1 vm2; do DATA[$c]=0; done
-for mode in cli server; do
-  for clones in vm1 vm1,vm2; do
-    for n in $(seq 1 40); do
-      if one_round $mode $clones $n; then
-        say "$mode crash, $clones: $((n - 1)) crash points, then the command completed"
-        [ $n -gt 5 ] || fail "$mode $clones: only $((n - 1)) steps (the hook does not fire?)"
-        break
-      fi
-      [ $n -lt 40 ] || fail "$mode $clones: still crashing at step 40"
-    done
-  done
-done
+crash_every_step one_round 5 40 vm1 vm1,vm2
 stop_server
 start_server
 verify_state "after a restart"

@@ -10,18 +10,7 @@ requires fio --enghelp=nbd
 setup_pool
 
 run_fio() {
-  # fio saves verify state into the current directory; keep it in the work dir
-  (cd "$WORK" && timeout 200 fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" --size=48M \
-    --rw=randwrite --bsrange=512-128k --bs_unaligned=0 --iodepth=16 --numjobs=1 \
-    --verify=crc32c --verify_fatal=1 --randseed=4242 --norandommap=0 "$@" \
-    --output="$WORK/fio.out") || {
-    cat "$WORK/fio.out" >&2
-    fail "fio $*"
-  }
-  grep -q 'err= 0' "$WORK/fio.out" || {
-    cat "$WORK/fio.out" >&2
-    fail "fio reported errors"
-  }
+  fio_verify 4242 --bsrange=512-128k --bs_unaligned=0 --norandommap=0 "$@"
 }
 
 start_server

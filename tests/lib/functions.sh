@@ -47,6 +47,9 @@ TEST_NAME=$(basename "$0" .sh)
 T0=$(date +%s)
 # Upper bound on anything we start; CTest's own TIMEOUT (300 s) is the outer bound.
 SERVER_TIMEOUT=${SERVER_TIMEOUT:-240}
+# Upper bound of one wait_for: generous, because a wait is on a condition and ends as soon as it
+# holds; only something stuck (or a machine far beyond its load) reaches it.
+WAIT_TIMEOUT=${WAIT_TIMEOUT:-60}
 
 # say MSG: a progress line with the seconds since the test started.
 say() {
@@ -172,6 +175,28 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# wait_for WHAT CMD...: run CMD every 0.1 s until it succeeds; fail "WHAT: not within N s"
+# after WAIT_TIMEOUT seconds of wall-clock time.  Never a fixed count of sleeps: on a loaded
+# machine those end early.  CMD should fail the test itself (`fail`) as soon as it sees that
+# the condition can no longer come (the process it waits for exited), so a real failure is
+# reported at once, with its output, rather than after the bound.
+wait_for() {
+  local what=$1 end=$((SECONDS + WAIT_TIMEOUT))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || fail "$what: not within $WAIT_TIMEOUT s"
+    sleep 0.1
+  done
+}
+
+# alive PID: PID is running (a killed server stays a zombie until its parent, timeout(1), reaps
+# it, and kill -0 succeeds on a zombie).
+alive() {
+  local st
+  st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 # cc ARGS...: the CLI on the test's pool.
 POOL=$WORK/pool
 cc() {
@@ -256,12 +281,24 @@ SUPP
   SERVER_ENV+=(valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99
     --suppressions="$WORK/nbdkit.supp" --quiet)
   SERVER_TIMEOUT=280
+  WAIT_TIMEOUT=180
 fi
+
+# server_started PIDFILE WRAPPER LOG: the pidfile is written; fails the test if the server
+# exited first.
+server_started() {
+  [ -s "$1" ] && return 0
+  if ! kill -0 "$2" 2>/dev/null; then
+    cat "$3" >&2
+    fail "nbdkit exited during startup"
+  fi
+  return 1
+}
 
 # start_server [NBDKIT-OPTS...] [-- PLUGIN-ARGS...]: nbdkit on $WORK/sock (or $SOCK if set),
 # serving $POOL, in the background; waits for the pidfile.  Sets SOCK and SERVER_PID.
 start_server() {
-  local opts=() args=() n=${#SERVER_PIDS[@]} i
+  local opts=() args=() n=${#SERVER_PIDS[@]}
   while [ $# -gt 0 ] && [ "$1" != -- ]; do
     opts+=("$1")
     shift
@@ -276,17 +313,7 @@ start_server() {
     "$PLUGIN" pool="$POOL" "${args[@]}" 2>"$log" &
   local wrapper=$!
   SERVER_LOGS+=("$log")
-  for i in $(seq 300); do
-    if [ -s "$pidfile" ]; then
-      break
-    fi
-    if ! kill -0 "$wrapper" 2>/dev/null; then
-      cat "$log" >&2
-      fail "nbdkit exited during startup"
-    fi
-    sleep 0.1
-  done
-  [ -s "$pidfile" ] || fail "nbdkit did not write its pidfile within 30 s"
+  wait_for "nbdkit's pidfile $pidfile" server_started "$pidfile" "$wrapper" "$log"
   SERVER_PID=$(cat "$pidfile")
   SERVER_PIDS+=("$SERVER_PID")
   SERVER_LOG=$log
@@ -327,6 +354,59 @@ stop_server() {
 uri() {
   echo "nbd+unix:///$1?socket=$SOCK"
 }
+
+# wait_control_socket: wait until the current server's control socket is there; sets CTL.
+wait_control_socket() {
+  CTL=$POOL/run/nbdkit-$SERVER_PID.ctl
+  wait_for "control socket $CTL" control_socket_up
+}
+
+control_socket_up() {
+  [ -S "$CTL" ] && return 0
+  if ! alive "$SERVER_PID"; then
+    cat "$SERVER_LOG" >&2
+    fail "nbdkit $SERVER_PID exited before its control socket was up"
+  fi
+  return 1
+}
+
+# hold EXPORT...: a client keeps each EXPORT open through the current server (so the server
+# holds its layers) until unhold, which the test's exit also runs; waits until every one is
+# open.  A client that fails to connect fails the test with its output.
+HOLDERS=()
+hold() {
+  local e
+  for e in "$@"; do
+    # Removed here, not by the redirection below: that runs in the child, maybe only after the
+    # wait below has read the "open" of an earlier holder of the same export.
+    rm -f "$WORK/hold-$e.out"
+    # Bounded by SERVER_TIMEOUT, like the server: unhold ends it long before.
+    "$CLIENT" hold "$SOCK" "$e" "$SERVER_TIMEOUT" >"$WORK/hold-$e.out" 2>&1 &
+    HOLDERS+=("$!:$e")
+  done
+  for e in "${HOLDERS[@]}"; do
+    wait_for "holder of ${e#*:} connected" holder_open "${e%%:*}" "${e#*:}"
+  done
+}
+
+holder_open() { # PID EXPORT
+  grep -q '^open$' "$WORK/hold-$2.out" 2>/dev/null && return 0
+  if ! kill -0 "$1" 2>/dev/null; then
+    cat "$WORK/hold-$2.out" >&2
+    fail "holder of $2 exited before it had the export open"
+  fi
+  return 1
+}
+
+unhold() {
+  local h
+  for h in "${HOLDERS[@]}"; do
+    kill "${h%%:*}" 2>/dev/null || true
+    wait "${h%%:*}" 2>/dev/null || true
+  done
+  HOLDERS=()
+}
+on_stop unhold
 
 # retry CMD...: run CMD until it succeeds, for up to 10 s.  nbdkit closes a connection's
 # export (and releases its layer lock) shortly after the client has exited, so a CLI command
@@ -385,6 +465,61 @@ with_shim() {
   done
   [ $found = 1 ] || e+=("LD_PRELOAD=$FAULT_SHIM")
   SERVER_ENV=("${e[@]}" "FAULT_MATCH=$POOL/layers/" "$@")
+}
+
+# fio_verify SEED ARGS...: fio's nbd engine on vm1 of the current server: random writes from
+# seed SEED with crc32c verification (--do_verify=1, --verify_only=1 and the block sizes are the
+# caller's ARGS; a verify-only pass must repeat the ARGS and SEED of the writes it checks).  Any
+# error fio reports fails the test, with fio's output.
+fio_verify() {
+  local seed=$1
+  shift
+  # fio saves verify state into the current directory; keep it in the work dir
+  (cd "$WORK" && timeout "$SERVER_TIMEOUT" fio --name=cowchain --ioengine=nbd --uri="$(uri vm1)" \
+    --size=48M --rw=randwrite --iodepth=16 --numjobs=1 --verify=crc32c --verify_fatal=1 \
+    --randseed="$seed" "$@" --output="$WORK/fio.out") || {
+    cat "$WORK/fio.out" >&2
+    fail "fio --randseed=$seed $*"
+  }
+  grep -q 'err= 0' "$WORK/fio.out" || {
+    cat "$WORK/fio.out" >&2
+    fail "fio reported errors"
+  }
+}
+
+# loop_during STEP MIN CMD...: run CMD (e.g. fio_verify) while `STEP N` runs for N = 1, 2, ... in
+# a background loop, 0.1 s apart, until CMD is done.  STEP fails the test (`fail`) when its
+# operation fails: that ends the loop and, once CMD is done, the test.  What STEP prints names the
+# operations it did; DURING is set to the number of those done while CMD was still running.  How
+# many fit into one run of CMD depends on the machine's load, so CMD is run again (5 times at
+# most) until DURING reaches MIN: CMD must be one that can run twice (fio's writes with the same
+# seed write the same data again).  The caller checks DURING against MIN.
+loop_during() {
+  local step=$1 min=$2 loop pass
+  shift 2
+  touch "$WORK/loop.go"
+  rm -f "$WORK/during"
+  (
+    n=0
+    while [ -e "$WORK/loop.go" ]; do
+      n=$((n + 1))
+      "$step" "$n" >"$WORK/step.out" || exit 1
+      # Counted only when CMD was still running once the operation was done.
+      [ ! -e "$WORK/loop.go" ] || cat "$WORK/step.out" >>"$WORK/during"
+      sleep 0.1
+    done
+  ) &
+  loop=$!
+  for pass in 1 2 3 4 5; do
+    "$@"
+    DURING=0
+    [ ! -e "$WORK/during" ] || DURING=$(wc -l <"$WORK/during")
+    [ "$DURING" -lt "$min" ] && [ $pass -lt 5 ] && kill -0 "$loop" 2>/dev/null || break
+    say "$DURING of $min operations done while $1 ran: again"
+  done
+  rm -f "$WORK/loop.go"
+  wait "$loop" || fail "$step failed while $1 ran"
+  [ ! -e "$WORK/during" ] || DURING=$(wc -l <"$WORK/during")
 }
 
 # allocated_bytes FILE: bytes the file occupies on disk.

@@ -45,9 +45,7 @@ cleanup(void)
 static char *
 snap_path(struct pool *p, int i)
 {
-  char *s;
-  cr_assert_neq(asprintf(&s, "%s/s%d.cow", p->dir, i), -1);
-  return s;
+  return ctu_stack_path(p->dir, "s", i);
 }
 
 /* Write `len` random bytes at `off` through a writable chain on layer i, recording them in the
@@ -73,41 +71,20 @@ write_layer(struct pool *p, int i, uint64_t off, uint64_t len)
 static void
 make_pool(struct pool *p)
 {
-  uint8_t buf[4096];
-  char *raw;
-
   memset(p, 0, sizeof *p);
-  ctu_no_sync();
+  otu_io_nosync();
   p->rng = otu_seed("chain_cache");
   p->dir = otu_tmpdir();
   live_dir = p->dir;
-  ctu_model_init(&p->m[0], SIZE, 4096);
-  for (uint64_t b = 0; b < SIZE; b += 4096) {
-    if (otu_rand_below(&p->rng, 2)) {
-      for (int i = 0; i < 4096; i++)
-        buf[i] = (uint8_t)otu_rand(&p->rng);
-      ctu_model_write(&p->m[0], buf, 4096, b);
-    }
-  }
-  raw = otu_join(p->dir, "t.raw");
-  ctu_write_raw(raw, &p->m[0]);
-  free(raw);
+  ctu_random_raw(p->dir, "t.raw", &p->m[0], SIZE, &p->rng);
   for (int i = 1; i <= NSNAP; i++) {
-    char *s = snap_path(p, i), rel[32];
-
-    if (i == 1)
-      ctu_layer(s, SIZE, 0, OVL_PARENT_RAW, "t.raw", NULL, SIZE, p->snap_uuid[i]);
-    else {
-      snprintf(rel, sizeof rel, "s%d.cow", i - 1);
-      ctu_layer(s, SIZE, 0, OVL_PARENT_LAYER, rel, p->snap_uuid[i - 1], SIZE, p->snap_uuid[i]);
-    }
+    ctu_stack_layer(p->dir, "s", i, SIZE, "t.raw", p->snap_uuid);
     ctu_model_copy(&p->m[i], &p->m[i - 1]); /* allocates m[i] */
     for (int k = 0; k < 4; k++) {
       uint64_t len = 1 + otu_rand_below(&p->rng, 3 * 4096);
 
       write_layer(p, i, otu_rand_below(&p->rng, SIZE - len), len);
     }
-    free(s);
   }
 }
 

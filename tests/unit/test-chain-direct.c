@@ -87,7 +87,7 @@ Test(chain_direct, same_bytes_and_no_page_cache)
   int fd;
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   raw = otu_join(dir, "t.raw");
   l1 = otu_join(dir, "l1.cow");
   l2 = otu_join(dir, "l2.cow");

@@ -23,21 +23,7 @@
 #define Z CC_EXTENT_ZERO
 #define D 0u
 
-static char *dir;
-
-static void
-setup(void)
-{
-  dir = otu_tmpdir();
-}
-
-static void
-teardown(void)
-{
-  otu_rmtree(dir);
-}
-
-TestSuite(chain_extents, .init = setup, .fini = teardown, .timeout = 30);
+TestSuite(chain_extents, .init = otu_dir_init, .fini = otu_dir_fini, .timeout = 30);
 
 struct ext {
   uint64_t off, len;
@@ -79,7 +65,7 @@ expect(struct cc_chain *c, uint64_t off, uint64_t len, const struct ext *want, i
 static char *
 make_raw(const char *name, uint64_t size, const int *data, int ndata)
 {
-  char *p = otu_join(dir, name);
+  char *p = otu_join(otu_dir, name);
   int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644);
   uint8_t buf[4096];
 
@@ -117,7 +103,7 @@ Test(chain_extents, through_layers)
 {
   const int data[] = {0};
   char *raw = make_raw("t.raw", 256 * KiB, data, 1);
-  char *l1 = otu_join(dir, "l1.cow"), *top = otu_join(dir, "top.cow");
+  char *l1 = otu_join(otu_dir, "l1.cow"), *top = otu_join(otu_dir, "top.cow");
   uint8_t u1[OVL_UUID_LEN], buf[8192];
   struct cc_chain *c;
 
@@ -180,7 +166,7 @@ Test(chain_extents, through_layers)
 
 Test(chain_extents, no_parent_and_early_stop)
 {
-  char *a = otu_join(dir, "a.cow");
+  char *a = otu_join(otu_dir, "a.cow");
   struct cc_chain *c;
   uint8_t buf[4096] = {1};
   struct ext_list l = {.stop_after = 1};
@@ -204,7 +190,7 @@ Test(chain_extents, unaligned_raw_size)
 {
   const int data[] = {0, 1, 2};
   char *raw = make_raw("t.raw", 10000, data, 3);
-  char *a = otu_join(dir, "a.cow");
+  char *a = otu_join(otu_dir, "a.cow");
   struct cc_chain *c;
   uint8_t buf[16384];
 
@@ -231,8 +217,8 @@ Test(chain_extents, unaligned_raw_size)
 Test(chain_extents, index_size_follows_runs)
 {
   const uint64_t TiB = 1024ull * 1024 * 1024 * 1024;
-  char *raw = otu_join(dir, "big.raw"), *l1 = otu_join(dir, "l1.cow"),
-       *l2 = otu_join(dir, "l2.cow");
+  char *raw = otu_join(otu_dir, "big.raw"), *l1 = otu_join(otu_dir, "l1.cow"),
+       *l2 = otu_join(otu_dir, "l2.cow");
   uint8_t u1[OVL_UUID_LEN], buf[65536];
   struct cc_chain *c;
   int fd = open(raw, O_WRONLY | O_CREAT | O_EXCL, 0644);

@@ -26,29 +26,21 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char *dir;
-
 static void
 setup(void)
 {
-  dir = otu_tmpdir();
-  ctu_no_sync();
+  otu_dir_init();
+  otu_io_nosync();
 }
 
-static void
-teardown(void)
-{
-  otu_rmtree(dir);
-}
-
-TestSuite(chain_grow, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(chain_grow, .init = setup, .fini = otu_dir_fini, .timeout = 60);
 
 /* raw (1 MiB, random) <- top.cow (1 MiB + 512, 64 KiB clusters: 2 KiB sub-clusters, so the
  * last one straddles the end), with the last 512 bytes written. */
 static char *
 build(struct ctu_model *m)
 {
-  char *raw = otu_join(dir, "t.raw"), *top = otu_join(dir, "top.cow");
+  char *raw = otu_join(otu_dir, "t.raw"), *top = otu_join(otu_dir, "top.cow");
   uint64_t rng = otu_seed("chain_grow");
   uint8_t blk[4096];
   struct cc_chain *c;
@@ -136,7 +128,7 @@ Test(chain_grow, in_place_reads_zero_beyond)
 Test(chain_grow, frozen_layer_keeps_its_size)
 {
   struct ctu_model m, snap;
-  char *mid = build(&m), *top = otu_join(dir, "top2.cow");
+  char *mid = build(&m), *top = otu_join(otu_dir, "top2.cow");
   uint8_t umid[OVL_UUID_LEN], buf[8192];
   struct ovl_layer *l;
   struct ovl_info info;

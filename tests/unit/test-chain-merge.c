@@ -36,29 +36,6 @@ cleanup(void)
 
 TestSuite(chain_merge, .fini = cleanup, .timeout = 120);
 
-static char *
-lpath(const char *dir, int i)
-{
-  char *s;
-  cr_assert_neq(asprintf(&s, "%s/t%d.cow", dir, i), -1);
-  return s;
-}
-
-/* t{i} on t{i-1}, or parentless. */
-static void
-make_layer(const char *dir, int i, uint8_t uuids[][OVL_UUID_LEN])
-{
-  char *p = lpath(dir, i), rel[32];
-
-  if (i == 0) {
-    ctu_layer(p, SIZE, 0, OVL_PARENT_NONE, NULL, NULL, 0, uuids[0]);
-  } else {
-    snprintf(rel, sizeof rel, "t%d.cow", i - 1);
-    ctu_layer(p, SIZE, 0, OVL_PARENT_LAYER, rel, uuids[i - 1], SIZE, uuids[i]);
-  }
-  free(p);
-}
-
 /* Random writes through the chain (into its top), mirrored in the model. */
 static void
 scribble(struct cc_chain *c, struct ctu_model *m, uint64_t *rng, int n)
@@ -86,18 +63,19 @@ static void
 build(const char *dir, uint8_t uuids[][OVL_UUID_LEN], struct ctu_model *m, uint64_t *rng,
       struct cc_chain **c)
 {
-  char *p0 = lpath(dir, 0), *p1 = lpath(dir, 1), *p2 = lpath(dir, 2);
+  char *p0 = ctu_stack_path(dir, "t", 0), *p1 = ctu_stack_path(dir, "t", 1),
+       *p2 = ctu_stack_path(dir, "t", 2);
   struct cc_chain *w;
 
-  make_layer(dir, 0, uuids);
+  ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
   w = ctu_open(p0, CC_RDWR | CC_IO_SYNC);
   scribble(w, m, rng, 40);
   cr_assert_eq(cc_chain_close(w), 0);
-  make_layer(dir, 1, uuids);
+  ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
   w = ctu_open(p1, CC_RDWR | CC_IO_SYNC);
   scribble(w, m, rng, 40);
   cr_assert_eq(cc_chain_close(w), 0);
-  make_layer(dir, 2, uuids);
+  ctu_stack_layer(dir, "t", 2, SIZE, NULL, uuids);
   *c = ctu_open(p2, CC_RDWR | CC_IO_SYNC);
   scribble(*c, m, rng, 20); /* the guest's writes since the snapshot */
   free(p0);
@@ -116,11 +94,11 @@ Test(chain_merge, fill_relink_refresh_into_the_top)
   struct stat st1;
 
   merge_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   build(dir, uuids, &m, &rng, &c);
-  p1 = lpath(dir, 1);
-  p2 = lpath(dir, 2);
+  p1 = ctu_stack_path(dir, "t", 1);
+  p2 = ctu_stack_path(dir, "t", 2);
   ident(p1, &st1);
   /* A read-only chain on S (like CLONE@SNAP) shares the live chain's frozen index. */
   ro = ctu_open(p1, CC_IO_SYNC);
@@ -179,12 +157,12 @@ Test(chain_merge, forget_unshares_and_refresh_rebuilds_read_only)
   struct stat st0;
 
   merge_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
   build(dir, uuids, &m, &rng, &c);
   cr_assert_eq(cc_chain_close(c), 0);
-  p0 = lpath(dir, 0);
-  p1 = lpath(dir, 1);
+  p0 = ctu_stack_path(dir, "t", 0);
+  p1 = ctu_stack_path(dir, "t", 1);
   ident(p0, &st0);
   c = ctu_open(p1, CC_IO_SYNC); /* read-only, its index holds t0 and t1 */
   ctu_model_init(&at1, SIZE, 4096);

@@ -274,7 +274,7 @@ random_depths(const char *name, unsigned io, int rounds)
   uint64_t seed = otu_seed(name);
   uint64_t rng = seed;
 
-  ctu_no_sync();
+  otu_io_nosync();
   for (int r = 0; r < rounds; r++) {
     uint64_t rseed = otu_rand(&rng);
     size_t depth = 1 + (size_t)otu_rand_below(&rng, 64);
@@ -331,7 +331,7 @@ deep_chain(const char *name, size_t nfiles)
       cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
     }
   }
-  ctu_no_sync();
+  otu_io_nosync();
   round_init(&t, seed, 0);
   t.cluster = 16384;
   ctu_model_init(&t.m, 256 * 1024, t.cluster / 32);

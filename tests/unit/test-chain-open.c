@@ -19,28 +19,19 @@
 
 #define MiB (1024u * 1024u)
 
-static char *dir;
-
-static void
-setup(void)
-{
-  dir = otu_tmpdir();
-}
-
 static void
 teardown(void)
 {
-  otu_rmtree(dir);
-  dir = NULL;
+  otu_dir_fini();
   cc_chain_set_max_depth(0);
 }
 
-TestSuite(chain_open, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(chain_open, .init = otu_dir_init, .fini = teardown, .timeout = 120);
 
 static char *
 path(const char *name)
 {
-  return otu_join(dir, name);
+  return otu_join(otu_dir, name);
 }
 
 static void
@@ -380,7 +371,7 @@ Test(chain_open, out_of_range)
 }
 
 /* The real limit: CC_MAX_DEPTH files open (raw image + 4095 layers), one more does not.
- * Layers are created without fdatasync (ctu_no_sync) to keep this quick. */
+ * Layers are created without fdatasync (otu_io_nosync) to keep this quick. */
 Test(chain_open, too_deep_real)
 {
   struct rlimit rl;
@@ -390,7 +381,7 @@ Test(chain_open, too_deep_real)
   cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
   if (rl.rlim_max < CC_MAX_DEPTH + 100)
     cr_skip_test("hard RLIMIT_NOFILE %lu is below the depth limit", (unsigned long)rl.rlim_max);
-  ctu_no_sync();
+  otu_io_nosync();
   make_raw("t.raw", 4096, 0x22);
   for (int i = 0; i < CC_MAX_DEPTH; i++) {
     char *p;

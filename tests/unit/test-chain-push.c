@@ -50,29 +50,6 @@ cleanup(void)
 
 TestSuite(chain_push, .fini = cleanup, .timeout = 300);
 
-static char *
-lpath(const char *dir, int i)
-{
-  char *s;
-  cr_assert_neq(asprintf(&s, "%s/t%d.cow", dir, i), -1);
-  return s;
-}
-
-/* Create layer t{i} on t{i-1} (i > 0) or parentless (i == 0). */
-static void
-make_layer(const char *dir, int i, uint8_t uuids[][OVL_UUID_LEN], uint64_t size)
-{
-  char *p = lpath(dir, i), rel[32];
-
-  if (i == 0) {
-    ctu_layer(p, size, 0, OVL_PARENT_NONE, NULL, NULL, 0, uuids[0]);
-  } else {
-    snprintf(rel, sizeof rel, "t%d.cow", i - 1);
-    ctu_layer(p, size, 0, OVL_PARENT_LAYER, rel, uuids[i - 1], size, uuids[i]);
-  }
-  free(p);
-}
-
 /* A tagged block: (block, seq) repeated. */
 static void
 tag_fill(uint8_t *buf, uint64_t block, uint64_t seq)
@@ -281,13 +258,13 @@ Test(chain_push, frozen_state_new_top_reopen_share)
   uint8_t buf[8192];
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
-  make_layer(dir, 0, uuids, SIZE);
-  p0 = lpath(dir, 0);
+  ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
+  p0 = ctu_stack_path(dir, "t", 0);
   populate_base(p0, &m, &rng);
-  make_layer(dir, 1, uuids, SIZE);
-  p1 = lpath(dir, 1);
+  ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
+  p1 = ctu_stack_path(dir, "t", 1);
   c = ctu_open(p1, CC_RDWR | CC_IO_SYNC);
   for (int k = 0; k < 50; k++) {
     uint64_t len = 1 + otu_rand_below(&rng, sizeof buf);
@@ -301,8 +278,8 @@ Test(chain_push, frozen_state_new_top_reopen_share)
   ctu_model_copy(&at_push, &m);
   cr_assert_eq(cc_chain_depth(c), 2);
 
-  make_layer(dir, 2, uuids, SIZE);
-  p2 = lpath(dir, 2);
+  ctu_stack_layer(dir, "t", 2, SIZE, NULL, uuids);
+  p2 = ctu_stack_path(dir, "t", 2);
   cr_assert_eq(cc_chain_push_top(c, p2), 0, "%s", cc_error_get());
   cr_assert_eq(cc_chain_depth(c), 3);
   cr_assert(cc_chain_writable(c));
@@ -463,11 +440,11 @@ Test(chain_push, refusals_leave_the_chain_unchanged)
   uint8_t buf[4096];
 
   live_dir = dir;
-  ctu_no_sync();
-  make_layer(dir, 0, uuids, SIZE);
-  make_layer(dir, 1, uuids, SIZE);
-  p0 = lpath(dir, 0);
-  p1 = lpath(dir, 1);
+  otu_io_nosync();
+  ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
+  ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
+  p0 = ctu_stack_path(dir, "t", 0);
+  p1 = ctu_stack_path(dir, "t", 1);
   c = ctu_open(p1, CC_RDWR | CC_IO_SYNC);
   cr_assert_neq(asprintf(&bad, "%s/bad.cow", dir), -1);
   /* Parent t0, not the top t1. */
@@ -504,14 +481,14 @@ Test(chain_push, hundred_pushes_under_readers_and_writers)
   char *p;
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   ctu_model_init(&m, SIZE, 4096);
-  make_layer(dir, 0, uuids, SIZE);
-  p = lpath(dir, 0);
+  ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
+  p = ctu_stack_path(dir, "t", 0);
   populate_base(p, &m, &rng);
   free(p);
-  make_layer(dir, 1, uuids, SIZE);
-  p = lpath(dir, 1);
+  ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
+  p = ctu_stack_path(dir, "t", 1);
   s->c = ctu_open(p, CC_RDWR | CC_IO_SYNC);
   free(p);
   s->m = &m;
@@ -536,13 +513,13 @@ Test(chain_push, hundred_pushes_under_readers_and_writers)
       usleep(50);
     for (uint64_t b = 0; b < NBLK; b++)
       at_push[b] = atomic_load(&s->done[b]);
-    make_layer(dir, i + 1, uuids, SIZE);
-    p = lpath(dir, i + 1);
+    ctu_stack_layer(dir, "t", i + 1, SIZE, NULL, uuids);
+    p = ctu_stack_path(dir, "t", i + 1);
     cr_assert_eq(cc_chain_push_top(s->c, p), 0, "push %d: %s", i, cc_error_get());
     free(p);
     atomic_store(&s->pause, 0);
     /* The frozen layer holds exactly the state at the push, while the writers go on. */
-    prev = lpath(dir, i);
+    prev = ctu_stack_path(dir, "t", i);
     ro = ctu_open(prev, CC_IO_SYNC);
     free(prev);
     cr_assert_eq(cc_chain_index_id(ro), cc_chain_index_id(s->c));
@@ -568,7 +545,7 @@ Test(chain_push, hundred_pushes_under_readers_and_writers)
   check_tags(s->c, at_push, "live chain");
   cr_assert_eq(cc_chain_close(s->c), 0, "%s", cc_error_get());
   cr_assert_eq(cc_chain_index_count(), 0);
-  p = lpath(dir, NPUSH + 1);
+  p = ctu_stack_path(dir, "t", NPUSH + 1);
   s->c = ctu_open(p, CC_RDWR | CC_IO_SYNC);
   free(p);
   check_tags(s->c, at_push, "reopened chain");
@@ -602,10 +579,10 @@ time_push(int depth)
   double t0, t1;
 
   live_dir = dir;
-  ctu_no_sync();
+  otu_io_nosync();
   for (int i = 0; i < depth; i++) {
-    make_layer(dir, i, uuids, size);
-    p = lpath(dir, i);
+    ctu_stack_layer(dir, "t", i, size, NULL, uuids);
+    p = ctu_stack_path(dir, "t", i);
     c = ctu_open(p, CC_RDWR | CC_IO_SYNC);
     free(p);
     for (int k = 0; k < 256; k++) {
@@ -616,8 +593,8 @@ time_push(int depth)
     if (i + 1 < depth)
       cr_assert_eq(cc_chain_close(c), 0);
   }
-  make_layer(dir, depth, uuids, size);
-  p = lpath(dir, depth);
+  ctu_stack_layer(dir, "t", depth, size, NULL, uuids);
+  p = ctu_stack_path(dir, "t", depth);
   t0 = now_ms();
   cr_assert_eq(cc_chain_push_top(c, p), 0, "%s", cc_error_get());
   t1 = now_ms();

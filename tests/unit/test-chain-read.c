@@ -31,29 +31,15 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char *dir;
-
-static void
-setup(void)
-{
-  dir = otu_tmpdir();
-}
-
-static void
-teardown(void)
-{
-  otu_rmtree(dir);
-}
-
-TestSuite(chain_read, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(chain_read, .init = otu_dir_init, .fini = otu_dir_fini, .timeout = 60);
 
 /* raw (all data) <- even.cow (every even 512-byte sub-cluster) <- odd.cow (every 4th odd one)
  * <- top.cow (writable, a few): with 16 KiB clusters a 2 MiB read is ~4000 pieces. */
 static void
 build_striped(struct ctu_model *m, const char *top_name)
 {
-  char *raw = otu_join(dir, "t.raw"), *even = otu_join(dir, "even.cow");
-  char *odd = otu_join(dir, "odd.cow"), *top = otu_join(dir, top_name);
+  char *raw = otu_join(otu_dir, "t.raw"), *even = otu_join(otu_dir, "even.cow");
+  char *odd = otu_join(otu_dir, "odd.cow"), *top = otu_join(otu_dir, top_name);
   uint8_t ue[OVL_UUID_LEN], uo[OVL_UUID_LEN], buf[512];
   uint64_t rng = otu_seed("chain_read/striped");
   struct cc_chain *c;
@@ -95,7 +81,7 @@ build_striped(struct ctu_model *m, const char *top_name)
 Test(chain_read, thousands_of_pieces)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow");
+  char *top = otu_join(otu_dir, "top.cow");
 
   build_striped(&m, "top.cow");
   for (int pass = 0; pass < 2; pass++) {
@@ -121,7 +107,7 @@ static void
 truncated_under(unsigned io)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow"), *victim = otu_join(dir, "even.cow");
+  char *top = otu_join(otu_dir, "top.cow"), *victim = otu_join(otu_dir, "even.cow");
   struct cc_chain *c;
   uint8_t *buf = malloc(2 * MiB);
   int r;
@@ -165,7 +151,7 @@ Test(chain_read, truncated_layer_sync)
 
 Test(chain_read, truncated_raw_template)
 {
-  char *raw = otu_join(dir, "t.raw");
+  char *raw = otu_join(otu_dir, "t.raw");
   struct ctu_model m;
   uint8_t *buf = malloc(MiB);
 
@@ -248,7 +234,7 @@ conn_thread(void *arg)
 Test(chain_read, concurrent_connections)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow");
+  char *top = otu_join(otu_dir, "top.cow");
   struct cc_chain *c;
   struct conn t[4];
   pthread_t th[4];
@@ -292,7 +278,7 @@ log_hook(const char *msg)
 Test(chain_read, log_hook)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow");
+  char *top = otu_join(otu_dir, "top.cow");
   struct cc_chain *c;
 
   cc_set_log(log_hook);
@@ -313,7 +299,7 @@ Test(chain_read, log_hook)
 Test(chain_read, forked_child_reads)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow");
+  char *top = otu_join(otu_dir, "top.cow");
   struct cc_chain *c;
   pid_t pid;
   int status;
@@ -354,7 +340,7 @@ Test(chain_read, forked_child_reads)
 Test(chain_read, io_uring_disabled_falls_back)
 {
   struct ctu_model m;
-  char *top = otu_join(dir, "top.cow");
+  char *top = otu_join(otu_dir, "top.cow");
   pid_t pid;
   int status;
 

@@ -20,27 +20,23 @@
 #include "pool/pool.h"
 #include "common/error.h"
 #include "tests/unit/util-overlay.h"
+#include "tests/unit/util-pool.h"
 
 #define DISK (4u << 20)
 
-static char *dir, *pooldir;
+static char *pooldir;
 static struct cc_pool *pool;
 
 static void
 setup(void)
 {
-  dir = otu_tmpdir();
-  pooldir = otu_join(dir, "pool");
-  cr_assert_eq(cc_pool_init(pooldir, NULL), 0, "%s", cc_error_get());
-  cr_assert_eq(cc_pool_open(pooldir, &pool), 0, "%s", cc_error_get());
+  ptu_pool_new(&pooldir, &pool);
 }
 
 static void
 teardown(void)
 {
-  cc_pool_close(pool);
-  free(pooldir);
-  otu_rmtree(dir);
+  ptu_pool_remove(&pooldir, &pool);
 }
 
 TestSuite(pool, .init = setup, .fini = teardown);

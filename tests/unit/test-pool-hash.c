@@ -18,26 +18,12 @@
 #include "pool/internal.h"
 #include "tests/unit/util-overlay.h"
 
-static char *dir;
-
-static void
-setup(void)
-{
-  dir = otu_tmpdir();
-}
-
-static void
-teardown(void)
-{
-  otu_rmtree(dir);
-}
-
-TestSuite(pool_hash, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(pool_hash, .init = otu_dir_init, .fini = otu_dir_fini, .timeout = 60);
 
 static uint64_t
 xxhsum(const void *buf, size_t len)
 {
-  char *path = otu_join(dir, "x.bin"), cmd[4200], out[64] = "";
+  char *path = otu_join(otu_dir, "x.bin"), cmd[4200], out[64] = "";
   unsigned long long v = 0;
   FILE *f = fopen(path, "wb"), *pf;
 
@@ -85,7 +71,7 @@ Test(pool_hash, chunked_hash_depends_on_bytes_only)
   uint64_t rng = otu_seed("pool_hash/chunks");
   uint8_t *buf = calloc(1, len + 1);
   char ref[POOL_HASH_STR], got[POOL_HASH_STR];
-  char *path = otu_join(dir, "sparse.raw");
+  char *path = otu_join(otu_dir, "sparse.raw");
   int fd;
 
   cr_assert(buf);

@@ -17,21 +17,18 @@
 #include "common/error.h"
 #include "overlay/overlay.h"
 #include "pool/pool.h"
-#include "tests/unit/util-chain.h"
 #include "tests/unit/util-overlay.h"
+#include "tests/unit/util-pool.h"
 
 #define DISK (1u << 20)
 
-static char *dir, *pooldir;
+static char *pooldir;
 static struct cc_pool *pool;
 
 static void
 setup(void)
 {
-  dir = otu_tmpdir();
-  pooldir = otu_join(dir, "pool");
-  cr_assert_eq(cc_pool_init(pooldir, NULL), 0, "%s", cc_error_get());
-  cr_assert_eq(cc_pool_open(pooldir, &pool), 0, "%s", cc_error_get());
+  ptu_pool_new(&pooldir, &pool);
   cr_assert_eq(cc_template_create(pool, "base", DISK), 0, "%s", cc_error_get());
   cr_assert_eq(cc_clone_create(pool, "vm1", "base", 0, NULL, NULL), 0, "%s", cc_error_get());
   cr_assert_eq(cc_clone_create(pool, "vm2", "base", 0, NULL, NULL), 0, "%s", cc_error_get());
@@ -40,9 +37,7 @@ setup(void)
 static void
 teardown(void)
 {
-  cc_pool_close(pool);
-  free(pooldir);
-  otu_rmtree(dir);
+  ptu_pool_remove(&pooldir, &pool);
 }
 
 TestSuite(pool_live, .init = setup, .fini = teardown);
@@ -118,7 +113,7 @@ Test(pool_live, depth_limit, .timeout = 300)
 {
   char top[CC_UUID_STR], before[CC_UUID_STR];
 
-  ctu_no_sync();
+  otu_io_nosync();
   /* vm1 is its top on the template's layer: 2 files.  4093 more make 4095. */
   top_of("vm1", top);
   for (int i = 0; i < CC_MAX_DEPTH - 3; i++)

@@ -14,7 +14,7 @@
 #include <criterion/criterion.h>
 
 #include "common/error.h"
-#include "overlay/io.h"
+#include "tests/unit/util-overlay.h"
 
 void
 ctu_model_init(struct ctu_model *m, uint64_t size, uint32_t granule)
@@ -130,6 +130,51 @@ ctu_layer(const char *path, uint64_t vsize, uint32_t cluster, enum ovl_parent_ki
   }
   r = ovl_create(path, &o, uuid_out);
   cr_assert_eq(r, 0, "ovl_create %s: %s", path, cc_error_get());
+}
+
+char *
+ctu_stack_path(const char *dir, const char *prefix, int i)
+{
+  char *s;
+
+  cr_assert_neq(asprintf(&s, "%s/%s%d.cow", dir, prefix, i), -1);
+  return s;
+}
+
+void
+ctu_stack_layer(const char *dir, const char *prefix, int i, uint64_t size, const char *raw,
+                uint8_t uuids[][OVL_UUID_LEN])
+{
+  char *p = ctu_stack_path(dir, prefix, i), rel[64];
+
+  cr_assert(i > 0 || !raw, "layer 0 of a stack on raw image %s", raw);
+  if (i == 0)
+    ctu_layer(p, size, 0, OVL_PARENT_NONE, NULL, NULL, 0, uuids[0]);
+  else if (i == 1 && raw)
+    ctu_layer(p, size, 0, OVL_PARENT_RAW, raw, NULL, size, uuids[1]);
+  else {
+    snprintf(rel, sizeof rel, "%s%d.cow", prefix, i - 1);
+    ctu_layer(p, size, 0, OVL_PARENT_LAYER, rel, uuids[i - 1], size, uuids[i]);
+  }
+  free(p);
+}
+
+void
+ctu_random_raw(const char *dir, const char *name, struct ctu_model *m, uint64_t size, uint64_t *rng)
+{
+  uint8_t buf[4096];
+  char *raw = otu_join(dir, name);
+
+  ctu_model_init(m, size, 4096);
+  for (uint64_t b = 0; b < size; b += 4096) {
+    if (otu_rand_below(rng, 2)) {
+      for (int i = 0; i < 4096; i++)
+        buf[i] = (uint8_t)otu_rand(rng);
+      ctu_model_write(m, buf, 4096, b);
+    }
+  }
+  ctu_write_raw(raw, m);
+  free(raw);
 }
 
 struct cc_chain *
@@ -271,21 +316,4 @@ ctu_count_fds(const char *prefix)
   }
   closedir(d);
   return n;
-}
-
-static int
-no_fdatasync(int fd)
-{
-  (void)fd;
-  return 0;
-}
-
-void
-ctu_no_sync(void)
-{
-  static struct ovl_io_ops ops;
-
-  ops = ovl_io_default;
-  ops.fdatasync = no_fdatasync;
-  ovl_io = &ops;
 }

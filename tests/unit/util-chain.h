@@ -50,6 +50,22 @@ void ctu_layer(const char *path, uint64_t vsize, uint32_t cluster, enum ovl_pare
                const char *rel, const uint8_t *puuid, uint64_t psize,
                uint8_t uuid_out[OVL_UUID_LEN]);
 
+/* ---- layer stacks: layer i is "<dir>/<prefix><i>.cow", on layer i-1 ---- */
+
+/* The path of layer i of the stack, malloc'd. */
+char *ctu_stack_path(const char *dir, const char *prefix, int i);
+/* Create layer i of the stack (virtual size `size`, default cluster size) on layer i-1, whose
+ * uuid is uuids[i-1]; its own goes to uuids[i].  The bottom is layer 0, parentless, or, when
+ * `raw` names a raw image in `dir`, that image: then layer 1 sits on it and there is no layer 0.
+ */
+void ctu_stack_layer(const char *dir, const char *prefix, int i, uint64_t size, const char *raw,
+                     uint8_t uuids[][OVL_UUID_LEN]);
+/* A template for a stack: the model m (`size` bytes, 4096-byte granules) gets random data in
+ * about half of its 4096-byte blocks, drawn from rng, and is written as the sparse raw image
+ * dir/name (ctu_write_raw). */
+void ctu_random_raw(const char *dir, const char *name, struct ctu_model *m, uint64_t size,
+                    uint64_t *rng);
+
 /* cc_chain_open, asserting success. */
 struct cc_chain *ctu_open(const char *path, unsigned flags);
 
@@ -60,11 +76,6 @@ void ctu_check_all(struct cc_chain *c, const struct ctu_model *m, uint64_t chunk
 /* cc_chain_extents over [off, off + len): ascending, contiguous, merged, and consistent with
  * the model as described above. */
 void ctu_check_extents(struct cc_chain *c, const struct ctu_model *m, uint64_t off, uint64_t len);
-
-/* Make the overlay's fdatasync a no-op for this test process.  Durability is tested by the
- * overlay's crash tests; here it only costs time (a 1,000-layer chain is thousands of syncs,
- * seconds each on a loaded machine). */
-void ctu_no_sync(void);
 
 /* Number of open file descriptors of this process whose target (readlink of /proc/self/fd/N)
  * starts with `prefix`: a directory, or e.g. "anon_inode:[io_uring]". */

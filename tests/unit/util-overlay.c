@@ -69,6 +69,21 @@ otu_join(const char *dir, const char *name)
   return p;
 }
 
+char *otu_dir;
+
+void
+otu_dir_init(void)
+{
+  otu_dir = otu_tmpdir();
+}
+
+void
+otu_dir_fini(void)
+{
+  otu_rmtree(otu_dir);
+  otu_dir = NULL;
+}
+
 /* Bitwise CRC-32C, written from the definition (reflected polynomial 0x82F63B78), slow and
  * obviously right rather than table-driven like the implementation under test. */
 uint32_t

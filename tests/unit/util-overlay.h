@@ -51,6 +51,12 @@ char *otu_tmpdir(void);
 void otu_rmtree(char *dir);
 /* dir + "/" + name, malloc'd. */
 char *otu_join(const char *dir, const char *name);
+/* The fixture of a suite whose every test works in a new temporary directory, otu_dir:
+ * TestSuite(name, .init = otu_dir_init, .fini = otu_dir_fini) (the fini also runs after a
+ * failed assertion, so nothing is left in /tmp). */
+extern char *otu_dir;
+void otu_dir_init(void);
+void otu_dir_fini(void);
 
 /* ---- encoding ---- */
 
@@ -130,7 +136,9 @@ int otu_below_pattern(void *opaque, void *buf, uint64_t length, uint64_t offset)
 /* ---- I/O ---- */
 
 /* Point overlay/'s ovl_io at a table whose fdatasync does nothing (the rest are the real
- * calls): for suites that never look at durability, since syncs are slow on a shared disk. */
+ * calls), for this test process: for suites that never look at durability (the overlay's crash
+ * tests do), since syncs are slow on a shared disk (a 1,000-layer chain is thousands of syncs,
+ * seconds each on a loaded machine). */
 void otu_io_nosync(void);
 
 /* ---- layers ---- */
