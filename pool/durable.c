@@ -57,16 +57,16 @@ enum item_kind {
 
 struct pool_item {
   enum item_kind kind;
-  char sub[16];        /* directory it goes into */
-  char tmp[PATH_MAX];  /* its file in tmp/ while there is one, else "" */
+  char sub[16];       /* directory it goes into */
+  char tmp[PATH_MAX]; /* its file in tmp/ while there is one, else "" */
   char final[PATH_MAX];
-  char *data;                   /* RECORD: the contents */
-  struct ovl_create_opts opts;  /* LAYER */
-  uint8_t uuid[OVL_UUID_LEN];   /* LAYER */
+  char *data;                  /* RECORD: the contents */
+  struct ovl_create_opts opts; /* LAYER */
+  uint8_t uuid[OVL_UUID_LEN];  /* LAYER */
   char ppath[OVL_MAX_PARENT_PATH + 1];
-  struct ovl_layer *layer;      /* FREEZE */
+  struct ovl_layer *layer; /* FREEZE */
   struct cc_pool *p;
-  int r;                        /* the job's result, and its message if r < 0 */
+  int r; /* the job's result, and its message if r < 0 */
   char err[CC_ERROR_MAX];
   pthread_t thread;
   int threaded;

@@ -379,11 +379,11 @@ Test(chain_push, switch_leaves_old_top_sealed_until_settled)
 
   live_dir = dir;
   ctu_model_init(&m, SIZE, 4096);
-  make_layer(dir, 0, uuids, SIZE);
-  p0 = lpath(dir, 0);
+  ctu_stack_layer(dir, "t", 0, SIZE, NULL, uuids);
+  p0 = ctu_stack_path(dir, "t", 0);
   populate_base(p0, &m, &rng);
-  make_layer(dir, 1, uuids, SIZE);
-  p1 = lpath(dir, 1);
+  ctu_stack_layer(dir, "t", 1, SIZE, NULL, uuids);
+  p1 = ctu_stack_path(dir, "t", 1);
   c = ctu_open(p1, CC_RDWR | CC_IO_SYNC);
   for (int k = 0; k < 20; k++) {
     uint64_t off = otu_rand_below(&rng, SIZE - sizeof buf);
@@ -392,8 +392,8 @@ Test(chain_push, switch_leaves_old_top_sealed_until_settled)
     cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, off, 0), 0, "%s", cc_error_get());
     ctu_model_write(&m, buf, sizeof buf, off);
   }
-  make_layer(dir, 2, uuids, SIZE);
-  p2 = lpath(dir, 2);
+  ctu_stack_layer(dir, "t", 2, SIZE, NULL, uuids);
+  p2 = ctu_stack_path(dir, "t", 2);
   cr_assert_eq(cc_chain_switch_top(c, p2), 0, "%s", cc_error_get());
   ctu_check_all(c, &m, 65536);
   /* Not flushed: the file's map lacks every write, the dirty bit is set. */
@@ -414,8 +414,8 @@ Test(chain_push, switch_leaves_old_top_sealed_until_settled)
   /* Again, and this time close settles. */
   cr_assert_eq(cc_chain_pwrite(c, buf, sizeof buf, 0, 0), 0, "%s", cc_error_get());
   ctu_model_write(&m, buf, sizeof buf, 0);
-  make_layer(dir, 3, uuids, SIZE);
-  p3 = lpath(dir, 3);
+  ctu_stack_layer(dir, "t", 3, SIZE, NULL, uuids);
+  p3 = ctu_stack_path(dir, "t", 3);
   cr_assert_eq(cc_chain_switch_top(c, p3), 0, "%s", cc_error_get());
   cr_assert_eq(cc_chain_close(c), 0, "%s", cc_error_get());
   on_disk(p2, &dirty, &alloc);
