@@ -9,12 +9,12 @@
  * before the write, "wrote E i" after it returned, "flushed E i" after the flush that follows
  * it returned) with one write(2) per line, so that the journal lines sit in the strace of the
  * server and the CLI, in the order of their causes: powerloss.py --live reads from them what
- * each cut point must keep.  Writes 0-3 are flushed; write 4 is not (only the snapshot's
- * quiesce flush makes it durable); then READY is created and, in mode "pause", the writer waits
- * for GO (the driver creates it once the CLI returned); then writes and flushes go on until
- * STOP exists; then it creates STOP.idle and stays connected, idle, until STOP.quit exists.  The
- * constants are powerloss.py's (BS, BASE, NBLOCKS).  LIVE_WRITER_PACE_MS in the environment
- * sets the pause between two blocks (5 ms by default).
+ * each cut point must keep.  Writes 0-3 are flushed; write 4 is not (only the settle of the old
+ * top, before the server answers push-top, makes it durable); then READY is created and, in mode
+ * "pause", the writer waits for GO (the driver creates it once the CLI returned); then writes and
+ * flushes go on until STOP exists; then it creates STOP.idle and stays connected, idle, until
+ * STOP.quit exists.  The constants are powerloss.py's (BS, BASE, NBLOCKS).  LIVE_WRITER_PACE_MS in
+ * the environment sets the pause between two blocks (5 ms by default).
  */
 #include <fcntl.h>
 #include <stdio.h>

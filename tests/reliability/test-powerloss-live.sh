@@ -15,15 +15,17 @@
 #   - the snapshot exists on every clone named or on none, and on all of them once the
 #     command had returned (a returned command is durable);
 #   - no write the client saw flushed before the cut is lost from the clone, no block is torn;
-#   - "after": the snapshot holds every write that completed before the command started (the
-#     unflushed one too: the quiesce flush made it durable), none issued after the command
-#     returned, and the clone holds them too.
+#   - once the command has returned, the snapshot holds every write that completed before the
+#     command started (the unflushed one too: the server's settle of the old top made it
+#     durable before it answered push-top), and the clone holds them too; before that, every
+#     one completed before the command and flushed before the cut; in no state a write issued
+#     after the command returned.
 # The same checks are made again after `check --repair`.  The replay must end on the pool as
 # it was when tracing stopped (copied while the client is still connected, idle), so no change
 # went untraced (e.g. by a thread strace did not attach).  States past MAX_STATES are sampled
 # (the seed is printed; a run has fewer, so all are checked).  Self-test: the same trace with
-# the server's syncs inside the command left out (the quiesce flush of the old top, the
-# freeze) must be caught.  `powerloss.py --live ... --list` prints every cut point.
+# the server's syncs inside the command left out (the settle of the old top:
+# its flush and freeze) must be caught.  `powerloss.py --live ... --list` prints every cut point.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
 requires qemu-io
@@ -106,7 +108,7 @@ live_case() {
 
 live_case pause vm1 s1
 # Self-test on the same trace: the server's fsync and fdatasync calls made while the command
-# ran (between the driver's "start" and "done" journal lines: the quiesce flush of the old top,
+# ran (between the driver's "start" and "done" journal lines: the settle of the old top after push-top,
 # the freeze) are left out of the replay; the unflushed write the snapshot must hold is then
 # lost, which must be caught.
 if timeout 280 python3 "$PL" --live "$COWCHAIN" "$WORK/pool.orig" "$POOL" "$WORK/trace" \
