@@ -187,11 +187,13 @@ release_all(struct session *s, char *msg, size_t len)
 
     cc_error_clear();
     if ((r = cc_chain_settle(e->chain)) < 0) {
-      nbdkit_error("control: %s: switched, but the old top could not be made durable: %s", e->name,
-                   cc_error_get());
+      char why[CC_ERROR_MAX];
+
+      snprintf(why, sizeof why, "%s: switched, but the old top could not be made durable: %s",
+               e->name, cc_error_get());
+      nbdkit_error("control: %s", why);
       if (!err && msg)
-        snprintf(msg, len, "%s: switched, but the old top could not be made durable: %s", e->name,
-                 cc_error_get());
+        snprintf(msg, len, "%s", why);
       if (!err)
         err = r;
     }
