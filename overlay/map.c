@@ -17,9 +17,12 @@
  */
 #include "overlay/internal.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct object {
@@ -101,6 +104,25 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
   return 0;
 }
 
+/* An unlocked open (OVL_NOLOCK: info, a merge probing a served top) may read a layer whose
+ * writer extends the file and flushes L2 entries naming the new bytes while we read.  Data and
+ * tables reach the file before the entries naming them (FORMAT.md 7.2), so the size the file
+ * has *after* a table was read covers everything that table names: take it again after each
+ * read, or a sound map read a moment late looks truncated. */
+static int
+refresh_size_if_unlocked(struct ovl_layer *l)
+{
+  struct stat st;
+
+  if (!(l->flags & OVL_NOLOCK))
+    return 0;
+  if (fstat(l->fd, &st) == -1)
+    return cc_error_set(errno, "open: %s: fstat: %s", l->path, strerror(errno));
+  if ((uint64_t)st.st_size > l->file_size)
+    l->file_size = (uint64_t)st.st_size;
+  return 0;
+}
+
 int
 ovl_map_load(struct ovl_layer *l)
 {
@@ -124,6 +146,8 @@ ovl_map_load(struct ovl_layer *l)
     goto out;
   }
   r = ovl_pread_full(l, l1raw, (uint64_t)n * 8, l->hdr.l1_offset);
+  if (r == 0)
+    r = refresh_size_if_unlocked(l);
   if (r < 0)
     goto out;
 
@@ -143,6 +167,8 @@ ovl_map_load(struct ovl_layer *l)
       goto out;
     }
     r = ovl_pread_full(l, l2raw, OVL_BLOCK, off);
+    if (r == 0)
+      r = refresh_size_if_unlocked(l);
     if (r < 0)
       goto out;
     t = calloc(1, sizeof *t);

@@ -359,7 +359,8 @@ merge_live(struct cc_pool *p, struct pool_graph *g, struct cc_clone *c, struct m
     x->srv = pool_live_top_holder(L, x->path, x->name, sizeof x->name);
     if (x->srv >= 0) {
       /* A served top: the server writes it (merge-top); we only look at its geometry. */
-      if ((r = pool_open_layer(p, x->uuid, OVL_RDONLY | OVL_NOLOCK, what, &probe)) < 0)
+      if ((r = pool_open_layer(p, x->uuid, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, what,
+                               &probe)) < 0)
         goto out;
     } else {
       r = pool_open_layer(p, x->uuid, OVL_RDWR, what, &x->lock);

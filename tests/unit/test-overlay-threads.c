@@ -409,3 +409,68 @@ Test(overlay_threads, shared_subclusters_128k)
 {
   shared_subclusters(131072, "overlay_threads::shared_subclusters_128k");
 }
+
+/* An unlocked open (info, a merge probing a served top) reads a layer its writer keeps
+ * growing and flushing: between the open's fstat and its read of the map, the writer can
+ * extend the file and flush L2 entries naming the new bytes.  Such a map is sound (data and
+ * tables reach the file before the entries naming them); the open must not call it
+ * truncated. */
+struct grower {
+  struct ovl_layer *l;
+  atomic_int done;
+  int err;
+  char msg[256];
+};
+
+static void *
+grow_loop(void *arg)
+{
+  struct grower *g = arg;
+  uint8_t buf[SC];
+  uint64_t size = ovl_virtual_size(g->l);
+
+  memset(buf, 0xA5, sizeof buf);
+  /* one sub-cluster of a new cluster each time: the file grows, an L2 entry changes */
+  for (uint64_t off = 0; off < size; off += 16384) {
+    if (ovl_pwrite(g->l, buf, SC, off, 0, NULL, NULL) < 0 || ovl_flush(g->l) < 0) {
+      g->err = 1;
+      snprintf(g->msg, sizeof g->msg, "%s", cc_error_get());
+      break;
+    }
+  }
+  atomic_store(&g->done, 1);
+  return NULL;
+}
+
+Test(overlay_threads, unlocked_open_of_a_growing_layer)
+{
+  char *dir = otu_tmpdir();
+  char *path = otu_join(dir, "l.cow");
+  struct grower g;
+  pthread_t t;
+  unsigned opens = 0, failures = 0;
+  char first[256] = "";
+
+  memset(&g, 0, sizeof g);
+  otu_io_nosync();
+  otu_create(path, 4 * VSIZE, 16384); /* 4096 clusters, 16 L2 tables */
+  g.l = otu_open(path, OVL_RDWR);
+  cr_assert_eq(pthread_create(&t, NULL, grow_loop, &g), 0);
+  while (!atomic_load(&g.done)) {
+    struct ovl_layer *r;
+    if (ovl_open(path, OVL_RDONLY | OVL_NOLOCK, &r) < 0) {
+      if (failures++ == 0)
+        snprintf(first, sizeof first, "%s", cc_error_get());
+    } else {
+      ovl_close(r);
+    }
+    opens++;
+  }
+  pthread_join(t, NULL);
+  cr_assert_eq(g.err, 0, "writer: %s", g.msg);
+  cr_assert_eq(ovl_close(g.l), 0, "%s", cc_error_get());
+  cr_assert_eq(failures, 0, "%u of %u unlocked opens failed; the first: %s", failures, opens,
+               first);
+  free(path);
+  otu_rmtree(dir);
+}
