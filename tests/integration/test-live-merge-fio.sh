@@ -9,8 +9,7 @@
 # clean, and no layer left but the ones the records name.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-requires fio
-requires fio --enghelp=nbd
+requires_fio
 setup_pool
 
 run_fio() {

@@ -7,8 +7,7 @@
 # clean.  The last snapshot taken after fio finished must equal the clone.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-requires fio
-requires fio --enghelp=nbd
+requires_fio
 setup_pool
 
 run_fio() {

@@ -4,9 +4,7 @@
 # requests in flight, then a verify-only pass through new connections and a new server.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-requires fio
-# Debian's fio (scripts/setup) has the libnbd engine.
-requires fio --enghelp=nbd
+requires_fio
 setup_pool
 
 run_fio() {

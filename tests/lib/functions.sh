@@ -467,6 +467,12 @@ with_shim() {
   SERVER_ENV=("${e[@]}" "FAULT_MATCH=$POOL/layers/" "$@")
 }
 
+# requires_fio: fio with its nbd engine (Debian's fio has it; scripts/setup installs it).
+requires_fio() {
+  requires fio
+  requires fio --enghelp=nbd
+}
+
 # fio_verify SEED ARGS...: fio's nbd engine on vm1 of the current server: random writes from
 # seed SEED with crc32c verification (--do_verify=1, --verify_only=1 and the block sizes are the
 # caller's ARGS; a verify-only pass must repeat the ARGS and SEED of the writes it checks).  Any

@@ -8,9 +8,7 @@
 # on another) is tests/integration/test-server-multiconn.sh; not repeated here.
 source "$(dirname "$0")/../lib/functions.sh"
 requires_plugin
-requires fio
-# Debian's fio (scripts/setup) has the libnbd engine.
-requires fio --enghelp=nbd
+requires_fio
 setup_pool
 for i in 2 3 4; do
   cc clone create "vm$i" --from base
