@@ -47,7 +47,10 @@ grep -q 'Input/output error' "$WORK/read.out" || fail "reading the held vm1 on B
 qemu-io -f raw -c 'write -P 0x5c 0 64k' -c 'read -P 0x5c 0 64k' "nbd+unix:///vm2?socket=$B" \
   >/dev/null || fail "vm2 on B"
 
-# A holds vm1 itself: it lists it without a warning.
+# A holds vm1 itself: it lists it without a warning.  B goes first: it closes vm2's export (and
+# lets go of its layer lock) only shortly after the client above exits, and A's listing opens
+# vm2 too.
+stop_server
 SOCK=$A
 timeout 60 nbdinfo --list --json "nbd+unix:///?socket=$A" >"$WORK/list-a.json" ||
   fail "nbdinfo --list on A failed"
