@@ -51,7 +51,7 @@ qemu-io -f raw -c 'write -P 0x5c 0 64k' -c 'read -P 0x5c 0 64k' "nbd+unix:///vm2
 # lets go of its layer lock) only shortly after the client above exits, and A's listing opens
 # vm2 too.
 stop_server
-SOCK=$A
+SOCK=$A SERVER_PID=$A_PID
 timeout 60 nbdinfo --list --json "nbd+unix:///?socket=$A" >"$WORK/list-a.json" ||
   fail "nbdinfo --list on A failed"
 got=$(jq -c '[.exports[]."export-name"] | sort' "$WORK/list-a.json")
