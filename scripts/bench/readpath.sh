@@ -136,7 +136,7 @@ rp_opentime() {
     libs+=("$BUILD/$a")
   done
   ${CC:-cc} -O2 -Wall -D_GNU_SOURCE -I"$ROOT" -o "$RUNDIR/opentime" "$BENCH/opentime.c" \
-    "${libs[@]}" $(pkg-config --libs liburing) -lpthread || { log "opentime: build failed"; return 0; }
+    "${libs[@]}" $(pkg-config --libs liburing libnbd nettle) -lpthread || { log "opentime: build failed"; return 0; }
   for d in "${RP_OPEN_DEPTHS[@]}"; do
     out=$(timeout 300 "$RUNDIR/opentime" "$POOL" "c$d" 9) || die "opentime c$d"
     record '{section:"rp-opentime", depth:$d, build_ms:$b, build_min_ms:$bm, cached_ms:$c,
