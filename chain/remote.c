@@ -31,6 +31,13 @@
  * only the threads reading from it: no lock is held across a remote request except the shared
  * connection's, which only that remote's readers take.
  *
+ * libnbd is loaded on first use (lib_load, dlopen), not linked: every CLI command and every
+ * server links chain/, few ever touch a remote template, and libnbd's own dependencies
+ * (gnutls, libxml2 with ICU, p11-kit: 18 more libraries) cost every process start ~3 ms, as
+ * much as a whole linked clone create's own work (BENCHMARKS.md, "Create").  The first
+ * connection loads it; if it cannot be loaded, that connection fails with dlopen's reason, so
+ * only remote templates need it installed.
+ *
  * Fingerprint: SHA-256 over the export size (8 bytes, little endian) followed by 16 sampled
  * blocks of 4 KiB (fewer bytes at the end of a small export) at evenly spaced, 512-aligned
  * offsets from the first block to the last.  It is a cheap identity check, not an integrity
@@ -38,9 +45,11 @@
  */
 #include "chain/internal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <libnbd.h>
+#include <pthread.h>
 #include <nettle/sha2.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,6 +67,42 @@
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 #define CONNECT_TIMEOUT_MS 10000 /* handshake and the fingerprint's reads */
+
+/* libnbd, loaded by the first connection (design notes).  The soname is the one Debian's
+ * libnbd0 ships, the ABI libnbd.h describes. */
+#define LIBNBD_SONAME "libnbd.so.0"
+#define NBD_CALLS(X)                                                                               \
+  X(nbd_add_meta_context)                                                                          \
+  X(nbd_aio_block_status) X(nbd_aio_command_completed) X(nbd_aio_connect_uri)                      \
+      X(nbd_aio_is_connecting) X(nbd_aio_is_ready) X(nbd_aio_pread) X(nbd_can_meta_context)        \
+          X(nbd_can_multi_conn) X(nbd_close) X(nbd_create) X(nbd_get_errno) X(nbd_get_error)       \
+              X(nbd_get_size) X(nbd_is_read_only) X(nbd_poll) X(nbd_set_uri_allow_local_file)      \
+                  X(nbd_shutdown)
+
+static struct {
+#define X(f) __typeof__(f) *f;
+  NBD_CALLS(X)
+#undef X
+} lib;
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+static char lib_error[256]; /* why libnbd could not be loaded; empty once it is */
+
+static void
+lib_load(void)
+{
+  void *h = dlopen(LIBNBD_SONAME, RTLD_NOW | RTLD_LOCAL);
+
+  if (!h) {
+    snprintf(lib_error, sizeof lib_error, "%s", dlerror());
+    return;
+  }
+  /* never closed: handles made from it live until the process ends */
+#define X(f)                                                                                       \
+  if (!lib_error[0] && !(lib.f = (__typeof__(f) *)dlsym(h, #f)))                                   \
+    snprintf(lib_error, sizeof lib_error, "%s has no %s", LIBNBD_SONAME, #f);
+  NBD_CALLS(X)
+#undef X
+}
 
 /* A request that takes longer fails (EIO) and drops its connection: a remote that accepts but
  * never answers (a server shutting down, a hung host) must not hold a worker forever. */
@@ -129,7 +174,7 @@ wait_command(struct nbd_handle *h, int64_t cookie, int timeout_ms)
   if (cookie == -1)
     return -1;
   for (;;) {
-    int r = nbd_aio_command_completed(h, (uint64_t)cookie), left;
+    int r = lib.nbd_aio_command_completed(h, (uint64_t)cookie), left;
 
     if (r == 1)
       return 0;
@@ -140,7 +185,7 @@ wait_command(struct nbd_handle *h, int64_t cookie, int timeout_ms)
       timed_out = 1;
       return -1;
     }
-    if (nbd_poll(h, left) == -1)
+    if (lib.nbd_poll(h, left) == -1)
       return -1;
   }
 }
@@ -148,7 +193,7 @@ wait_command(struct nbd_handle *h, int64_t cookie, int timeout_ms)
 static int
 timed_pread(struct nbd_handle *h, void *buf, uint64_t len, uint64_t off, int timeout_ms)
 {
-  return wait_command(h, nbd_aio_pread(h, buf, len, off, NBD_NULL_COMPLETION, 0), timeout_ms);
+  return wait_command(h, lib.nbd_aio_pread(h, buf, len, off, NBD_NULL_COMPLETION, 0), timeout_ms);
 }
 
 static void
@@ -229,40 +274,47 @@ content_hash(struct nbd_handle *h, uint64_t size, char *out, size_t outlen)
 static struct nbd_handle *
 connect_uri(const char *uri, char *err, size_t errlen)
 {
-  struct nbd_handle *h = nbd_create();
+  struct nbd_handle *h;
 
+  if (pthread_once(&lib_once, lib_load) != 0 || lib_error[0]) {
+    snprintf(err, errlen, "remote templates need libnbd, which could not be loaded: %s",
+             lib_error[0] ? lib_error : "pthread_once failed");
+    return NULL;
+  }
+  h = lib.nbd_create();
   if (!h) {
-    snprintf(err, errlen, "%s", nbd_get_error());
+    snprintf(err, errlen, "%s", lib.nbd_get_error());
     return NULL;
   }
   /* The URI comes from the pool's own descriptor (or the admin's command line): it may name a
    * TLS PSK file (tls-psk-file=) as nbdinfo lets it. */
-  if (nbd_set_uri_allow_local_file(h, true) == -1 ||
-      nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_aio_connect_uri(h, uri) == -1)
+  if (lib.nbd_set_uri_allow_local_file(h, true) == -1 ||
+      lib.nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      lib.nbd_aio_connect_uri(h, uri) == -1)
     goto fail;
   /* Asynchronously, with a deadline: a server that accepts and never negotiates must not hang
    * the caller. */
   for (int64_t deadline = now_ns() + (int64_t)CONNECT_TIMEOUT_MS * 1000000;
-       nbd_aio_is_connecting(h);) {
+       lib.nbd_aio_is_connecting(h);) {
     int left = (int)((deadline - now_ns()) / 1000000);
     if (left <= 0) {
       snprintf(err, errlen, "connecting: no handshake within %d s", CONNECT_TIMEOUT_MS / 1000);
-      nbd_close(h);
+      lib.nbd_close(h);
       return NULL;
     }
-    if (nbd_poll(h, left) == -1)
+    if (lib.nbd_poll(h, left) == -1)
       goto fail;
   }
-  if (!nbd_aio_is_ready(h)) {
-    snprintf(err, errlen, "connecting: %s", nbd_get_error()[0] ? nbd_get_error() : "refused");
-    nbd_close(h);
+  if (!lib.nbd_aio_is_ready(h)) {
+    snprintf(err, errlen, "connecting: %s",
+             lib.nbd_get_error()[0] ? lib.nbd_get_error() : "refused");
+    lib.nbd_close(h);
     return NULL;
   }
   return h;
 fail:
-  snprintf(err, errlen, "%s", nbd_get_error());
-  nbd_close(h);
+  snprintf(err, errlen, "%s", lib.nbd_get_error());
+  lib.nbd_close(h);
   return NULL;
 }
 
@@ -285,10 +337,10 @@ cc_remote_probe(const char *name, const char *uri, unsigned flags, struct cc_rem
   snprintf(out->uri, sizeof out->uri, "%s", uri);
   if ((h = connect_uri(uri, err, sizeof err)) == NULL)
     return cc_error_set(EHOSTUNREACH, "template add: %s: %s: %s", name, uri, err);
-  size = nbd_get_size(h);
-  ro = nbd_is_read_only(h);
+  size = lib.nbd_get_size(h);
+  ro = lib.nbd_is_read_only(h);
   if (size < 0 || ro < 0) {
-    r = cc_error_set(EIO, "template add: %s: %s: %s", name, uri, nbd_get_error());
+    r = cc_error_set(EIO, "template add: %s: %s: %s", name, uri, lib.nbd_get_error());
     goto out;
   }
   if (size == 0 || size % 512 != 0) {
@@ -309,10 +361,10 @@ cc_remote_probe(const char *name, const char *uri, unsigned flags, struct cc_rem
   if (sampled_fingerprint(h, out->size, out->fingerprint, sizeof out->fingerprint) == -1 ||
       ((flags & CC_PROBE_VERIFY) &&
        content_hash(h, out->size, out->content, sizeof out->content) == -1))
-    r = cc_error_set(EIO, "template add: %s: %s: reading: %s", name, uri, nbd_get_error());
+    r = cc_error_set(EIO, "template add: %s: %s: reading: %s", name, uri, lib.nbd_get_error());
 out:
-  nbd_shutdown(h, 0);
-  nbd_close(h);
+  lib.nbd_shutdown(h, 0);
+  lib.nbd_close(h);
   return r;
 }
 
@@ -402,10 +454,10 @@ connect_checked(struct cc_remote *r, int *why, char *err, size_t errlen)
   *why = ST_DOWN;
   if (!h)
     return NULL;
-  size = nbd_get_size(h);
+  size = lib.nbd_get_size(h);
   if (size < 0 || sampled_fingerprint(h, (uint64_t)size, fp, sizeof fp) == -1) {
     snprintf(err, errlen, "%s",
-             timed_out ? "no answer to the fingerprint's reads" : nbd_get_error());
+             timed_out ? "no answer to the fingerprint's reads" : lib.nbd_get_error());
     goto fail;
   }
   *why = ST_MISMATCH;
@@ -419,10 +471,10 @@ connect_checked(struct cc_remote *r, int *why, char *err, size_t errlen)
     goto fail;
   }
   if (atomic_load(&r->multi) < 0)
-    atomic_store(&r->multi, nbd_can_multi_conn(h) == 1 ? 1 : 0);
+    atomic_store(&r->multi, lib.nbd_can_multi_conn(h) == 1 ? 1 : 0);
   return h;
 fail:
-  nbd_close(h);
+  lib.nbd_close(h);
   return NULL;
 }
 
@@ -449,7 +501,7 @@ static void
 drop_handle(struct conn *c)
 {
   if (c->h) {
-    nbd_close(c->h);
+    lib.nbd_close(c->h);
     c->h = NULL;
   }
 }
@@ -535,7 +587,7 @@ put_conn(struct cc_remote *r, struct conn *c)
 static int
 stale(struct conn *c)
 {
-  return !timed_out && !nbd_aio_is_ready(c->h);
+  return !timed_out && !lib.nbd_aio_is_ready(c->h);
 }
 
 /* A request failed on c: drop the connection if it is gone, mark the remote down. */
@@ -543,13 +595,13 @@ static int
 request_failed(struct cc_remote *r, struct conn *c, const char *call, uint64_t off)
 {
   char err[512];
-  int e = nbd_get_errno();
+  int e = lib.nbd_get_errno();
 
   if (timed_out)
     snprintf(err, sizeof err, "no answer within %d ms", atomic_load(&request_timeout_ms));
   else
-    snprintf(err, sizeof err, "%s", nbd_get_error());
-  if (timed_out || !nbd_aio_is_ready(c->h)) {
+    snprintf(err, sizeof err, "%s", lib.nbd_get_error());
+  if (timed_out || !lib.nbd_aio_is_ready(c->h)) {
     drop_handle(c);
     atomic_store(&r->next_try_ns, now_ns());
     set_state(r, ST_DOWN, err);
@@ -665,13 +717,13 @@ status_once(struct cc_remote *r, struct walk_ctx *w, int *all_data)
 
     if ((rc = ensure_connected(r, c, "extents")) < 0)
       break;
-    if (!nbd_can_meta_context(c->h, LIBNBD_CONTEXT_BASE_ALLOCATION)) {
+    if (!lib.nbd_can_meta_context(c->h, LIBNBD_CONTEXT_BASE_ALLOCATION)) {
       *all_data = 1; /* the remote reports nothing: all data, correct if not sparse */
       break;
     }
-    ck = nbd_aio_block_status(c->h, n, w->pos,
-                              (nbd_extent_callback){.callback = status_cb, .user_data = w},
-                              NBD_NULL_COMPLETION, 0);
+    ck = lib.nbd_aio_block_status(c->h, n, w->pos,
+                                  (nbd_extent_callback){.callback = status_cb, .user_data = w},
+                                  NBD_NULL_COMPLETION, 0);
     if (wait_command(c->h, ck, atomic_load(&request_timeout_ms)) == 0)
       break;
     if (!tried && stale(c) && w->n == 0) {
