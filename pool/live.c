@@ -573,10 +573,12 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
 {
   char what[CC_NAME_MAX + 32], intent[PATH_MAX] = "", req[CCP_LINE_MAX / 2];
   struct intent_entry *iv = NULL;
+  struct pool_batch b;
   struct live_set s;
   long long t0;
   int r;
 
+  pool_batch_init(&b, p);
   if ((r = live_open(p, &s)) < 0)
     goto out;
   for (size_t i = 0; i < s.n; i++)
@@ -615,8 +617,9 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     struct ovl_parent par;
     char ppath[64];
     if ((r = pool_parent_of_layer(p, it[i].c.top, &par, ppath, sizeof ppath)) < 0 ||
-        (r = pool_new_layer(p, it[i].c.size, &par, it[i].newtop)) < 0 ||
-        (r = pool_layer_path(p, it[i].newtop, it[i].newpath, sizeof it[i].newpath)) < 0)
+        (r = pool_batch_layer(&b, it[i].c.size, &par, it[i].newtop)) < 0 ||
+        (r = pool_layer_path(p, it[i].newtop, it[i].newpath, sizeof it[i].newpath)) < 0 ||
+        (!it[i].srv && (r = pool_batch_freeze(&b, it[i].held)) < 0))
       goto undo;
   }
   /* The records after. */
@@ -633,6 +636,10 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     snprintf(ns->description, sizeof ns->description, "%s", description ? description : "");
     strcpy(it[i].after.top, it[i].newtop);
   }
+  if (n == 1 && (r = pool_batch_clone(&b, &it[0].after)) < 0)
+    goto undo;
+  if ((r = pool_batch_prepare(&b)) < 0)
+    goto undo;
   /* 3. quiesce: one request per server naming all its clones (all or nothing there). */
   t0 = cc_mono_ms();
   for (size_t i = 0; i < n; i++) {
@@ -676,7 +683,14 @@ snap_attempt(struct cc_pool *p, struct snap_item *it, size_t n, const char *snap
     *committed = 1;
     live_step(it[0].srv);
   }
-  for (size_t i = 0; i < n; i++) {
+  if (n == 1) {
+    r = pool_batch_commit(&b);
+    if (b.committed)
+      *committed = 1;
+    if (r < 0)
+      goto undo;
+  }
+  for (size_t i = 0; n > 1 && i < n; i++) {
     if ((r = pool_write_clone(p, &it[i].after)) < 0) {
       if (!*committed)
         goto undo;
@@ -736,6 +750,7 @@ out:
     it[i].quiesced = 0;
   }
   free(iv);
+  pool_batch_free(&b);
   pool_step_victim(0, -1);
   live_close(&s);
   return r;

@@ -91,7 +91,7 @@ one_round() {
 start_server
 wait_control_socket
 for c in vm1 vm2; do DATA[$c]=0; done
-crash_every_step one_round 5 40 vm1 vm1,vm2
+crash_every_step one_round 3 40 vm1 vm1,vm2
 stop_server
 start_server
 verify_state "after a restart"
