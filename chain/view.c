@@ -430,7 +430,8 @@ cc_chain_relink_top(struct cc_chain *c, int kind, const char *link)
     if (kind == OVL_PARENT_LAYER) {
       struct ovl_info info;
 
-      if ((r = ovl_open(abs, OVL_RDONLY | OVL_NOLOCK, &pl)) < 0)
+      /* its uuid and size only: the header, not the map (the caller's gate may be closed) */
+      if ((r = ovl_open(abs, OVL_RDONLY | OVL_NOLOCK | OVL_HEADER_ONLY, &pl)) < 0)
         goto out;
       ovl_get_info(pl, &info);
       memcpy(par.uuid, info.uuid, OVL_UUID_LEN);

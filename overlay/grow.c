@@ -88,12 +88,14 @@ ovl_grow(struct ovl_layer *l, uint64_t new_size)
     return cc_error_set(EFBIG, "grow: %s: %" PRIu64 " bytes needs a larger L1 table region",
                         l->path, new_size);
 
+  pthread_mutex_lock(&l->flush_lock);
   pthread_mutex_lock(&l->lock);
   if (n > l->hdr.l1_entries) {
     _Atomic(struct ovl_l2 *) *l1 = realloc(l->l1, (size_t)n * sizeof *l1);
 
     if (l1 == NULL) {
       pthread_mutex_unlock(&l->lock);
+      pthread_mutex_unlock(&l->flush_lock);
       return cc_error_set(ENOMEM, "grow: %s: out of memory", l->path);
     }
     for (uint32_t i = l->hdr.l1_entries; i < n; i++)
@@ -113,5 +115,6 @@ ovl_grow(struct ovl_layer *l, uint64_t new_size)
   if (r == 0)
     l->nclusters = (new_size + l->cluster_size - 1) >> l->cluster_bits;
   pthread_mutex_unlock(&l->lock);
+  pthread_mutex_unlock(&l->flush_lock);
   return r;
 }

@@ -72,6 +72,9 @@ struct ovl_layer {
   /* Guards every map change, allocation, the dirty lists, flush and header writes.  Reads and
    * in-place writes of allocated sub-clusters do not take it. */
   pthread_mutex_t lock;
+  /* Held by every flush for its whole length (map.c: a client's flush syncs without `lock`),
+   * and by everything that makes the layer clean or drops its map; taken before `lock`. */
+  pthread_mutex_t flush_lock;
   uint64_t frontier;
   bool dirty_on_disk; /* the durable header has the dirty bit */
   /* First writes in progress (write.c): sub-clusters reserved under `lock`, written without
@@ -110,6 +113,9 @@ void ovl_map_free(struct ovl_layer *l);
 struct ovl_l2 *ovl_l2_get_or_create(struct ovl_layer *l, uint64_t cluster);
 int ovl_mark_dirty(struct ovl_layer *l, uint32_t l1_index);
 int ovl_map_flush_locked(struct ovl_layer *l);
+/* The same, for a client's flush: takes flush_lock, holds `lock` only to take a snapshot of
+ * the dirty tables (map.c design notes).  Caller holds neither lock. */
+int ovl_map_flush(struct ovl_layer *l);
 
 /* layer.c: fdatasync with the sticky failure rule above; and the check for it */
 int ovl_sync(struct ovl_layer *l, const char *call);

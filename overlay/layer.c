@@ -257,6 +257,7 @@ ovl_open(const char *path, unsigned flags, struct ovl_layer **out)
   }
   l->flags = flags;
   pthread_mutex_init(&l->lock, NULL);
+  pthread_mutex_init(&l->flush_lock, NULL);
   pthread_cond_init(&l->reserved_done, NULL);
   l->fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   if (l->fd == -1) {
@@ -321,6 +322,7 @@ fail:
   if (l->fd >= 0)
     close(l->fd);
   pthread_mutex_destroy(&l->lock);
+  pthread_mutex_destroy(&l->flush_lock);
   pthread_cond_destroy(&l->reserved_done);
   free(l->path);
   free(l);
@@ -382,13 +384,16 @@ ovl_close(struct ovl_layer *l)
   if (!l)
     return 0;
   if ((l->flags & OVL_RDWR) || l->sealed) {
+    pthread_mutex_lock(&l->flush_lock);
     pthread_mutex_lock(&l->lock);
     r = make_clean_locked(l, "close");
     pthread_mutex_unlock(&l->lock);
+    pthread_mutex_unlock(&l->flush_lock);
   }
   ovl_map_free(l);
   close(l->fd);
   pthread_mutex_destroy(&l->lock);
+  pthread_mutex_destroy(&l->flush_lock);
   pthread_cond_destroy(&l->reserved_done);
   free(l->path);
   free(l);
@@ -403,6 +408,7 @@ ovl_freeze(struct ovl_layer *l)
 
   if (!(l->flags & OVL_RDWR) && !l->sealed)
     return cc_error_set(EINVAL, "freeze: %s: layer is not open for writing", l->path);
+  pthread_mutex_lock(&l->flush_lock);
   pthread_mutex_lock(&l->lock);
   r = make_clean_locked(l, "freeze");
   /* An OFD lock request on the descriptor that holds the lock converts it in one step: no
@@ -414,6 +420,7 @@ ovl_freeze(struct ovl_layer *l)
     l->sealed = false;
   }
   pthread_mutex_unlock(&l->lock);
+  pthread_mutex_unlock(&l->flush_lock);
   return r;
 }
 
@@ -520,11 +527,13 @@ ovl_drop_map(struct ovl_layer *l)
 {
   if ((l->flags & OVL_RDWR) || l->sealed)
     return cc_error_set(EINVAL, "drop map: %s: layer is open for writing", l->path);
+  pthread_mutex_lock(&l->flush_lock); /* no flush may still be looking at the map */
   if (!l->map_dropped) {
     count_states(l, &l->dropped_alloc, &l->dropped_zero);
     ovl_map_free(l);
     l->map_dropped = true;
   }
+  pthread_mutex_unlock(&l->flush_lock);
   return 0;
 }
 
@@ -577,6 +586,7 @@ ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent)
       (plen == 0 || plen > OVL_MAX_PARENT_PATH || parent->path[0] == '/'))
     return cc_error_set(EINVAL, "set parent: %s: parent path must be relative, 1 to %d bytes",
                         l->path, OVL_MAX_PARENT_PATH);
+  pthread_mutex_lock(&l->flush_lock);
   pthread_mutex_lock(&l->lock);
   h = l->hdr;
   h.parent_kind = (uint32_t)parent->kind;
@@ -596,5 +606,6 @@ ovl_set_parent(struct ovl_layer *l, const struct ovl_parent *parent)
       r = ovl_header_write(l, &h);
   }
   pthread_mutex_unlock(&l->lock);
+  pthread_mutex_unlock(&l->flush_lock);
   return r;
 }

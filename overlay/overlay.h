@@ -14,7 +14,8 @@
  * 64-bit words (physical offset, then the alloc|zero bitmaps); a writer stores the offset
  * before it publishes bits that need it, and never changes a bound offset.  Every operation
  * that changes the map or allocates (binding a cluster, publishing a first write, zero/trim,
- * flush, header changes) holds the layer's `lock` mutex; a first write writes its data between
+ * header changes) holds the layer's `lock` mutex; a flush holds it only to copy the dirty map
+ * into buffers, and syncs and writes them without it (map.c); a first write writes its data between
  * two holds of it, with its sub-clusters reserved; writes into already allocated sub-clusters go
  * straight to the file with pwrite and take no lock.  No operation writes a byte of an allocated
  * sub-cluster that its request does not cover (write.c's design notes, FORMAT.md section 7.5), so

@@ -17,7 +17,8 @@
  * Concurrency on one sub-cluster (FORMAT.md section 7.5 states the same rule):
  *  - reads and in-place writes take no lock and may run at any time, alongside anything;
  *  - every change of the map (binding a cluster, publishing a first write's bits, zero, trim)
- *    and flush hold the layer lock, so they are serialized among themselves;
+ *    holds the layer lock, so they are serialized among themselves; a flush holds it only to
+ *    copy the dirty map (map.c), so a change after that copy goes to the next flush;
  *  - a first write reserves the unallocated sub-clusters it covers (under the lock) for the
  *    time it writes their data; another request that would write them or change their bits
  *    waits for the reservation to end, so a reserved sub-cluster has one writer;
@@ -306,14 +307,9 @@ write_locked(struct ovl_layer *l, const uint8_t *buf, uint64_t length, uint64_t 
 int
 ovl_flush(struct ovl_layer *l)
 {
-  int r;
-
   if (!(l->flags & OVL_RDWR) && !l->sealed)
     return 0;
-  pthread_mutex_lock(&l->lock);
-  r = ovl_map_flush_locked(l);
-  pthread_mutex_unlock(&l->lock);
-  return r;
+  return ovl_map_flush(l);
 }
 
 int

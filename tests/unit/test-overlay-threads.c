@@ -13,14 +13,17 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 
 #include "common/error.h"
+#include "overlay/io.h"
 #include "overlay/overlay.h"
 #include "tests/unit/util-overlay.h"
 
@@ -471,6 +474,121 @@ Test(overlay_threads, unlocked_open_of_a_growing_layer)
   cr_assert_eq(ovl_close(g.l), 0, "%s", cc_error_get());
   cr_assert_eq(failures, 0, "%u of %u unlocked opens failed; the first: %s", failures, opens,
                first);
+  free(path);
+  otu_rmtree(dir);
+}
+
+/* A client's flush syncs without the layer lock (map.c design notes): a first write, which
+ * needs the lock, goes on while a flush waits in fdatasync.  With the lock held across the
+ * sync, the write below waits for the sync to be let go, and the test sees it unfinished. */
+static pthread_mutex_t hs_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hs_cv = PTHREAD_COND_INITIALIZER;
+static int hs_hold, hs_in_sync, hs_write_done;
+
+static int
+held_fdatasync(int fd)
+{
+  struct timespec until;
+
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 20; /* never forever, whatever the code under test does */
+  pthread_mutex_lock(&hs_mu);
+  if (hs_hold) {
+    hs_in_sync = 1;
+    pthread_cond_broadcast(&hs_cv);
+    while (hs_hold && pthread_cond_timedwait(&hs_cv, &hs_mu, &until) == 0)
+      ;
+  }
+  pthread_mutex_unlock(&hs_mu);
+  return ovl_io_default.fdatasync(fd);
+}
+
+static struct ovl_io_ops held_ops;
+
+static void *
+flush_thread(void *arg)
+{
+  return (void *)(intptr_t)ovl_flush(arg);
+}
+
+struct first_write {
+  struct ovl_layer *l;
+  uint64_t off;
+  int r;
+};
+
+static void *
+first_write_thread(void *arg)
+{
+  struct first_write *fw = arg;
+  uint8_t buf[4096];
+
+  memset(buf, 0x3c, sizeof buf);
+  fw->r = ovl_pwrite(fw->l, buf, sizeof buf, fw->off, 0, NULL, NULL);
+  pthread_mutex_lock(&hs_mu);
+  hs_write_done = 1;
+  pthread_cond_broadcast(&hs_cv);
+  pthread_mutex_unlock(&hs_mu);
+  return NULL;
+}
+
+Test(overlay_threads, first_write_during_a_flush_sync)
+{
+  char *dir = otu_tmpdir();
+  char *path = otu_join(dir, "l.cow");
+  struct first_write fw;
+  struct ovl_layer *l;
+  pthread_t f, w;
+  void *fr;
+  uint8_t buf[4096], got[4096];
+  struct timespec until;
+  int done_while_held;
+
+  held_ops = ovl_io_default;
+  held_ops.fdatasync = held_fdatasync;
+  ovl_io = &held_ops;
+  otu_create(path, VSIZE, 65536);
+  l = otu_open(path, OVL_RDWR);
+  memset(buf, 0x5a, sizeof buf);
+  cr_assert_eq(ovl_pwrite(l, buf, sizeof buf, 0, 0, NULL, NULL), 0, "%s", cc_error_get());
+
+  hs_hold = 1;
+  cr_assert_eq(pthread_create(&f, NULL, flush_thread, l), 0);
+  pthread_mutex_lock(&hs_mu);
+  while (!hs_in_sync)
+    pthread_cond_wait(&hs_cv, &hs_mu);
+  pthread_mutex_unlock(&hs_mu);
+
+  /* the flush now sits in its first fdatasync; a first write into another cluster */
+  fw = (struct first_write){l, 8u << 20, -1};
+  cr_assert_eq(pthread_create(&w, NULL, first_write_thread, &fw), 0);
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  pthread_mutex_lock(&hs_mu);
+  while (!hs_write_done && pthread_cond_timedwait(&hs_cv, &hs_mu, &until) == 0)
+    ;
+  done_while_held = hs_write_done;
+  hs_hold = 0;
+  pthread_cond_broadcast(&hs_cv);
+  pthread_mutex_unlock(&hs_mu);
+  pthread_join(w, NULL);
+  pthread_join(f, &fr);
+  cr_assert_eq((intptr_t)fr, 0, "flush: %s", cc_error_get());
+  cr_assert_eq(fw.r, 0, "write: %s", cc_error_get());
+  cr_assert(done_while_held, "a first write waited for a flush's fdatasync (the layer lock was "
+                             "held across the sync)");
+
+  /* the write made during the flush is the next flush's: durable after it, as is the first */
+  cr_assert_eq(ovl_flush(l), 0, "%s", cc_error_get());
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+  ovl_io = &ovl_io_default;
+  l = otu_open(path, OVL_RDONLY);
+  cr_assert_eq(ovl_pread(l, got, sizeof got, 0, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_arr_eq(got, buf, sizeof got);
+  memset(buf, 0x3c, sizeof buf);
+  cr_assert_eq(ovl_pread(l, got, sizeof got, 8u << 20, NULL, NULL), 0, "%s", cc_error_get());
+  cr_assert_arr_eq(got, buf, sizeof got);
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
   free(path);
   otu_rmtree(dir);
 }
