@@ -344,6 +344,23 @@ cmp_u32(const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+/* Encode L1 block `block` (OVL_BLOCK / 8 entries, fewer in the last) from the tables in memory
+ * into buf; returns how many entries it holds.  Caller holds l->lock. */
+static uint32_t
+encode_l1_block(struct ovl_layer *l, uint64_t block, uint8_t *buf)
+{
+  uint32_t first = (uint32_t)(block * OVL_BLOCK / 8), count = OVL_BLOCK / 8;
+
+  if (first + count > l->hdr.l1_entries)
+    count = l->hdr.l1_entries - first;
+  memset(buf, 0, OVL_BLOCK);
+  for (uint32_t e = 0; e < count; e++) {
+    struct ovl_l2 *t = atomic_load_explicit(&l->l1[first + e], memory_order_relaxed);
+    put_le64(buf + (size_t)e * 8, t ? t->disk_offset : 0);
+  }
+  return count;
+}
+
 static int
 sync_fd(struct ovl_layer *l)
 {
@@ -388,19 +405,12 @@ ovl_map_flush_locked(struct ovl_layer *l)
     for (size_t k = 0; k < l->ndirty_l2; k++) {
       uint32_t i = l->dirty_l2[k];
       uint64_t block = (uint64_t)i * 8 / OVL_BLOCK;
-      uint32_t first = (uint32_t)(block * OVL_BLOCK / 8);
-      uint32_t count = OVL_BLOCK / 8;
+      uint32_t count;
 
       if (!atomic_load_explicit(&l->l1[i], memory_order_relaxed)->l1_dirty || block == last_block)
         continue;
       last_block = block;
-      if (first + count > l->hdr.l1_entries)
-        count = l->hdr.l1_entries - first;
-      memset(buf, 0, sizeof buf);
-      for (uint32_t e = 0; e < count; e++) {
-        struct ovl_l2 *t = atomic_load_explicit(&l->l1[first + e], memory_order_relaxed);
-        put_le64(buf + (size_t)e * 8, t ? t->disk_offset : 0);
-      }
+      count = encode_l1_block(l, block, buf);
       r = ovl_pwrite_full(l, buf, (uint64_t)count * 8, l->hdr.l1_offset + block * OVL_BLOCK);
       if (r < 0)
         return r;
@@ -569,6 +579,7 @@ ovl_map_flush(struct ovl_layer *l)
   struct flush_table *ft = NULL;
   uint8_t *tables = NULL, *l1blocks = NULL;
   uint64_t *l1at = NULL;
+  uint32_t *l1count = NULL;
   size_t n, nblocks = 0;
   int r = 0;
 
@@ -585,8 +596,9 @@ ovl_map_flush(struct ovl_layer *l)
     tables = malloc(n * OVL_BLOCK);
     l1blocks = malloc(n * OVL_BLOCK);
     l1at = malloc(n * sizeof *l1at);
+    l1count = malloc(n * sizeof *l1count);
   }
-  if (!ft || !tables || !l1blocks || !l1at) {
+  if (!ft || !tables || !l1blocks || !l1at || !l1count) {
     r = ovl_map_flush_locked(l); /* too many tables for buffers, or no memory for them */
     pthread_mutex_unlock(&l->lock);
     goto out;
@@ -603,16 +615,7 @@ ovl_map_flush(struct ovl_layer *l)
     if (t->dirty)
       encode_l2(t, tables + k * OVL_BLOCK);
     if (t->l1_dirty && (nblocks == 0 || l1at[nblocks - 1] != block)) {
-      uint32_t first = (uint32_t)(block * OVL_BLOCK / 8), count = OVL_BLOCK / 8;
-      uint8_t *b = l1blocks + nblocks * OVL_BLOCK;
-
-      if (first + count > l->hdr.l1_entries)
-        count = l->hdr.l1_entries - first;
-      memset(b, 0, OVL_BLOCK);
-      for (uint32_t e = 0; e < count; e++) {
-        struct ovl_l2 *x = atomic_load_explicit(&l->l1[first + e], memory_order_relaxed);
-        put_le64(b + (size_t)e * 8, x ? x->disk_offset : 0);
-      }
+      l1count[nblocks] = encode_l1_block(l, block, l1blocks + nblocks * OVL_BLOCK);
       l1at[nblocks++] = block;
     }
     t->dirty = false;
@@ -628,14 +631,10 @@ ovl_map_flush(struct ovl_layer *l)
       r = ovl_pwrite_full(l, tables + k * OVL_BLOCK, OVL_BLOCK, ft[k].disk_offset);
   if (r == 0)
     r = sync_fd(l);
-  for (size_t b = 0; r == 0 && b < nblocks; b++) {
-    uint64_t first = l1at[b] * OVL_BLOCK / 8, count = OVL_BLOCK / 8;
-
-    if (first + count > l->hdr.l1_entries)
-      count = l->hdr.l1_entries - first;
-    r = ovl_pwrite_full(l, l1blocks + b * OVL_BLOCK, count * 8,
+  for (size_t b = 0; r == 0 && b < nblocks; b++)
+    r = ovl_pwrite_full(l, l1blocks + b * OVL_BLOCK, (uint64_t)l1count[b] * 8,
                         l->hdr.l1_offset + l1at[b] * OVL_BLOCK);
-  }
+
   if (r == 0 && nblocks)
     r = sync_fd(l);
   if (r < 0) {
@@ -649,5 +648,6 @@ out:
   free(tables);
   free(l1blocks);
   free(l1at);
+  free(l1count);
   return r;
 }
