@@ -78,9 +78,18 @@
   X(nbd_aio_connect_uri)                                                                           \
   X(nbd_aio_is_connecting)                                                                         \
   X(nbd_aio_is_ready)                                                                              \
-  X(nbd_aio_pread) X(nbd_can_meta_context) X(nbd_can_multi_conn) X(nbd_close) X(nbd_create)        \
-      X(nbd_get_errno) X(nbd_get_error) X(nbd_get_size) X(nbd_is_read_only) X(nbd_poll)            \
-          X(nbd_set_uri_allow_local_file) X(nbd_shutdown)
+  X(nbd_aio_pread)                                                                                 \
+  X(nbd_can_meta_context)                                                                          \
+  X(nbd_can_multi_conn)                                                                            \
+  X(nbd_close)                                                                                     \
+  X(nbd_create)                                                                                    \
+  X(nbd_get_errno)                                                                                 \
+  X(nbd_get_error)                                                                                 \
+  X(nbd_get_size)                                                                                  \
+  X(nbd_is_read_only)                                                                              \
+  X(nbd_poll)                                                                                      \
+  X(nbd_set_uri_allow_local_file)                                                                  \
+  X(nbd_shutdown)
 
 static struct {
 #define X(f) __typeof__(f) *f;
