@@ -106,6 +106,9 @@ merge_case() {
       LIVE_WRITER_PACE_MS=40 "$w" "$sock" "$j" "$work/ready" "$work/go" "$work/stop" during \
         "$clone" &
       pid=$!
+      # a failed step ends this driver: the writer it started goes with it (on success the
+      # writer stays, idle, until stop.quit)
+      trap "kill \$pid 2>/dev/null" ERR
       while [ ! -e "$work/ready" ]; do kill -0 $pid; sleep 0.01; done
       echo start >>"$j"
       "$cc" --pool "$pool" snapshot delete "$clone" "$snap" >"$work/delete.out"

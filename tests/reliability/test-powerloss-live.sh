@@ -73,6 +73,9 @@ live_case() {
       w=$1 sock=$2 j=$3 work=$4 mode=$5 clones=$6 snap=$7 cc=$8 pool=$9
       "$w" "$sock" "$j" "$work/ready" "$work/go" "$work/stop" "$mode" ${clones//,/ } &
       pid=$!
+      # a failed step ends this driver: the writer it started goes with it (on success the
+      # writer stays, idle, until stop.quit)
+      trap "kill \$pid 2>/dev/null" ERR
       while [ ! -e "$work/ready" ]; do kill -0 $pid; sleep 0.01; done
       echo start >>"$j"
       "$cc" --pool "$pool" snapshot create "$clones" "$snap" >/dev/null
