@@ -73,6 +73,12 @@ kill "$WPID"
 forget_server "$WPID"
 [ -z "$(ls "$POOL/templates")" ] || fail "a refused add left a record"
 
+# libnbd is loaded on the first remote connection: without it, that one fails, saying why.
+COWCHAIN_TEST_LIBNBD=libnbd-absent.so.0 expect_fail cc template add nolib --uri "$RURI"
+grep -q "remote templates need libnbd, which could not be loaded: libnbd-absent.so.0" \
+  "$WORK/expect_fail.out" || fail "without libnbd: wrong message: $(cat "$WORK/expect_fail.out")"
+[ ! -e "$POOL/templates/nolib" ] || fail "a refused add (no libnbd) left a record"
+
 say "template add, list, clones, snapshots"
 cc template add rbase --uri "$RURI" --verify
 has '^rbase +remote +64.0 MiB' cc template list || fail "template list: kind remote"
