@@ -14,7 +14,7 @@
  *      reader still sees every sub-cluster in its old state; the bytes go in one call per run
  *      that is contiguous in both the source and the layer file (copy_file_range: the kernel
  *      shares the extents on XFS with reflink and on btrfs, and copies inside the kernel
- *      elsewhere; pread + pwrite of 8 MiB where the kernel says EXDEV, EOPNOTSUPP, EINVAL or
+ *      elsewhere; pread + pwrite of 128 KiB where the kernel says EXDEV, EOPNOTSUPP, EINVAL or
  *      ENOSYS).  The caller orders the fills by (source file, source offset), so clusters that
  *      are neighbours in a source file become neighbours in the layer whatever their virtual
  *      offsets, and a whole run of them is one call.  Sub-clusters that are already allocated
@@ -47,7 +47,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BULK_BUF (8u << 20)       /* pread + pwrite fallback */
+#define BULK_BUF (128u << 10) /* pread + pwrite fallback: 8 MiB ran 5-7x slower (cache misses) */
 #define BULK_CFR_MAX (1ull << 30) /* bytes per copy_file_range call */
 
 /* A stretch of the run being gathered that holds fill data (a bridged run has several). */
