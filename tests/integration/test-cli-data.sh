@@ -30,7 +30,8 @@ settle() {
     if "$@" 2>"$WORK/settle.err"; then
       return 0
     fi
-    grep -q 'in use by' "$WORK/settle.err" || break
+    # the layer still locked by the server, or (a served clone) its connection still counted
+    grep -qE 'in use by|connections? open on nbdkit pid' "$WORK/settle.err" || break
     sleep 0.1
   done
   cat "$WORK/settle.err" >&2
