@@ -57,8 +57,10 @@
 #define LIVE_HOLD_MS 10000    /* gates closed for us at most this long */
 #define LIVE_COMMIT_MS 5000   /* commit only if this much of the hold is left */
 #define LIVE_MAX_SERVERS 64
-#define LIVE_MAX_CLONES 64 /* clones in one snapshot create (the server's MAX_EXPORTS) */
-#define LIVE_RETRIES 30    /* x 100 ms: a server opening or closing a clone while we looked */
+#define LIVE_MAX_CLONES 64    /* clones in one snapshot create (the server's MAX_EXPORTS) */
+#define LIVE_RETRIES 30       /* x 100 ms: a server opening or closing a clone while we looked */
+#define LIVE_CLOSING_TRIES 10 /* x 50 ms: connections counted again before a refusal */
+#define LIVE_CLOSING_MS 50
 
 struct live_export {
   char name[2 * CC_NAME_MAX + 2];
@@ -859,8 +861,16 @@ pool_live_exclusive(struct cc_pool *p, const char *what, const char *clone, int 
   if ((v = live_holder(&s, clone, NULL)) == NULL)
     goto out; /* nobody serves it: the layer locks decide, as offline */
   *served = 1;
-  if ((r = live_connections(&s, v, what, clone, &conns)) < 0 || conns == 0)
-    goto out; /* its last connection is closing: the caller waits for the chain to close */
+  /* A client that has just disconnected is still counted until nbdkit closes its connection
+   * (a few milliseconds): a script that disconnects, then reverts, must not be refused for it.
+   * So count again for a moment before refusing; a connected guest costs that moment. */
+  for (int tries = 0;; tries++) {
+    if ((r = live_connections(&s, v, what, clone, &conns)) < 0 || conns == 0)
+      goto out; /* its last connection is closing: the caller waits for the chain to close */
+    if (force || tries == LIVE_CLOSING_TRIES)
+      break;
+    usleep(LIVE_CLOSING_MS * 1000);
+  }
   if (!force) {
     r = cc_error_set(EBUSY, "%s: %s: %u connection%s open on nbdkit pid %ld%s", what, clone, conns,
                      conns == 1 ? "" : "s", v->pid, why);
