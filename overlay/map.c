@@ -63,6 +63,23 @@ describe(char *buf, size_t len, const struct object *o)
              (uint64_t)o->l1 * OVL_L2_ENTRIES + o->l2, o->l1, o->l2, o->off);
 }
 
+/* Does the file reach `end`?  An unlocked open (OVL_NOLOCK: info, a merge probing a served
+ * top) may read a map that its writer flushed after our fstat, naming bytes the file gained
+ * since.  The writer extends the file before it flushes the entries naming the new bytes
+ * (FORMAT.md 7.2), so the file's size *now* covers everything a table read earlier names: ask
+ * again before calling the map truncated.  Only a failing check pays the fstat. */
+static bool
+file_reaches(struct ovl_layer *l, uint64_t end)
+{
+  struct stat st;
+
+  if (end <= l->file_size)
+    return true;
+  if ((l->flags & OVL_NOLOCK) && fstat(l->fd, &st) == 0 && (uint64_t)st.st_size > l->file_size)
+    l->file_size = (uint64_t)st.st_size;
+  return end <= l->file_size;
+}
+
 /* Check one decoded L2 entry against FORMAT.md section 5.3 (1, 2, 4). */
 static int
 check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t alloc,
@@ -110,31 +127,12 @@ check_entry(struct ovl_layer *l, uint32_t i, uint32_t j, uint64_t phys, uint32_t
    * sub-cluster is checked. */
   if (alloc) {
     unsigned last = 31 - (unsigned)__builtin_clz(alloc);
-    if (phys + ((uint64_t)last + 1) * l->sc_size > l->file_size)
+    if (!file_reaches(l, phys + ((uint64_t)last + 1) * l->sc_size))
       return cc_error_set(EUCLEAN,
                           "open: %s: cluster %" PRIu64 ": allocated data at %" PRIu64
                           " lies past the end of the file (%" PRIu64 " bytes): truncated?",
                           p, cluster, phys, l->file_size);
   }
-  return 0;
-}
-
-/* An unlocked open (OVL_NOLOCK: info, a merge probing a served top) may read a layer whose
- * writer extends the file and flushes L2 entries naming the new bytes while we read.  Data and
- * tables reach the file before the entries naming them (FORMAT.md 7.2), so the size the file
- * has *after* a table was read covers everything that table names: take it again after each
- * read, or a sound map read a moment late looks truncated. */
-static int
-refresh_size_if_unlocked(struct ovl_layer *l)
-{
-  struct stat st;
-
-  if (!(l->flags & OVL_NOLOCK))
-    return 0;
-  if (fstat(l->fd, &st) == -1)
-    return cc_error_set(errno, "open: %s: fstat: %s", l->path, strerror(errno));
-  if ((uint64_t)st.st_size > l->file_size)
-    l->file_size = (uint64_t)st.st_size;
   return 0;
 }
 
@@ -161,8 +159,6 @@ ovl_map_load(struct ovl_layer *l)
     goto out;
   }
   r = ovl_pread_full(l, l1raw, (uint64_t)n * 8, l->hdr.l1_offset);
-  if (r == 0)
-    r = refresh_size_if_unlocked(l);
   if (r < 0)
     goto out;
 
@@ -172,8 +168,8 @@ ovl_map_load(struct ovl_layer *l)
 
     if (off == 0)
       continue;
-    if (off % OVL_BLOCK != 0 || off < l->data_start || off > l->file_size ||
-        l->file_size - off < OVL_BLOCK) {
+    if (off % OVL_BLOCK != 0 || off < l->data_start || off > OVL_MAX_FILE_OFFSET ||
+        !file_reaches(l, off + OVL_BLOCK)) {
       r = cc_error_set(EUCLEAN, "open: %s: L1 entry %" PRIu32 ": L2 table offset %" PRIu64 " is %s",
                        l->path, i, off,
                        off % OVL_BLOCK       ? "not aligned to 4096"
@@ -182,8 +178,6 @@ ovl_map_load(struct ovl_layer *l)
       goto out;
     }
     r = ovl_pread_full(l, l2raw, OVL_BLOCK, off);
-    if (r == 0)
-      r = refresh_size_if_unlocked(l);
     if (r < 0)
       goto out;
     t = calloc(1, sizeof *t);

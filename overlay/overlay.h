@@ -87,8 +87,9 @@ int ovl_create(const char *path, const struct ovl_create_opts *opts,
  * OVL_RDWR takes an exclusive OFD lock, OVL_RDONLY a shared one; a refused lock fails with
  * -EBUSY and a message naming the file and, where /proc/locks tells, the holding process.
  * With OVL_NOLOCK the layer may have a writer: the map is what the file held while it was read
- * (a sound map: the file's size is taken after each table is read, since the writer extends
- * the file before it flushes the entries naming the new bytes), and goes stale after. */
+ * (a sound map: a table naming bytes past the size taken at open is checked against the size
+ * the file has then, since the writer extends the file before it flushes the entries naming
+ * the new bytes), and goes stale after. */
 int ovl_open(const char *path, unsigned flags, struct ovl_layer **out);
 
 /* Flush (if writable and anything changed), clear the dirty bit, unlock and free.  The layer is
