@@ -117,6 +117,27 @@ requires_cowchain() {
   rm -rf "$probe"
 }
 
+# The power-loss replays (tests/reliability/test-powerloss*.sh) trace real commands with strace
+# and replay them with powerloss.py against the plugin and the CLI.  A kernel that refuses
+# ptrace (seccomp, Yama, a container) is a limit of the machine.
+requires_powerloss_trace() {
+  requires_plugin
+  requires qemu-io
+  requires strace
+  requires python3
+  requires_cowchain
+  strace -f -qq -o /dev/null true 2>/dev/null ||
+    machine_limit "ptrace refused" "strace cannot trace a child here (seccomp, Yama or a container)"
+}
+
+# powerloss_sample DEFAULT_MAX_STATES: SEED and MAX_STATES of a sampled replay, from the
+# environment or the clock and the default, printed so that a run can be replayed.
+powerloss_sample() {
+  SEED=${SEED:-$(date +%s)}
+  MAX_STATES=${MAX_STATES:-$1}
+  say "seed $SEED (SEED=$SEED MAX_STATES=$MAX_STATES to replay the same sample)"
+}
+
 WORK=$(mktemp -d /tmp/cowchain-$TEST_NAME.XXXXXX)
 SERVER_PIDS=()
 SERVER_LOGS=()

@@ -35,19 +35,11 @@
 # what the merge copied into the top must be caught (the states inside relink-top are checked).
 # `powerloss.py --live-merge ... --list` prints every cut point.
 source "$(dirname "$0")/../lib/functions.sh"
-requires_plugin
-requires qemu-io
-requires strace
-requires python3
-requires_cowchain
-strace -f -qq -o /dev/null true 2>/dev/null ||
-  machine_limit "ptrace refused" "strace cannot trace a child here (seccomp, Yama or a container)"
+requires_powerloss_trace
 PL=$(dirname "$0")/powerloss.py
 LIVE_WRITER=${LIVE_WRITER:-$BUILDDIR/tests/reliability/live-writer}
 requires_built live-writer "$LIVE_WRITER"
-SEED=${SEED:-$(date +%s)}
-MAX_STATES=${MAX_STATES:-60}
-say "seed $SEED (SEED=$SEED MAX_STATES=$MAX_STATES to replay the same sample)"
+powerloss_sample 60
 
 # The guest's blocks (powerloss.py: BASE 4M, 128 blocks of 64 KiB, bytes 1..128) are written
 # over layers holding bytes it never writes (0xf9..0xfe), so a block's origin is always known.

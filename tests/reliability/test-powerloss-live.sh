@@ -27,19 +27,11 @@
 # the server's syncs inside the command left out (the settle of the old top:
 # its flush and freeze) must be caught.  `powerloss.py --live ... --list` prints every cut point.
 source "$(dirname "$0")/../lib/functions.sh"
-requires_plugin
-requires qemu-io
-requires strace
-requires python3
-requires_cowchain
-strace -f -qq -o /dev/null true 2>/dev/null ||
-  machine_limit "ptrace refused" "strace cannot trace a child here (seccomp, Yama or a container)"
+requires_powerloss_trace
 PL=$(dirname "$0")/powerloss.py
 LIVE_WRITER=${LIVE_WRITER:-$BUILDDIR/tests/reliability/live-writer}
 requires_built live-writer "$LIVE_WRITER"
-SEED=${SEED:-$(date +%s)}
-MAX_STATES=${MAX_STATES:-400}
-say "seed $SEED (SEED=$SEED MAX_STATES=$MAX_STATES to replay the same sample)"
+powerloss_sample 400
 
 truncate -s 16M "$WORK/base.raw"
 qemu-io -f raw -c 'write -P 0x11 0 1M' "$WORK/base.raw" >/dev/null

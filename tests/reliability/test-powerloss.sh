@@ -7,13 +7,7 @@
 # changes dropped (three models, see powerloss.py).  Each state must be "before" or "after",
 # `check` clean, `check --repair` leak-free, and the operation must run again from "before".
 source "$(dirname "$0")/../lib/functions.sh"
-requires_plugin
-requires qemu-io
-requires strace
-requires python3
-requires_cowchain
-strace -f -qq -o /dev/null true 2>/dev/null ||
-  machine_limit "ptrace refused" "strace cannot trace a child here (seccomp, Yama or a container)"
+requires_powerloss_trace
 
 # A pool with history, as in test-cli-crash.sh: vm1 has snapshots s1 <- s2 and sits (after a
 # revert) on s1 with its own writes; vm2 is a linked clone of vm1@s2; tdel is a template
