@@ -32,6 +32,11 @@ ovl_check(const char *path, int repair, struct ovl_check_result *res)
         r = cc_error_set(errno, "check: %s: truncating leaked space: %s", path, strerror(errno));
       else
         r = ovl_sync(l, "check");
+    } else {
+      /* A writer that stopped without a clean close may have left space it preallocated
+       * past the end of the file (write.c); truncating to the file's own size drops it and
+       * changes no byte of the file. */
+      (void)ovl_io->ftruncate(l->fd, (off_t)l->file_size);
     }
     if (r == 0 && res->dirty) {
       struct ovl_header h = l->hdr;

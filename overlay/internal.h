@@ -13,6 +13,9 @@
 #include "overlay/io.h"
 #include "overlay/overlay.h"
 
+/* How far ahead of the frontier first writes preallocate the file (write.c). */
+#define OVL_PREALLOC (4u << 20)
+
 /* Sub-clusters `mask` of `cluster` being written for the first time (write.c). */
 struct ovl_reservation {
   uint64_t cluster;
@@ -76,6 +79,11 @@ struct ovl_layer {
    * and by everything that makes the layer clean or drops its map; taken before `lock`. */
   pthread_mutex_t flush_lock;
   uint64_t frontier;
+  /* write.c: space is preallocated (fallocate KEEP_SIZE) up to here, ahead of the frontier;
+   * `preallocated` once any was, so that a clean close gives back what is left past the end
+   * of the file (layer.c).  Both under `lock`. */
+  uint64_t prealloc_end;
+  bool preallocated;
   bool dirty_on_disk; /* the durable header has the dirty bit */
   /* First writes in progress (write.c): sub-clusters reserved under `lock`, written without
    * it, published under it again.  A request that would change the bits of a reserved

@@ -355,17 +355,26 @@ make_clean_locked(struct ovl_layer *l, const char *call)
   if (r == 0 && l->dirty_on_disk) {
     struct ovl_header h = l->hdr;
     struct stat st;
+    bool have_st = fstat(l->fd, &st) == 0;
 
     /* Bytes past the frontier were never referenced (a crash left them): drop them, make
      * that durable, and only then say the file is clean. */
-    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size > l->frontier &&
-        l->frontier >= l->data_start) {
+    if (have_st && (uint64_t)st.st_size > l->frontier && l->frontier >= l->data_start) {
       if (ovl_io->ftruncate(l->fd, (off_t)l->frontier) == -1)
         r = cc_error_set(errno, "%s: %s: trimming leaked space: %s", call, l->path,
                          strerror(errno));
       else
         r = ovl_sync(l, call);
+    } else if (have_st && l->preallocated && !l->reserved) {
+      /* Give back the space first writes preallocated past the end of the file (write.c):
+       * truncating to the file's own size drops it and changes no byte of the file, so it
+       * needs no sync, and a failure loses nothing but that space (check --repair drops it
+       * too).  Only with no first write in flight, the one kind of write that extends the
+       * file; with none, `st_size` cannot move under us. */
+      (void)ovl_io->ftruncate(l->fd, st.st_size);
     }
+    l->preallocated = false;
+    l->prealloc_end = 0;
     if (r == 0) {
       h.incompat &= ~OVL_INCOMPAT_DIRTY;
       r = ovl_header_write(l, &h);

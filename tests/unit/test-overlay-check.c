@@ -6,7 +6,10 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include <criterion/criterion.h>
 
@@ -150,6 +153,74 @@ Test(overlay_check, dirty_reopened_for_writing)
   cr_assert_eq(res.dirty, 0, "dirty after a clean close");
   cr_assert_eq(res.leaked_bytes, 0u);
   free(c);
+  free(path);
+  otu_rmtree(dir);
+}
+
+static uint64_t
+disk_bytes(const char *path)
+{
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0, "stat %s", path);
+  return (uint64_t)st.st_blocks * 512;
+}
+
+/* First writes preallocate space past the end of the file (write.c, FORMAT.md section 6):
+ * the file's size does not change, a clean close gives the space back, and so does repair
+ * after a writer that never closed. */
+Test(overlay_check, preallocation_given_back)
+{
+  char *dir = otu_tmpdir();
+  char *probe = otu_join(dir, "probe");
+  int pfd = open(probe, O_CREAT | O_RDWR, 0644);
+  cr_assert_geq(pfd, 0);
+  if (fallocate(pfd, FALLOC_FL_KEEP_SIZE, 0, 4096) != 0)
+    cr_skip_test("machine limit: the file system of %s refuses fallocate (%s)", dir,
+                 strerror(errno));
+  close(pfd);
+  unlink(probe);
+
+  const uint64_t vsize = 8 * M;
+  char *path = otu_join(dir, "l.cow");
+  uint8_t *c = calloc(1, vsize);
+  otu_create(path, vsize, 0);
+  otu_pattern(21, c + 3 * M, 4 * K, 3 * M);
+
+  struct ovl_layer *l = otu_open(path, OVL_RDWR);
+  cr_assert_eq(ovl_pwrite(l, c + 3 * M, 4 * K, 3 * M, 0, NULL, NULL), 0, "%s", cc_error_get());
+  uint64_t size = otu_file_size(path);
+  cr_assert_geq(disk_bytes(path), size + 3 * M, "nothing preallocated: %" PRIu64 " bytes on disk",
+                disk_bytes(path));
+  cr_assert_eq(ovl_close(l), 0, "%s", cc_error_get());
+  cr_assert_eq(otu_file_size(path), size, "the clean close changed the file's size");
+  cr_assert_lt(disk_bytes(path), 1 * M, "the clean close kept %" PRIu64 " bytes on disk",
+               disk_bytes(path));
+  expect_content(path, c, vsize);
+
+  /* A writer that stops without closing: its preallocation stays until repair. */
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    struct ovl_layer *w;
+    if (ovl_open(path, OVL_RDWR, &w) < 0 ||
+        ovl_pwrite(w, c + 3 * M, 4 * K, 5 * M, 0, NULL, NULL) < 0 || ovl_flush(w) < 0)
+      _exit(1);
+    _exit(0);
+  }
+  int status;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the writer failed");
+  memcpy(c + 5 * M, c + 3 * M, 4 * K);
+  cr_assert_geq(disk_bytes(path), otu_file_size(path) + 3 * M, "nothing preallocated");
+  struct ovl_check_result res;
+  memset(&res, 0, sizeof res);
+  cr_assert_eq(ovl_check(path, 1, &res), 0, "%s", cc_error_get());
+  cr_assert_eq(res.dirty, 1);
+  cr_assert_eq(res.repaired, 1);
+  cr_assert_lt(disk_bytes(path), 1 * M, "repair kept %" PRIu64 " bytes on disk", disk_bytes(path));
+  expect_content(path, c, vsize);
+  free(c);
+  free(probe);
   free(path);
   otu_rmtree(dir);
 }
