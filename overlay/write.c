@@ -189,9 +189,9 @@ unreserve(struct ovl_layer *l, struct ovl_reservation *v)
  * first write into a hole costs the kernel a block allocation (delayed allocation on ext4,
  * then a real one at writeback) on top of the page copy; into space allocated beforehand it is
  * a write into an unwritten extent, and one fallocate allocates OVL_PREALLOC bytes as a few
- * extents instead of block by block: first writes ran 1.1-1.2x faster than nbdkit's file plugin
- * on a sparse file, and 0.74-0.88x of overwrites against 0.55-0.73x without (BENCHMARKS.md,
- * "Preallocation ahead of the frontier").  KEEP_SIZE: the file's size, which every map check
+ * extents instead of block by block: at iodepth 32 first writes ran 5-17% faster, 0.75-0.80x
+ * of overwrites against 0.65-0.71x without (BENCHMARKS.md, "Preallocation ahead of the
+ * frontier").  KEEP_SIZE: the file's size, which every map check
  * is held to (FORMAT.md 5.3), does not change, and the space holds no content: it is not part
  * of the file (FORMAT.md section 6).  Best effort: a file system that refuses fallocate is not
  * asked again by this open; ENOSPC leaves the write to find out for itself, and is asked again
