@@ -80,10 +80,9 @@ struct ovl_layer {
   pthread_mutex_t flush_lock;
   uint64_t frontier;
   /* write.c: space is preallocated (fallocate KEEP_SIZE) up to here, ahead of the frontier;
-   * `preallocated` once any was, so that a clean close gives back what is left past the end
-   * of the file (layer.c).  Both under `lock`. */
+   * 0 while this open bound no cluster, so a clean close knows whether to give back what is
+   * left past the end of the file (layer.c).  Under `lock`. */
   uint64_t prealloc_end;
-  bool preallocated;
   bool dirty_on_disk; /* the durable header has the dirty bit */
   /* First writes in progress (write.c): sub-clusters reserved under `lock`, written without
    * it, published under it again.  A request that would change the bits of a reserved

@@ -365,7 +365,7 @@ make_clean_locked(struct ovl_layer *l, const char *call)
                          strerror(errno));
       else
         r = ovl_sync(l, call);
-    } else if (have_st && l->preallocated && !l->reserved) {
+    } else if (have_st && l->prealloc_end != 0 && !l->reserved) {
       /* Give back the space first writes preallocated past the end of the file (write.c):
        * truncating to the file's own size drops it and changes no byte of the file, so it
        * needs no sync, and a failure loses nothing but that space (check --repair drops it
@@ -373,7 +373,6 @@ make_clean_locked(struct ovl_layer *l, const char *call)
        * file; with none, `st_size` cannot move under us. */
       (void)ovl_io->ftruncate(l->fd, st.st_size);
     }
-    l->preallocated = false;
     l->prealloc_end = 0;
     if (r == 0) {
       h.incompat &= ~OVL_INCOMPAT_DIRTY;

@@ -206,9 +206,8 @@ preallocate_locked(struct ovl_layer *l, uint64_t phys)
     return;
   l->prealloc_end = l->frontier + OVL_PREALLOC;
   if (ovl_io->fallocate(l->fd, FALLOC_FL_KEEP_SIZE, (off_t)start,
-                        (off_t)(l->prealloc_end - start)) == 0)
-    l->preallocated = true;
-  else if (errno == EOPNOTSUPP || errno == ENOSYS)
+                        (off_t)(l->prealloc_end - start)) == -1 &&
+      (errno == EOPNOTSUPP || errno == ENOSYS))
     l->prealloc_end = UINT64_MAX;
 }
 
